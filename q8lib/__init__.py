@@ -1,0 +1,15 @@
+"""q8lib: 8-bit (Q8) inference of LTX-Video in Hugging Face diffusers.
+
+Hadamard-rotated 8-bit linears (per-token x per-channel scales), fused RMSNorm/GELU/quantization
+and FP8 attention, with a pure-PyTorch reference that runs anywhere and faster GPU backends.
+"""
+from .attention import Q8AttnProcessor, mask_to_key_lengths, restore_attention, set_q8_attention
+from .backends import Backend, BackendUnavailableError, get_backend, list_backends, register_backend, resolve_backend
+from .config import KEEP_HIGH_PRECISION, Q8Config
+from .hadamard import hadamard_matrix, hadamard_transform
+from .ltx import (Q8CheckpointError, convert_state_dict, inspect_transformer, is_quantized, load_q8, quantize_,
+                  quantize_pretrained, save_q8)
+from .modules import Q8GELU, Q8Linear, Q8RMSNorm, quantize_weight
+from .quant import dequantize_rowwise, quantize_rowwise
+
+__version__ = "0.1.0"

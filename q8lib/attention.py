@@ -1,0 +1,106 @@
+"""The Q8 attention processor for diffusers 0.42's ``LTXAttention``.
+
+It computes q/k/v through the (Q8) projections, applies ``norm_q``/``norm_k`` and RoPE as
+diffusers does, then runs attention through the backend: FP8 with Hadamard-rotated q/k by
+default, or plain SDPA. The text mask that diffusers passes to cross-attention as an additive
+bias (``0`` keep, ``-10000`` drop, shape ``[B, 1, Tk]``) is turned into right-padded key lengths.
+
+:func:`set_q8_attention` installs it on every attention module and remembers the originals;
+:func:`restore_attention` undoes it. Nothing in diffusers is patched.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backends import resolve_backend
+
+__all__ = ["Q8AttnProcessor", "mask_to_key_lengths", "set_q8_attention", "restore_attention", "apply_rotary_emb"]
+
+
+def apply_rotary_emb(x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """LTX's interleaved RoPE on ``x [B, S, H*D]`` with ``(cos, sin) [B, S, H*D]`` (same math as diffusers)."""
+    cos, sin = freqs
+    x_real, x_imag = x.unflatten(2, (-1, 2)).unbind(-1)
+    x_rotated = torch.stack([-x_imag, x_real], dim=-1).flatten(2)
+    return (x.float() * cos + x_rotated.float() * sin).to(x.dtype)
+
+
+def mask_to_key_lengths(mask: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Additive-bias (``0``/negative) or boolean (``True`` = keep) key mask -> int32 lengths ``[B]``.
+
+    Accepts ``[B, Tk]``, ``[B, 1, Tk]`` or ``[B, 1, 1, Tk]``. The mask must keep a prefix of the
+    keys (right padding, as T5 tokenization gives); outside torch.compile that is checked and a
+    ``ValueError`` is raised otherwise. Lengths of 0 are clamped to 1 by the attention ops.
+    """
+    m = mask.reshape(batch_size, -1, mask.shape[-1])[:, 0]
+    keep = m if m.dtype == torch.bool else m > -1.0
+    lengths = keep.sum(-1, dtype=torch.int32)
+    if not torch.compiler.is_compiling():
+        prefix = torch.arange(keep.shape[-1], device=keep.device)[None] < lengths[:, None]
+        if not bool((prefix == keep).all()):
+            raise ValueError(
+                "q8lib attention supports right-padded key masks only (a kept prefix per sample); "
+                "this mask keeps non-contiguous keys."
+            )
+    return lengths
+
+
+class Q8AttnProcessor:
+    """Attention processor for ``LTXAttention`` with FP8 (``fp8=True``) or SDPA attention.
+
+    Works with Q8 or ordinary ``nn.Linear`` projections. ``backend`` names the q8lib backend for
+    the attention op (``"auto"``: the fastest for the device).
+    """
+
+    def __init__(self, fp8: bool = True, backend: str = "auto"):
+        self.fp8 = fp8
+        self.backend = backend
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        batch_size = hidden_states.shape[0]
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        query = attn.norm_q(attn.to_q(hidden_states))
+        key = attn.norm_k(attn.to_k(context))
+        value = attn.to_v(context)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb)
+            key = apply_rotary_emb(key, image_rotary_emb)
+        # [B, S, H*D] -> [B, H, S, D]
+        query, key, value = (t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (query, key, value))
+        key_lengths = None if attention_mask is None else mask_to_key_lengths(attention_mask, batch_size)
+        backend = resolve_backend(self.backend, query.device)
+        out = backend.attention(query, key, value, key_lengths, None, fp8=self.fp8)
+        out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
+        out = attn.to_out[0](out)
+        return attn.to_out[1](out)
+
+
+def _attention_modules(model: nn.Module):
+    return [(n, m) for n, m in model.named_modules() if hasattr(m, "set_processor") and hasattr(m, "processor")]
+
+
+def set_q8_attention(model: nn.Module, fp8: bool = True, backend: str = "auto") -> dict:
+    """Install :class:`Q8AttnProcessor` on every attention module of ``model``.
+
+    Returns the original processors (also kept on the model) so :func:`restore_attention` can undo it.
+    """
+    mods = _attention_modules(model)
+    if not mods:
+        raise ValueError(f"{type(model).__name__} has no attention modules with processors")
+    originals = getattr(model, "_q8_original_processors", None) or {n: m.processor for n, m in mods}
+    model._q8_original_processors = originals
+    processor = Q8AttnProcessor(fp8=fp8, backend=backend)
+    for _, m in mods:
+        m.set_processor(processor)
+    return originals
+
+
+def restore_attention(model: nn.Module) -> None:
+    """Put back the processors that :func:`set_q8_attention` replaced."""
+    originals = getattr(model, "_q8_original_processors", None)
+    if not originals:
+        raise ValueError("restore_attention: no Q8 attention processors were installed on this model")
+    for name, m in _attention_modules(model):
+        m.set_processor(originals[name])
+    del model._q8_original_processors

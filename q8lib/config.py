@@ -1,0 +1,76 @@
+"""What to quantize and how: one small config object, saved beside every Q8 checkpoint."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .quant import qdtype_from_name, qdtype_name
+
+FORMAT_VERSION = 1
+
+# Modules of the LTX transformer that stay in high precision: they are small, run once per
+# forward (or once per step) and are sensitive (the input/output projections and conditioning).
+KEEP_HIGH_PRECISION = (
+    "proj_in",
+    "time_embed",
+    "caption_projection",
+    "proj_out",
+    "norm_out",
+    "scale_shift_table",
+)
+
+
+@dataclass
+class Q8Config:
+    """How to quantize an LTX-Video transformer.
+
+    Args:
+        weight_dtype: ``"int8"`` or ``"fp8_e4m3"``; activations use the same 8-bit type.
+        hadamard_block: rotation block size; ``None`` rotates over each linear's full input dim
+            (the layout of the earlier public Q8 checkpoint).
+        backend: ``"auto"`` (fastest available for the device), ``"reference"``, ``"triton"``, ...
+        attention: ``"fp8"`` (FP8 attention with Hadamard-rotated q/k), ``"sdpa"`` (bf16 SDPA
+            through the Q8 processor) or ``"keep"`` (leave diffusers' processors alone).
+        keep_high_precision: module names (matched on any dotted component) left unconverted.
+    """
+
+    weight_dtype: str = "int8"
+    hadamard_block: int | None = None
+    backend: str = "auto"
+    attention: str = "fp8"
+    keep_high_precision: tuple[str, ...] = field(default_factory=lambda: KEEP_HIGH_PRECISION)
+
+    def __post_init__(self):
+        self.weight_dtype = qdtype_name(qdtype_from_name(self.weight_dtype))
+        if self.attention not in ("fp8", "sdpa", "keep"):
+            raise ValueError(f"attention must be 'fp8', 'sdpa' or 'keep', got {self.attention!r}")
+        if self.hadamard_block is not None and (self.hadamard_block < 1 or self.hadamard_block & (self.hadamard_block - 1)):
+            raise ValueError(f"hadamard_block must be a power of two or None, got {self.hadamard_block}")
+        self.keep_high_precision = tuple(self.keep_high_precision)
+
+    @property
+    def qdtype(self):
+        return qdtype_from_name(self.weight_dtype)
+
+    def to_metadata(self) -> dict:
+        """The JSON written as ``q8lib.json`` beside the weights."""
+        d = dataclasses.asdict(self)
+        d["keep_high_precision"] = list(self.keep_high_precision)
+        d.pop("backend")  # a runtime choice, not a property of the weights
+        d.pop("attention")
+        return {"format": "q8lib", "format_version": FORMAT_VERSION, **d}
+
+    @classmethod
+    def from_metadata(cls, meta: dict, **runtime) -> "Q8Config":
+        if meta.get("format") != "q8lib":
+            raise ValueError(f"not a q8lib metadata file (format={meta.get('format')!r})")
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"q8lib checkpoint format_version {version!r} is not supported by this q8lib "
+                f"(expects {FORMAT_VERSION}); upgrade q8lib or re-convert the checkpoint."
+            )
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in meta.items() if k in fields}
+        kwargs.update(runtime)
+        return cls(**kwargs)

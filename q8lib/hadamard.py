@@ -1,0 +1,71 @@
+"""Orthonormal Hadamard rotations.
+
+Why: a linear layer computes ``x @ W.T``. For an orthonormal ``H`` (``H @ H.T == I``),
+``(x @ H) @ (W @ H).T == x @ W.T``, so we may quantize the rotated operands instead of the
+originals. The rotation spreads a few large "outlier" channels over all channels, which
+shrinks the per-row max and therefore the 8-bit quantization step.
+
+We use the Sylvester construction scaled by ``1/sqrt(n)``: symmetric, orthonormal and its own
+inverse. ``block_size`` applies it block-diagonally (``I_{n/b} (x) H_b``), which is cheaper
+to fuse into kernels; ``None`` rotates over the whole last dimension (the layout of the earlier
+public Q8 checkpoints).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+__all__ = ["hadamard_matrix", "hadamard_transform", "check_hadamard_size"]
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n >= 1 and (n & (n - 1)) == 0
+
+
+def check_hadamard_size(n: int, block_size: int | None = None) -> int:
+    """Return the rotation size used for a last dim of ``n``; raise ``ValueError`` if unsupported."""
+    size = n if block_size is None else block_size
+    if not _is_power_of_two(size):
+        raise ValueError(
+            f"Hadamard rotation needs a power-of-two size, got {size} "
+            f"(last dim {n}, block_size {block_size}). Pick a power-of-two block_size that divides {n}."
+        )
+    if n % size:
+        raise ValueError(f"Hadamard block_size {size} does not divide the last dim {n}.")
+    return size
+
+
+@functools.lru_cache(maxsize=32)
+def _sylvester(n: int) -> torch.Tensor:
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h / math.sqrt(n)
+
+
+def hadamard_matrix(n: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """The ``[n, n]`` orthonormal Sylvester Hadamard matrix (entries ``±1/sqrt(n)``)."""
+    check_hadamard_size(n)
+    return _sylvester(n).to(dtype=dtype, device=device)
+
+
+def hadamard_transform(x: torch.Tensor, block_size: int | None = None) -> torch.Tensor:
+    """Rotate ``x`` (shape ``[..., n]``) by the orthonormal Hadamard matrix along its last dim.
+
+    Computes ``x @ H`` with a fast Walsh-Hadamard butterfly (``n log n`` adds) in float32
+    (float64 for float64 input) and returns ``x.dtype``. ``block_size`` rotates each contiguous
+    block of that many channels independently. The transform is its own inverse.
+    """
+    n = x.shape[-1]
+    b = check_hadamard_size(n, block_size)
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    y = x.to(work).reshape(-1, b)
+    h = 1
+    while h < b:
+        y = y.view(-1, b // (2 * h), 2, h)
+        y = torch.stack((y[:, :, 0] + y[:, :, 1], y[:, :, 0] - y[:, :, 1]), dim=2)
+        h *= 2
+    y = y.reshape(x.shape) * (1.0 / math.sqrt(b))
+    return y.to(x.dtype)
