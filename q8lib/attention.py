@@ -15,7 +15,7 @@ from torch import nn
 
 from .backends import resolve_backend
 
-__all__ = ["Q8AttnProcessor", "mask_to_key_lengths", "set_q8_attention", "restore_attention", "apply_rotary_emb"]
+__all__ = ["Q8AttnProcessor", "q8_attention_core", "mask_to_key_lengths", "set_q8_attention", "restore_attention", "apply_rotary_emb"]
 
 
 def apply_rotary_emb(x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -46,6 +46,24 @@ def mask_to_key_lengths(mask: torch.Tensor, batch_size: int) -> torch.Tensor:
     return lengths
 
 
+def q8_attention_core(attn, query, key, value, image_rotary_emb=None, key_lengths=None, fp8=True, backend="auto"):
+    """Everything between the projections and ``to_out``: ``norm_q``/``norm_k``, RoPE, attention.
+
+    ``query [B, Sq, H*D]``, ``key``/``value [B, Sk, H*D]`` are the raw projection outputs;
+    ``key_lengths [B]`` int32 right-padding lengths or ``None``. Returns ``[B, Sq, H*D]``.
+    Fast backends may fuse the norm/RoPE/rotation/quantization of q and k into one producer.
+    """
+    query = attn.norm_q(query)
+    key = attn.norm_k(key)
+    if image_rotary_emb is not None:
+        query = apply_rotary_emb(query, image_rotary_emb)
+        key = apply_rotary_emb(key, image_rotary_emb)
+    # [B, S, H*D] -> [B, H, S, D]
+    query, key, value = (t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (query, key, value))
+    out = resolve_backend(backend, query.device).attention(query, key, value, key_lengths, None, fp8=fp8)
+    return out.transpose(1, 2).flatten(2, 3).to(value.dtype)
+
+
 class Q8AttnProcessor:
     """Attention processor for ``LTXAttention`` with FP8 (``fp8=True``) or SDPA attention.
 
@@ -58,22 +76,11 @@ class Q8AttnProcessor:
         self.backend = backend
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        batch_size = hidden_states.shape[0]
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        query = attn.norm_q(attn.to_q(hidden_states))
-        key = attn.norm_k(attn.to_k(context))
-        value = attn.to_v(context)
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb)
-            key = apply_rotary_emb(key, image_rotary_emb)
-        # [B, S, H*D] -> [B, H, S, D]
-        query, key, value = (t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (query, key, value))
-        key_lengths = None if attention_mask is None else mask_to_key_lengths(attention_mask, batch_size)
-        backend = resolve_backend(self.backend, query.device)
-        out = backend.attention(query, key, value, key_lengths, None, fp8=self.fp8)
-        out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
-        out = attn.to_out[0](out)
-        return attn.to_out[1](out)
+        query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        key_lengths = None if attention_mask is None else mask_to_key_lengths(attention_mask, hidden_states.shape[0])
+        out = q8_attention_core(attn, query, key, value, image_rotary_emb, key_lengths, self.fp8, self.backend)
+        return attn.to_out[1](attn.to_out[0](out))
 
 
 def _attention_modules(model: nn.Module):
