@@ -100,6 +100,13 @@ def _skeleton(m: nn.Module, kind: str, config: Q8Config) -> nn.Module:
     return Q8RMSNorm.from_norm(m, backend=config.backend)
 
 
+def _skeleton_named(name, m, kind, config):
+    try:
+        return _skeleton(m, kind, config)
+    except ValueError as e:
+        raise ValueError(f"cannot convert {name} ({type(m).__name__}): {e}") from e
+
+
 def _quantize_linear_state(prefix: str, linear: nn.Linear, config: Q8Config, out: dict) -> None:
     w_q, w_s = quantize_weight(linear.weight.detach(), config.qdtype, config.hadamard_block)
     out[prefix + "weight"], out[prefix + "scales"] = w_q, w_s
@@ -123,7 +130,9 @@ def quantize_(model: nn.Module, config: Q8Config | None = None, progress: bool =
     targets = _targets(model, config)
     from tqdm.auto import tqdm
 
-    for name, m, kind in tqdm(targets, desc="q8lib quantize", disable=not progress, leave=False):
+    # Build every (meta-device) skeleton first: an unsupported shape fails before anything changes.
+    targets = [(name, m, kind, _skeleton_named(name, m, kind, config)) for name, m, kind in targets]
+    for name, m, kind, new in tqdm(targets, desc="q8lib quantize", disable=not progress, leave=False):
         state = {}
         if kind == "linear":
             _quantize_linear_state("", m, config, state)
@@ -131,7 +140,6 @@ def quantize_(model: nn.Module, config: Q8Config | None = None, progress: bool =
             _quantize_linear_state("proj.", m.proj, config, state)
         else:
             state = {k: v.detach().clone() for k, v in m.state_dict().items()}
-        new = _skeleton(m, kind, config)
         new.load_state_dict(state, strict=True, assign=True)
         _set_submodule(model, name, new)
     _finish(model, config)
@@ -289,7 +297,7 @@ def load_q8(
     with torch.device("meta"):
         model = LTX.from_config(_plain_config(cfg))
         for name, m, kind in _targets(model, config):
-            _set_submodule(model, name, _skeleton(m, kind, config))
+            _set_submodule(model, name, _skeleton_named(name, m, kind, config))
     expected = model.state_dict()
     _check_keys(set(expected), set(state), f"checkpoint {d}")
     q8_keys = _q8_buffer_keys(model)
@@ -384,6 +392,7 @@ def inspect_transformer(model: nn.Module, num_tokens: int = 3630, text_tokens: i
     config = config or Q8Config()
     rep = InspectReport(shape=dict(num_tokens=num_tokens, text_tokens=text_tokens, batch=batch))
     converted = {n for n, _, _ in _targets(model, config)}
+    converted |= {n for n, m in model.named_modules() if isinstance(m, (Q8Linear, Q8GELU, Q8RMSNorm))}
     for name, m in model.named_modules():
         kind = _kind(name, m)
         for pname, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
@@ -403,9 +412,8 @@ def inspect_transformer(model: nn.Module, num_tokens: int = 3630, text_tokens: i
             sk = text_tokens if name.endswith("attn2") else num_tokens
             rep.flops["attention (softmax(QKᵀ)V)"] = rep.flops.get("attention (softmax(QKᵀ)V)", 0) + (
                 4 * batch * m.heads * num_tokens * sk * m.head_dim)
-        elif isinstance(m, (Q8RMSNorm,)) or type(m).__name__ == "RMSNorm":
-            if name in converted:
-                rep.converted.append(name)
+        elif name in converted and not isinstance(m, Q8GELU):
+            rep.converted.append(name)  # norms
     return rep
 
 

@@ -1,0 +1,52 @@
+"""The install lists agree, and the README's commands are the ones CI runs."""
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _pyproject():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _env_pip():
+    lines = (ROOT / "environment.yml").read_text().splitlines()
+    start = next(i for i, l in enumerate(lines) if l.strip() == "- pip:")
+    return {l.strip()[2:].strip() for l in lines[start + 1:] if l.strip().startswith("- ") and l.strip() != "- -e ."}
+
+
+def _name(req):
+    return re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_matches_pyproject():
+    proj = _pyproject()["project"]
+    reqs = set(proj["dependencies"])
+    for extra in ("gpu", "notebooks", "dev"):
+        reqs |= set(proj["optional-dependencies"][extra])
+    assert _env_pip() == reqs, f"environment.yml pip section and pyproject differ: {_env_pip() ^ reqs}"
+
+
+def test_diffusers_is_pinned():
+    assert "diffusers==0.42.1" in _pyproject()["project"]["dependencies"]
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- test-command -->\s*```\s*\n(.+?)\n```", readme, re.S)
+    assert block and "pytest" in block.group(1)
+    assert "README.md" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_main_command_runs():
+    readme = (ROOT / "README.md").read_text()
+    cmd = re.search(r"<!-- main-command -->\s*```\s*\n(.+?)\n```", readme, re.S).group(1)
+    # the python part of the main command (the pip installs already happened for this test run)
+    py = shlex.split(cmd.split("&&")[-1].strip())
+    assert py[:3] == ["python", "-m", "q8lib"]
+    out = subprocess.run([sys.executable, *py[1:]], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
