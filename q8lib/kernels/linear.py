@@ -1,0 +1,323 @@
+"""The ``triton`` backend's linear ops (same signatures and math as :mod:`q8lib.reference`).
+
+* ``quantize_activation`` / ``rms_norm_quantize`` / ``gelu_quantize``: one Triton pass per row
+  (norm + AdaLN modulation or GELU, Hadamard rotation, amax, 8-bit store), ``_rowquant.py``.
+* ``matmul``: the 8-bit GEMM with the scale/bias/GELU epilogue. On Hopper (sm_90+) fp8 goes to
+  cuBLAS' row-wise scaled GEMM (``torch._scaled_mm`` with fast accumulation; fastest measured,
+  see benchmarks/NOTES_linear.md); int8, and fp8 elsewhere (Ada, sm_89: by design, untested
+  here), go to the Triton GEMM in ``_gemm.py``. ``Q8LIB_GEMM=triton|scaled_mm|int_mm`` overrides
+  the choice (benchmarks).
+
+Every kernel is a ``torch.library`` custom op (namespace ``q8lib``) with a fake implementation,
+so ``torch.compile(fullgraph=True)`` and CUDA graphs see opaque, shape-known nodes. Inputs the
+kernels cannot take (row length not a power of two, too long, odd dtypes, non-CUDA tensors
+outside the Triton interpreter) fall back to the reference math with a one-time warning.
+Unlike the reference, the kernels do not check inputs for NaN/inf (that needs a host sync).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .. import reference as ref
+from ..quant import FP8, INT8, QMAX, qdtype_from_name
+from ._rowquant import FP8_OUT, FLOAT_OUT, INT8_OUT, plan
+
+__all__ = ["quantize_activation", "rms_norm", "rms_norm_quantize", "gelu_quantize", "matmul",
+           "launch_row_quant", "launch_gemm", "gemm_impl"]
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _warn(op, reason):
+    from . import warn_fallback
+
+    warn_fallback(op, reason)
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _runs_here(t: torch.Tensor) -> bool:
+    """Triton can run on ``t``'s device: CUDA, or the CPU through Triton's interpreter."""
+    return t.is_cuda or (t.device.type == "cpu" and _interpret())
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+@functools.lru_cache(maxsize=8)
+def _capability(index: int) -> int:
+    major, minor = torch.cuda.get_device_capability(index)
+    return major * 10 + minor
+
+
+# ------------------------------------------------------------------------------------------------
+# Row kernel: launcher, custom op, fake
+def _rot_code(rotate: bool, hadamard_block: int | None) -> int:
+    """custom-op encoding of the rotation: -1 none, 0 full row, b > 0 block-diagonal."""
+    return -1 if not rotate else (0 if hadamard_block is None else int(hadamard_block))
+
+
+def _bcast3(t: torch.Tensor | None, x: torch.Tensor):
+    """``(t3, batch stride, seq stride)``: ``t`` broadcast to ``x`` and viewed like :func:`_as3` (no copy
+    for the usual ``[B, 1, K]`` / ``[K]`` modulations)."""
+    if t is None:
+        return None, 0, 0
+    if t.shape[-1] != x.shape[-1]:
+        raise ValueError(f"modulation of shape {tuple(t.shape)} does not match rows of {x.shape[-1]}")
+    t3 = _as3(t.expand(x.shape))
+    return t3, t3.stride(0), t3.stride(1)
+
+
+def _as3(x: torch.Tensor) -> torch.Tensor:
+    """``x [..., S, K]`` -> ``[Bf, S, K]`` (``[M, K]`` -> ``[1, M, K]``) with a contiguous last dim."""
+    x3 = x.reshape(1, -1, x.shape[-1]) if x.dim() <= 2 else x.reshape(-1, x.shape[-2], x.shape[-1])
+    return x3 if x3.stride(-1) == 1 else x3.contiguous()
+
+
+def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_scale=None):
+    """Run the row kernel on ``x [..., K]`` into preallocated ``out [M, K]`` (+ ``out_scale [M]`` fp32).
+
+    ``out.dtype`` picks the mode: int8 / float8_e4m3fn quantize, a float dtype writes the transformed
+    rows. ``rot`` as :func:`_rot_code`. Tests call this directly to poison ``out`` beforehand.
+    """
+    import triton
+
+    from ._rowquant import _row_quant_kernel
+
+    K = x.shape[-1]
+    p = plan(K, None if rot <= 0 else rot, rot >= 0)
+    if isinstance(p, str):
+        raise ValueError(p)
+    rows_per, A, B, left = p
+    x3 = _as3(x)
+    M, S = x3.shape[0] * x3.shape[1], x3.shape[1]
+    if M == 0:
+        return out, out_scale
+    qmode = {INT8: INT8_OUT, FP8: FP8_OUT}.get(out.dtype, FLOAT_OUT)
+    sc, sscb, scs = _bcast3(scale, x)
+    sh, sshb, shs = _bcast3(shift, x)
+    n_tiles = triton.cdiv(M, rows_per)
+    progs = min(n_tiles, 4 * _sm_count(x.device.index or 0)) if x.is_cuda else min(n_tiles, 4)
+    elems = rows_per * K
+    dummy = x3
+    _row_quant_kernel[(progs,)](
+        x3, x3.stride(0), x3.stride(1),
+        weight if weight is not None else dummy,
+        sc if sc is not None else dummy, sscb, scs,
+        sh if sh is not None else dummy, sshb, shs,
+        out, out_scale if out_scale is not None else out,
+        M, S, float(eps),
+        K=K, ROWS=rows_per, A=A, LOGA=A.bit_length() - 1, B=B, LOGB=B.bit_length() - 1,
+        NORM=norm, HAS_W=weight is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
+        GELU=gelu, ROTATE=rot >= 0, LEFT=left, DOT_BF16=x.is_cuda,
+        QMODE=qmode, QMAX=QMAX.get(out.dtype, 1.0), SOFT_FP8=not x.is_cuda,
+        num_warps=4 if elems <= 2048 else (8 if elems <= 8192 else 16),
+    )
+    return out, out_scale
+
+
+def _qdtype_of(qmode: int):
+    return {INT8_OUT: INT8, FP8_OUT: FP8}.get(qmode)
+
+
+@torch.library.custom_op("q8lib::row_quant", mutates_args=())
+def _row_quant_op(x: torch.Tensor, weight: Optional[torch.Tensor], scale: Optional[torch.Tensor],
+                  shift: Optional[torch.Tensor], eps: float, norm: bool, gelu: bool, rot: int,
+                  qmode: int) -> tuple[torch.Tensor, torch.Tensor]:
+    qdtype = _qdtype_of(qmode)
+    K = x.shape[-1]
+    M = x.numel() // max(K, 1)
+    out = torch.empty(M, K, device=x.device, dtype=qdtype or x.dtype)
+    out_scale = torch.empty(M if qdtype is not None else 0, device=x.device, dtype=torch.float32)
+    launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_scale if qdtype is not None else None)
+    return out.view(x.shape), out_scale.view(x.shape[:-1] if qdtype is not None else (0,))
+
+
+@_row_quant_op.register_fake
+def _(x, weight, scale, shift, eps, norm, gelu, rot, qmode):
+    qdtype = _qdtype_of(qmode)
+    out = x.new_empty(x.shape, dtype=qdtype or x.dtype)
+    out_scale = x.new_empty(x.shape[:-1] if qdtype is not None else (0,), dtype=torch.float32)
+    return out, out_scale
+
+
+def _row_reason(x: torch.Tensor, hadamard_block, rotate=True) -> str | None:
+    if not _runs_here(x):
+        return f"tensor on {x.device} (Triton needs CUDA or TRITON_INTERPRET=1)"
+    if x.dtype not in _FLOAT_DTYPES:
+        return f"input dtype {x.dtype}"
+    p = plan(x.shape[-1], hadamard_block, rotate)
+    return p if isinstance(p, str) else None
+
+
+def _row(op, x, weight, scale, shift, eps, norm, gelu, qdtype, hadamard_block, rotate=True):
+    q = qdtype_from_name(qdtype) if qdtype is not None else None
+    qmode = {INT8: INT8_OUT, FP8: FP8_OUT}.get(q, FLOAT_OUT)
+    return torch.ops.q8lib.row_quant(x, weight, scale, shift, float(eps), norm, gelu,
+                                     _rot_code(rotate, hadamard_block), qmode)
+
+
+# ------------------------------------------------------------------------------------------------
+# Public row ops (backend API)
+def quantize_activation(x, qdtype, hadamard_block=None):
+    """``x [..., K]`` -> Hadamard-rotated, per-token quantized ``(q [..., K], scale [...] fp32)``."""
+    reason = _row_reason(x, hadamard_block)
+    if reason:
+        _warn("quantize_activation", reason)
+        return ref.quantize_activation_ref(x, qdtype, hadamard_block)
+    return _row("quantize_activation", x, None, None, None, 1e-6, False, False, qdtype, hadamard_block)
+
+
+def rms_norm(x, weight=None, eps=1e-6, scale=None, shift=None):
+    """``x / rms(x) [* weight] [* (1 + scale) + shift]`` -> ``x.dtype`` (``scale``/``shift`` broadcast to x)."""
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    reason = _row_reason(x, None, rotate=False)
+    if reason:
+        _warn("rms_norm", reason)
+        return ref.rms_norm_ref(x, weight, eps, scale, shift)
+    return _row("rms_norm", x, weight, scale, shift, eps, True, False, None, None, rotate=False)[0]
+
+
+def rms_norm_quantize(x, weight, eps, scale, shift, qdtype, hadamard_block=None):
+    """Fused RMSNorm + AdaLN modulation + rotation + quantization of ``x [..., K]`` -> ``(q, scale)``.
+
+    Differs from the two-step reference only in skipping the rounding of the normed rows to
+    ``x.dtype`` before rotation (the kernel keeps them in float32).
+    """
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    reason = _row_reason(x, hadamard_block)
+    if reason:
+        _warn("rms_norm_quantize", reason)
+        return ref.quantize_activation_ref(ref.rms_norm_ref(x, weight, eps, scale, shift), qdtype, hadamard_block)
+    return _row("rms_norm_quantize", x, weight, scale, shift, eps, True, False, qdtype, hadamard_block)
+
+
+def gelu_quantize(x, qdtype, hadamard_block=None):
+    """tanh-GELU + rotation + quantization of ``x [..., K]`` (the FFN hidden) -> ``(q, scale)``."""
+    reason = _row_reason(x, hadamard_block)
+    if reason:
+        _warn("gelu_quantize", reason)
+        return ref.quantize_activation_ref(F.gelu(x.float(), approximate="tanh").to(x.dtype), qdtype, hadamard_block)
+    return _row("gelu_quantize", x, None, None, None, 1e-6, False, True, qdtype, hadamard_block)
+
+
+# ------------------------------------------------------------------------------------------------
+# GEMM
+def gemm_impl(qdtype: torch.dtype, device: torch.device) -> str:
+    """Which GEMM runs ``qdtype`` on ``device``: ``"scaled_mm"`` (cuBLAS fp8 row-wise, sm_90+),
+    ``"triton"`` or ``"int_mm"`` (cuBLAS int8 + separate epilogue); ``Q8LIB_GEMM`` overrides."""
+    forced = os.environ.get("Q8LIB_GEMM", "auto")
+    if forced not in ("auto", "triton", "scaled_mm", "int_mm"):
+        raise ValueError(f"Q8LIB_GEMM must be auto, triton, scaled_mm or int_mm, got {forced!r}")
+    if device.type != "cuda":
+        return "triton"
+    if forced == "scaled_mm" and qdtype == FP8:
+        return "scaled_mm"
+    if forced == "int_mm" and qdtype == INT8:
+        return "int_mm"
+    if forced == "auto" and qdtype == FP8 and _capability(device.index or 0) >= 90:
+        return "scaled_mm"
+    return "triton"
+
+
+def launch_gemm(x_q, x_scale, w_q, w_scale, bias, gelu, out, tiles=None):
+    """Triton GEMM of ``x_q [M, K]`` by ``w_q [N, K]`` into preallocated ``out [M, N]``.
+
+    ``tiles=(BM, BN, BK)`` fixes the tiles (interpreter/tests); ``None`` autotunes (GPU).
+    """
+    import triton
+
+    from ._gemm import _q8_gemm_autotuned, _q8_gemm_kernel
+
+    M, K = x_q.shape
+    N = w_q.shape[0]
+    if M == 0 or N == 0:
+        return out
+    common = dict(HAS_BIAS=bias is not None, GELU=gelu, IS_INT=x_q.dtype == INT8)
+    args = (x_q, x_scale, w_q, w_scale, bias if bias is not None else w_scale, out, M, N, K,
+            x_q.stride(0), w_q.stride(0), out.stride(0))
+    if tiles is None and x_q.is_cuda:
+        grid = lambda meta: (triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"]),)  # noqa: E731
+        _q8_gemm_autotuned[grid](*args, **common)
+    else:
+        bm, bn, bk = tiles or (32, 32, 32)
+        grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
+        _q8_gemm_kernel[grid](*args, BM=bm, BN=bn, BK=bk, GROUP_M=8, EVEN_K=K % bk == 0, **common)
+    return out
+
+
+@torch.library.custom_op("q8lib::q8_gemm", mutates_args=())
+def _gemm_op(x_q: torch.Tensor, x_scale: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
+             bias: Optional[torch.Tensor], gelu: bool, out_dtype: torch.dtype) -> torch.Tensor:
+    out = torch.empty(x_q.shape[0], w_q.shape[0], device=x_q.device, dtype=out_dtype)
+    return launch_gemm(x_q, x_scale, w_q, w_scale, bias, gelu, out)
+
+
+@_gemm_op.register_fake
+def _(x_q, x_scale, w_q, w_scale, bias, gelu, out_dtype):
+    return x_q.new_empty(x_q.shape[0], w_q.shape[0], dtype=out_dtype)
+
+
+def _gemm_reason(x_q, w_q, w_scale, bias, out_dtype) -> str | None:
+    if not (_runs_here(x_q) and _runs_here(w_q)):
+        return f"tensors on {x_q.device}/{w_q.device} (Triton needs CUDA or TRITON_INTERPRET=1)"
+    if x_q.dtype not in (INT8, FP8):
+        return f"8-bit dtype {x_q.dtype}"
+    if out_dtype not in _FLOAT_DTYPES:
+        return f"output dtype {out_dtype}"
+    if x_q.shape[-1] % 16:
+        return f"inner dim {x_q.shape[-1]} not a multiple of 16"
+    if w_q.stride(-1) != 1 or w_scale.dtype != torch.float32:
+        return "weight not K-contiguous or weight scales not float32"
+    return None
+
+
+def matmul(x_q, x_scale, w_q, w_scale, bias=None, activation=None, out_dtype=torch.bfloat16):
+    """``act((x_q @ w_qᵀ) * x_scale[..., None] * w_scale + bias)`` -> ``out_dtype``.
+
+    ``x_q [..., K]``, ``x_scale [...]``, ``w_q [N, K]``, ``w_scale [N]`` fp32, ``bias [N]`` -> ``[..., N]``.
+    """
+    if activation not in ref.ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ref.ACTIVATIONS}, got {activation!r}")
+    if x_q.dtype != w_q.dtype:
+        raise TypeError(f"activation dtype {x_q.dtype} and weight dtype {w_q.dtype} differ")
+    if x_q.shape[-1] != w_q.shape[-1]:
+        raise ValueError(f"inner dims differ: activations {tuple(x_q.shape)}, weight {tuple(w_q.shape)}")
+    reason = _gemm_reason(x_q, w_q, w_scale, bias, out_dtype)
+    if reason:
+        _warn("matmul", reason)
+        return ref.q8_matmul_ref(x_q, x_scale, w_q, w_scale, bias, activation, out_dtype)
+    lead, K, N = x_q.shape[:-1], x_q.shape[-1], w_q.shape[0]
+    x2 = x_q.reshape(-1, K)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    xs = x_scale.reshape(-1).float()
+    gelu = activation == "gelu_tanh"
+    impl = gemm_impl(x_q.dtype, x_q.device)
+    if impl == "scaled_mm" and N % 16 == 0 and out_dtype in (torch.bfloat16, torch.float16):
+        # cuBLAS row-wise fp8: fp32 scales [M, 1] x [1, N]; its bias must be in the output dtype
+        y = torch._scaled_mm(x2, w_q.t(), scale_a=xs.view(-1, 1), scale_b=w_scale.view(1, -1),
+                             bias=None if bias is None else bias.to(out_dtype), out_dtype=out_dtype,
+                             use_fast_accum=True)
+        if gelu:
+            y = F.gelu(y.float(), approximate="tanh").to(out_dtype)
+    elif impl == "int_mm" and x2.shape[0] > 16 and K % 8 == 0 and N % 8 == 0:
+        acc = torch._int_mm(x2, w_q.t())
+        y = acc.float() * xs[:, None] * w_scale
+        if bias is not None:
+            y = y + bias.float()
+        y = (F.gelu(y, approximate="tanh") if gelu else y).to(out_dtype)
+    else:
+        y = torch.ops.q8lib.q8_gemm(x2, xs, w_q, w_scale, bias, gelu, out_dtype)
+    return y.reshape(*lead, N)
