@@ -1,0 +1,251 @@
+"""Plots, videos and benchmark tables for the tutorial notebooks (matplotlib, imageio, ipywidgets).
+
+Nothing here computes Q8 math; it draws what the rest of q8lib measured. Figures default to a small
+size and dpi so that notebooks with committed outputs stay small.
+"""
+from __future__ import annotations
+
+import base64
+import glob
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "DPI",
+    "small_figure",
+    "plot_shares",
+    "plot_layer_sqnr",
+    "to_uint8",
+    "save_video",
+    "videos_html",
+    "frame_strip",
+    "frame_scrubber",
+    "EARLIER_WORK_RTX4090",
+    "load_results",
+    "results_rows",
+    "plot_results",
+]
+
+DPI = 72
+
+
+def small_figure(ncols: int = 1, nrows: int = 1, width: float = 4.0, height: float = 2.6, **kw):
+    """``plt.subplots`` with a small size per panel (inches) at :data:`DPI`."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), dpi=DPI, **kw)
+    return fig, axes
+
+
+def plot_shares(report, ax=None, title: str | None = None):
+    """Horizontal bars: share of parameters and of forward FLOPs per module type (an ``InspectReport``)."""
+    if ax is None:
+        _, ax = small_figure(width=6.0, height=3.0)
+    kinds = sorted(set(report.params) | set(report.flops), key=lambda k: report.flops.get(k, 0))
+    y = np.arange(len(kinds))
+    p = [100 * report.params.get(k, 0) / max(report.total_params, 1) for k in kinds]
+    f = [100 * report.flops.get(k, 0) / max(report.total_flops, 1) for k in kinds]
+    ax.barh(y - 0.2, p, height=0.4, label="parameters")
+    ax.barh(y + 0.2, f, height=0.4, label="forward FLOPs")
+    ax.set_yticks(y, kinds, fontsize=8)
+    ax.set_xlabel("share of the transformer (%)")
+    ax.legend(fontsize=8, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax
+
+
+def plot_layer_sqnr(sqnr: dict, ax=None, highlight: str | None = None, title: str | None = None):
+    """One bar per converted layer (dB); infinite values (bit-exact layers) are drawn at the top and
+    marked 'exact'; ``highlight`` outlines one layer."""
+    if ax is None:
+        _, ax = small_figure(width=7.0, height=2.8)
+    names = list(sqnr)
+    vals = np.array([sqnr[n] for n in names], dtype=float)
+    finite = vals[np.isfinite(vals)]
+    top = (finite.max() if finite.size else 0.0) + 5
+    shown = np.where(np.isfinite(vals), vals, top)
+    colors = ["tab:gray" if not np.isfinite(v) else "tab:blue" for v in vals]
+    bars = ax.bar(np.arange(len(names)), shown, color=colors)
+    if highlight in sqnr:
+        i = names.index(highlight)
+        bars[i].set_color("tab:orange")
+    for i, v in enumerate(vals):
+        if not np.isfinite(v):
+            ax.text(i, top, "exact", rotation=90, ha="center", va="top", fontsize=6, color="white")
+    short = [n.replace("transformer_blocks.", "b").replace(".to_out.0", ".out") for n in names]
+    ax.set_xticks(np.arange(len(names)), short, rotation=90, fontsize=6)
+    ax.set_ylabel("SQNR (dB)")
+    ax.set_xlabel("converted layer")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax
+
+
+def to_uint8(frames) -> np.ndarray:
+    """Video frames ``[T, H, W, C]`` as float in ``[0, 1]`` (numpy or torch) or uint8 -> uint8 numpy."""
+    a = frames.detach().cpu().numpy() if hasattr(frames, "detach") else np.asarray(frames)
+    if a.dtype == np.uint8:
+        return a
+    return (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def save_video(frames, path: str | os.PathLike, fps: int = 8) -> Path:
+    """Write ``frames [T, H, W, C]`` to an H.264 mp4 (imageio-ffmpeg) and return its path."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimwrite(path, list(to_uint8(frames)), fps=fps, codec="libx264", macro_block_size=1,
+                     pixelformat="yuv420p")
+    return path
+
+
+def videos_html(videos: dict, width: int = 192):
+    """Side-by-side looping HTML5 videos from mp4 files ``{label: path}``, embedded inline.
+
+    Returns an ``IPython.display.HTML``. Keep clips tiny: the bytes go into the notebook.
+    """
+    from IPython.display import HTML
+
+    cells = []
+    for label, path in videos.items():
+        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        cells.append(
+            f'<figure style="display:inline-block;margin:4px;text-align:center">'
+            f'<video width="{width}" autoplay loop muted playsinline controls style="image-rendering:pixelated">'
+            f'<source src="data:video/mp4;base64,{data}" type="video/mp4"></video>'
+            f"<figcaption>{label}</figcaption></figure>"
+        )
+    return HTML("<div>" + "".join(cells) + "</div>")
+
+
+def frame_strip(videos: dict, n: int = 5, title: str | None = None):
+    """A grid: one row per video ``{label: frames}``, ``n`` evenly spaced frames per row."""
+    import matplotlib.pyplot as plt
+
+    first = next(iter(videos.values()))
+    T = len(first)
+    idx = np.linspace(0, T - 1, min(n, T)).round().astype(int)
+    fig, axes = plt.subplots(len(videos), len(idx), figsize=(1.3 * len(idx), 1.4 * len(videos)), dpi=DPI,
+                             squeeze=False)
+    for r, (label, frames) in enumerate(videos.items()):
+        frames = to_uint8(frames)
+        for c, t in enumerate(idx):
+            ax = axes[r, c]
+            ax.imshow(frames[t], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+            if r == len(videos) - 1:
+                ax.set_xlabel(f"frame {t}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def frame_scrubber(videos: dict):
+    """An ipywidgets slider that shows frame ``t`` of every video ``{label: frames}`` side by side."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    vids = {k: to_uint8(v) for k, v in videos.items()}
+    T = min(len(v) for v in vids.values())
+
+    def show(frame=0):
+        fig, axes = plt.subplots(1, len(vids), figsize=(2.2 * len(vids), 2.4), dpi=DPI, squeeze=False)
+        for ax, (label, v) in zip(axes[0], vids.items()):
+            ax.imshow(v[frame], interpolation="nearest")
+            ax.set_title(f"{label}, frame {frame}", fontsize=8)
+            ax.axis("off")
+        plt.show()
+
+    return widgets.interactive(show, frame=widgets.IntSlider(min=0, max=T - 1, step=1, value=0,
+                                                               description="frame"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Benchmarks
+EARLIER_WORK_RTX4090 = {
+    "source": "sayakpaul/q8-ltx-video README, 'Performance' section (commit 2558983b353b822374e18dadc99855521af87e80)",
+    "url": "https://github.com/sayakpaul/q8-ltx-video#performance",
+    "device": "NVIDIA GeForce RTX 4090 (Ada, sm_89), CUDA 12.6, PyTorch 2.5.1, diffusers 0.33.0.dev0",
+    "setting": "full LTXPipeline: 81 frames, 480x704, 50 steps, max_sequence_length=128",
+    "results": {
+        "bf16 (non-Q8)": {"time_s": 16.192, "memory_mb": 7172.86},
+        "Q8 (q8_kernels)": {"time_s": 9.572, "memory_mb": 5413.51},
+    },
+    "note": "quoted from the earlier work; not measured by q8lib",
+}
+
+
+def load_results(results_dir: str | os.PathLike = "benchmarks/results", pattern: str = "*.json") -> list[dict]:
+    """Every JSON file in ``results_dir`` matching ``pattern`` as a dict, with ``_file`` added; sorted by name.
+
+    Files that are not valid JSON objects are skipped with their error recorded under ``_error``.
+    """
+    out = []
+    for f in sorted(glob.glob(os.path.join(str(results_dir), pattern))):
+        try:
+            data = json.loads(Path(f).read_text())
+            if not isinstance(data, dict):
+                raise ValueError("top level is not an object")
+        except (ValueError, OSError) as e:
+            data = {"_error": f"{type(e).__name__}: {e}"}
+        data["_file"] = os.path.basename(f)
+        out.append(data)
+    return out
+
+
+_TIME_KEYS = ("fwd_ms", "ms", "time_ms", "step_ms", "total_s", "time_s")
+
+
+def results_rows(result: dict) -> list[dict]:
+    """Flatten one results file into rows ``{variant, time, time_unit, peak_mb, rel_err, cos}``.
+
+    Understands ``{"results": {variant: {fwd_ms | ms | ..., peak_mb, rel_err_vs_bf16, cos_vs_bf16}}}``;
+    missing figures are ``None``.
+    """
+    rows = []
+    for variant, r in (result.get("results") or {}).items():
+        if not isinstance(r, dict):
+            continue
+        key = next((k for k in _TIME_KEYS if isinstance(r.get(k), (int, float))), None)
+        rows.append(dict(
+            variant=variant,
+            time=r[key] if key else None,
+            time_unit=("s" if key and key.endswith("_s") else "ms") if key else None,
+            peak_mb=r.get("peak_mb"),
+            rel_err=r.get("rel_err_vs_bf16"),
+            cos=r.get("cos_vs_bf16"),
+        ))
+    return rows
+
+
+def plot_results(result: dict, title: str | None = None):
+    """Time and peak memory per variant of one results file (two bar panels); ``None`` if it has neither."""
+    rows = results_rows(result)
+    timed = [r for r in rows if r["time"] is not None]
+    mem = [r for r in rows if r["peak_mb"] is not None]
+    if not timed and not mem:
+        return None
+    fig, (ax_t, ax_m) = small_figure(ncols=2, width=3.6, height=2.6)
+    if timed:
+        ax_t.bar([r["variant"] for r in timed], [r["time"] for r in timed], color="tab:blue")
+        ax_t.set_ylabel(f"time ({timed[0]['time_unit']})")
+    if mem:
+        ax_m.bar([r["variant"] for r in mem], [r["peak_mb"] for r in mem], color="tab:green")
+        ax_m.set_ylabel("peak memory (MB)")
+    for ax in (ax_t, ax_m):
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        ax.set_xlabel("variant")
+    fig.suptitle(title or result.get("_file", ""), fontsize=9)
+    fig.tight_layout()
+    return fig
+
