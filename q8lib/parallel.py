@@ -1,0 +1,66 @@
+"""Q8 attention under diffusers' context parallelism (Ulysses all-to-all over heads).
+
+``model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=N))`` splits the video and
+text sequences over N ranks (the LTX transformer's ``_cp_plan``) and sets ``_parallel_config`` on
+every attention processor that has that attribute. :class:`~q8lib.attention.Q8AttnProcessor` then
+routes its attention op through :func:`context_parallel_attention`, which reuses diffusers' own
+Ulysses template: all-to-all so each rank holds the whole sequence for ``H/N`` heads, run the q8lib
+attention op (FP8 or SDPA) with per-sample key lengths, all-to-all back.
+
+The text mask is kept as a boolean ``[B, Tk_local]`` keep-mask (no head dim) so diffusers can
+all-gather it next to k/v; stock diffusers 0.42.1 fails on LTX's masked cross-attention under
+Ulysses because its prepared mask carries a head dim. Ring attention needs the attention's
+log-sum-exp, which the FP8 kernel does not return: it raises a clear error.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["context_parallel_attention", "keep_mask_from_bias"]
+
+
+def keep_mask_from_bias(mask: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Additive-bias (0 keep / negative drop) or boolean mask -> boolean keep-mask ``[B, Tk]``."""
+    m = mask.reshape(batch_size, -1, mask.shape[-1])[:, 0]
+    return m if m.dtype == torch.bool else m > -1.0
+
+
+def context_parallel_attention(query, key, value, keep_mask, parallel_config, attention_fn):
+    """Ulysses context-parallel attention around a local attention op.
+
+    Args:
+        query, key, value: this rank's shards ``[B, H, S_local, D]`` (all H heads).
+        keep_mask: boolean ``[B, Sk_local]`` (right-padded globally) or ``None``.
+        parallel_config: the ``ParallelConfig`` diffusers set on the processor.
+        attention_fn: ``(q, k, v, key_lengths) -> out`` on ``[B, H/N, S, D]`` tensors.
+    Returns:
+        ``[B, H, S_local, D]``.
+    """
+    from diffusers.models.attention_dispatch import _templated_context_parallel_attention
+
+    from .attention import mask_to_key_lengths
+
+    cp = parallel_config.context_parallel_config
+    if cp.ring_degree > 1:
+        raise NotImplementedError(
+            "q8lib attention supports Ulysses context parallelism (ulysses_degree > 1, ring_degree 1); ring "
+            "attention merges partial results by log-sum-exp, which the FP8 kernel does not return."
+        )
+    heads = query.shape[1]
+    if heads % cp.ulysses_degree:
+        raise ValueError(f"{heads} attention heads cannot be split over ulysses_degree={cp.ulysses_degree}")
+
+    def forward_op(ctx, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, return_lse,
+                   _save_ctx=True, _parallel_config=None):
+        if return_lse:
+            raise NotImplementedError("q8lib attention does not return the log-sum-exp")
+        lengths = None if attn_mask is None else mask_to_key_lengths(attn_mask, q.shape[0])
+        out = attention_fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), lengths)
+        return out.transpose(1, 2)
+
+    # diffusers' templates work on [B, S, H, D]
+    out = _templated_context_parallel_attention(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), keep_mask,
+        forward_op=forward_op, backward_op=None, _parallel_config=parallel_config,
+    )
+    return out.transpose(1, 2)
