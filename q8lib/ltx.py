@@ -372,7 +372,7 @@ class InspectReport:
 
     def table(self) -> str:
         rows = [f"{'module type':<28}{'params':>14}{'share':>8}{'GFLOP/fwd':>14}{'share':>8}"]
-        for k in sorted(set(self.params) | set(self.flops), key=lambda k: -self.flops.get(k, 0)):
+        for k in sorted(set(self.params) | set(self.flops), key=lambda k: (-self.flops.get(k, 0), k)):
             p, f = self.params.get(k, 0), self.flops.get(k, 0)
             rows.append(f"{k:<28}{p:>14,}{p / self.total_params:>8.1%}{f / 1e9:>14.1f}{f / max(self.total_flops, 1):>8.1%}")
         rows.append(f"{'total':<28}{self.total_params:>14,}{'':>8}{self.total_flops / 1e9:>14.1f}")
