@@ -53,6 +53,13 @@ def q8_attention_core(attn, query, key, value, image_rotary_emb=None, key_length
     ``key_lengths [B]`` int32 right-padding lengths or ``None``. Returns ``[B, Sq, H*D]``.
     Fast backends may fuse the norm/RoPE/rotation/quantization of q and k into one producer.
     """
+    be = resolve_backend(backend, query.device)
+    if fp8 and be.name == "triton":
+        from .kernels.attention import fused_attention_core
+
+        out = fused_attention_core(attn, query, key, value, image_rotary_emb, key_lengths)
+        if out is not None:
+            return out.to(value.dtype)
     query = attn.norm_q(query)
     key = attn.norm_k(key)
     if image_rotary_emb is not None:
@@ -60,7 +67,7 @@ def q8_attention_core(attn, query, key, value, image_rotary_emb=None, key_length
         key = apply_rotary_emb(key, image_rotary_emb)
     # [B, S, H*D] -> [B, H, S, D]
     query, key, value = (t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (query, key, value))
-    out = resolve_backend(backend, query.device).attention(query, key, value, key_lengths, None, fp8=fp8)
+    out = be.attention(query, key, value, key_lengths, None, fp8=fp8)
     return out.transpose(1, 2).flatten(2, 3).to(value.dtype)
 
 

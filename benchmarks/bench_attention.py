@@ -1,0 +1,239 @@
+"""Attention micro-benchmark: cuDNN / flash bf16 SDPA vs q8lib's FP8 attention, in one run.
+
+    python benchmarks/bench_attention.py [--sweep] [--out benchmarks/results/attention_h100.json]
+
+Shapes (LTX-Video): self-attention [2, 32, 3630, 64] (the shape of record), [2, 32, 14520, 64],
+[2, 32, 3630, 128] (13B heads) and cross-attention of 3630 queries to 128 text keys with key lengths
+(128, 77). Variants per shape:
+
+* ``sdpa_cudnn_bf16``, ``sdpa_flash_bf16``: PyTorch SDPA pinned to one backend (bf16 in/out).
+* ``q8_fp8_kernel``: the FP8 attention kernel alone on producer outputs (what SDPA is compared to).
+* ``q8_fp8_op``: the whole backend op on bf16 ``[B, H, S, D]`` (producers for q/k/v + kernel).
+* ``q8_kernels_fp8``: the original ``q8_kernels`` FP8 attention, if that package is installed.
+
+Times are medians of CUDA-event timings after warm-up; ``tflops`` counts ``4 B H Sq Sk D``.
+``rel_err`` is ``||out - ref|| / ||ref||`` against float32 SDPA on the same inputs.
+``--sweep`` also times every tile configuration of the kernel and records which is fastest.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SHAPES = [  # (name, B, H, Sq, Sk, D, key_lengths)
+    ("self_2x32x3630x64", 2, 32, 3630, 3630, 64, None),
+    ("self_2x32x14520x64", 2, 32, 14520, 14520, 64, None),
+    ("self_2x32x3630x128", 2, 32, 3630, 3630, 128, None),
+    ("cross_2x32x3630x128keys_64", 2, 32, 3630, 128, 64, (128, 77)),
+]
+
+SWEEP = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, fast_exp)
+    (128, 64, 4, 3, True), (128, 64, 8, 3, True), (128, 64, 8, 4, True), (128, 128, 8, 2, True),
+    (128, 128, 8, 3, True), (128, 128, 8, 4, True), (128, 128, 4, 3, True), (64, 64, 4, 3, True),
+    (128, 128, 8, 3, False), (128, 32, 4, 3, True),
+]
+
+
+def bench(fn, warmup=10, reps=40):
+    """Median milliseconds of ``fn()`` by CUDA events, after warm-up; also peak MB allocated during it."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    return statistics.median(times), peak
+
+
+def rel_err(out, ref):
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def sass_stats(compiled) -> dict:
+    """Registers/spills and the matrix/exp instructions the compiled kernel holds (PTX and SASS)."""
+    st = {"n_regs": getattr(compiled, "n_regs", None), "n_spills": getattr(compiled, "n_spills", None)}
+    ptx = compiled.asm.get("ptx", "")
+    st["ptx_wgmma_e4m3"] = sum(1 for ln in ptx.splitlines() if "wgmma.mma_async" in ln and "e4m3" in ln)
+    st["ptx_wgmma_other"] = sum(1 for ln in ptx.splitlines() if "wgmma.mma_async" in ln and "e4m3" not in ln)
+    st["ptx_mma_sync"] = ptx.count("mma.sync")
+    st["ptx_ex2"] = ptx.count("ex2.approx")
+    try:
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(compiled.asm["cubin"])
+            f.flush()
+            sass = subprocess.run(["cuobjdump", "-sass", f.name], capture_output=True, text=True, timeout=60).stdout
+        for op in ("QGMMA", "HGMMA", "HMMA", "MUFU.EX2", "LDL", "STL", "F2FP", "SHFL"):
+            st["sass_" + op] = sum(1 for ln in sass.splitlines() if op in ln)
+        st["_sass"] = sass
+    except Exception as e:  # cuobjdump missing: the PTX counts still say which instructions were asked for
+        st["sass_error"] = repr(e)
+    return st
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sweep", action="store_true", help="time every tile configuration of the kernel")
+    ap.add_argument("--out", default="benchmarks/results/attention_h100.json")
+    ap.add_argument("--asm-dir", default=None, help="write the TTGIR/SASS of the chosen kernels here")
+    ap.add_argument("--shapes", default=None, help="comma-separated subset of shape names")
+    args = ap.parse_args()
+
+    import triton
+
+    from q8lib import reference as ref
+    from q8lib.kernels import attention as ka
+
+    dev = torch.device("cuda")
+    props = torch.cuda.get_device_properties(dev)
+    try:
+        import diffusers
+
+        dver = diffusers.__version__
+    except ImportError:
+        dver = None
+    try:
+        import q8_kernels  # noqa: F401  (peer; not on PyPI for this torch)
+
+        have_q8k = True
+    except ImportError:
+        have_q8k = False
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    result = {
+        "device": props.name, "sm": f"{props.major}{props.minor}", "date": datetime.datetime.utcnow().isoformat() + "Z",
+        "versions": {"torch": torch.__version__, "triton": triton.__version__, "diffusers": dver,
+                     "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()},
+        "default_config": {str(k): v for k, v in ka._FWD_CONFIG.items()},
+        "shapes": {}, "sweep": {}, "notes": "tflops = 4*B*H*Sq*Sk*D / time (cross: Sk = padded text length)",
+    }
+    table = []
+    names = None if args.shapes is None else set(args.shapes.split(","))
+    for name, B, H, Sq, Sk, D, lens in SHAPES:
+        if names and name not in names:
+            continue
+        torch.manual_seed(0)
+        # projections give [B, S, H*D]; attention sees [B, H, S, D] views of them
+        q = torch.randn(B, Sq, H, D, device=dev, dtype=torch.bfloat16).transpose(1, 2)
+        k = torch.randn(B, Sk, H, D, device=dev, dtype=torch.bfloat16).transpose(1, 2)
+        v = torch.randn(B, Sk, H, D, device=dev, dtype=torch.bfloat16).transpose(1, 2)
+        kl = None if lens is None else torch.tensor(lens, device=dev, dtype=torch.int32)
+        mask = None if kl is None else ref.key_lengths_to_mask(kl, Sk)
+        flops = 4 * B * H * Sq * Sk * D
+        # float32 SDPA reference (memory-efficient kernel handles fp32 at every size)
+        ref_out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+        res = {}
+
+        def record(variant, fn, out=None):
+            try:
+                ms, peak = bench(fn)
+            except Exception as e:  # e.g. cuDNN refuses a mask or shape: record why
+                res[variant] = {"error": repr(e)[:300]}
+                return
+            r = {"ms": ms, "tflops": flops / ms / 1e9, "peak_mb": peak}
+            if out is not None:
+                r["rel_err"] = rel_err(out, ref_out)
+            res[variant] = r
+
+        for variant, backend in (("sdpa_cudnn_bf16", SDPBackend.CUDNN_ATTENTION),
+                                 ("sdpa_flash_bf16", SDPBackend.FLASH_ATTENTION),
+                                 ("sdpa_efficient_bf16", SDPBackend.EFFICIENT_ATTENTION)):
+            if mask is not None and backend == SDPBackend.FLASH_ATTENTION:
+                res[variant] = {"error": "flash SDPA takes no attention mask"}
+                continue
+
+            def sd(backend=backend):
+                with sdpa_kernel([backend]):
+                    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+            try:
+                out = sd()
+            except Exception as e:
+                res[variant] = {"error": repr(e)[:300]}
+                continue
+            record(variant, sd, out)
+
+        qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+        q8, qs = ka.quant_qk(qt, None, -1.0, None, None, ka.LOG2E / math.sqrt(D))
+        k8, ks = ka.quant_qk(kt, None, -1.0, None, None, 1.0)
+        vt8, vs = ka.quant_v(vt)
+        out_buf = torch.full((B, Sq, H, D), float("nan"), device=dev, dtype=torch.bfloat16)  # poisoned
+        ka._launch_fwd(q8, qs, k8, ks, vt8, vs, kl, Sk, out_buf)
+        assert not out_buf.isnan().any(), "kernel left unwritten (NaN) outputs"
+        record("q8_fp8_kernel", lambda: ka.attention_fwd(q8, qs, k8, ks, vt8, vs, kl, Sq, Sk, torch.bfloat16),
+               out_buf.transpose(1, 2))
+        op_out = ka.attention(q, k, v, kl)
+        record("q8_fp8_op", lambda: ka.attention(q, k, v, kl), op_out)
+        record("q8_producers_only", lambda: (ka.quant_qk(qt, None, -1.0, None, None, 1.0),
+                                             ka.quant_qk(kt, None, -1.0, None, None, 1.0), ka.quant_v(vt)))
+        # FP8 reference math on two heads (float32 on the GPU), to separate kernel bugs from FP8 error
+        bn = ka.fwd_config(D, dev)[1]
+        r8 = ref.fp8_attention_ref(q[:, :2].float(), k[:, :2].float(), v[:, :2].float(), kl, block_n=bn)
+        res["q8_fp8_kernel"]["rel_err_vs_fp8_ref_2heads"] = rel_err(op_out[:, :2], r8)
+        res["fp8_ref_2heads_rel_err"] = rel_err(r8, ref_out[:, :2])
+        if have_q8k:
+            res["q8_kernels_fp8"] = {"error": "adapter not written: q8_kernels is installed but not benchmarked"}
+        cud = res.get("sdpa_cudnn_bf16", {}).get("ms")
+        if cud:
+            res["q8_fp8_kernel"]["speedup_vs_cudnn"] = cud / res["q8_fp8_kernel"]["ms"]
+            res["q8_fp8_op"]["speedup_vs_cudnn"] = cud / res["q8_fp8_op"]["ms"]
+        result["shapes"][name] = {"shape": [B, H, Sq, Sk, D], "key_lengths": lens, "gflop": flops / 1e9,
+                                  "results": res}
+
+        if args.sweep and lens is None and Sq <= 4096:
+            sw = {}
+            for cfg in SWEEP:
+                try:
+                    ob = torch.full((B, Sq, H, D), float("nan"), device=dev, dtype=torch.bfloat16)
+                    ck = ka._launch_fwd(q8, qs, k8, ks, vt8, vs, kl, Sk, ob, config=cfg)
+                    err = rel_err(ob.transpose(1, 2), ref_out)
+                    ms, _ = bench(lambda: ka._launch_fwd(q8, qs, k8, ks, vt8, vs, kl, Sk, ob, config=cfg))
+                    st = sass_stats(ck)
+                    sass = st.pop("_sass", "")
+                    sw[str(cfg)] = {"ms": ms, "tflops": flops / ms / 1e9, "rel_err": err, **st}
+                    if args.asm_dir and cfg == ka.fwd_config(D, dev):
+                        os.makedirs(args.asm_dir, exist_ok=True)
+                        with open(os.path.join(args.asm_dir, f"attn_d{D}.ttgir"), "w") as f:
+                            f.write(ck.asm.get("ttgir", ""))
+                        with open(os.path.join(args.asm_dir, f"attn_d{D}.sass"), "w") as f:
+                            f.write(sass)
+                except Exception as e:
+                    sw[str(cfg)] = {"error": repr(e)[:300]}
+                print(f"  sweep {name} {cfg}: {sw[str(cfg)]}", flush=True)
+            result["sweep"][name] = sw
+        for variant, r in res.items():
+            if isinstance(r, dict) and "ms" in r:
+                table.append(f"{name:28s} {variant:20s} {r['ms']:8.3f} ms {r['tflops']:7.1f} TFLOP/s "
+                             f"err {r.get('rel_err', float('nan')):.4f}")
+        print("\n".join(table[-5:]), flush=True)
+        del q, k, v, ref_out, q8, k8, vt8
+        torch.cuda.empty_cache()
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print("\n".join(table))
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()

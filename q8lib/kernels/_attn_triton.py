@@ -1,0 +1,199 @@
+"""Triton kernels behind ``q8lib.kernels.attention`` (FP8 attention with Hadamard-rotated q/k).
+
+Three kernels, all written against the layouts below (``Sp`` = sequence padded to a block
+multiple; padded rows are written as zeros with scale 0 so the attention kernel loads them
+without masks and they contribute nothing):
+
+* ``_qk_quant_kernel``: ``x [B, S, H, D]`` (any strides, last one 1) -> optional RMSNorm across
+  heads (LTX's ``norm_q``/``norm_k``), optional interleaved RoPE, Hadamard rotation along ``D``,
+  multiplication by ``out_scale`` (softmax scale * log2(e) for q, 1 for k), e4m3 quantization per
+  (token, head): ``x8 [B, H, Sp, D]`` and float32 scales ``xs [B, H, Sp]``.
+* ``_v_quant_kernel``: ``v [B, S, H, D]`` and its per-channel ``amax [B, H, D]`` -> e4m3
+  ``vt8 [B, H, D, Sp]``, keys contiguous: the K-major B operand Hopper's FP8 ``wgmma`` needs for
+  ``P @ V``.
+* ``_attn_fwd_kernel``: online-softmax attention over key blocks with FP8 dots for ``q kᵀ`` and
+  ``P V``; output ``[B, Sq, H, D]`` in the output tensor's dtype.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2_P_SCALE = 8.807354922057604  # log2(448): exp2 produces P * 448 directly (the e4m3 range)
+
+
+@triton.jit
+def _exp2(x, FAST_EXP: tl.constexpr):
+    if FAST_EXP:
+        # one MUFU.EX2, flushing denormals (P < 2^-126 is 0 in e4m3 anyway)
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.math.exp2(x)
+
+
+@triton.jit
+def _to_e4m3(x, GRID_ROUND: tl.constexpr):
+    """Cast float32 ``x`` (already within [-448, 448]) to e4m3, round to nearest even.
+
+    ``GRID_ROUND`` (the CPU interpreter only): Triton's interpreter drops the carry when rounding
+    up crosses a power of two (127.7 -> 64 instead of 128), so we round to the e4m3 grid in
+    float32 first and the cast becomes exact. The GPU's ``cvt.rn.satfinite`` needs none of this.
+    """
+    if GRID_ROUND:
+        a = tl.maximum(tl.abs(x), 0.015625)  # below 2^-6 the grid is the subnormal step 2^-9
+        step = tl.exp2(tl.floor(tl.log2(a)) - 3.0)
+        y = x / step
+        f = tl.floor(y)
+        frac = y - f
+        odd = (f - 2.0 * tl.floor(f * 0.5)) != 0
+        r = tl.where(frac > 0.5, f + 1.0, tl.where(frac < 0.5, f, tl.where(odd, f + 1.0, f)))
+        x = r * step
+    return x.to(tl.float8e4nv)
+
+
+@triton.jit
+def _qk_quant_kernel(
+    X, sxb, sxs, sxh,  # [B, S, H, D], stride over D is 1
+    W,  # [H * D] RMSNorm weight (HAS_NORM and HAS_WEIGHT)
+    COS, SIN, scb, scs, sch,  # [B|1, S, H, D] RoPE tables (HAS_ROPE)
+    HAD,  # [D, D] orthonormal Hadamard, float32
+    OUT, OUTS,  # [B, H, Sp, D] e4m3 and [B, H, Sp] float32
+    S, S_PAD, H, eps, out_scale,
+    D: tl.constexpr, HP: tl.constexpr, BLOCK_T: tl.constexpr,
+    HAS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROPE: tl.constexpr, GRID_ROUND: tl.constexpr,
+):
+    # rows of the tile are (token, head) pairs: BLOCK_T tokens x HP (padded) heads
+    R: tl.constexpr = BLOCK_T * HP
+    pid = tl.program_id(0)
+    n_tblk = tl.cdiv(S_PAD, BLOCK_T)
+    b = pid // n_tblk
+    t0 = (pid % n_tblk) * BLOCK_T
+    r = tl.arange(0, R)
+    tok = t0 + r // HP
+    head = r % HP
+    d = tl.arange(0, D)
+    row_ok = (tok < S) & (head < H)
+    m2 = row_ok[:, None]
+    xoff = b.to(tl.int64) * sxb + tok.to(tl.int64)[:, None] * sxs + head[:, None] * sxh
+    x = tl.load(X + xoff + d[None, :], mask=m2, other=0.0).to(tl.float32)
+    if HAS_ROPE:
+        # interleaved pairs (2i, 2i+1): out[2i] = x[2i] c - x[2i+1] s, out[2i+1] = x[2i+1] c + x[2i] s
+        dp = d ^ 1
+        xp = tl.load(X + xoff + dp[None, :], mask=m2, other=0.0).to(tl.float32)
+    if HAS_NORM:
+        # RMSNorm across all heads of a token: segmented sum over the HP rows of each token
+        ss = tl.sum(x * x, axis=1)
+        tok_ss = tl.sum(tl.reshape(ss, (BLOCK_T, HP)), axis=1)
+        rstd = tl.rsqrt(tok_ss / (H * D) + eps)
+        rstd = tl.reshape(tl.broadcast_to(rstd[:, None], (BLOCK_T, HP)), (R,))
+        x = x * rstd[:, None]
+        if HAS_ROPE:
+            xp = xp * rstd[:, None]
+        if HAS_WEIGHT:
+            wmask = (head < H)[:, None]
+            x = x * tl.load(W + head[:, None] * D + d[None, :], mask=wmask, other=0.0).to(tl.float32)
+            if HAS_ROPE:
+                xp = xp * tl.load(W + head[:, None] * D + dp[None, :], mask=wmask, other=0.0).to(tl.float32)
+    if HAS_ROPE:
+        coff = b.to(tl.int64) * scb + tok.to(tl.int64)[:, None] * scs + head[:, None] * sch + d[None, :]
+        c = tl.load(COS + coff, mask=m2, other=0.0).to(tl.float32)
+        s = tl.load(SIN + coff, mask=m2, other=0.0).to(tl.float32)
+        sign = tl.where((d % 2) == 0, -1.0, 1.0)
+        x = x * c + (sign[None, :] * xp) * s
+    hmat = tl.load(HAD + d[:, None] * D + d[None, :])
+    y = tl.dot(x, hmat) * out_scale  # tf32 on the GPU: ~3e-4 relative, far under the e4m3 step
+    amax = tl.max(tl.abs(y), axis=1)
+    inv = tl.where(amax > 0, 448.0 / amax, 0.0)
+    q = _to_e4m3(tl.minimum(tl.maximum(y * inv[:, None], -448.0), 448.0), GRID_ROUND)
+    head_ok = head < H
+    obase = (b * H + head).to(tl.int64) * S_PAD + tok
+    st = head_ok & (tok < S_PAD)
+    tl.store(OUT + obase[:, None] * D + d[None, :], q, mask=st[:, None])
+    tl.store(OUTS + obase, amax / 448.0, mask=st)
+
+
+@triton.jit
+def _v_quant_kernel(
+    V, svb, svs, svh,  # [B, S, H, D], stride over D is 1
+    AMAX,  # [B, H, D] float32
+    OUT,  # [B, H, D, Sp] e4m3
+    S, S_PAD, H,
+    D: tl.constexpr, BLOCK_K: tl.constexpr, GRID_ROUND: tl.constexpr,
+):
+    pid_k = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    d = tl.arange(0, D)
+    v = tl.load(V + b.to(tl.int64) * svb + k.to(tl.int64)[:, None] * svs + h * svh + d[None, :],
+                mask=(k < S)[:, None], other=0.0).to(tl.float32)
+    amax = tl.load(AMAX + bh * D + d)
+    inv = tl.where(amax > 0, 448.0 / amax, 0.0)
+    q = _to_e4m3(tl.minimum(tl.maximum(v * inv[None, :], -448.0), 448.0), GRID_ROUND)
+    optr = OUT + (bh * D + d).to(tl.int64)[:, None] * S_PAD + k[None, :]
+    tl.store(optr, tl.trans(q), mask=(k < S_PAD)[None, :])
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q, QS, K, KS, VT, VS,  # [B,H,Sqp,D] e4m3, [B,H,Sqp] f32, [B,H,Skp,D], [B,H,Skp], [B,H,D,Skp], [B,H,D]
+    LENS,  # [B] int32 key lengths (HAS_LENS)
+    O, sob, sos, soh,  # [B, Sq, H, D], stride over D is 1
+    H, SQ, SQ_PAD, SK, SK_PAD,
+    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_LENS: tl.constexpr, FAST_EXP: tl.constexpr, GRID_ROUND: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    d = tl.arange(0, D)
+    bh64 = bh.to(tl.int64)
+    q = tl.load(Q + (bh64 * SQ_PAD + offs_m[:, None]) * D + d[None, :])
+    qs = tl.load(QS + bh64 * SQ_PAD + offs_m)  # softmax scale * log2(e) folded in by the producer
+    length = SK
+    if HAS_LENS:
+        length = tl.minimum(tl.maximum(tl.load(LENS + b), 1), SK)
+    k_ptrs = K + (bh64 * SK_PAD + offs_n[:, None]) * D + d[None, :]
+    ks_ptrs = KS + bh64 * SK_PAD + offs_n
+    vt_ptrs = VT + (bh64 * D + d[:, None]) * SK_PAD + offs_n[None, :]
+
+    # m: running row max of s = qs * ks * (q8 . k8) in log2 units; l: running sum of P * 448
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    n_full = (length // BLOCK_N) * BLOCK_N
+    for start in range(0, n_full, BLOCK_N):
+        k = tl.load(k_ptrs + start * D)
+        ks = tl.load(ks_ptrs + start)
+        t = tl.dot(q, tl.trans(k)) * ks[None, :]
+        m_new = tl.maximum(m_i, tl.max(t, 1) * qs)  # qs >= 0, so max(qs * t) = qs * max(t)
+        alpha = _exp2(m_i - m_new, FAST_EXP)
+        p = _exp2(t * qs[:, None] - (m_new - LOG2_P_SCALE)[:, None], FAST_EXP)  # one FFMA + EX2
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        vt = tl.load(vt_ptrs + start)
+        acc = tl.dot(_to_e4m3(p, GRID_ROUND), tl.trans(vt), acc)
+        m_i = m_new
+    if n_full < length:  # the last, partial key block: mask keys >= length
+        keep = (n_full + offs_n) < length
+        k = tl.load(k_ptrs + n_full * D)
+        ks = tl.load(ks_ptrs + n_full)
+        t = tl.dot(q, tl.trans(k)) * ks[None, :]
+        t = tl.where(keep[None, :], t, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(t, 1) * qs)
+        alpha = _exp2(m_i - m_new, FAST_EXP)
+        p = _exp2(t * qs[:, None] - (m_new - LOG2_P_SCALE)[:, None], FAST_EXP)
+        p = tl.where(keep[None, :], p, 0.0)  # qs == 0 (all-zero query) would give 0 * -inf = NaN
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        vt = tl.load(vt_ptrs + n_full)
+        acc = tl.dot(_to_e4m3(p, GRID_ROUND), tl.trans(vt), acc)
+    vs = tl.load(VS + bh64 * D + d)
+    out = acc * (vs[None, :] / l_i[:, None])
+    optr = O + b.to(tl.int64) * sob + offs_m.to(tl.int64)[:, None] * sos + h * soh + d[None, :]
+    tl.store(optr, out.to(O.dtype.element_ty), mask=(offs_m < SQ)[:, None])

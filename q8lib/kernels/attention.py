@@ -1,0 +1,279 @@
+"""FP8 attention for the ``triton`` backend (Hopper natively; Ada sm_89 by design, untested).
+
+The math is :func:`q8lib.reference.fp8_attention_ref`: q and k rotated by the orthonormal
+Hadamard matrix along the head dim, the softmax scale (times log2(e), so the kernel can use
+``exp2``) folded into q, q/k quantized to e4m3 per token, v to e4m3 per channel, online softmax
+over key blocks with ``P * 448`` cast to e4m3 for ``P @ V`` and the row sum kept in float32 from the
+unquantized ``P``. Keys at positions ``>= key_lengths[b]`` (clamped to ``[1, Sk]``) are masked.
+
+Three ``torch.library`` custom ops (namespace ``q8lib``, with fake implementations, so the whole
+path traces under ``torch.compile(fullgraph=True)`` and replays in CUDA graphs):
+
+* ``q8lib::attn_quant_qk``: producer for q or k, optionally fused with LTX's RMSNorm across heads
+  and its interleaved RoPE, so q/k leave the producer once, in FP8.
+* ``q8lib::attn_quant_v``: per-channel e4m3 v, written transposed (keys contiguous).
+* ``q8lib::fp8_attention_fwd``: the attention kernel.
+
+:func:`attention` is the backend op on ``[B, H, S, D]`` tensors; :func:`fused_attention_core` is
+what :func:`q8lib.attention.q8_attention_core` calls with the raw projections (``[B, S, H*D]``).
+Unsupported inputs fall back to the reference with a one-time warning.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .. import reference as ref
+from ..hadamard import hadamard_matrix
+from . import warn_fallback
+
+__all__ = ["attention", "fused_attention_core", "quant_qk", "quant_v", "attention_fwd", "unsupported_reason",
+           "HEAD_DIMS", "SEQ_PAD"]
+
+HEAD_DIMS = (32, 64, 128)  # powers of two the kernels are built for (LTX: 64 for 2B, 128 for 13B)
+SEQ_PAD = 128  # q/k/v sequences are padded to this multiple (>= every BLOCK_M/BLOCK_N used)
+LOG2E = 1.4426950408889634
+FP8 = torch.float8_e4m3fn
+
+try:
+    import triton
+
+    from . import _attn_triton as _k
+except ImportError:  # the backend reports triton as missing; nothing here is called then
+    triton = None
+    _k = None
+
+
+def _pad(n: int) -> int:
+    return -(-n // SEQ_PAD) * SEQ_PAD
+
+
+def _interpreting(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu"  # CPU tensors only run under TRITON_INTERPRET=1
+
+
+# Tile configuration of the attention kernel: (BLOCK_M, BLOCK_N, num_warps, num_stages, fast_exp).
+# Picked on an H100 by benchmarks/bench_attention.py --sweep (see benchmarks/NOTES_attention.md).
+_FWD_CONFIG = {64: (128, 128, 8, 3, True), 128: (128, 128, 8, 3, True)}
+_FWD_CONFIG_CPU = (32, 32, 4, 1, False)  # interpreter: small tiles, no inline PTX
+
+
+def fwd_config(d: int, device: torch.device):
+    if device.type == "cpu":
+        return _FWD_CONFIG_CPU
+    return _FWD_CONFIG.get(d, (128, 64, 4, 3, True))
+
+
+def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
+    """Why the kernels cannot take these ``[B, H, S, D]`` tensors (``None``: they can)."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return f"q/k/v must be [B, H, S, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+    D = q.shape[-1]
+    if D not in HEAD_DIMS or k.shape[-1] != D or v.shape[-1] != D:
+        return f"head_dim {D} (v: {v.shape[-1]}) is not one of {HEAD_DIMS}"
+    if q.shape[:2] != k.shape[:2] or k.shape[:3] != v.shape[:3]:
+        return "q/k/v batch, head or key counts differ (no GQA support)"
+    if q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        return f"dtype {q.dtype} is not bf16/fp16/fp32"
+    if k.shape[2] == 0 or q.shape[2] == 0:
+        return "empty sequence"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# producers
+# --------------------------------------------------------------------------------------------
+_HAD: dict = {}
+
+
+def _hadamard(d: int, device) -> torch.Tensor:
+    key = (d, str(device))
+    if key not in _HAD:
+        _HAD[key] = hadamard_matrix(d, torch.float32, device)
+    return _HAD[key]
+
+
+def _launch_quant_qk(x, weight, eps, cos, sin, out_scale, out, out_scale_t):
+    """``x [B, S, H, D]`` -> fills ``out [B, H, Sp, D]`` e4m3 and ``out_scale_t [B, H, Sp]``."""
+    B, S, H, D = x.shape
+    s_pad = out.shape[2]
+    hp = triton.next_power_of_2(H)
+    block_t = max(1, (128 if D <= 64 else 64) // hp)
+    if _interpreting(x):
+        block_t = max(1, 32 // hp)
+    has_rope = cos is not None
+    if has_rope:
+        scb = cos.stride(0) if cos.shape[0] > 1 else 0
+        cs = (cos, sin, scb, cos.stride(1), cos.stride(2))
+    else:
+        cs = (x, x, 0, 0, 0)
+    grid = (B * triton.cdiv(s_pad, block_t),)
+    _k._qk_quant_kernel[grid](
+        x, x.stride(0), x.stride(1), x.stride(2),
+        weight if weight is not None else x,
+        *cs,
+        _hadamard(D, x.device), out, out_scale_t,
+        S, s_pad, H, float(eps), float(out_scale),
+        D=D, HP=hp, BLOCK_T=block_t,
+        HAS_NORM=eps >= 0, HAS_WEIGHT=weight is not None, HAS_ROPE=has_rope, GRID_ROUND=_interpreting(x),
+        num_warps=4 if D * hp * block_t <= 8192 else 8,
+    )
+
+
+@torch.library.custom_op("q8lib::attn_quant_qk", mutates_args=())
+def quant_qk(x: torch.Tensor, weight: torch.Tensor | None, eps: float, cos: torch.Tensor | None,
+             sin: torch.Tensor | None, out_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """q/k producer: ``x [B, S, H, D]`` (last stride 1) -> ``(x8 [B, H, Sp, D] e4m3, scale [B, H, Sp] fp32)``.
+
+    ``eps >= 0``: RMSNorm over all ``H*D`` channels of a token first (``weight [H*D]`` or None);
+    ``eps < 0``: no norm. ``cos``/``sin [B|1, S, H, D]``: LTX's interleaved RoPE. Then Hadamard
+    along ``D``, times ``out_scale``, e4m3 per (token, head). ``Sp`` = ``S`` padded to 128; the
+    padded rows are zero with scale 0.
+    """
+    B, S, H, D = x.shape
+    out = torch.empty(B, H, _pad(S), D, device=x.device, dtype=FP8)
+    scale = torch.empty(B, H, _pad(S), device=x.device, dtype=torch.float32)
+    _launch_quant_qk(x, weight, eps, cos, sin, out_scale, out, scale)
+    return out, scale
+
+
+@quant_qk.register_fake
+def _(x, weight, eps, cos, sin, out_scale):
+    B, S, H, D = x.shape
+    return x.new_empty(B, H, _pad(S), D, dtype=FP8), x.new_empty(B, H, _pad(S), dtype=torch.float32)
+
+
+def _launch_quant_v(v, out, vscale):
+    """``v [B, S, H, D]`` -> fills ``out [B, H, D, Sp]`` e4m3 and ``vscale [B, H, D]``."""
+    B, S, H, D = v.shape
+    mn, mx = torch.aminmax(v, dim=1)  # one read of v; amax over all keys, as the reference
+    amax = torch.maximum(-mn.float(), mx.float()).contiguous()  # [B, H, D]
+    s_pad = out.shape[-1]
+    block_k = 32 if _interpreting(v) else 64
+    _k._v_quant_kernel[(s_pad // block_k, B * H)](
+        v, v.stride(0), v.stride(1), v.stride(2), amax, out, S, s_pad, H, D=D, BLOCK_K=block_k, GRID_ROUND=_interpreting(v), num_warps=4,
+    )
+    torch.div(amax, 448.0, out=vscale)
+
+
+@torch.library.custom_op("q8lib::attn_quant_v", mutates_args=())
+def quant_v(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """v producer: ``v [B, S, H, D]`` -> ``(vt8 [B, H, D, Sp] e4m3, scale [B, H, D] fp32)``, per channel."""
+    B, S, H, D = v.shape
+    out = torch.empty(B, H, D, _pad(S), device=v.device, dtype=FP8)
+    scale = torch.empty(B, H, D, device=v.device, dtype=torch.float32)
+    _launch_quant_v(v, out, scale)
+    return out, scale
+
+
+@quant_v.register_fake
+def _(v):
+    B, S, H, D = v.shape
+    return v.new_empty(B, H, D, _pad(S), dtype=FP8), v.new_empty(B, H, D, dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# attention kernel
+# --------------------------------------------------------------------------------------------
+def _launch_fwd(q8, qs, k8, ks, vt8, vs, key_lengths, sk, out, config=None):
+    """Fill ``out [B, Sq, H, D]`` (last stride 1) with FP8 attention of the quantized operands."""
+    B, H, sq_pad, D = q8.shape
+    sq = out.shape[1]
+    sk_pad = k8.shape[2]
+    bm, bn, warps, stages, fast_exp = config or fwd_config(D, q8.device)
+    grid = (triton.cdiv(sq, bm), B * H)
+    lens = key_lengths if key_lengths is not None else qs  # dummy pointer when unused
+    return _k._attn_fwd_kernel[grid](
+        q8, qs, k8, ks, vt8, vs, lens,
+        out, out.stride(0), out.stride(1), out.stride(2),
+        H, sq, sq_pad, sk, sk_pad,
+        D=D, BLOCK_M=bm, BLOCK_N=bn, HAS_LENS=key_lengths is not None, FAST_EXP=fast_exp, GRID_ROUND=_interpreting(q8),
+        num_warps=warps, num_stages=stages,
+    )
+
+
+@torch.library.custom_op("q8lib::fp8_attention_fwd", mutates_args=())
+def attention_fwd(q8: torch.Tensor, qs: torch.Tensor, k8: torch.Tensor, ks: torch.Tensor, vt8: torch.Tensor,
+                  vs: torch.Tensor, key_lengths: torch.Tensor | None, sq: int, sk: int,
+                  out_dtype: torch.dtype) -> torch.Tensor:
+    """FP8 attention of producer outputs -> ``[B, Sq, H, D]`` in ``out_dtype``.
+
+    ``q8 [B, H, Sqp, D]``, ``qs [B, H, Sqp]`` (softmax scale * log2(e) folded in), ``k8 [B, H, Skp, D]``,
+    ``ks [B, H, Skp]``, ``vt8 [B, H, D, Skp]``, ``vs [B, H, D]``, ``key_lengths [B]`` int32 or None.
+    """
+    B, H, _, D = q8.shape
+    out = torch.empty(B, sq, H, D, device=q8.device, dtype=out_dtype)
+    lens = None if key_lengths is None else key_lengths.to(torch.int32).contiguous()
+    _launch_fwd(q8, qs, k8, ks, vt8, vs, lens, sk, out)
+    return out
+
+
+@attention_fwd.register_fake
+def _(q8, qs, k8, ks, vt8, vs, key_lengths, sq, sk, out_dtype):
+    B, H, _, D = q8.shape
+    return q8.new_empty(B, sq, H, D, dtype=out_dtype)
+
+
+def _fp8_bshd(q, k, v, key_lengths, sm_scale, qnorm=None, knorm=None, rope=None):
+    """FP8 attention of ``[B, S, H, D]`` views -> ``[B, Sq, H, D]``; norms are ``(weight, eps)``."""
+    D = q.shape[-1]
+    sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else sm_scale
+    cos, sin = rope if rope is not None else (None, None)
+    qw, qeps = qnorm if qnorm is not None else (None, -1.0)
+    kw, keps = knorm if knorm is not None else (None, -1.0)
+    q8, qs = quant_qk(q, qw, qeps, cos, sin, sm_scale * LOG2E)
+    k8, ks = quant_qk(k, kw, keps, cos, sin, 1.0)
+    vt8, vs = quant_v(v)
+    return attention_fwd(q8, qs, k8, ks, vt8, vs, key_lengths, q.shape[1], k.shape[1], v.dtype)
+
+
+def _last_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def attention(q, k, v, key_lengths=None, sm_scale=None, fp8=True):
+    """Backend op: ``q, k, v [B, H, S, D]`` -> ``[B, H, Sq, D]``; FP8 kernel when ``fp8``, else SDPA."""
+    if not fp8:
+        return ref.sdpa_attention(q, k, v, key_lengths, sm_scale)
+    reason = unsupported_reason(q, k, v)
+    if reason is not None:
+        warn_fallback("attention", reason)
+        return ref.fp8_attention_ref(q, k, v, key_lengths, sm_scale)
+    q, k, v = (_last_contiguous(t).transpose(1, 2) for t in (q, k, v))  # [B, S, H, D] views
+    return _fp8_bshd(q, k, v, key_lengths, sm_scale).transpose(1, 2)
+
+
+def _norm_params(norm):
+    """``(weight, eps)`` for RMSNorm modules the producer can fuse; None otherwise."""
+    eps = getattr(norm, "eps", None)
+    if isinstance(norm, torch.nn.RMSNorm) or type(norm).__name__ == "RMSNorm":
+        if eps is None or not hasattr(norm, "weight"):
+            return None
+        w = norm.weight
+        return (None if w is None else w.detach(), float(eps))
+    return None
+
+
+def fused_attention_core(attn, query, key, value, image_rotary_emb=None, key_lengths=None):
+    """``q8_attention_core`` for the triton backend: norm_q/norm_k + RoPE + Hadamard + scale + e4m3
+    in one producer per operand, then the FP8 kernel. ``[B, S, H*D]`` in, ``[B, Sq, H*D]`` out.
+
+    Returns ``None`` when this path cannot take the module/inputs (the caller runs the generic path).
+    """
+    heads = attn.heads
+    qn, kn = _norm_params(attn.norm_q), _norm_params(attn.norm_k)
+    if qn is None or kn is None or query.shape[-1] % heads or key.shape[-1] != query.shape[-1]:
+        return None
+    q, k, v = (_last_contiguous(t).unflatten(2, (heads, -1)) for t in (query, key, value))
+    if unsupported_reason(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)) is not None:
+        return None
+    rope = None
+    if image_rotary_emb is not None:
+        cos, sin = image_rotary_emb
+        if cos.shape[-2:] != query.shape[-2:] or key.shape[1] != query.shape[1]:
+            return None
+        rope = tuple(_last_contiguous(t).unflatten(2, (heads, -1)) for t in (cos, sin))
+    out = _fp8_bshd(q, k, v, key_lengths, None, qn, kn, rope)
+    return out.flatten(2, 3)
