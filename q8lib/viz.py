@@ -45,7 +45,7 @@ def plot_shares(report, ax=None, title: str | None = None):
     """Horizontal bars: share of parameters and of forward FLOPs per module type (an ``InspectReport``)."""
     if ax is None:
         _, ax = small_figure(width=6.0, height=3.0)
-    kinds = sorted(set(report.params) | set(report.flops), key=lambda k: report.flops.get(k, 0))
+    kinds = sorted(set(report.params) | set(report.flops), key=lambda k: (report.flops.get(k, 0), k))
     y = np.arange(len(kinds))
     p = [100 * report.params.get(k, 0) / max(report.total_params, 1) for k in kinds]
     f = [100 * report.flops.get(k, 0) / max(report.total_flops, 1) for k in kinds]
