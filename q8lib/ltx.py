@@ -150,6 +150,9 @@ def _finish(model: nn.Module, config: Q8Config) -> None:
     model._q8_config = config
     if config.attention != "keep":
         set_q8_attention(model, fp8=config.attention == "fp8", backend=config.backend)
+    from .fused import install_if_fast  # fused block forward where the triton backend runs
+
+    install_if_fast(model, config)
 
 
 @torch.no_grad()

@@ -1,0 +1,346 @@
+"""``python -m q8lib.bench``: the LTX-Video transformer benchmark (GPU; not a test).
+
+Builds the LTX-Video 2B transformer (:data:`q8lib.tiny.LTX_2B_CONFIG`) with seeded random weights
+directly on the GPU and times one transformer forward at the shape of record (81 frames at
+480x704 -> an 11x15x22 latent = 3630 tokens, batch 2 = the CFG pair, 128 text tokens) for each
+variant, all in the same run:
+
+* ``bf16`` / ``bf16_compile``: diffusers eager / regional ``torch.compile`` (fullgraph on the block)
+* ``torchao_fp8_compile``: torchao FP8 row-wise dynamic quantization of the block linears + compile
+* ``q8lib`` / ``q8lib_compile``: q8lib with the device's default weight dtype, attention bf16 SDPA
+* ``q8lib_int8*`` / ``q8lib_fp8*``: an explicit weight dtype
+* ``q8lib_fp8attn*``: q8lib with FP8 attention (``Q8Config(attention="fp8")``)
+
+Per variant (each in isolation: the previous model is freed and peak stats reset): median forward
+time over CUDA events after warm-up, a 50-step estimate, peak and weight memory, relative error
+and cosine vs the bf16 eager output and vs an fp32 (no TF32) forward, and the linears' FLOPs
+over the forward time. ``--micro`` adds per-op timings (GEMM implementations at the block's
+shapes, the fused row kernels). JSON goes to ``benchmarks/results/`` (``--out``).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+VARIANTS = {
+    # name: (kind, options, compile)
+    "bf16": ("bf16", {}, False),
+    "bf16_compile": ("bf16", {}, True),
+    "torchao_fp8_compile": ("torchao", {}, True),
+    "q8lib": ("q8lib", {"attention": "sdpa"}, False),
+    "q8lib_compile": ("q8lib", {"attention": "sdpa"}, True),
+    "q8lib_fp8": ("q8lib", {"weight_dtype": "fp8_e4m3", "attention": "sdpa"}, False),
+    "q8lib_fp8_compile": ("q8lib", {"weight_dtype": "fp8_e4m3", "attention": "sdpa"}, True),
+    "q8lib_int8": ("q8lib", {"weight_dtype": "int8", "attention": "sdpa"}, False),
+    "q8lib_int8_compile": ("q8lib", {"weight_dtype": "int8", "attention": "sdpa"}, True),
+    "q8lib_fp8attn": ("q8lib", {"attention": "fp8"}, False),
+    "q8lib_fp8attn_compile": ("q8lib", {"attention": "fp8"}, True),
+}
+DEFAULT_VARIANTS = "bf16,bf16_compile,torchao_fp8_compile,q8lib,q8lib_compile,q8lib_int8_compile,q8lib_fp8attn_compile"
+
+
+def _versions():
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda}
+    for pkg in ("triton", "diffusers", "torchao"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _inputs(cfg, batch, frames, height, width, text, device, dtype, seed=1):
+    g = torch.Generator(device=device).manual_seed(seed)
+    tokens = frames * height * width
+    x = torch.randn(batch, tokens, cfg["in_channels"], generator=g, device=device, dtype=dtype)
+    enc = torch.randn(batch, text, cfg["caption_channels"], generator=g, device=device, dtype=dtype)
+    mask = torch.ones(batch, text, device=device, dtype=dtype)
+    t = torch.full((batch,), 500.0, device=device)
+    return (x, enc, t, mask), dict(num_frames=frames, height=height, width=width)
+
+
+def _build(cfg, device, dtype, seed=0):
+    """The transformer with seeded default-init weights, built on ``device`` (fp32 init, cast to ``dtype``)."""
+    from diffusers import LTXVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LTXVideoTransformer3DModel(**cfg)
+    return model.to(dtype).eval()
+
+
+def _compile(model):
+    try:
+        model.compile_repeated_blocks(fullgraph=True)
+    except (AttributeError, ValueError):  # older diffusers: compile each block
+        for b in model.transformer_blocks:
+            b.compile(fullgraph=True)
+
+
+def _prepare(name, cfg, device):
+    from .config import Q8Config
+    from .ltx import quantize_
+
+    kind, opts, comp = VARIANTS[name]
+    model = _build(cfg, device, torch.bfloat16)
+    if kind == "torchao":
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+        from torchao.quantization import quantize_ as ao_quantize
+
+        ao_quantize(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+                    filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn.startswith("transformer_blocks."))
+    elif kind == "q8lib":
+        quantize_(model, Q8Config(**opts), progress=False)
+    gc.collect()
+    torch.cuda.empty_cache()
+    return model, comp
+
+
+def _time(fn, iters, warmup):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e))
+    return times
+
+
+def _err(y, ref):
+    y, ref = y.float().flatten(), ref.float().flatten()
+    return (y - ref).norm().item() / ref.norm().item(), torch.nn.functional.cosine_similarity(y, ref, dim=0).item()
+
+
+def linear_flops(cfg, batch, tokens, text):
+    """FLOPs of the block linears (the 8-bit ones) and of all linears per forward."""
+    from diffusers import LTXVideoTransformer3DModel
+
+    from .ltx import inspect_transformer
+
+    with torch.device("meta"):
+        m = LTXVideoTransformer3DModel(**cfg)
+    rep = inspect_transformer(m, num_tokens=tokens, text_tokens=text, batch=batch)
+    block = sum(v for k, v in rep.flops.items() if "linear" in k)
+    return block, block + sum(v for k, v in rep.flops.items() if k in ("proj_in", "proj_out", "time_embed", "caption_projection"))
+
+
+# ------------------------------------------------------------------------------------------------
+def micro(cfg, batch, tokens, text, device):
+    """Per-op timings at one block's shapes (median of do_bench, L2 flushed between runs)."""
+    import triton.testing as tt
+
+    from .kernels import linear as kl
+    from .modules import quantize_weight
+    from .quant import FP8, INT8
+
+    def bench(fn):
+        return tt.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+    D = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    F_ = 4 * D
+    M, Mt = batch * tokens, batch * text
+    gemms = {  # name: (M, N, K, count per block)
+        "qkv_o_self+q_o_cross": (M, D, D, 6), "kv_cross": (Mt, D, cfg["cross_attention_dim"], 2),
+        "ff_up": (M, F_, D, 1), "ff_down": (M, D, F_, 1), "qkv_concat": (M, 3 * D, D, 0)}
+    out = {"gemm": {}, "rows": {}}
+    torch.manual_seed(0)
+    for gname, (m_, n_, k_, cnt) in gemms.items():
+        x = torch.randn(m_, k_, device=device, dtype=torch.bfloat16)
+        w = torch.randn(n_, k_, device=device, dtype=torch.bfloat16) / math.sqrt(k_)
+        b = torch.randn(n_, device=device)
+        flop = 2 * m_ * n_ * k_
+        res = {"M": m_, "N": n_, "K": k_, "count_per_block": cnt}
+        res["bf16_mm"] = bench(lambda: torch.nn.functional.linear(x, w, b.bfloat16()))
+        ref = torch.nn.functional.linear(x.float(), w.float(), b)
+        for qd, qn in ((FP8, "fp8"), (INT8, "int8")):
+            wq, ws = quantize_weight(w, qd)
+            xq, xs = kl.quantize_activation(x, qd)
+            impls = ["triton"] + (["scaled_mm"] if qd == FP8 else ["int_mm"])
+            for impl in impls:
+                os.environ["Q8LIB_GEMM"] = impl
+                try:
+                    y = kl.matmul(xq, xs, wq, ws, b, None, torch.bfloat16)
+                    res[f"{qn}_{impl}"] = bench(lambda: kl.matmul(xq, xs, wq, ws, b, None, torch.bfloat16))
+                    res[f"{qn}_{impl}_rel_err"] = _err(y, ref)[0]
+                except Exception as e:  # noqa: BLE001 - record and go on
+                    res[f"{qn}_{impl}"] = f"error: {type(e).__name__}: {e}"[:300]
+                finally:
+                    os.environ.pop("Q8LIB_GEMM", None)
+        for k, v in list(res.items()):
+            if isinstance(v, float) and not k.endswith("rel_err") and k not in ("M", "N", "K"):
+                res[k + "_tflops"] = flop / v / 1e9
+        out["gemm"][gname] = res
+        del x, w, b, ref
+    x = torch.randn(batch, tokens, D, device=device, dtype=torch.bfloat16) * 4
+    h = torch.randn(batch, tokens, F_, device=device, dtype=torch.bfloat16)
+    sc, sh = torch.randn(batch, 1, D, device=device, dtype=torch.bfloat16) * 0.1, torch.randn(batch, 1, D, device=device, dtype=torch.bfloat16)
+    for qd, qn in ((FP8, "fp8"), (INT8, "int8")):
+        for hb in (None, 128):
+            tag = f"{qn}_{'full' if hb is None else 'b' + str(hb)}"
+            rows = {
+                "rms_norm_quantize": (lambda: kl.rms_norm_quantize(x, None, 1e-6, sc, sh, qd, hb), x.numel() * 3 + M * 4),
+                "quantize_activation": (lambda: kl.quantize_activation(x, qd, hb), x.numel() * 3 + M * 4),
+                "gelu_quantize_ffn": (lambda: kl.gelu_quantize(h, qd, hb), h.numel() * 3 + M * 4),
+            }
+            for rname, (fn, nbytes) in rows.items():
+                ms = bench(fn)
+                out["rows"][f"{rname}_{tag}"] = {"ms": ms, "GBps": nbytes / ms / 1e6}
+    out["rows"]["bf16_copy_same_bytes_as_quantize"] = {"ms": bench(lambda: x.clone())}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m q8lib.bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma list from {sorted(VARIANTS)}")
+    ap.add_argument("--config", default="2b", choices=["2b", "13b"])
+    ap.add_argument("--layers", type=int, default=None, help="override num_layers (quick runs)")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--frames", type=int, default=11)
+    ap.add_argument("--height", type=int, default=15)
+    ap.add_argument("--width", type=int, default=22)
+    ap.add_argument("--text", type=int, default=128)
+    ap.add_argument("--iters", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--micro", action="store_true", help="also time the GEMMs and row kernels alone")
+    ap.add_argument("--no-fp32", action="store_true", help="skip the fp32 reference forward")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/transformer_<gpu>.json)")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("q8lib.bench needs a CUDA GPU.", file=sys.stderr)
+        return 2
+    from .tiny import LTX_2B_CONFIG, LTX_13B_CONFIG
+
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in names if v not in VARIANTS]
+    if bad:
+        ap.error(f"unknown variants {bad}; choose from {sorted(VARIANTS)}")
+    cfg = dict(LTX_2B_CONFIG if args.config == "2b" else LTX_13B_CONFIG)
+    if args.layers:
+        cfg["num_layers"] = args.layers
+    device = torch.device("cuda")
+    gpu = torch.cuda.get_device_name()
+    tokens = args.frames * args.height * args.width
+    out_path = Path(args.out or f"benchmarks/results/transformer_{gpu.split()[1].lower() if len(gpu.split()) > 1 else 'gpu'}.json")
+    block_flops, all_flops = linear_flops(cfg, args.batch, tokens, args.text)
+    report = {
+        "device": gpu, "capability": "sm_%d%d" % torch.cuda.get_device_capability(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "shape": {"model": f"LTX-Video {args.config.upper()}", "num_layers": cfg["num_layers"], "batch": args.batch,
+                  "latent": [args.frames, args.height, args.width], "tokens": tokens, "text_tokens": args.text},
+        "linear_tflop_per_forward": {"block_linears_8bit": block_flops / 1e12, "all_linears": all_flops / 1e12},
+        "timing": f"median of {args.iters} forwards (CUDA events) after {args.warmup} warm-up forwards",
+        "results": {},
+    }
+
+    def save():
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(report, indent=2) + "\n")
+
+    inputs, kw = _inputs(cfg, args.batch, args.frames, args.height, args.width, args.text, device, torch.bfloat16)
+    with torch.inference_mode():
+        refs = {}
+        if not args.no_fp32:
+            prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+            m32 = _build(cfg, device, torch.float32)
+            refs["fp32"] = m32(*(t.float() for t in inputs), **kw).sample.float()
+            del m32
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
+        gc.collect()
+        torch.cuda.empty_cache()
+        mb = _build(cfg, device, torch.bfloat16)
+        refs["bf16"] = mb(*inputs, **kw).sample.float()
+        del mb
+        gc.collect()
+        torch.cuda.empty_cache()
+        if args.micro:
+            t0 = time.time()
+            try:
+                report["micro"] = micro(cfg, args.batch, tokens, args.text, device)
+            except Exception as e:  # noqa: BLE001
+                report["micro"] = {"error": traceback.format_exc()[-2000:]}
+                print("micro failed:", e)
+            print(f"micro done in {time.time() - t0:.0f} s", flush=True)
+            save()
+        for name in names:
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            t0 = time.time()
+            res = {}
+            try:
+                model, comp = _prepare(name, cfg, device)
+                res["weights_mb"] = torch.cuda.memory_allocated() / 2**20
+                if VARIANTS[name][0] == "q8lib":
+                    res["fused_blocks"] = sum("_q8_fused" in b.__dict__ for b in model.transformer_blocks)
+                    res["weight_dtype"] = model._q8_config.weight_dtype
+                y = model(*inputs, **kw).sample  # eager warm-up (also autotunes the Triton GEMMs)
+                if comp:
+                    _compile(model)
+                    tc = time.time()
+                    y = model(*inputs, **kw).sample
+                    torch.cuda.synchronize()
+                    res["compile_s"] = time.time() - tc
+                torch.cuda.reset_peak_memory_stats()
+                times = _time(lambda: model(*inputs, **kw), args.iters, args.warmup)
+                res["fwd_ms"] = statistics.median(times)
+                res["fwd_ms_min"], res["fwd_ms_max"] = min(times), max(times)
+                res["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+                res["est_50_steps_s"] = 50 * res["fwd_ms"] / 1e3
+                res["linear_tflops_effective"] = all_flops / res["fwd_ms"] / 1e9
+                for rname, r in refs.items():
+                    res[f"rel_err_vs_{rname}"], res[f"cos_vs_{rname}"] = _err(y, r)
+                del model, y
+            except Exception as e:  # noqa: BLE001 - one broken variant must not lose the others
+                res["error"] = traceback.format_exc()[-3000:]
+                print(f"{name} failed: {type(e).__name__}: {e}", flush=True)
+            res["wall_s"] = time.time() - t0
+            report["results"][name] = res
+            save()
+            print(f"{name:24s} " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                               for k, v in res.items() if k != "error"), flush=True)
+            torch._dynamo.reset()
+    base = report["results"].get("bf16_compile", {}).get("fwd_ms")
+    if base:
+        for r in report["results"].values():
+            if "fwd_ms" in r:
+                r["x_vs_bf16_compile"] = r["fwd_ms"] / base
+    bf = report["results"].get("bf16", {}).get("peak_mb")
+    if bf:
+        for r in report["results"].values():
+            if "peak_mb" in r:
+                r["peak_x_vs_bf16"] = r["peak_mb"] / bf
+    save()
+    print(f"\nwrote {out_path}")
+    print(f"{'variant':24s}{'fwd_ms':>9s}{'x bf16c':>9s}{'peak_mb':>10s}{'rel_err_bf16':>14s}{'cos_bf16':>10s}")
+    for name, r in report["results"].items():
+        if "fwd_ms" in r:
+            print(f"{name:24s}{r['fwd_ms']:9.2f}{r.get('x_vs_bf16_compile', float('nan')):9.3f}{r['peak_mb']:10.0f}"
+                  f"{r.get('rel_err_vs_bf16', float('nan')):14.4f}{r.get('cos_vs_bf16', float('nan')):10.5f}")
+        else:
+            print(f"{name:24s} ERROR")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""A fused forward for diffusers' ``LTXVideoTransformerBlock`` on Q8 modules.
+
+Same math as diffusers 0.42's block forward, with the 8-bit work arranged so activations are
+read and written as few times as possible:
+
+* ``norm1``/``norm2`` + AdaLN modulation + Hadamard rotation + quantization in one row pass
+  (``rms_norm_quantize``); the quantized rows are shared by ``to_q``/``to_k``/``to_v``.
+* cross-attention quantizes the hidden states once for ``to_q`` and the text once for ``to_k``/``to_v``.
+* the FFN up-projection's GELU feeds the down-projection's quantizer directly (on the ``triton``
+  backend with cuBLAS fp8: one GELU+rotate+quantize pass; with the Triton GEMM: GELU in its epilogue).
+* attention goes through :func:`q8lib.attention.q8_attention_core` (norm_q/k, RoPE, FP8 or SDPA).
+* gated residual adds stay as PyTorch elementwise ops (``torch.compile`` fuses them with the
+  surrounding casts).
+
+:func:`install_fused_blocks` swaps the forward of every eligible block (instance attribute, no
+class patching); :func:`uninstall_fused_blocks` undoes it. Works with any backend, so the CPU
+reference checks the fused path against the unfused one.
+"""
+from __future__ import annotations
+
+import types
+
+import torch
+from torch import nn
+
+from .attention import mask_to_key_lengths, q8_attention_core
+from .backends import resolve_backend
+from .modules import Q8GELU, Q8Linear
+
+__all__ = ["install_fused_blocks", "uninstall_fused_blocks", "fused_block_forward", "is_fused"]
+
+
+def _block_linears(block):
+    a1, a2, ff = block.attn1, block.attn2, block.ff
+    return [a1.to_q, a1.to_k, a1.to_v, a1.to_out[0], a2.to_q, a2.to_k, a2.to_v, a2.to_out[0],
+            getattr(ff.net[0], "proj", None), ff.net[2]]
+
+
+def _eligible(block) -> str | None:
+    """``None`` if the fused forward can run this block, else why not."""
+    try:
+        lins = _block_linears(block)
+    except (AttributeError, IndexError, TypeError) as e:
+        return f"not an LTX block layout ({e})"
+    if not all(isinstance(m, Q8Linear) for m in lins):
+        return "some linears are not Q8Linear (kept in high precision?)"
+    if not isinstance(block.ff.net[0], Q8GELU):
+        return "feed-forward activation is not a Q8GELU"
+    if len({(m.qdtype, m.hadamard_block, m.backend) for m in lins}) != 1:
+        return "linears differ in 8-bit dtype, Hadamard block or backend"
+    if block.scale_shift_table.shape[0] != 6:
+        return "scale_shift_table is not [6, dim]"
+    return None
+
+
+def _bias(lin: Q8Linear, dtype):
+    """The bias in the output dtype when a cast copy is held (saves a cast per call), else fp32."""
+    b = getattr(lin, "bias_out", None)
+    return b if b is not None and b.dtype == dtype else lin.bias
+
+
+def _linear(be, lin: Q8Linear, x_q, x_s, out_dtype, activation=None):
+    return be.matmul(x_q, x_s, lin.weight, lin.scales, _bias(lin, out_dtype), activation, out_dtype)
+
+
+def _ffn(be, ff, x_q, x_s, out_dtype):
+    """Up-projection + tanh-GELU + down-projection from quantized rows ``x_q``."""
+    up, down = ff.net[0].proj, ff.net[2]
+    qd, hb = down.qdtype, down.hadamard_block
+    if be.name == "triton":
+        from .kernels import linear as kl
+
+        if kl.gemm_impl(qd, x_q.device) == "scaled_mm":  # cuBLAS has no GELU epilogue: fuse it into the quantizer
+            h = _linear(be, up, x_q, x_s, out_dtype)
+            h_q, h_s = kl.gelu_quantize(h, qd, hb)
+            return _linear(be, down, h_q, h_s, out_dtype)
+    h = _linear(be, up, x_q, x_s, out_dtype, "gelu_tanh")
+    h_q, h_s = be.quantize_activation(h, qd, hb)
+    return _linear(be, down, h_q, h_s, out_dtype)
+
+
+def fused_block_forward(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb=None,
+                        encoder_attention_mask=None):
+    """``LTXVideoTransformerBlock.forward`` on Q8 modules (bound to the block by :func:`install_fused_blocks`).
+
+    ``hidden_states [B, S, D]``, ``encoder_hidden_states [B, T, Dc]``, ``temb [B, 1 or S, 6*D]``,
+    ``image_rotary_emb`` ``(cos, sin) [B, S, D]``, ``encoder_attention_mask`` additive ``[B, 1, T]``.
+    """
+    st = self._q8_fused
+    be = resolve_backend(st["backend"], hidden_states.device)
+    a1, a2 = self.attn1, self.attn2
+    qd, hb = a1.to_q.qdtype, a1.to_q.hadamard_block
+    dt = hidden_states.dtype
+    batch = hidden_states.size(0)
+
+    ada = self.scale_shift_table[None, None].to(temb.device) + temb.reshape(batch, temb.size(1), 6, -1)
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ada.unbind(dim=2)
+
+    # self-attention: norm1 + modulation + rotation + quantization once, shared by q, k and v
+    x_q, x_s = be.rms_norm_quantize(hidden_states, self.norm1.weight, self.norm1.eps, scale_msa, shift_msa, qd, hb)
+    q, k, v = (_linear(be, m, x_q, x_s, dt) for m in (a1.to_q, a1.to_k, a1.to_v))
+    out = q8_attention_core(a1, q, k, v, image_rotary_emb, None, st["fp8"], st["backend"])
+    out = _linear(be, a1.to_out[0], *be.quantize_activation(out, qd, hb), dt)
+    hidden_states = hidden_states + out * gate_msa
+
+    # cross-attention: hidden states quantized once for q, the text once for k and v
+    x_q, x_s = be.quantize_activation(hidden_states, qd, hb)
+    q = _linear(be, a2.to_q, x_q, x_s, dt)
+    c_q, c_s = be.quantize_activation(encoder_hidden_states, qd, hb)
+    k, v = _linear(be, a2.to_k, c_q, c_s, dt), _linear(be, a2.to_v, c_q, c_s, dt)
+    key_lengths = None if encoder_attention_mask is None else mask_to_key_lengths(encoder_attention_mask, batch)
+    out = q8_attention_core(a2, q, k, v, None, key_lengths, st["fp8"], st["backend"])
+    hidden_states = hidden_states + _linear(be, a2.to_out[0], *be.quantize_activation(out, qd, hb), dt)
+
+    # feed-forward: norm2 + modulation + rotation + quantization, GELU into the down-projection's quantizer
+    x_q, x_s = be.rms_norm_quantize(hidden_states, self.norm2.weight, self.norm2.eps, scale_mlp, shift_mlp, qd, hb)
+    hidden_states = hidden_states + _ffn(be, self.ff, x_q, x_s, dt) * gate_mlp
+    return hidden_states
+
+
+def _blocks(model: nn.Module):
+    return list(getattr(model, "transformer_blocks", []))
+
+
+def is_fused(block: nn.Module) -> bool:
+    return "_q8_fused" in block.__dict__
+
+
+def install_fused_blocks(model: nn.Module, fp8: bool = True, backend: str = "auto",
+                         bias_dtype: torch.dtype | None = torch.bfloat16) -> int:
+    """Give every eligible block of a quantized LTX transformer the fused forward; returns how many.
+
+    ``fp8``/``backend`` are passed to the attention core. ``bias_dtype`` keeps a non-persistent
+    copy of each bias in that dtype (the output dtype of the bf16 model), so the cuBLAS path does
+    not cast it every call; ``None`` keeps only the float32 biases. Blocks that are not fully Q8
+    keep diffusers' forward. Undo with :func:`uninstall_fused_blocks`.
+    """
+    n = 0
+    for block in _blocks(model):
+        if is_fused(block) or _eligible(block) is not None:
+            continue
+        block._q8_fused = {"fp8": bool(fp8), "backend": backend}
+        block.forward = types.MethodType(fused_block_forward, block)
+        if bias_dtype is not None:
+            for lin in _block_linears(block):
+                if lin.bias is not None:
+                    lin.register_buffer("bias_out", lin.bias.to(bias_dtype), persistent=False)
+        n += 1
+    return n
+
+
+def uninstall_fused_blocks(model: nn.Module) -> int:
+    """Restore diffusers' block forward on every block :func:`install_fused_blocks` changed; returns how many."""
+    n = 0
+    for block in _blocks(model):
+        if not is_fused(block):
+            continue
+        del block.forward, block._q8_fused
+        for lin in _block_linears(block):
+            lin._buffers.pop("bias_out", None)
+        n += 1
+    return n
+
+
+def install_if_fast(model: nn.Module, config) -> int:
+    """The hook of ``quantize_``/``load_q8``: install the fused forward when ``config.backend``
+    resolves to ``triton`` for the model's device (the reference path keeps diffusers' forward)."""
+    if config.attention == "keep":  # the fused forward runs q8lib's attention core; "keep" means diffusers'
+        return 0
+    p = next(iter(model.parameters()), None)
+    if p is None or resolve_backend(config.backend, p.device).name != "triton":
+        return 0
+    return install_fused_blocks(model, fp8=config.attention == "fp8", backend=config.backend,
+                                bias_dtype=getattr(model, "dtype", torch.bfloat16))
