@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["ModelUnavailableError", "Params", "read_params", "quiet", "load_transformer", "load_pipeline",
-           "transformer_config"]
+           "transformer_config", "example_inputs"]
 
 TINY = "tiny"
 
@@ -101,7 +101,9 @@ def transformer_config(model: str) -> dict:
 def load_transformer(model: str = TINY, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """A high-precision ``LTXVideoTransformer3DModel`` in eval mode on ``device`` in ``dtype``."""
     if model == TINY:
-        return load_pipeline(TINY, device, dtype).transformer
+        from . import tiny
+
+        return tiny.make_tiny_transformer().to(device=device, dtype=dtype).eval()
     from diffusers import LTXVideoTransformer3DModel
 
     try:
@@ -119,7 +121,8 @@ def load_pipeline(model: str = TINY, device: str = "cpu", dtype: torch.dtype = t
         from . import tiny
 
         pipe = tiny.make_tiny_pipeline()
-        pipe = pipe.to(device=device, dtype=dtype)
+        for component in (pipe.transformer, pipe.vae, pipe.text_encoder):
+            component.to(device=device, dtype=dtype)
     else:
         try:
             pipe = LTXPipeline.from_pretrained(model, torch_dtype=dtype)
@@ -128,3 +131,20 @@ def load_pipeline(model: str = TINY, device: str = "cpu", dtype: torch.dtype = t
         pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def example_inputs(config, batch: int = 2, frames: int = 3, height: int = 8, width: int = 8, text_tokens: int = 16,
+                   seed: int = 0, device="cpu", dtype: torch.dtype = torch.float32) -> dict:
+    """Keyword arguments for one forward of an LTX transformer with ``config``: seeded random latents
+    ``[B, frames*height*width, in_channels]`` and text ``[B, text_tokens, caption_channels]``, timestep 500,
+    and a text mask whose last sample is right-padded to half length."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, text_tokens, dtype=torch.long)
+    mask[-1, text_tokens // 2:] = 0
+    return dict(
+        hidden_states=torch.randn(batch, frames * height * width, config["in_channels"], generator=g).to(device, dtype),
+        encoder_hidden_states=torch.randn(batch, text_tokens, config["caption_channels"], generator=g).to(device, dtype),
+        timestep=torch.full((batch,), 500, device=device),
+        encoder_attention_mask=mask.to(device),
+        num_frames=frames, height=height, width=width,
+    )
