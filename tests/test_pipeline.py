@@ -1,0 +1,270 @@
+"""End-to-end pipeline on the tiny default: equivalence, prompt cache, hub/legacy loading offline, metrics."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from q8lib import Q8CheckpointError, Q8Config, load_q8, quantize_, save_q8
+from q8lib.pipeline import (GenerationSettings, ModelUnavailableError, PromptCache, Q8FallbackWarning, SettingsError,
+                            default_pipeline, encode_prompts, free_text_encoder, load_pipeline, random_q8_transformer,
+                            run_pipeline, settings_for, transformer_memory)
+from q8lib.video import psnr, side_by_side, ssim
+
+warnings.filterwarnings("ignore", category=Q8FallbackWarning)  # CPU runs use the reference math on purpose
+
+SMALL = dict(num_frames=9, height=32, width=32, num_inference_steps=2)
+
+
+def _settings(seed, **kw):
+    return GenerationSettings(prompt="a red ball moving right", seed=seed % 2**31, **{**SMALL, **kw}).validate()
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    return load_pipeline("tiny", precision="bf16"), load_pipeline("tiny", precision="q8")
+
+
+def _latents(pipe, embeds, seed, steps=2):
+    out = pipe(**embeds, num_frames=9, height=32, width=32, num_inference_steps=steps, output_type="latent",
+               generator=torch.Generator().manual_seed(seed))
+    return out.frames
+
+
+def test_q8_pipeline_matches_unquantized(pipes, seed):
+    ref, q8 = pipes
+    s = _settings(seed)
+    embeds, _ = encode_prompts(ref, s, "tiny", None)
+    a, b = _latents(ref, embeds, seed), _latents(q8, embeds, seed)
+    rel = ((a - b).norm() / a.norm()).item()
+    assert 1e-5 < rel < 0.02, rel  # measured 0.0062-0.0079 over seeds (2 and 8 steps)
+    # decoded videos: measured PSNR 53.7-55.4 dB, SSIM >= 0.99988 on the random tiny default
+    va = run_pipeline(ref, s, embeds, progress=False)
+    vb = run_pipeline(q8, s, embeds, progress=False)
+    fa, fb = va["frames"][0], vb["frames"][0]
+    assert fa.shape == (9, 3, 32, 32) and fa.std() > 0.01
+    assert psnr(fa, fb).min() > 45 and ssim(fa, fb).min() > 0.999
+    t = vb["timings"]
+    assert t["transformer_forwards"] == 2 * 1 and 0 < t["transformer_s"] <= t["end_to_end_s"]
+    assert t["vae_decode_s"] > 0
+
+
+def test_pipeline_is_deterministic_per_seed(pipes, seed):
+    _, q8 = pipes
+    embeds, _ = encode_prompts(q8, _settings(seed), "tiny", None)
+    assert torch.equal(_latents(q8, embeds, seed), _latents(q8, embeds, seed))
+    assert not torch.equal(_latents(q8, embeds, seed), _latents(q8, embeds, seed + 1))
+
+
+def test_prompt_cache_roundtrip_and_free_text_encoder(tmp_path, seed):
+    pipe = load_pipeline("tiny", precision="bf16")
+    cache = PromptCache(tmp_path)
+    s = _settings(seed)
+    fresh, info = encode_prompts(pipe, s, "tiny", cache)
+    assert info["prompt_cache"] == "miss" and len(list(tmp_path.glob("*.safetensors"))) == 1
+    again, info2 = encode_prompts(pipe, s, "tiny", cache)
+    assert info2["prompt_cache"] == "hit" and info2["prompt_cache_key"] == info["prompt_cache_key"]
+    assert set(again) == {"prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds",
+                          "negative_prompt_attention_mask"}
+    for k in fresh:
+        assert torch.equal(fresh[k].cpu(), again[k]), k
+    # a different prompt, negative prompt or CFG setting is a different entry
+    keys = {PromptCache.key("tiny", s), PromptCache.key("tiny", _settings(seed, guidance_scale=1.0)),
+            PromptCache.key("tiny", GenerationSettings(prompt="a blue box", **SMALL)),
+            PromptCache.key("tiny", GenerationSettings(prompt=s.prompt, negative_prompt="blurry", **SMALL)),
+            PromptCache.key("other/model", s)}
+    assert len(keys) == 5
+    # without CFG only the positive pair goes to the pipeline
+    nocfg, _ = encode_prompts(pipe, _settings(seed, guidance_scale=1.0), "tiny", cache)
+    assert set(nocfg) == {"prompt_embeds", "prompt_attention_mask"}
+    free_text_encoder(pipe)
+    assert pipe.text_encoder is None
+    cached, info3 = encode_prompts(pipe, s, "tiny", cache)  # same key without the encoder
+    assert info3["prompt_cache"] == "hit" and torch.equal(cached["prompt_embeds"], again["prompt_embeds"])
+    with pytest.raises(ModelUnavailableError, match="not cached"):
+        encode_prompts(pipe, s, "tiny", PromptCache(tmp_path / "empty"))
+
+
+def test_cache_miss_without_text_encoder_fails(tmp_path):
+    pipe = load_pipeline("tiny", precision="bf16", load_text_encoder=False)
+    with pytest.raises(ModelUnavailableError, match="not cached"):
+        encode_prompts(pipe, _settings(0), "hub/model", PromptCache(tmp_path))
+
+
+def _fake_hub(tmp_path, monkeypatch, repo: str, writer):
+    """Write files with ``writer(folder)`` where the hub cache would hold ``repo`` and point the cache there."""
+    cache = tmp_path / "hub"
+    base = cache / ("models--" + repo.replace("/", "--"))
+    snap = base / "snapshots" / ("0" * 40)
+    writer(snap)
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    return snap
+
+
+def test_hub_model_offline_converts_on_the_fly(tmp_path, monkeypatch):
+    """``Lightricks/LTX-Video`` through the real hub code path, served from a local cache with the tiny model."""
+    tiny = default_pipeline()
+    _fake_hub(tmp_path, monkeypatch, "Lightricks/LTX-Video", tiny.save_pretrained)
+    pipe = load_pipeline("ltx-2b", precision="q8", dtype="fp32")  # alias -> Lightricks/LTX-Video
+    assert pipe.q8lib_info["model"] == "Lightricks/LTX-Video"
+    want = quantize_(default_pipeline().transformer, Q8Config(), progress=False).state_dict()
+    got = pipe.transformer.state_dict()
+    assert set(got) == set(want)
+    for k in want:
+        assert torch.equal(got[k].float(), want[k].float()), k
+    embeds, _ = encode_prompts(pipe, _settings(0), pipe.q8lib_info["model"], None)
+    assert run_pipeline(pipe, _settings(0), embeds, progress=False)["frames"].shape == (1, 9, 3, 32, 32)
+
+
+def test_hub_model_missing_offline_says_how_to_get_it(tmp_path, monkeypatch):
+    _fake_hub(tmp_path, monkeypatch, "someone/else", lambda d: d.mkdir(parents=True))
+    with pytest.raises(ModelUnavailableError) as e:
+        load_pipeline("Lightricks/LTX-Video", precision="bf16")
+    msg = str(e.value)
+    assert "HF_HUB_OFFLINE" in msg and "huggingface-cli download Lightricks/LTX-Video" in msg and "--model tiny" in msg
+
+
+def test_legacy_q8_checkpoint_from_hub_layout(tmp_path, monkeypatch):
+    """The earlier public layout (no q8lib.json) loads from a hub id into the pipeline."""
+    q8 = quantize_(default_pipeline().transformer, Q8Config(), progress=False)
+
+    def write(d):
+        save_q8(q8, d)
+        (d / "q8lib.json").unlink()
+
+    _fake_hub(tmp_path, monkeypatch, "sayakpaul/q8-ltx-video", write)
+    pipe = load_pipeline("tiny", checkpoint="sayakpaul/q8-ltx-video", dtype="fp32")
+    for k, v in q8.state_dict().items():
+        assert torch.equal(pipe.transformer.state_dict()[k], v), k
+    with pytest.raises(SettingsError, match="precision"):
+        load_pipeline("tiny", precision="bf16", checkpoint="sayakpaul/q8-ltx-video")
+
+
+def test_checkpoint_with_wrong_keys_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    q8 = quantize_(default_pipeline().transformer, Q8Config(), progress=False)
+    save_q8(q8, tmp_path / "ck")
+    f = tmp_path / "ck" / "diffusion_pytorch_model.safetensors"
+    state = load_file(f)
+    state.pop("transformer_blocks.0.attn1.to_q.scales")
+    state["transformer_blocks.0.extra"] = torch.zeros(1)
+    save_file(state, f)
+    with pytest.raises(Q8CheckpointError, match=r"transformer_blocks\.0\.attn1\.to_q\.scales.*transformer_blocks\.0\.extra"):
+        load_pipeline("tiny", checkpoint=str(tmp_path / "ck"))
+
+
+def test_image_to_video(tmp_path, seed):
+    from PIL import Image
+
+    pipe = load_pipeline("tiny", image_to_video=True)
+    assert type(pipe).__name__ == "LTXImageToVideoPipeline"
+    g = torch.Generator().manual_seed(seed % 2**31)
+    img = Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).byte().numpy())
+    s = _settings(seed)
+    embeds, _ = encode_prompts(pipe, s, "tiny", None)
+    out = run_pipeline(pipe, s, embeds, image=img, progress=False)
+    assert out["frames"].shape == (1, 9, 3, 32, 32)
+
+
+def test_random_q8_transformer_has_the_checkpoint_layout(tmp_path, seed):
+    """Built directly in 8 bits: same keys/dtypes/shapes as a converted model, loads back, runs."""
+    from q8lib.tiny import TINY_TRANSFORMER_CONFIG
+
+    cfg = Q8Config(weight_dtype="fp8_e4m3")
+    direct = random_q8_transformer(dict(TINY_TRANSFORMER_CONFIG), cfg, dtype=torch.float32, seed=seed)
+    converted = quantize_(default_pipeline().transformer, cfg, progress=False)
+    a, b = direct.state_dict(), converted.state_dict()
+    assert set(a) == set(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        assert not a[k].is_meta
+    # dequantized random weights have std 1/sqrt(K) (uniform codes * sqrt(3)/(qmax sqrt(K)))
+    lin = direct.transformer_blocks[0].attn1.to_q
+    std = lin.dequantized_weight().std().item() * math.sqrt(lin.in_features)
+    assert 0.8 < std < 1.2, std
+    save_q8(direct, tmp_path / "r")
+    back = load_q8(tmp_path / "r", torch_dtype=torch.float32)
+    for k, v in a.items():
+        assert torch.equal(back.state_dict()[k], v), k
+    rep = transformer_memory("tiny", num_frames=9, height=32, width=32, batch=2, repeats=1, device="cpu")
+    assert rep["output_finite"] and rep["shape"]["video_tokens"] == 3 * 8 * 8 and "peak_gib" not in rep
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(num_frames=10), "8k\\+1"), (dict(num_frames=0), "8k\\+1"), (dict(height=33), "height"),
+    (dict(width=0), "width"), (dict(num_inference_steps=0), "steps"), (dict(guidance_scale=float("nan")), "guidance"),
+])
+def test_settings_validation(bad, match):
+    with pytest.raises(SettingsError, match=match):
+        GenerationSettings(prompt="x", **bad).validate()
+    with pytest.raises(SettingsError, match="prompt is empty"):
+        GenerationSettings(prompt="  ").validate()
+
+
+def test_settings_defaults():
+    tiny = settings_for("tiny", "a ball")
+    full = settings_for("Lightricks/LTX-Video", "a ball", num_frames=121)
+    assert (tiny.num_frames, tiny.height) == (17, 64)
+    assert (full.num_frames, full.height, full.width) == (121, 480, 704)
+    assert full.shape() == dict(frames=121, height=480, width=704, transformer_batch=2, latent=[16, 15, 22],
+                                video_tokens=5280, text_tokens=128)
+    assert settings_for("x/y", "a").shape()["video_tokens"] == 3630  # the shape of record
+
+
+def _ssim_naive(a, b, win=7, sigma=1.5):
+    """Direct float64 SSIM over every valid window position (slow, independent of the conv version)."""
+    x = torch.arange(win, dtype=torch.float64) - (win - 1) / 2
+    g = torch.exp(-x**2 / (2 * sigma**2))
+    w = torch.outer(g, g)
+    w /= w.sum()
+    c1, c2 = 0.01**2, 0.03**2
+    vals = []
+    for ch in range(a.shape[0]):
+        for i in range(a.shape[1] - win + 1):
+            for j in range(a.shape[2] - win + 1):
+                pa, pb = a[ch, i:i + win, j:j + win].double(), b[ch, i:i + win, j:j + win].double()
+                ma, mb = (w * pa).sum(), (w * pb).sum()
+                va, vb = (w * (pa - ma) ** 2).sum(), (w * (pb - mb) ** 2).sum()
+                cov = (w * (pa - ma) * (pb - mb)).sum()
+                vals.append(((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
+    return torch.stack(vals).mean()
+
+
+def test_psnr_ssim_against_direct_formulas(seed):
+    a = torch.rand(3, 3, 12, 14)
+    b = (a + 0.05 * torch.randn_like(a)).clamp(0, 1)
+    mse = ((a.double() - b.double()) ** 2).mean(dim=(1, 2, 3))
+    assert torch.allclose(psnr(a, b), 10 * torch.log10(1 / mse))
+    assert torch.isinf(psnr(a, a)).all()
+    s = ssim(a, b, window=7)
+    for f in range(3):
+        assert abs(s[f].item() - _ssim_naive(a[f], b[f]).item()) < 1e-10
+    assert torch.allclose(ssim(a, a), torch.ones(3, dtype=torch.float64))
+    assert (ssim(a, b) < 1).all() and torch.allclose(ssim(a, b), ssim(b, a))
+    noisier = (a + 0.2 * torch.randn_like(a)).clamp(0, 1)
+    assert (ssim(a, noisier) < ssim(a, b)).all() and (psnr(a, noisier) < psnr(a, b)).all()
+    sbs = side_by_side(a, b, gap=2)
+    assert sbs.shape == (3, 3, 12, 30) and torch.equal(sbs[..., :14], a) and torch.equal(sbs[..., 16:], b)
+    with pytest.raises(ValueError, match="differ in shape"):
+        psnr(a, b[:2])
+
+
+def test_write_video_roundtrip(tmp_path, seed):
+    import imageio.v2 as imageio
+
+    from q8lib.video import write_video
+
+    v = torch.rand(9, 3, 40, 36)
+    p = write_video(v, tmp_path / "v.mp4", fps=8)
+    frames = imageio.mimread(p)
+    assert len(frames) == 9 and frames[0].shape == (48, 48, 3)  # padded to multiples of 16
