@@ -16,7 +16,7 @@ from torch import nn
 
 from .modules import Q8GELU, Q8Linear, Q8RMSNorm
 
-__all__ = ["sqnr_db", "converted_layers", "layer_sqnr"]
+__all__ = ["sqnr_db", "converted_layers", "layer_outputs", "layer_sqnr"]
 
 
 def sqnr_db(ref: torch.Tensor, x: torch.Tensor) -> float:
@@ -61,13 +61,13 @@ def _capture(model: nn.Module, names, run):
 
 
 @torch.no_grad()
-def layer_sqnr(ref_model: nn.Module, q8_model: nn.Module, run, isolated: bool = True) -> dict[str, float]:
-    """SQNR (dB) of each converted module's output against the same module of ``ref_model``.
+def layer_outputs(ref_model: nn.Module, q8_model: nn.Module, run, isolated: bool = True) -> dict:
+    """``{name: (reference output, Q8 output)}`` for every converted module of ``q8_model``.
 
     ``run(model)`` performs one forward pass (same inputs for both models). With ``isolated=True``
-    each Q8 module is fed exactly the input its high-precision twin saw, so the number is the error
-    that layer alone adds; with ``isolated=False`` both models run end to end and the number
-    includes everything accumulated upstream. Returns ``{name: dB}`` in module order.
+    each Q8 module is fed exactly the input its high-precision twin saw, so the difference is the
+    error that layer alone adds; with ``isolated=False`` both models run end to end and the
+    difference includes everything accumulated upstream.
     """
     names = converted_layers(q8_model)
     if not names:
@@ -78,4 +78,10 @@ def layer_sqnr(ref_model: nn.Module, q8_model: nn.Module, run, isolated: bool = 
         q8_out = {n: q8_mods[n](*args, **kwargs) for n, (args, kwargs, _) in ref.items()}
     else:
         q8_out = {n: out for n, (_, _, out) in _capture(q8_model, names, run).items()}
-    return {n: sqnr_db(ref[n][2], q8_out[n]) for n in names if n in ref and n in q8_out}
+    return {n: (ref[n][2], q8_out[n]) for n in names if n in ref and n in q8_out}
+
+
+def layer_sqnr(ref_model: nn.Module, q8_model: nn.Module, run, isolated: bool = True) -> dict[str, float]:
+    """SQNR (dB) of each converted module's output against the same module of ``ref_model``, in module
+    order; see :func:`layer_outputs` for ``run`` and ``isolated``."""
+    return {n: sqnr_db(r, q) for n, (r, q) in layer_outputs(ref_model, q8_model, run, isolated).items()}

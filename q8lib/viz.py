@@ -19,6 +19,7 @@ __all__ = [
     "small_figure",
     "plot_shares",
     "plot_layer_sqnr",
+    "plot_layer_scatter",
     "to_uint8",
     "save_video",
     "videos_html",
@@ -83,6 +84,25 @@ def plot_layer_sqnr(sqnr: dict, ax=None, highlight: str | None = None, title: st
     ax.set_xlabel("converted layer")
     if title:
         ax.set_title(title, fontsize=10)
+    return ax
+
+
+def plot_layer_scatter(ref, q8, ax=None, title: str | None = None, max_points: int = 1500):
+    """Scatter of Q8 output values against the reference output values of one layer (evenly
+    subsampled to ``max_points``), with the identity line."""
+    if ax is None:
+        _, ax = small_figure(width=3.2, height=3.0)
+    r = ref.detach().float().flatten().cpu().numpy()
+    q = q8.detach().float().flatten().cpu().numpy()
+    step = max(1, r.size // max_points)
+    r, q = r[::step], q[::step]
+    lo, hi = float(min(r.min(), q.min())), float(max(r.max(), q.max()))
+    ax.plot([lo, hi], [lo, hi], color="gray", lw=0.8)
+    ax.scatter(r, q, s=2, alpha=0.5)
+    ax.set_xlabel("reference output")
+    ax.set_ylabel("Q8 output")
+    if title:
+        ax.set_title(title, fontsize=9)
     return ax
 
 
