@@ -1,0 +1,528 @@
+"""Train the tiny LTX-Video on synthetic moving shapes: ``python -m q8lib.train``.
+
+Three phases, each resumable from ``<out>/checkpoint.pt`` (``--resume``):
+
+1. **vae**: a tiny ``AutoencoderKLLTXVideo`` learns to reconstruct freshly rendered clips (L1 + L2,
+   foreground pixels weighted up, a small KL term);
+2. **transformer**: a pool of clips is rendered and encoded once; the per-channel latent mean/std
+   go into the VAE's ``latents_mean``/``latents_std`` (what ``LTXPipeline`` denormalises with); the
+   ``LTXVideoTransformer3DModel`` and a tiny ``T5EncoderModel`` are trained jointly with rectified
+   flow matching as ``FlowMatchEulerDiscreteScheduler`` samples it: ``x_t = (1 - s) x_0 + s eps``,
+   timestep ``1000 s``, target ``eps - x_0``; 10% of captions are dropped for classifier-free guidance;
+3. **export + eval**: EMA weights are saved with ``LTXPipeline.save_pretrained`` (transformer and VAE
+   in bf16, safetensors), reloaded with ``from_pretrained`` and judged on the held-out prompts in
+   high precision and in Q8 (:func:`q8lib.judge.evaluate_q8`).
+
+Everything is seeded. ``--budget-s`` bounds the wall clock (training phases stop early and export);
+losses go to ``<out>/losses.csv`` (and W&B with ``--wandb``). ``--smoke`` is a seconds-long CPU run.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import shapes
+from .tiny import SHAPES_GENERATION, make_shapes_components
+
+__all__ = ["TrainConfig", "SMOKE", "train", "main"]
+
+
+@dataclass
+class TrainConfig:
+    """All knobs of a run (saved to ``<out>/train_config.json``)."""
+
+    seed: int = 0
+    size: int = 32  # pixels, square
+    frames: int = 17  # 8k + 1 for the 4x temporal VAE
+    # VAE phase
+    vae_steps: int = 4000
+    vae_batch: int = 64
+    vae_lr: float = 1e-3
+    vae_kl: float = 1e-5
+    fg_weight: float = 4.0  # extra loss weight on pixels of the shape (a small part of the frame)
+    vae_budget_fraction: float = 0.22  # of budget_s
+    # transformer phase
+    pool: int = 32768  # clips rendered and encoded once
+    steps: int = 40000
+    batch: int = 256
+    lr: float = 4e-4
+    weight_decay: float = 0.01
+    warmup: int = 200
+    ema: float = 0.999
+    cond_dropout: float = 0.1
+    # time and bookkeeping
+    budget_s: float = 470.0  # whole run, eval included
+    eval_reserve_s: float = 110.0  # kept for export + eval when sharing budget_s
+    ckpt_every_s: float = 90.0
+    log_every: int = 25
+    # model sizes (None = the shipped configs in q8lib.tiny)
+    transformer_overrides: dict = field(default_factory=dict)
+    vae_block_out_channels: tuple | None = None
+    t5_overrides: dict = field(default_factory=dict)
+    # evaluation
+    eval: bool = True
+    eval_prompts: int = 0  # 0 = every held-out prompt
+    eval_seeds: int = 2
+    eval_steps: int = SHAPES_GENERATION["num_inference_steps"]
+    eval_guidance: float = SHAPES_GENERATION["guidance_scale"]
+    eval_backends: tuple = ("reference", "auto")
+    eval_train_prompts: int = 36  # also judge the reference model on this many training prompts
+    num_videos: int = 4
+
+
+SMOKE = TrainConfig(
+    frames=9, vae_steps=6, vae_batch=2, pool=16, steps=6, batch=4, warmup=2, budget_s=120, eval_reserve_s=0,
+    ckpt_every_s=0, log_every=2,
+    transformer_overrides=dict(num_attention_heads=2, num_layers=1, cross_attention_dim=128, caption_channels=32),
+    vae_block_out_channels=(8, 8, 8, 8), t5_overrides=dict(d_model=32, d_kv=8, d_ff=64),
+    eval_prompts=2, eval_seeds=1, eval_steps=2, eval_backends=("reference",), eval_train_prompts=0, num_videos=1,
+)
+
+
+class _Logger:
+    """Appends rows to ``losses.csv`` and, if enabled, to Weights & Biases."""
+
+    FIELDS = ["phase", "step", "loss", "lr", "elapsed_s"]
+
+    def __init__(self, out: Path, wandb_run=None):
+        self.path = out / "losses.csv"
+        new = not self.path.exists()
+        self.f = open(self.path, "a", newline="")
+        self.w = csv.DictWriter(self.f, fieldnames=self.FIELDS)
+        if new:
+            self.w.writeheader()
+        self.wandb = wandb_run
+
+    def log(self, **row):
+        self.w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+        self.f.flush()
+        if self.wandb is not None:
+            self.wandb.log({f"{row['phase']}/loss": row["loss"], f"{row['phase']}/lr": row["lr"]}, step=None)
+
+    def close(self):
+        self.f.close()
+
+
+def _lr_factor(step: int, progress: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine from 1 to 0.1 over ``progress`` in [0, 1]."""
+    w = min(1.0, (step + 1) / max(warmup, 1))
+    return w * (0.1 + 0.45 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+
+def _to_model_range(x01: torch.Tensor) -> torch.Tensor:
+    return x01 * 2 - 1  # the LTX VAE works in [-1, 1]
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out: Path, device: torch.device, resume: bool = False, wandb_run=None):
+        self.cfg, self.out, self.device = cfg, out, device
+        out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        self.c = make_shapes_components(cfg.seed, cfg.transformer_overrides, cfg.vae_block_out_channels, cfg.t5_overrides)
+        for k in ("vae", "text_encoder", "transformer"):
+            self.c[k].to(device).float().train()
+        self.state = dict(phase="vae", vae_step=0, vae_elapsed=0.0, tr_step=0, tr_elapsed=0.0, total_elapsed=0.0)
+        self.vae_opt = torch.optim.AdamW(self.c["vae"].parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+        self.tr_params = list(self.c["transformer"].parameters()) + list(self.c["text_encoder"].parameters())
+        self.tr_opt = torch.optim.AdamW(self.tr_params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+        self.ema = [p.detach().clone().float() for p in self.tr_params]
+        ckpt = out / "checkpoint.pt"
+        if resume and ckpt.exists():
+            self._load(ckpt)
+            print(f"resumed from {ckpt}: phase {self.state['phase']}, vae step {self.state['vae_step']}, "
+                  f"transformer step {self.state['tr_step']}")
+        self.log = _Logger(out, wandb_run)
+        self.start = self._last_ckpt = time.perf_counter()
+        self.spent_before = self.state["total_elapsed"]  # seconds used by earlier (resumed) processes
+
+    def elapsed(self) -> float:
+        """Wall-clock seconds of the whole run so far, earlier processes included."""
+        return self.spent_before + time.perf_counter() - self.start
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def _save(self):
+        self.state["total_elapsed"] = self.elapsed()
+        tmp = self.out / "checkpoint.pt.tmp"
+        torch.save(dict(state=self.state, cfg=asdict(self.cfg),
+                        models={k: self.c[k].state_dict() for k in ("vae", "text_encoder", "transformer")},
+                        vae_opt=self.vae_opt.state_dict(), tr_opt=self.tr_opt.state_dict(), ema=self.ema), tmp)
+        os.replace(tmp, self.out / "checkpoint.pt")
+        self._last_ckpt = time.perf_counter()
+
+    def _maybe_save(self):
+        if self.cfg.ckpt_every_s and time.perf_counter() - self._last_ckpt > self.cfg.ckpt_every_s:
+            self._save()
+
+    def _load(self, path: Path):
+        ck = torch.load(path, map_location=self.device, weights_only=False)
+        self.state = ck["state"]
+        for k, sd in ck["models"].items():
+            self.c[k].load_state_dict(sd)
+        self.vae_opt.load_state_dict(ck["vae_opt"])
+        self.tr_opt.load_state_dict(ck["tr_opt"])
+        self.ema = [e.to(self.device) for e in ck["ema"]]
+
+    # --- phase 1: VAE -----------------------------------------------------------------------------
+    def train_vae(self, deadline: float):
+        """Train until ``cfg.vae_steps`` or ``time.perf_counter() >= deadline``."""
+        cfg, vae, st = self.cfg, self.c["vae"], self.state
+        from tqdm.auto import tqdm
+
+        bg = _to_model_range(torch.tensor(shapes.BACKGROUND, device=self.device)).view(1, 3, 1, 1, 1)
+        bar = tqdm(total=cfg.vae_steps, initial=st["vae_step"], desc="vae", dynamic_ncols=True)
+        t0 = time.perf_counter() - st["vae_elapsed"]
+        allotted = max(deadline - t0, 1e-6)  # this phase's whole time, earlier processes included
+        while st["vae_step"] < cfg.vae_steps:
+            progress = max(st["vae_step"] / cfg.vae_steps, (time.perf_counter() - t0) / allotted)
+            if progress >= 1:
+                break
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + st["vae_step"])
+            caps = shapes.sample_captions(cfg.vae_batch, g, "train")
+            x = _to_model_range(shapes.render(caps, cfg.frames, cfg.size, g, self.device))
+            lr = cfg.vae_lr * _lr_factor(st["vae_step"], progress, 100)
+            for group in self.vae_opt.param_groups:
+                group["lr"] = lr
+            with _autocast(self.device):
+                post = vae.encode(x).latent_dist
+                z = post.mean + post.std * torch.randn(post.mean.shape, device=self.device)
+                rec = vae.decode(z).sample.float()
+            weight = 1 + cfg.fg_weight * ((x - bg).abs().amax(1, keepdim=True) > 0.1).float()
+            err = rec - x
+            kl = 0.5 * (post.mean.float() ** 2 + post.var.float() - 1 - post.logvar.float()).mean()
+            loss = (weight * (err.abs() + err.square())).mean() + cfg.vae_kl * kl
+            self.vae_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            self.vae_opt.step()
+            st["vae_step"] += 1
+            st["vae_elapsed"] = time.perf_counter() - t0
+            bar.update()
+            if st["vae_step"] % cfg.log_every == 0 or st["vae_step"] == 1:
+                lv = loss.item()
+                bar.set_postfix(loss=f"{lv:.4f}")
+                self.log.log(phase="vae", step=st["vae_step"], loss=lv, lr=lr, elapsed_s=st["vae_elapsed"])
+            self._maybe_save()
+        bar.close()
+        vae.eval()
+        st["phase"] = "transformer"
+        self._save()
+
+    # --- phase 2: transformer + T5 ----------------------------------------------------------------
+    @torch.no_grad()
+    def _encode_pool(self):
+        """Render and encode the training pool -> packed, normalised latents ``[N, S, C]`` and caption ids."""
+        from diffusers import LTXPipeline
+        from tqdm.auto import tqdm
+
+        cfg, vae = self.cfg, self.c["vae"].eval()
+        g = torch.Generator().manual_seed(cfg.seed + 7)
+        captions = shapes.all_captions("train")
+        cap_idx = torch.randint(len(captions), (cfg.pool,), generator=g)
+        chunks, chunk = [], 512
+        for i in tqdm(range(0, cfg.pool, chunk), desc="encode pool", leave=False):
+            caps = [captions[j] for j in cap_idx[i:i + chunk].tolist()]
+            x = _to_model_range(shapes.render(caps, cfg.frames, cfg.size, g, self.device))
+            with _autocast(self.device):
+                chunks.append(vae.encode(x).latent_dist.mode().float())
+        lat = torch.cat(chunks)  # [N, C, F', H', W']
+        mean, std = lat.mean((0, 2, 3, 4)), lat.std((0, 2, 3, 4))
+        vae.latents_mean.copy_(mean)
+        vae.latents_std.copy_(std)
+        self.latent_shape = tuple(lat.shape[2:])
+        lat = LTXPipeline._normalize_latents(lat, mean, std, vae.config.scaling_factor)
+        self.pool = LTXPipeline._pack_latents(lat, 1, 1)  # patch size 1
+        self.pool_caps = cap_idx.to(self.device)
+        tok = self.c["tokenizer"]
+        enc = tok([c.text for c in captions] + [""], padding="max_length", max_length=128, truncation=True,
+                  return_tensors="pt")
+        self.tok_ids, self.tok_mask = enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
+        self.empty_caption = len(captions)
+
+    def train_transformer(self, deadline: float):
+        """Train until ``cfg.steps`` or ``time.perf_counter() >= deadline`` (the pool encoding included)."""
+        cfg, st = self.cfg, self.state
+        tr, t5 = self.c["transformer"].train(), self.c["text_encoder"].train()
+        from tqdm.auto import tqdm
+
+        self._encode_pool()
+        f, h, w = self.latent_shape
+        rope_scale = (self.c["vae"].temporal_compression_ratio / 25.0, self.c["vae"].spatial_compression_ratio,
+                      self.c["vae"].spatial_compression_ratio)  # LTXPipeline's default frame_rate=25
+        gen = torch.Generator(self.device).manual_seed(cfg.seed + 11 + st["tr_step"])
+        bar = tqdm(total=cfg.steps, initial=st["tr_step"], desc="transformer", dynamic_ncols=True)
+        t0 = time.perf_counter() - st["tr_elapsed"]
+        allotted = max(deadline - t0, 1e-6)
+        while st["tr_step"] < cfg.steps:
+            progress = max(st["tr_step"] / cfg.steps, (time.perf_counter() - t0) / allotted)
+            if progress >= 1:
+                break
+            b = cfg.batch
+            idx = torch.randint(self.pool.shape[0], (b,), generator=gen, device=self.device)
+            x0 = self.pool[idx]
+            cap = self.pool_caps[idx]
+            drop = torch.rand(b, generator=gen, device=self.device) < cfg.cond_dropout
+            cap = torch.where(drop, torch.full_like(cap, self.empty_caption), cap)
+            sigma = torch.rand(b, generator=gen, device=self.device)
+            noise = torch.randn(x0.shape, generator=gen, device=self.device)
+            s = sigma.view(b, 1, 1)
+            xt = (1 - s) * x0 + s * noise
+            lr = cfg.lr * _lr_factor(st["tr_step"], progress, cfg.warmup)
+            for group in self.tr_opt.param_groups:
+                group["lr"] = lr
+            with _autocast(self.device):
+                # Like LTXPipeline.encode_prompt: T5 sees the padded ids without a mask.
+                text = t5(self.tok_ids[cap])[0]
+                pred = tr(hidden_states=xt, encoder_hidden_states=text, timestep=sigma * 1000,
+                          encoder_attention_mask=self.tok_mask[cap], num_frames=f, height=h, width=w,
+                          rope_interpolation_scale=rope_scale, return_dict=False)[0]
+            loss = F.mse_loss(pred.float(), noise - x0)
+            self.tr_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.tr_params, 1.0)
+            self.tr_opt.step()
+            decay = min(cfg.ema, (1 + st["tr_step"]) / (10 + st["tr_step"]))
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self.tr_params], 1 - decay)
+            st["tr_step"] += 1
+            st["tr_elapsed"] = time.perf_counter() - t0
+            bar.update()
+            if st["tr_step"] % cfg.log_every == 0 or st["tr_step"] == 1:
+                lv = loss.item()
+                bar.set_postfix(loss=f"{lv:.4f}")
+                self.log.log(phase="transformer", step=st["tr_step"], loss=lv, lr=lr, elapsed_s=st["tr_elapsed"])
+            self._maybe_save()
+        bar.close()
+        st["phase"] = "export"
+        self._save()
+
+    # --- phase 3: export --------------------------------------------------------------------------
+    @torch.no_grad()
+    def export(self, path: Path) -> Path:
+        """Save the EMA weights as a diffusers ``LTXPipeline`` folder (transformer and VAE in bf16)."""
+        from diffusers import LTXPipeline
+
+        for p, e in zip(self.tr_params, self.ema):
+            p.copy_(e)
+        c = self.c
+        pipe = LTXPipeline(scheduler=c["scheduler"], vae=c["vae"].eval(), text_encoder=c["text_encoder"].eval(),
+                           tokenizer=c["tokenizer"], transformer=c["transformer"].eval())
+        if path.exists():
+            shutil.rmtree(path)
+        # bf16 halves the files; the VAE's latent statistics stay exact enough in bf16 too.
+        c["transformer"].to(torch.bfloat16)
+        c["vae"].to(torch.bfloat16)
+        pipe.save_pretrained(path, safe_serialization=True)
+        _portable_tokenizer_class(path)
+        c["transformer"].float()
+        c["vae"].float()
+        self.state["phase"] = "done"
+        self._save()
+        return path
+
+
+def _portable_tokenizer_class(path: Path) -> None:
+    """transformers 5 records the fast tokenizer as ``TokenizersBackend``, a name 4.x lacks; both
+    versions load ``PreTrainedTokenizerFast``, so write that."""
+    for f, key in ((path / "model_index.json", None), (path / "tokenizer" / "tokenizer_config.json", "tokenizer_class")):
+        d = json.loads(f.read_text())
+        if key is None:
+            d["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
+        else:
+            d[key] = "PreTrainedTokenizerFast"
+        f.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+
+
+def _versions() -> dict:
+    import diffusers
+    import transformers
+
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return dict(torch=torch.__version__, diffusers=diffusers.__version__, transformers=transformers.__version__,
+                device=dev)
+
+
+def run_eval(cfg: TrainConfig, model_dir: Path, out: Path, device: torch.device) -> dict:
+    """Load the exported folder with ``from_pretrained`` and judge it in its own dtype (bf16 on a GPU,
+    fp32 on a CPU) and in Q8 for each of ``cfg.eval_backends``. Writes ``judge_tiny_ltx_shapes.json``
+    after each backend (a backend that fails is recorded, not fatal) and side-by-side mp4s."""
+    import numpy as np
+
+    from . import Q8Config
+    from .judge import agreement, evaluate_q8, judge_video
+    from .tiny import default_pipeline
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    pipe = default_pipeline(device=device, torch_dtype=dtype, path=model_dir)
+    gen = dict(SHAPES_GENERATION, height=cfg.size, width=cfg.size, num_frames=cfg.frames,
+               num_inference_steps=cfg.eval_steps, guidance_scale=cfg.eval_guidance)
+    caps = shapes.heldout_captions()
+    if cfg.eval_prompts:
+        caps = caps[:: max(1, len(caps) // cfg.eval_prompts)][: cfg.eval_prompts]
+    path = out / "judge_tiny_ltx_shapes.json"
+
+    # The reference model alone, and how well the judge and the VAE do on ground truth (upper bounds).
+    results, videos = evaluate_q8(pipe, caps, cfg.eval_seeds, {}, batch_size=64, **gen)
+    summary = results["summary"]
+    g = torch.Generator().manual_seed(cfg.seed + 99)
+    gt = shapes.render(caps, cfg.frames, cfg.size, g)
+    with torch.no_grad():
+        vae = pipe.vae
+        rec = vae.decode(vae.encode((gt * 2 - 1).to(device, vae.dtype)).latent_dist.mode()).sample
+    rec = (rec.float().cpu() / 2 + 0.5).clamp(0, 1)
+    summary["judge_on_ground_truth"] = round(float(np.mean(
+        [agreement(judge_video(gt[i]), c)["all"] for i, c in enumerate(caps)])), 4)
+    summary["judge_on_vae_reconstruction"] = round(float(np.mean(
+        [agreement(judge_video(rec[i]), c)["all"] for i, c in enumerate(caps)])), 4)
+    summary["vae_reconstruction_psnr_db"] = round(float(10 * torch.log10(1 / ((rec - gt) ** 2).mean())), 3)
+    if cfg.eval_train_prompts:
+        tcaps = shapes.sample_captions(cfg.eval_train_prompts, torch.Generator().manual_seed(cfg.seed + 5), "train")
+        rt, _ = evaluate_q8(pipe, tcaps, 1, {}, batch_size=64, **gen)
+        summary["train_prompts_reference_vs_caption"] = rt["summary"]["reference_vs_caption"]
+    summary["backend_errors"] = {}
+    results["meta"] = dict(model="q8lib/assets/tiny-ltx-shapes", reference_dtype=str(dtype).replace("torch.", ""),
+                           generation=gen, heldout_triples=[list(t) for t in shapes.HELDOUT_TRIPLES], **_versions())
+
+    def write():
+        path.write_text(json.dumps(results, indent=1) + "\n")
+
+    write()
+    for b in cfg.eval_backends:
+        name = f"q8_{b}"
+        try:
+            r, v = evaluate_q8(pipe, caps, cfg.eval_seeds, {name: Q8Config(backend=b)}, batch_size=64,
+                               reference_videos=videos["reference"], **gen)
+        except Exception as e:  # noqa: BLE001 - report the backend, keep the others
+            summary["backend_errors"][name] = f"{type(e).__name__}: {e}"
+            write()
+            continue
+        summary[name] = r["summary"][name]
+        summary["seconds"].update(r["summary"]["seconds"])
+        for a, c in zip(results["clips"], r["clips"]):
+            a.update({k: val for k, val in c.items() if k.startswith(name)})
+        videos[name] = v[name]
+        write()
+        np.savez_compressed(out / "eval_videos.npz", prompts=np.array([r["prompt"] for r in results["clips"]]),
+                            **{k: (v * 255).round().astype(np.uint8) for k, v in videos.items()})
+        if len(videos) == 2:
+            try:
+                _write_videos(videos, caps, cfg, out)
+            except Exception as e:  # noqa: BLE001 - no ffmpeg here: the clips are in eval_videos.npz
+                print(f"could not write mp4s ({type(e).__name__}: {e}); clips are in eval_videos.npz")
+    return results
+
+
+def _write_videos(videos: dict, caps, cfg: TrainConfig, out: Path, scale: int = 8):
+    """Side-by-side mp4s (reference | each Q8), nearest-neighbour upscaled so 32 pixels are visible."""
+    import imageio.v2 as imageio
+    import numpy as np
+
+    (out / "videos").mkdir(exist_ok=True)
+    names = ["reference"] + [k for k in videos if k != "reference"][:1]
+    for i in range(min(cfg.num_videos, len(caps))):
+        j = i * max(1, len(caps) // max(cfg.num_videos, 1))
+        clip = np.concatenate([videos[n][j] for n in names], axis=2)  # [F, H, W * len(names), 3]
+        clip = clip.repeat(scale, 1).repeat(scale, 2)
+        slug = caps[j].text.replace(" ", "_")
+        imageio.mimwrite(out / "videos" / f"{slug}.mp4", (clip * 255).round().astype(np.uint8), fps=8,
+                         macro_block_size=16, quality=7)
+
+
+def train(cfg: TrainConfig, out: str | Path, device: str | None = None, resume: bool = False,
+          export: str | Path | None = None, use_wandb: bool = False) -> dict:
+    """Run every phase not yet done (see the module docstring); returns a summary dict."""
+    out = Path(out)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    run = None
+    if use_wandb:
+        try:
+            import wandb
+        except ImportError as e:
+            raise SystemExit("--wandb needs `pip install wandb` (or pip install 'q8lib[wandb]')") from e
+        run = wandb.init(project="q8lib-tiny-ltx-shapes", config=asdict(cfg))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
+    t = Trainer(cfg, out, device, resume, run)
+    start = t.start
+    # Deadlines on this process's clock: the VAE gets its share of the budget, the transformer what is
+    # left of it less the time kept for export and evaluation.
+    if t.state["phase"] == "vae":
+        t.train_vae(start + cfg.vae_budget_fraction * cfg.budget_s - t.state["vae_elapsed"])
+    if t.state["phase"] == "transformer":
+        t.train_transformer(start + cfg.budget_s - cfg.eval_reserve_s - t.spent_before)
+    model_dir = out / "model"
+    if t.state["phase"] in ("export", "done"):
+        t.export(model_dir)
+    t.log.close()
+    summary = dict(out=str(out), vae_steps=t.state["vae_step"], transformer_steps=t.state["tr_step"],
+                   vae_s=round(t.state["vae_elapsed"], 1), transformer_s=round(t.state["tr_elapsed"], 1),
+                   train_s=round(time.perf_counter() - start, 1), **_versions())
+    if export:
+        dst = Path(export)
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(model_dir, dst)
+        summary["exported_to"] = str(dst)
+    if cfg.eval:
+        res = run_eval(cfg, model_dir, out, device)
+        summary["judge"] = {k: v for k, v in res["summary"].items() if k != "backend_errors"}
+        summary["backend_errors"] = res["summary"]["backend_errors"]
+    summary["total_s"] = round(time.perf_counter() - start, 1)
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if run is not None:
+        run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+        run.finish()
+    return summary
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m q8lib.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="outputs/tiny-ltx-shapes", help="run folder: checkpoint, losses.csv, model/")
+    p.add_argument("--smoke", action="store_true", help="a seconds-long CPU configuration (what CI runs)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--export", default=None, help="also copy the exported model folder here "
+                                                   "(e.g. q8lib/assets/tiny-ltx-shapes)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--budget-s", type=float, default=None, help="wall-clock budget of the whole run, eval included")
+    p.add_argument("--steps", type=int, default=None, help="max transformer steps")
+    p.add_argument("--vae-steps", type=int, default=None, help="max VAE steps")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--reserve-s", type=float, default=None, help="seconds of --budget-s kept for export (+ eval)")
+    p.add_argument("--pool", type=int, default=None, help="clips in the transformer's training pool")
+    p.add_argument("--no-eval", action="store_true", help="skip the judge evaluation")
+    p.add_argument("--eval-only", action="store_true", help="only judge <out>/model (after a run)")
+    p.add_argument("--eval-seeds", type=int, default=None, help="seeds per held-out prompt")
+    p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (imported only then)")
+    a = p.parse_args(argv)
+    cfg = SMOKE if a.smoke else TrainConfig()
+    over = {k: v for k, v in dict(budget_s=a.budget_s, steps=a.steps, vae_steps=a.vae_steps, batch=a.batch,
+                                  seed=a.seed, pool=a.pool, eval_reserve_s=a.reserve_s, eval_seeds=a.eval_seeds).items() if v is not None}
+    if a.no_eval:
+        over["eval"] = False
+    cfg = replace(cfg, **over)
+    if a.eval_only:
+        device = torch.device(a.device or ("cuda" if torch.cuda.is_available() and not a.smoke else "cpu"))
+        res = run_eval(cfg, Path(a.out) / "model", Path(a.out), device)
+        print(json.dumps(res["summary"], indent=1))
+        return 0
+    summary = train(cfg, a.out, a.device or ("cpu" if a.smoke else None), a.resume, a.export, a.wandb)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
