@@ -240,7 +240,7 @@ class Trainer:
             with _autocast(self.device):
                 chunks.append(vae.encode(x).latent_dist.mode().float())
         lat = torch.cat(chunks)  # [N, C, F', H', W']
-        mean, std = lat.mean((0, 2, 3, 4)), lat.std((0, 2, 3, 4))
+        mean, std = lat.mean((0, 2, 3, 4)), lat.std((0, 2, 3, 4)).clamp_min(1e-3)  # a dead channel stays finite
         vae.latents_mean.copy_(mean)
         vae.latents_std.copy_(std)
         self.latent_shape = tuple(lat.shape[2:])
