@@ -124,8 +124,9 @@ def test_kernel_matches_fp8_reference_and_sdpa(seed, B, D, Sq, Sk, lens):
     bn = ka.fwd_config(D, q.device)[1]
     r8 = ref.fp8_attention_ref(q, k, v, kl, block_n=bn)
     exact = ref.sdpa_attention(q.double(), k.double(), v.double(), kl)
-    # same math as the reference: float32 summation order only (measured 3e-6 on CPU)
-    assert rel_err(r8, out) < 1e-4
+    # same math as the reference: float32 summation order only (measured 3e-6 on CPU); the GPU adds
+    # ex2.approx, FP8 tensor-core accumulation and (plain tf32, before 3xTF32: 0.013) rotation rounding
+    assert rel_err(r8, out) < (1e-4 if not GPU else 0.02)
     # FP8 error vs exact attention; measured 0.02-0.05 on these shapes, equal to the reference's own
     assert rel_err(exact, out) < 0.08
     assert rel_err(exact, out) < rel_err(exact, r8) * 1.05 + 1e-3
@@ -153,7 +154,7 @@ def test_saturation_and_zero_rows(seed):
     exact = ref.sdpa_attention(q.double(), k.double(), v.double(), sm_scale=sm)
     assert rel_err(exact[0, 0, 3], out[0, 0, 3]) < 0.05  # uniform weights: the mean of v
     r8 = ref.fp8_attention_ref(q, k, v, sm_scale=sm, block_n=ka.fwd_config(D, q.device)[1])
-    assert rel_err(r8, out) < 1e-4
+    assert rel_err(r8, out) < (1e-4 if not GPU else 0.02)
     assert rel_err(exact, out) < 0.08
 
 
@@ -284,3 +285,21 @@ def test_gpu_processor_uses_kernel(seed, cross):
         attn.to(torch.bfloat16)
         got = Q8AttnProcessor(fp8=True, backend="triton")(attn, x, ctx, mask, rope)
     assert rel_err(want, got) < 0.06  # measured in NOTES_attention.md
+
+
+@pytest.mark.gpu
+def test_gpu_processor_compiled_fullgraph(seed):
+    """The fused producer path inside torch.compile(fullgraph=True), self- and cross-attention."""
+    from q8lib import Q8AttnProcessor
+
+    attn = _ltx_attention(True, heads=32).to(torch.bfloat16)
+    attn.set_processor(Q8AttnProcessor(fp8=True, backend="triton"))
+    x = torch.randn(2, 300, 128, device="cuda", dtype=torch.bfloat16)
+    ctx = torch.randn(2, 77, 96, device="cuda", dtype=torch.bfloat16)
+    m = torch.ones(2, 77, device="cuda")
+    m[0, 20:] = 0
+    mask = ((1 - m) * -10000.0).unsqueeze(1).to(torch.bfloat16)
+    with torch.no_grad():
+        eager = attn(x, ctx, attention_mask=mask)
+        compiled = torch.compile(attn, fullgraph=True)(x, ctx, attention_mask=mask)
+    assert rel_err(eager, compiled) < 1e-2  # same kernels; bf16 rounding of the compiled projections

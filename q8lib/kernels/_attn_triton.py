@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-LOG2_P_SCALE = 8.807354922057604  # log2(448): exp2 produces P * 448 directly (the e4m3 range)
+LOG2_P_SCALE = tl.constexpr(8.807354922057604)  # log2(448): exp2 produces P * 448 directly (the e4m3 range)
 
 
 @triton.jit
@@ -102,7 +102,8 @@ def _qk_quant_kernel(
         sign = tl.where((d % 2) == 0, -1.0, 1.0)
         x = x * c + (sign[None, :] * xp) * s
     hmat = tl.load(HAD + d[:, None] * D + d[None, :])
-    y = tl.dot(x, hmat) * out_scale  # tf32 on the GPU: ~3e-4 relative, far under the e4m3 step
+    # 3xTF32 on the GPU (float32-accurate): plain tf32 moved ~1% of the e4m3 codes by one step
+    y = tl.dot(x, hmat, input_precision="tf32x3") * out_scale
     amax = tl.max(tl.abs(y), axis=1)
     inv = tl.where(amax > 0, 448.0 / amax, 0.0)
     q = _to_e4m3(tl.minimum(tl.maximum(y * inv[:, None], -448.0), 448.0), GRID_ROUND)

@@ -56,14 +56,14 @@ def _interpreting(t: torch.Tensor) -> bool:
 
 # Tile configuration of the attention kernel: (BLOCK_M, BLOCK_N, num_warps, num_stages, fast_exp).
 # Picked on an H100 by benchmarks/bench_attention.py --sweep (see benchmarks/NOTES_attention.md).
-_FWD_CONFIG = {64: (128, 128, 8, 3, True), 128: (128, 128, 8, 3, True)}
+_FWD_CONFIG = {64: (64, 64, 4, 3, False), 128: (64, 64, 4, 3, False)}
 _FWD_CONFIG_CPU = (32, 32, 4, 1, False)  # interpreter: small tiles, no inline PTX
 
 
 def fwd_config(d: int, device: torch.device):
     if device.type == "cpu":
         return _FWD_CONFIG_CPU
-    return _FWD_CONFIG.get(d, (128, 64, 4, 3, True))
+    return _FWD_CONFIG.get(d, (64, 64, 4, 3, False))
 
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
@@ -100,7 +100,9 @@ def _launch_quant_qk(x, weight, eps, cos, sin, out_scale, out, out_scale_t):
     B, S, H, D = x.shape
     s_pad = out.shape[2]
     hp = triton.next_power_of_2(H)
-    block_t = max(1, (128 if D <= 64 else 64) // hp)
+    # ~64 (token, head) rows a program (4096 elements for D=64) over 8 warps: six [rows, D] float32
+    # tiles live at once (x, its RoPE partner, cos, sin, weights), so larger tiles would spill
+    block_t = max(1, max(16, 4096 // D) // hp)
     if _interpreting(x):
         block_t = max(1, 32 // hp)
     has_rope = cos is not None
@@ -118,7 +120,7 @@ def _launch_quant_qk(x, weight, eps, cos, sin, out_scale, out, out_scale_t):
         S, s_pad, H, float(eps), float(out_scale),
         D=D, HP=hp, BLOCK_T=block_t,
         HAS_NORM=eps >= 0, HAS_WEIGHT=weight is not None, HAS_ROPE=has_rope, GRID_ROUND=_interpreting(x),
-        num_warps=4 if D * hp * block_t <= 8192 else 8,
+        num_warps=4 if D * hp * block_t <= 2048 else 8,
     )
 
 
