@@ -222,13 +222,15 @@ def _write_json(path: Path, report: dict) -> None:
 
 
 def _generate(args) -> int:
-    from .pipeline import environment, free_text_encoder, load_pipeline, resolve_device
+    from .pipeline import check_backend, environment, free_text_encoder, load_pipeline, resolve_device
     from .video import write_video
 
     settings = _settings(args)  # every settings error before any model is loaded
     _check_run_args(args)
     device = resolve_device(args.device)
     q8_config = _q8_config(args)
+    if args.precision == "q8" and q8_config.backend != "auto":  # a named backend must run: check before loading
+        check_backend("q8", q8_config.backend, device)
     cache = _prompt_cache(args)
     wb = _wandb_start(args, "generate", dict(dataclasses.asdict(settings), model=args.model,
                                              precision=args.precision)) if args.wandb else None
@@ -283,7 +285,7 @@ def _compare(args) -> int:
     _check_run_args(args)
     device = resolve_device(args.device)
     q8_config = _q8_config(args)
-    check_backend("q8", q8_config.backend, device)  # fail before loading if the backend cannot run
+    backend = check_backend("q8", q8_config.backend, device)  # fail before loading if it cannot run
     cache = _prompt_cache(args)
     wb = _wandb_start(args, "compare", dict(dataclasses.asdict(settings), model=args.model)) if args.wandb else None
     image = _load_image(args.image)
@@ -326,7 +328,7 @@ def _compare(args) -> int:
                   pipeline=dict(pipe.q8lib_info, precision=f"{pipe.q8lib_info['dtype']} vs q8",
                                 checkpoint=args.checkpoint, weight_dtype=q8_config.weight_dtype,
                                 attention=q8_config.attention,
-                                backend=check_backend("q8", q8_config.backend, device)),
+                                backend=backend),
                   results=dict(load_s=load_s, **enc, metrics=summary, per_frame=per_frame,
                                reference=dict(timings=_median_timings(ref_runs), memory=ref_runs[-1]["memory"]),
                                q8=dict(timings=_median_timings(q8_runs), memory=q8_runs[-1]["memory"]),
@@ -363,8 +365,10 @@ def _convert(args) -> int:
 
 
 def _bench(args) -> int:
+    import importlib
+
     try:
-        from . import bench
+        bench = importlib.import_module("q8lib.bench")
     except ModuleNotFoundError as e:
         if e.name not in ("q8lib.bench", None):
             raise
@@ -457,7 +461,11 @@ def _expected_errors():
 def main(argv=None) -> int:
     """Entry point of ``q8lib`` and ``python -m q8lib``; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # everything after 'bench' belongs to q8lib.bench, options included
+        args = argparse.Namespace(command="bench", bench_args=argv[1:], func=_bench)
+    else:
+        args = parser.parse_args(argv)
     expected = _expected_errors()
     old_format = warnings.formatwarning
     warnings.formatwarning = lambda msg, cat, *a, **k: f"q8lib: warning: {msg}\n"

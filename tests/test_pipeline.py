@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from q8lib.pipeline import (GenerationSettings, ModelUnavailableError, PromptCac
                             run_pipeline, settings_for, transformer_memory)
 from q8lib.video import psnr, side_by_side, ssim
 
-warnings.filterwarnings("ignore", category=Q8FallbackWarning)  # CPU runs use the reference math on purpose
+pytestmark = pytest.mark.filterwarnings("ignore::q8lib.pipeline.Q8FallbackWarning")  # CPU runs use the reference math on purpose
 
 SMALL = dict(num_frames=9, height=32, width=32, num_inference_steps=2)
 
