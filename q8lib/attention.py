@@ -54,7 +54,9 @@ def q8_attention_core(attn, query, key, value, image_rotary_emb=None, key_length
     Fast backends may fuse the norm/RoPE/rotation/quantization of q and k into one producer.
     """
     be = resolve_backend(backend, query.device)
-    if fp8 and be.name == "triton":
+    # Set by diffusers' enable_parallelism(ContextParallelConfig(...)) on processors that declare it.
+    parallel = getattr(getattr(attn, "processor", None), "_parallel_config", None)
+    if fp8 and be.name == "triton" and parallel is None:
         from .kernels.attention import fused_attention_core
 
         out = fused_attention_core(attn, query, key, value, image_rotary_emb, key_lengths)
@@ -67,7 +69,13 @@ def q8_attention_core(attn, query, key, value, image_rotary_emb=None, key_length
         key = apply_rotary_emb(key, image_rotary_emb)
     # [B, S, H*D] -> [B, H, S, D]
     query, key, value = (t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (query, key, value))
-    out = be.attention(query, key, value, key_lengths, None, fp8=fp8)
+    if parallel is not None:
+        from .parallel import context_parallel_attention
+
+        out = context_parallel_attention(query, key, value, key_lengths, parallel,
+                                         lambda q, k, v, lengths: be.attention(q, k, v, lengths, None, fp8=fp8))
+    else:
+        out = be.attention(query, key, value, key_lengths, None, fp8=fp8)
     return out.transpose(1, 2).flatten(2, 3).to(value.dtype)
 
 
@@ -77,6 +85,8 @@ class Q8AttnProcessor:
     Works with Q8 or ordinary ``nn.Linear`` projections. ``backend`` names the q8lib backend for
     the attention op (``"auto"``: the fastest for the device).
     """
+
+    _parallel_config = None  # diffusers' context parallelism sets this (see q8lib.parallel)
 
     def __init__(self, fp8: bool = True, backend: str = "auto"):
         self.fp8 = fp8

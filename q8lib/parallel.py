@@ -7,38 +7,31 @@ routes its attention op through :func:`context_parallel_attention`, which reuses
 Ulysses template: all-to-all so each rank holds the whole sequence for ``H/N`` heads, run the q8lib
 attention op (FP8 or SDPA) with per-sample key lengths, all-to-all back.
 
-The text mask is kept as a boolean ``[B, Tk_local]`` keep-mask (no head dim) so diffusers can
-all-gather it next to k/v; stock diffusers 0.42.1 fails on LTX's masked cross-attention under
-Ulysses because its prepared mask carries a head dim. Ring attention needs the attention's
+The text mask becomes per-sample key lengths summed over ranks (no mask travels); stock diffusers
+0.42.1 fails on LTX's masked cross-attention under Ulysses because its prepared mask carries a
+head dim that no longer matches the local heads after the all-to-all. Ring attention needs the attention's
 log-sum-exp, which the FP8 kernel does not return: it raises a clear error.
 """
 from __future__ import annotations
 
-import torch
-
-__all__ = ["context_parallel_attention", "keep_mask_from_bias"]
+__all__ = ["context_parallel_attention"]
 
 
-def keep_mask_from_bias(mask: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Additive-bias (0 keep / negative drop) or boolean mask -> boolean keep-mask ``[B, Tk]``."""
-    m = mask.reshape(batch_size, -1, mask.shape[-1])[:, 0]
-    return m if m.dtype == torch.bool else m > -1.0
-
-
-def context_parallel_attention(query, key, value, keep_mask, parallel_config, attention_fn):
+def context_parallel_attention(query, key, value, key_lengths, parallel_config, attention_fn):
     """Ulysses context-parallel attention around a local attention op.
 
     Args:
         query, key, value: this rank's shards ``[B, H, S_local, D]`` (all H heads).
-        keep_mask: boolean ``[B, Sk_local]`` (right-padded globally) or ``None``.
+        key_lengths: ``[B]`` int32 kept-key counts of this rank's key shard, or ``None``. A right-padded
+            mask split into contiguous shards keeps a prefix of every shard, so the global length is
+            the sum over ranks (one all-reduce of ``B`` integers).
         parallel_config: the ``ParallelConfig`` diffusers set on the processor.
         attention_fn: ``(q, k, v, key_lengths) -> out`` on ``[B, H/N, S, D]`` tensors.
     Returns:
         ``[B, H, S_local, D]``.
     """
+    import torch.distributed as dist
     from diffusers.models.attention_dispatch import _templated_context_parallel_attention
-
-    from .attention import mask_to_key_lengths
 
     cp = parallel_config.context_parallel_config
     if cp.ring_degree > 1:
@@ -49,18 +42,19 @@ def context_parallel_attention(query, key, value, keep_mask, parallel_config, at
     heads = query.shape[1]
     if heads % cp.ulysses_degree:
         raise ValueError(f"{heads} attention heads cannot be split over ulysses_degree={cp.ulysses_degree}")
+    if key_lengths is not None:
+        key_lengths = key_lengths.clone()
+        dist.all_reduce(key_lengths, group=cp._ulysses_mesh.get_group())
 
     def forward_op(ctx, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, return_lse,
                    _save_ctx=True, _parallel_config=None):
         if return_lse:
             raise NotImplementedError("q8lib attention does not return the log-sum-exp")
-        lengths = None if attn_mask is None else mask_to_key_lengths(attn_mask, q.shape[0])
-        out = attention_fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), lengths)
-        return out.transpose(1, 2)
+        return attention_fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_lengths).transpose(1, 2)
 
     # diffusers' templates work on [B, S, H, D]
     out = _templated_context_parallel_attention(
-        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), keep_mask,
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), None,
         forward_op=forward_op, backward_op=None, _parallel_config=parallel_config,
     )
     return out.transpose(1, 2)
