@@ -55,7 +55,7 @@ def _add_generation_args(p: argparse.ArgumentParser, output_default: str) -> Non
     g.add_argument("--frames", type=int, default=None, help="8k+1 frames (tiny default 17, full size 81)")
     g.add_argument("--height", type=int, default=None, help="multiple of 32 (tiny default 64, full size 480)")
     g.add_argument("--width", type=int, default=None, help="multiple of 32 (tiny default 64, full size 704)")
-    g.add_argument("--steps", type=int, default=None, help="denoising steps (tiny default 8, full size 50)")
+    g.add_argument("--steps", type=int, default=None, help="denoising steps (tiny default 6, full size 50)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default 3; <=1 disables CFG)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--fps", type=int, default=25, help="frame rate of the video (also conditions the model)")
@@ -80,12 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="text (or image) to video; writes an mp4 and a JSON sidecar")
     _add_model_args(gen)
-    _add_generation_args(gen, "q8lib_video.mp4")
+    _add_generation_args(gen, "outputs/q8lib_video.mp4")
     gen.set_defaults(func=_generate)
 
     cmp_ = sub.add_parser("compare", help="same seed, unquantized vs Q8: side-by-side mp4, per-frame PSNR/SSIM JSON and plot")
     _add_model_args(cmp_, precision=False)
-    _add_generation_args(cmp_, "q8lib_compare.mp4")
+    _add_generation_args(cmp_, "outputs/q8lib_compare.mp4")
     cmp_.set_defaults(func=_compare)
 
     conv = sub.add_parser("convert", help="bf16 LTX transformer -> q8lib checkpoint, with a size report")

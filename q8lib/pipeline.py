@@ -79,7 +79,7 @@ def default_pipeline(seed: int = 0):
 
 def default_settings() -> dict:
     """Generation settings that suit the tiny default (fast on 2 CPU cores)."""
-    return dict(num_frames=17, height=64, width=64, num_inference_steps=8, guidance_scale=3.0)
+    return dict(num_frames=17, height=64, width=64, num_inference_steps=6, guidance_scale=3.0)
 
 
 # ------------------------------------------------------------------------------------------------
