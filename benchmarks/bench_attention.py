@@ -39,10 +39,12 @@ SHAPES = [  # (name, B, H, Sq, Sk, D, key_lengths)
     ("cross_2x32x3630x128keys_64", 2, 32, 3630, 128, 64, (128, 77)),
 ]
 
-SWEEP = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, fast_exp)
-    (64, 64, 4, 3, False), (64, 64, 4, 3, True), (64, 64, 4, 2, False), (64, 64, 4, 4, False),
-    (64, 128, 4, 3, False), (64, 128, 4, 2, False), (64, 32, 4, 3, False), (64, 32, 4, 4, False),
-    (128, 64, 8, 3, False), (128, 128, 8, 3, False),
+SWEEP = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, fast_exp, warp_specialize, split)
+    (64, 64, 4, 3, False, False, False), (64, 64, 4, 3, True, False, False), (64, 64, 4, 2, False, False, False),
+    (64, 64, 4, 4, False, False, False), (64, 128, 4, 3, False, False, False), (64, 128, 4, 2, False, False, False),
+    (64, 32, 4, 3, False, False, False), (128, 64, 8, 3, False, False, False), (128, 128, 8, 3, False, False, False),
+    (64, 64, 4, 3, False, True, False), (64, 64, 4, 3, False, False, True), (64, 64, 4, 2, False, False, True),
+    (64, 128, 4, 2, False, False, True), (64, 64, 8, 3, False, False, True),
 ]
 
 

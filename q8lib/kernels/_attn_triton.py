@@ -138,63 +138,100 @@ def _v_quant_kernel(
 
 
 @triton.jit
+def _softmax_block(t, qs, m_i, l_i, acc, keep, MASKED: tl.constexpr, FAST_EXP: tl.constexpr):
+    """One online-softmax step on ``t = (q8 . k8) * ks`` ``[BM, BN]``: returns ``(P * 448, m, l, acc)``.
+
+    ``s = qs * t`` is the logit in log2 units (qs holds softmax scale * log2(e)); exp2 of
+    ``s - m + log2(448)`` yields P already scaled to the e4m3 range, in one FFMA + one EX2.
+    """
+    if MASKED:
+        t = tl.where(keep[None, :], t, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(t, 1) * qs)  # qs >= 0, so max(qs * t) = qs * max(t)
+    alpha = _exp2(m_i - m_new, FAST_EXP)
+    p = _exp2(t * qs[:, None] - (m_new - LOG2_P_SCALE)[:, None], FAST_EXP)
+    if MASKED:
+        p = tl.where(keep[None, :], p, 0.0)  # qs == 0 (all-zero query) would give 0 * -inf = NaN
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    return p, m_new, l_i, acc
+
+
+@triton.jit
+def _store_out(O, acc, l_i, vs, b, h, offs_m, d, sob, sos, soh, SQ):
+    out = acc * (vs[None, :] / l_i[:, None])
+    optr = O + b.to(tl.int64) * sob + offs_m.to(tl.int64)[:, None] * sos + h * soh + d[None, :]
+    tl.store(optr, out.to(O.dtype.element_ty), mask=(offs_m < SQ)[:, None])
+
+
+@triton.jit
 def _attn_fwd_kernel(
     Q, QS, K, KS, VT, VS,  # [B,H,Sqp,D] e4m3, [B,H,Sqp] f32, [B,H,Skp,D], [B,H,Skp], [B,H,D,Skp], [B,H,D]
     LENS,  # [B] int32 key lengths (HAS_LENS)
     O, sob, sos, soh,  # [B, Sq, H, D], stride over D is 1
     H, SQ, SQ_PAD, SK, SK_PAD,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_LENS: tl.constexpr, FAST_EXP: tl.constexpr, GRID_ROUND: tl.constexpr,
+    HAS_LENS: tl.constexpr, FAST_EXP: tl.constexpr, GRID_ROUND: tl.constexpr, WARP_SPEC: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
+    """Each program owns BLOCK_M query rows (``SPLIT``: two sub-tiles of BLOCK_M rows, A and B,
+    sharing every K/V load; their dots and softmaxes are independent, so the scheduler can run one
+    sub-tile's softmax while the tensor cores work on the other's product)."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    ROWS: tl.constexpr = BLOCK_M * (2 if SPLIT else 1)
+    offs_a = pid_m * ROWS + tl.arange(0, BLOCK_M)
+    offs_b = offs_a + BLOCK_M
     offs_n = tl.arange(0, BLOCK_N)
     d = tl.arange(0, D)
     bh64 = bh.to(tl.int64)
-    q = tl.load(Q + (bh64 * SQ_PAD + offs_m[:, None]) * D + d[None, :])
-    qs = tl.load(QS + bh64 * SQ_PAD + offs_m)  # softmax scale * log2(e) folded in by the producer
+    qa = tl.load(Q + (bh64 * SQ_PAD + offs_a[:, None]) * D + d[None, :])
+    qsa = tl.load(QS + bh64 * SQ_PAD + offs_a)  # softmax scale * log2(e) folded in by the producer
+    # m: running row max of s = qs * ks * (q8 . k8) in log2 units; l: running sum of P * 448
+    m_a = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_a = tl.zeros([BLOCK_M], tl.float32)
+    acc_a = tl.zeros([BLOCK_M, D], tl.float32)
+    if SPLIT:
+        qb = tl.load(Q + (bh64 * SQ_PAD + offs_b[:, None]) * D + d[None, :])
+        qsb = tl.load(QS + bh64 * SQ_PAD + offs_b)
+        m_b = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_b = tl.zeros([BLOCK_M], tl.float32)
+        acc_b = tl.zeros([BLOCK_M, D], tl.float32)
     length = SK
     if HAS_LENS:
         length = tl.minimum(tl.maximum(tl.load(LENS + b), 1), SK)
     k_ptrs = K + (bh64 * SK_PAD + offs_n[:, None]) * D + d[None, :]
     ks_ptrs = KS + bh64 * SK_PAD + offs_n
     vt_ptrs = VT + (bh64 * D + d[:, None]) * SK_PAD + offs_n[None, :]
+    keep = offs_n < BLOCK_N  # all true; the masked tail below replaces it
 
-    # m: running row max of s = qs * ks * (q8 . k8) in log2 units; l: running sum of P * 448
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, D], tl.float32)
     n_full = (length // BLOCK_N) * BLOCK_N
-    for start in range(0, n_full, BLOCK_N):
-        k = tl.load(k_ptrs + start * D)
+    for start in tl.range(0, n_full, BLOCK_N, warp_specialize=WARP_SPEC):
+        k = tl.trans(tl.load(k_ptrs + start * D))
         ks = tl.load(ks_ptrs + start)
-        t = tl.dot(q, tl.trans(k)) * ks[None, :]
-        m_new = tl.maximum(m_i, tl.max(t, 1) * qs)  # qs >= 0, so max(qs * t) = qs * max(t)
-        alpha = _exp2(m_i - m_new, FAST_EXP)
-        p = _exp2(t * qs[:, None] - (m_new - LOG2_P_SCALE)[:, None], FAST_EXP)  # one FFMA + EX2
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        vt = tl.load(vt_ptrs + start)
-        acc = tl.dot(_to_e4m3(p, GRID_ROUND), tl.trans(vt), acc)
-        m_i = m_new
+        ta = tl.dot(qa, k) * ks[None, :]
+        if SPLIT:
+            tb = tl.dot(qb, k) * ks[None, :]
+        vt = tl.trans(tl.load(vt_ptrs + start))
+        p, m_a, l_a, acc_a = _softmax_block(ta, qsa, m_a, l_a, acc_a, keep, False, FAST_EXP)
+        acc_a = tl.dot(_to_e4m3(p, GRID_ROUND), vt, acc_a)
+        if SPLIT:
+            p, m_b, l_b, acc_b = _softmax_block(tb, qsb, m_b, l_b, acc_b, keep, False, FAST_EXP)
+            acc_b = tl.dot(_to_e4m3(p, GRID_ROUND), vt, acc_b)
     if n_full < length:  # the last, partial key block: mask keys >= length
         keep = (n_full + offs_n) < length
-        k = tl.load(k_ptrs + n_full * D)
+        k = tl.trans(tl.load(k_ptrs + n_full * D))
         ks = tl.load(ks_ptrs + n_full)
-        t = tl.dot(q, tl.trans(k)) * ks[None, :]
-        t = tl.where(keep[None, :], t, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(t, 1) * qs)
-        alpha = _exp2(m_i - m_new, FAST_EXP)
-        p = _exp2(t * qs[:, None] - (m_new - LOG2_P_SCALE)[:, None], FAST_EXP)
-        p = tl.where(keep[None, :], p, 0.0)  # qs == 0 (all-zero query) would give 0 * -inf = NaN
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        vt = tl.load(vt_ptrs + n_full)
-        acc = tl.dot(_to_e4m3(p, GRID_ROUND), tl.trans(vt), acc)
+        vt = tl.trans(tl.load(vt_ptrs + n_full))
+        ta = tl.dot(qa, k) * ks[None, :]
+        p, m_a, l_a, acc_a = _softmax_block(ta, qsa, m_a, l_a, acc_a, keep, True, FAST_EXP)
+        acc_a = tl.dot(_to_e4m3(p, GRID_ROUND), vt, acc_a)
+        if SPLIT:
+            tb = tl.dot(qb, k) * ks[None, :]
+            p, m_b, l_b, acc_b = _softmax_block(tb, qsb, m_b, l_b, acc_b, keep, True, FAST_EXP)
+            acc_b = tl.dot(_to_e4m3(p, GRID_ROUND), vt, acc_b)
     vs = tl.load(VS + bh64 * D + d)
-    out = acc * (vs[None, :] / l_i[:, None])
-    optr = O + b.to(tl.int64) * sob + offs_m.to(tl.int64)[:, None] * sos + h * soh + d[None, :]
-    tl.store(optr, out.to(O.dtype.element_ty), mask=(offs_m < SQ)[:, None])
+    _store_out(O, acc_a, l_a, vs, b, h, offs_a, d, sob, sos, soh, SQ)
+    if SPLIT:
+        _store_out(O, acc_b, l_b, vs, b, h, offs_b, d, sob, sos, soh, SQ)

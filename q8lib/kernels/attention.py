@@ -54,16 +54,18 @@ def _interpreting(t: torch.Tensor) -> bool:
     return t.device.type == "cpu"  # CPU tensors only run under TRITON_INTERPRET=1
 
 
-# Tile configuration of the attention kernel: (BLOCK_M, BLOCK_N, num_warps, num_stages, fast_exp).
+# Tile configuration of the attention kernel:
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, fast_exp (inline ex2.approx.ftz), warp_specialize,
+#  split: two BLOCK_M query sub-tiles a program).
 # Picked on an H100 by benchmarks/bench_attention.py --sweep (see benchmarks/NOTES_attention.md).
-_FWD_CONFIG = {64: (64, 64, 4, 3, False), 128: (64, 64, 4, 3, False)}
-_FWD_CONFIG_CPU = (32, 32, 4, 1, False)  # interpreter: small tiles, no inline PTX
+_FWD_CONFIG = {64: (64, 64, 4, 3, False, False, False), 128: (64, 64, 4, 3, False, False, False)}
+_FWD_CONFIG_CPU = (32, 32, 4, 1, False, False, False)  # interpreter: small tiles, no inline PTX
 
 
 def fwd_config(d: int, device: torch.device):
     if device.type == "cpu":
         return _FWD_CONFIG_CPU
-    return _FWD_CONFIG.get(d, (64, 64, 4, 3, False))
+    return _FWD_CONFIG.get(d, (64, 64, 4, 3, False, False, False))
 
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
@@ -184,14 +186,17 @@ def _launch_fwd(q8, qs, k8, ks, vt8, vs, key_lengths, sk, out, config=None):
     B, H, sq_pad, D = q8.shape
     sq = out.shape[1]
     sk_pad = k8.shape[2]
-    bm, bn, warps, stages, fast_exp = config or fwd_config(D, q8.device)
-    grid = (triton.cdiv(sq, bm), B * H)
+    bm, bn, warps, stages, fast_exp, warp_spec, split = config or fwd_config(D, q8.device)
+    rows = bm * (2 if split else 1)
+    if SEQ_PAD % rows or SEQ_PAD % bn:
+        raise ValueError(f"attention tile config {config} needs tiles dividing the sequence padding {SEQ_PAD}")
+    grid = (triton.cdiv(sq, rows), B * H)
     lens = key_lengths if key_lengths is not None else qs  # dummy pointer when unused
     return _k._attn_fwd_kernel[grid](
         q8, qs, k8, ks, vt8, vs, lens,
         out, out.stride(0), out.stride(1), out.stride(2),
         H, sq, sq_pad, sk, sk_pad,
-        D=D, BLOCK_M=bm, BLOCK_N=bn, HAS_LENS=key_lengths is not None, FAST_EXP=fast_exp, GRID_ROUND=_interpreting(q8),
+        D=D, BLOCK_M=bm, BLOCK_N=bn, HAS_LENS=key_lengths is not None, FAST_EXP=fast_exp, GRID_ROUND=_interpreting(q8), WARP_SPEC=warp_spec, SPLIT=split,
         num_warps=warps, num_stages=stages,
     )
 
