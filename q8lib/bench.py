@@ -112,6 +112,13 @@ def _prepare(name, cfg, device):
 def _time(fn, iters, warmup):
     for _ in range(warmup):
         fn()
+    if not torch.cuda.is_available():  # CPU smoke runs (--config tiny): wall clock
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return times
     torch.cuda.synchronize()
     times = []
     for _ in range(iters):
@@ -122,6 +129,15 @@ def _time(fn, iters, warmup):
         e.synchronize()
         times.append(s.elapsed_time(e))
     return times
+
+
+def _mem(what):
+    """CUDA memory stats in MiB (``None`` on CPU smoke runs); ``"reset"`` resets the peak."""
+    if not torch.cuda.is_available():
+        return None
+    if what == "reset":
+        return torch.cuda.reset_peak_memory_stats()
+    return (torch.cuda.max_memory_allocated() if what == "peak" else torch.cuda.memory_allocated()) / 2**20
 
 
 def _err(y, ref):
@@ -175,7 +191,7 @@ def micro(cfg, batch, tokens, text, device):
             xq, xs = kl.quantize_activation(x, qd)
             impls = ["triton"] + (["scaled_mm"] if qd == FP8 else ["int_mm"])
             for impl in impls:
-                os.environ["Q8LIB_GEMM"] = impl
+                prev = kl.set_gemm_impl(impl)
                 try:
                     y = kl.matmul(xq, xs, wq, ws, b, None, torch.bfloat16)
                     res[f"{qn}_{impl}"] = bench(lambda: kl.matmul(xq, xs, wq, ws, b, None, torch.bfloat16))
@@ -183,7 +199,7 @@ def micro(cfg, batch, tokens, text, device):
                 except Exception as e:  # noqa: BLE001 - record and go on
                     res[f"{qn}_{impl}"] = f"error: {type(e).__name__}: {e}"[:300]
                 finally:
-                    os.environ.pop("Q8LIB_GEMM", None)
+                    kl.set_gemm_impl(prev)
         for k, v in list(res.items()):
             if isinstance(v, float) and not k.endswith("rel_err") and k not in ("M", "N", "K"):
                 res[k + "_tflops"] = flop / v / 1e9
@@ -211,7 +227,7 @@ def micro(cfg, batch, tokens, text, device):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m q8lib.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma list from {sorted(VARIANTS)}")
-    ap.add_argument("--config", default="2b", choices=["2b", "13b"])
+    ap.add_argument("--config", default="2b", choices=["2b", "13b", "tiny"], help="tiny: CPU smoke run of the script")
     ap.add_argument("--layers", type=int, default=None, help="override num_layers (quick runs)")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--frames", type=int, default=11)
@@ -224,25 +240,25 @@ def main(argv=None) -> int:
     ap.add_argument("--no-fp32", action="store_true", help="skip the fp32 reference forward")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/transformer_<gpu>.json)")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("q8lib.bench needs a CUDA GPU.", file=sys.stderr)
+    if not torch.cuda.is_available() and args.config != "tiny":
+        print("q8lib.bench needs a CUDA GPU (or --config tiny for a CPU smoke run).", file=sys.stderr)
         return 2
-    from .tiny import LTX_2B_CONFIG, LTX_13B_CONFIG
+    from .tiny import LTX_2B_CONFIG, LTX_13B_CONFIG, TINY_TRANSFORMER_CONFIG
 
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in names if v not in VARIANTS]
     if bad:
         ap.error(f"unknown variants {bad}; choose from {sorted(VARIANTS)}")
-    cfg = dict(LTX_2B_CONFIG if args.config == "2b" else LTX_13B_CONFIG)
+    cfg = dict({"2b": LTX_2B_CONFIG, "13b": LTX_13B_CONFIG, "tiny": TINY_TRANSFORMER_CONFIG}[args.config])
     if args.layers:
         cfg["num_layers"] = args.layers
-    device = torch.device("cuda")
-    gpu = torch.cuda.get_device_name()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     tokens = args.frames * args.height * args.width
     out_path = Path(args.out or f"benchmarks/results/transformer_{gpu.split()[1].lower() if len(gpu.split()) > 1 else 'gpu'}.json")
     block_flops, all_flops = linear_flops(cfg, args.batch, tokens, args.text)
     report = {
-        "device": gpu, "capability": "sm_%d%d" % torch.cuda.get_device_capability(),
+        "device": gpu, "capability": "sm_%d%d" % torch.cuda.get_device_capability() if device.type == "cuda" else None,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
         "shape": {"model": f"LTX-Video {args.config.upper()}", "num_layers": cfg["num_layers"], "batch": args.batch,
@@ -282,15 +298,17 @@ def main(argv=None) -> int:
                 print("micro failed:", e)
             print(f"micro done in {time.time() - t0:.0f} s", flush=True)
             save()
+        model = y = None
         for name in names:
+            model = y = None  # a failed variant must not keep its model alive into the next one
             gc.collect()
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+            _mem("reset")
             t0 = time.time()
             res = {}
             try:
                 model, comp = _prepare(name, cfg, device)
-                res["weights_mb"] = torch.cuda.memory_allocated() / 2**20
+                res["weights_mb"] = _mem("now")
                 if VARIANTS[name][0] == "q8lib":
                     res["fused_blocks"] = sum("_q8_fused" in b.__dict__ for b in model.transformer_blocks)
                     res["weight_dtype"] = model._q8_config.weight_dtype
@@ -299,13 +317,13 @@ def main(argv=None) -> int:
                     _compile(model)
                     tc = time.time()
                     y = model(*inputs, **kw).sample
-                    torch.cuda.synchronize()
+                    torch.cuda.synchronize() if device.type == "cuda" else None
                     res["compile_s"] = time.time() - tc
-                torch.cuda.reset_peak_memory_stats()
+                _mem("reset")
                 times = _time(lambda: model(*inputs, **kw), args.iters, args.warmup)
                 res["fwd_ms"] = statistics.median(times)
                 res["fwd_ms_min"], res["fwd_ms_max"] = min(times), max(times)
-                res["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+                res["peak_mb"] = _mem("peak")
                 res["est_50_steps_s"] = 50 * res["fwd_ms"] / 1e3
                 res["linear_tflops_effective"] = all_flops / res["fwd_ms"] / 1e9
                 for rname, r in refs.items():
@@ -328,14 +346,14 @@ def main(argv=None) -> int:
     bf = report["results"].get("bf16", {}).get("peak_mb")
     if bf:
         for r in report["results"].values():
-            if "peak_mb" in r:
+            if r.get("peak_mb"):
                 r["peak_x_vs_bf16"] = r["peak_mb"] / bf
     save()
     print(f"\nwrote {out_path}")
     print(f"{'variant':24s}{'fwd_ms':>9s}{'x bf16c':>9s}{'peak_mb':>10s}{'rel_err_bf16':>14s}{'cos_bf16':>10s}")
     for name, r in report["results"].items():
         if "fwd_ms" in r:
-            print(f"{name:24s}{r['fwd_ms']:9.2f}{r.get('x_vs_bf16_compile', float('nan')):9.3f}{r['peak_mb']:10.0f}"
+            print(f"{name:24s}{r['fwd_ms']:9.2f}{r.get('x_vs_bf16_compile', float('nan')):9.3f}{r['peak_mb'] or float('nan'):10.0f}"
                   f"{r.get('rel_err_vs_bf16', float('nan')):14.4f}{r.get('cos_vs_bf16', float('nan')):10.5f}")
         else:
             print(f"{name:24s} ERROR")

@@ -59,6 +59,16 @@ def _bias(lin: Q8Linear, dtype):
     return b if b is not None and b.dtype == dtype else lin.bias
 
 
+def _linear_ops(be):
+    """The object whose ``quantize_activation``/``rms_norm_quantize``/``matmul`` the block calls: the
+    triton backend's kernel module directly (same signatures; no per-call module lookup to trace)."""
+    if be.name == "triton":
+        from .kernels import linear as kl
+
+        return kl
+    return be
+
+
 def _linear(be, lin: Q8Linear, x_q, x_s, out_dtype, activation=None):
     return be.matmul(x_q, x_s, lin.weight, lin.scales, _bias(lin, out_dtype), activation, out_dtype)
 
@@ -67,13 +77,11 @@ def _ffn(be, ff, x_q, x_s, out_dtype):
     """Up-projection + tanh-GELU + down-projection from quantized rows ``x_q``."""
     up, down = ff.net[0].proj, ff.net[2]
     qd, hb = down.qdtype, down.hadamard_block
-    if be.name == "triton":
-        from .kernels import linear as kl
-
-        if kl.gemm_impl(qd, x_q.device) == "scaled_mm":  # cuBLAS has no GELU epilogue: fuse it into the quantizer
-            h = _linear(be, up, x_q, x_s, out_dtype)
-            h_q, h_s = kl.gelu_quantize(h, qd, hb)
-            return _linear(be, down, h_q, h_s, out_dtype)
+    # cuBLAS (fp8 on Hopper) has no GELU epilogue: fuse the GELU into the down-projection's quantizer
+    if hasattr(be, "gelu_quantize") and be.gemm_impl(qd, x_q.device) == "scaled_mm":
+        h = _linear(be, up, x_q, x_s, out_dtype)
+        h_q, h_s = be.gelu_quantize(h, qd, hb)
+        return _linear(be, down, h_q, h_s, out_dtype)
     h = _linear(be, up, x_q, x_s, out_dtype, "gelu_tanh")
     h_q, h_s = be.quantize_activation(h, qd, hb)
     return _linear(be, down, h_q, h_s, out_dtype)
@@ -87,7 +95,7 @@ def fused_block_forward(self, hidden_states, encoder_hidden_states, temb, image_
     ``image_rotary_emb`` ``(cos, sin) [B, S, D]``, ``encoder_attention_mask`` additive ``[B, 1, T]``.
     """
     st = self._q8_fused
-    be = resolve_backend(st["backend"], hidden_states.device)
+    be = _linear_ops(resolve_backend(st["backend"], hidden_states.device))
     a1, a2 = self.attn1, self.attn2
     qd, hb = a1.to_q.qdtype, a1.to_q.hadamard_block
     dt = hidden_states.dtype
@@ -170,5 +178,8 @@ def install_if_fast(model: nn.Module, config) -> int:
     p = next(iter(model.parameters()), None)
     if p is None or resolve_backend(config.backend, p.device).name != "triton":
         return 0
+    from .kernels import _ops
+
+    _ops("linear"), _ops("attention")  # import now, outside any torch.compile trace
     return install_fused_blocks(model, fp8=config.attention == "fp8", backend=config.backend,
                                 bias_dtype=getattr(model, "dtype", torch.bfloat16))

@@ -141,3 +141,18 @@ def test_gpu_default_install_and_compile(seed, weight_dtype):
     torch._dynamo.reset()
     q.compile_repeated_blocks(fullgraph=True)
     assert rel_err(fused, _run(q, args, kw)) < 1e-2
+
+
+def test_fused_block_compiles_fullgraph_cpu(seed, monkeypatch):
+    """The fused forward on the triton code path (kernel module called directly) traces into one graph."""
+    model = make_tiny_transformer(seed=seed % 1000)
+    args, kw = _inputs(model.config)
+    q = q8lib.quantize_(model, q8lib.Q8Config(weight_dtype="fp8_e4m3", attention="sdpa", backend="reference"),
+                        progress=False)
+    monkeypatch.setattr(_InterpBackend, "name", "triton")  # -> q8lib.kernels.linear ops, as on the GPU
+    install_fused_blocks(q, fp8=False, backend="test_triton_linear")
+    eager = _run(q, args, kw)
+    torch._dynamo.reset()
+    q.compile_repeated_blocks(fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(_run(q, args, kw), eager, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()

@@ -19,8 +19,11 @@ import triton.language as tl
 
 # QMODE values
 FLOAT_OUT, INT8_OUT, FP8_OUT = 0, 1, 2
-# Largest row the kernel keeps in registers (fp32 elements per program tile).
+# Longest row the kernel keeps in registers (fp32 elements), and the tile it aims for (rows x K):
+# a few rows per tile keep enough bytes in flight (measured on H100: 1 row of 2048 per step ran at
+# ~850 GB/s, latency-bound; see benchmarks/NOTES_linear.md).
 MAX_TILE = 16384
+TILE_ELEMS = 16384
 
 
 @triton.jit
@@ -71,8 +74,9 @@ def _row_quant_kernel(
     GELU: tl.constexpr, ROTATE: tl.constexpr, LEFT: tl.constexpr, DOT_BF16: tl.constexpr,
     QMODE: tl.constexpr, QMAX: tl.constexpr, SOFT_FP8: tl.constexpr = False,
 ):
-    """Tile = ``ROWS`` rows of ``K``. Rotation: ``[ROWS*K/B, B] @ H_B`` and, if ``LEFT`` (``ROWS == 1``,
-    ``K == A*B``), ``H_A @`` that; normalised by ``1/sqrt(A*B)`` (``A = 1`` unless ``LEFT``)."""
+    """Tile = ``ROWS`` rows of ``K``. Rotation: ``[ROWS*K/B, B] @ H_B`` and, if ``LEFT`` (``K == A*B``),
+    ``H_A`` along each row's ``A`` index; normalised by ``1/sqrt(A*B)`` (``A = 1`` unless ``LEFT``).
+    Several rows per tile amortise the per-iteration latency chain and the staging of the ±1 matrices."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     cols = tl.arange(0, K)
@@ -113,9 +117,12 @@ def _row_quant_kernel(
                 xb = xb.to(tl.bfloat16)
             y = tl.dot(xb, hb)
             if LEFT:
+                # H_A acts along each row's slow index: bring it to the fast side, multiply, bring it back
+                yt = tl.reshape(tl.permute(tl.reshape(y, (ROWS, A, B)), (0, 2, 1)), (ROWS * B, A))
                 if DOT_BF16:
-                    y = y.to(tl.bfloat16)
-                y = tl.dot(ha, y)
+                    yt = yt.to(tl.bfloat16)
+                z = tl.dot(yt, ha)
+                y = tl.permute(tl.reshape(z, (ROWS, B, A)), (0, 2, 1))
             x = tl.reshape(y, (ROWS, K)) * (1.0 / tl.sqrt(A * B * 1.0))
         optr = OUT + rows[:, None].to(tl.int64) * K + cols[None, :]
         if QMODE == 0:
@@ -140,22 +147,22 @@ def plan(K: int, hadamard_block: int | None, rotate: bool = True):
     """Tile plan ``(ROWS, A, B, LEFT)`` for a row of ``K``, or a string saying why the kernel can't.
 
     Full rotations of ``K > 256`` use the two-product factorisation (``A·B = K``, ``B >= A``);
-    rotation blocks of ``<= 256`` (and ``K <= 256``) use one product on ``ROWS`` rows at once.
+    rotation blocks of ``<= 256`` (and ``K <= 256``) use one product. ``ROWS`` rows per tile.
     """
     if K < 16 or K & (K - 1):
         return f"row length {K} is not a power of two >= 16"
     if K > MAX_TILE:
         return f"row length {K} > {MAX_TILE}"
+    rows = max(1, TILE_ELEMS // K)
     if not rotate:
-        return max(1, 2048 // K), 1, 16, False
+        return rows, 1, 16, False
     b = K if hadamard_block is None else hadamard_block
     if b < 16 or b & (b - 1) or K % b:
         return f"hadamard block {b} is not a power of two >= 16 dividing {K}"
     if b <= 256:
-        rows = max(1, 16 * b // K, 2048 // K)
-        return rows, 1, b, False
+        return max(rows, 16 * b // K), 1, b, False
     if b != K:
         return f"block-diagonal rotation with block {b} > 256 (only full rotations factor in-kernel)"
     logk = K.bit_length() - 1
     B = 1 << ((logk + 1) // 2)
-    return 1, K // B, B, True
+    return rows, K // B, B, True

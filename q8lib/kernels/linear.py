@@ -5,8 +5,8 @@
 * ``matmul``: the 8-bit GEMM with the scale/bias/GELU epilogue. On Hopper (sm_90+) fp8 goes to
   cuBLAS' row-wise scaled GEMM (``torch._scaled_mm`` with fast accumulation; fastest measured,
   see benchmarks/NOTES_linear.md); int8, and fp8 elsewhere (Ada, sm_89: by design, untested
-  here), go to the Triton GEMM in ``_gemm.py``. ``Q8LIB_GEMM=triton|scaled_mm|int_mm`` overrides
-  the choice (benchmarks).
+  here), go to the Triton GEMM in ``_gemm.py``. ``Q8LIB_GEMM=triton|scaled_mm|int_mm`` (or
+  :func:`set_gemm_impl`) overrides the choice (benchmarks).
 
 Every kernel is a ``torch.library`` custom op (namespace ``q8lib``) with a fake implementation,
 so ``torch.compile(fullgraph=True)`` and CUDA graphs see opaque, shape-known nodes. Inputs the
@@ -28,7 +28,7 @@ from ..quant import FP8, INT8, QMAX, qdtype_from_name
 from ._rowquant import FP8_OUT, FLOAT_OUT, INT8_OUT, plan
 
 __all__ = ["quantize_activation", "rms_norm", "rms_norm_quantize", "gelu_quantize", "matmul",
-           "launch_row_quant", "launch_gemm", "gemm_impl"]
+           "launch_row_quant", "launch_gemm", "gemm_impl", "set_gemm_impl"]
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -39,8 +39,22 @@ def _warn(op, reason):
     warn_fallback(op, reason)
 
 
+# Read once: torch.compile traces the op wrappers, and module globals trace as constants.
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+GEMM_IMPL = os.environ.get("Q8LIB_GEMM", "auto")  # see gemm_impl; set_gemm_impl() changes it
+
+
 def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    return _INTERPRET
+
+
+def set_gemm_impl(name: str) -> str:
+    """Force the GEMM route (``"auto"``, ``"triton"``, ``"scaled_mm"``, ``"int_mm"``); returns the previous one."""
+    global GEMM_IMPL
+    if name not in ("auto", "triton", "scaled_mm", "int_mm"):
+        raise ValueError(f"GEMM implementation must be auto, triton, scaled_mm or int_mm, got {name!r}")
+    prev, GEMM_IMPL = GEMM_IMPL, name
+    return prev
 
 
 def _runs_here(t: torch.Tensor) -> bool:
@@ -53,10 +67,14 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-@functools.lru_cache(maxsize=8)
+_CAPABILITY: dict = {}  # a dict, not lru_cache: traceable by torch.compile
+
+
 def _capability(index: int) -> int:
-    major, minor = torch.cuda.get_device_capability(index)
-    return major * 10 + minor
+    if index not in _CAPABILITY:
+        major, minor = torch.cuda.get_device_capability(index)
+        _CAPABILITY[index] = major * 10 + minor
+    return _CAPABILITY[index]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,7 +124,7 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
     sc, sscb, scs = _bcast3(scale, x)
     sh, sshb, shs = _bcast3(shift, x)
     n_tiles = triton.cdiv(M, rows_per)
-    progs = min(n_tiles, 4 * _sm_count(x.device.index or 0)) if x.is_cuda else min(n_tiles, 4)
+    progs = min(n_tiles, 3 * _sm_count(x.device.index or 0)) if x.is_cuda else min(n_tiles, 4)
     elems = rows_per * K
     dummy = x3
     _row_quant_kernel[(progs,)](
@@ -120,7 +138,7 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
         NORM=norm, HAS_W=weight is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
         GELU=gelu, ROTATE=rot >= 0, LEFT=left, DOT_BF16=x.is_cuda,
         QMODE=qmode, QMAX=QMAX.get(out.dtype, 1.0), SOFT_FP8=not x.is_cuda,
-        num_warps=4 if elems <= 2048 else (8 if elems <= 8192 else 16),
+        num_warps=4 if elems <= 2048 else (8 if elems <= 16384 else 16),
     )
     return out, out_scale
 
@@ -216,10 +234,9 @@ def gelu_quantize(x, qdtype, hadamard_block=None):
 # GEMM
 def gemm_impl(qdtype: torch.dtype, device: torch.device) -> str:
     """Which GEMM runs ``qdtype`` on ``device``: ``"scaled_mm"`` (cuBLAS fp8 row-wise, sm_90+),
-    ``"triton"`` or ``"int_mm"`` (cuBLAS int8 + separate epilogue); ``Q8LIB_GEMM`` overrides."""
-    forced = os.environ.get("Q8LIB_GEMM", "auto")
-    if forced not in ("auto", "triton", "scaled_mm", "int_mm"):
-        raise ValueError(f"Q8LIB_GEMM must be auto, triton, scaled_mm or int_mm, got {forced!r}")
+    ``"triton"`` or ``"int_mm"`` (cuBLAS int8 + separate epilogue); ``Q8LIB_GEMM`` (read at import)
+    or :func:`set_gemm_impl` overrides."""
+    forced = GEMM_IMPL
     if device.type != "cuda":
         return "triton"
     if forced == "scaled_mm" and qdtype == FP8:
