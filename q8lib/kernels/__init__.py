@@ -36,13 +36,18 @@ def _triton_reason() -> str | None:
     return None
 
 
+_MODS: dict = {}  # imported op modules: a plain dict lookup is traceable by torch.compile, importlib is not
+
+
 def _ops(name):
-    try:
-        return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as e:
-        if e.name != f"{__name__}.{name}":
-            raise
-        return None
+    if name not in _MODS:
+        try:
+            _MODS[name] = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            _MODS[name] = None
+    return _MODS[name]
 
 
 class TritonBackend(Backend):
