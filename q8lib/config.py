@@ -20,12 +20,24 @@ KEEP_HIGH_PRECISION = (
 )
 
 
+def default_weight_dtype() -> str:
+    """``"fp8_e4m3"`` when the current CUDA device is Hopper or newer (sm_90+: cuBLAS row-wise fp8 GEMMs
+    measured fastest there), else ``"int8"`` (Ada's int8 rate is twice its fp8 rate; CPU; the legacy
+    layout). Numbers: benchmarks/NOTES_linear.md."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9:
+        return "fp8_e4m3"
+    return "int8"
+
+
 @dataclass
 class Q8Config:
     """How to quantize an LTX-Video transformer.
 
     Args:
-        weight_dtype: ``"int8"`` or ``"fp8_e4m3"``; activations use the same 8-bit type.
+        weight_dtype: ``"int8"`` or ``"fp8_e4m3"``; activations use the same 8-bit type. Default:
+            :func:`default_weight_dtype` (fp8 where a Hopper GPU is visible, else int8).
         hadamard_block: rotation block size; ``None`` rotates over each linear's full input dim
             (the layout of the earlier public Q8 checkpoint).
         backend: ``"auto"`` (fastest available for the device), ``"reference"``, ``"triton"``, ...
@@ -34,7 +46,7 @@ class Q8Config:
         keep_high_precision: module names (matched on any dotted component) left unconverted.
     """
 
-    weight_dtype: str = "int8"
+    weight_dtype: str = field(default_factory=default_weight_dtype)
     hadamard_block: int | None = None
     backend: str = "auto"
     attention: str = "fp8"
