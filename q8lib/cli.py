@@ -330,6 +330,8 @@ def _compare(args) -> int:
                                 attention=q8_config.attention,
                                 backend=backend),
                   results=dict(load_s=load_s, **enc, metrics=summary, per_frame=per_frame,
+                               speedup=dict(transformer=_ratio(ref_runs, q8_runs, "transformer_s"),
+                                            end_to_end=_ratio(ref_runs, q8_runs, "end_to_end_s")),
                                reference=dict(timings=_median_timings(ref_runs), memory=ref_runs[-1]["memory"]),
                                q8=dict(timings=_median_timings(q8_runs), memory=q8_runs[-1]["memory"]),
                                warmup_runs=args.warmup, repeats=args.repeats),
@@ -344,6 +346,11 @@ def _compare(args) -> int:
     if wb:
         _wandb_log(wb, out, {f"metrics/{k}": v for k, v in summary.items()}, settings.frame_rate)
     return 0
+
+
+def _ratio(ref_runs, q8_runs, key):
+    a, b = _median_timings(ref_runs)[key], _median_timings(q8_runs)[key]
+    return a / b if b else None
 
 
 def _convert(args) -> int:

@@ -600,6 +600,11 @@ class _Spans:
         return [(e - s) * 1e3 for s, e in self.spans]
 
 
+def module_bytes(module) -> int:
+    """Bytes of a module's parameters and buffers (8-bit weights count one byte each)."""
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+
+
 def oom_message(settings: GenerationSettings | None, device) -> str:
     what = (f" generating {settings.num_frames} frames at {settings.height}x{settings.width}"
             if settings is not None else "")
@@ -673,6 +678,8 @@ def run_pipeline(pipe, settings: GenerationSettings, embeds: dict, image=None, p
     dec = decode.ms()
     if cuda:
         mem["peak_gib"] = max(mem.get("denoise_peak_gib", 0), mem.get("decode_peak_gib", 0))
+        mem["reserved_peak_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
+    mem["transformer_weights_gib"] = module_bytes(pipe.transformer) / 2**30
     timings = dict(end_to_end_s=total, transformer_s=sum(fwd) / 1e3,
                    transformer_forward_ms=statistics.median(fwd) if fwd else None, transformer_forwards=len(fwd),
                    vae_decode_s=sum(dec) / 1e3)
@@ -772,8 +779,10 @@ def transformer_memory(model: str = "random-13b", num_frames: int = 81, height: 
                params=sum(t.numel() for t in list(transformer.parameters()) + list(transformer.buffers())),
                forward_ms=fwd, forward_ms_median=statistics.median(fwd) if fwd else None,
                output_finite=bool(torch.isfinite(y).all()))
+    out["transformer_weights_gib"] = round(module_bytes(transformer) / 2**30, 3)
     if cuda:
-        out.update(weights_gib=round(weights_gib, 3), peak_gib=round(torch.cuda.max_memory_allocated(device) / 2**30, 3))
+        out.update(weights_gib=round(weights_gib, 3), peak_gib=round(torch.cuda.max_memory_allocated(device) / 2**30, 3),
+                   reserved_peak_gib=round(torch.cuda.max_memory_reserved(device) / 2**30, 3))
     return out
 
 

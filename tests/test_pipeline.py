@@ -23,7 +23,7 @@ def _settings(seed, **kw):
 
 @pytest.fixture(scope="module")
 def pipes():
-    return load_pipeline("tiny", precision="bf16"), load_pipeline("tiny", precision="q8")
+    return load_pipeline("tiny", precision="bf16", device="cpu"), load_pipeline("tiny", precision="q8", device="cpu")
 
 
 def _latents(pipe, embeds, seed, steps=2):
@@ -58,7 +58,7 @@ def test_pipeline_is_deterministic_per_seed(pipes, seed):
 
 
 def test_prompt_cache_roundtrip_and_free_text_encoder(tmp_path, seed):
-    pipe = load_pipeline("tiny", precision="bf16")
+    pipe = load_pipeline(device="cpu", model="tiny", precision="bf16")
     cache = PromptCache(tmp_path)
     s = _settings(seed)
     fresh, info = encode_prompts(pipe, s, "tiny", cache)
@@ -87,7 +87,7 @@ def test_prompt_cache_roundtrip_and_free_text_encoder(tmp_path, seed):
 
 
 def test_cache_miss_without_text_encoder_fails(tmp_path):
-    pipe = load_pipeline("tiny", precision="bf16", load_text_encoder=False)
+    pipe = load_pipeline(device="cpu", model="tiny", precision="bf16", load_text_encoder=False)
     with pytest.raises(ModelUnavailableError, match="not cached"):
         encode_prompts(pipe, _settings(0), "hub/model", PromptCache(tmp_path))
 
@@ -113,7 +113,7 @@ def test_hub_model_offline_converts_on_the_fly(tmp_path, monkeypatch):
     """``Lightricks/LTX-Video`` through the real hub code path, served from a local cache with the tiny model."""
     tiny = default_pipeline()
     _fake_hub(tmp_path, monkeypatch, "Lightricks/LTX-Video", tiny.save_pretrained)
-    pipe = load_pipeline("ltx-2b", precision="q8", dtype="fp32")  # alias -> Lightricks/LTX-Video
+    pipe = load_pipeline(device="cpu", model="ltx-2b", precision="q8", dtype="fp32")  # alias -> Lightricks/LTX-Video
     assert pipe.q8lib_info["model"] == "Lightricks/LTX-Video"
     want = quantize_(default_pipeline().transformer, Q8Config(), progress=False).state_dict()
     got = pipe.transformer.state_dict()
@@ -141,7 +141,7 @@ def test_legacy_q8_checkpoint_from_hub_layout(tmp_path, monkeypatch):
         (d / "q8lib.json").unlink()
 
     _fake_hub(tmp_path, monkeypatch, "sayakpaul/q8-ltx-video", write)
-    pipe = load_pipeline("tiny", checkpoint="sayakpaul/q8-ltx-video", dtype="fp32")
+    pipe = load_pipeline(device="cpu", model="tiny", checkpoint="sayakpaul/q8-ltx-video", dtype="fp32")
     for k, v in q8.state_dict().items():
         assert torch.equal(pipe.transformer.state_dict()[k], v), k
     with pytest.raises(SettingsError, match="precision"):
@@ -159,13 +159,13 @@ def test_checkpoint_with_wrong_keys_is_refused(tmp_path):
     state["transformer_blocks.0.extra"] = torch.zeros(1)
     save_file(state, f)
     with pytest.raises(Q8CheckpointError, match=r"transformer_blocks\.0\.attn1\.to_q\.scales.*transformer_blocks\.0\.extra"):
-        load_pipeline("tiny", checkpoint=str(tmp_path / "ck"))
+        load_pipeline(device="cpu", model="tiny", checkpoint=str(tmp_path / "ck"))
 
 
 def test_image_to_video(tmp_path, seed):
     from PIL import Image
 
-    pipe = load_pipeline("tiny", image_to_video=True)
+    pipe = load_pipeline(device="cpu", model="tiny", image_to_video=True)
     assert type(pipe).__name__ == "LTXImageToVideoPipeline"
     g = torch.Generator().manual_seed(seed % 2**31)
     img = Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).byte().numpy())
@@ -267,3 +267,15 @@ def test_write_video_roundtrip(tmp_path, seed):
     p = write_video(v, tmp_path / "v.mp4", fps=8)
     frames = imageio.mimread(p)
     assert len(frames) == 9 and frames[0].shape == (48, 48, 3)  # padded to multiples of 16
+
+
+@pytest.mark.gpu
+def test_q8_pipeline_on_gpu_matches_bf16(seed):
+    """Tiny default on CUDA: bf16 pipeline vs Q8 (fast backend where it runs) from the same noise."""
+    ref = load_pipeline("tiny", precision="bf16", device="cuda")
+    q8 = load_pipeline("tiny", precision="q8", device="cuda")
+    embeds, _ = encode_prompts(ref, _settings(seed), "tiny", None)
+    a, b = _latents(ref, embeds, seed).float(), _latents(q8, embeds, seed).float()
+    rel = ((a - b).norm() / a.norm()).item()
+    print(f"backend={q8.q8lib_info['backend']} latent relative error {rel:.5f}")
+    assert torch.isfinite(b).all() and rel < 0.05
