@@ -220,6 +220,16 @@ def micro(cfg, batch, tokens, text, device):
                 ms = bench(fn)
                 out["rows"][f"{rname}_{tag}"] = {"ms": ms, "GBps": nbytes / ms / 1e6}
     out["rows"]["bf16_copy_same_bytes_as_quantize"] = {"ms": bench(lambda: x.clone())}
+    from .kernels import _rowquant
+
+    default_te = _rowquant.TILE_ELEMS
+    try:  # tile size sweep (elements per program step = rows x K)
+        for te in (2048, 4096, 8192, 16384):
+            _rowquant.TILE_ELEMS = te
+            out["rows"][f"sweep_tile{te}_rms_norm_quantize_fp8"] = {"ms": bench(lambda: kl.rms_norm_quantize(x, None, 1e-6, sc, sh, FP8, None))}
+            out["rows"][f"sweep_tile{te}_gelu_quantize_fp8"] = {"ms": bench(lambda: kl.gelu_quantize(h, FP8, None))}
+    finally:
+        _rowquant.TILE_ELEMS = default_te
     return out
 
 

@@ -153,7 +153,7 @@ def plan(K: int, hadamard_block: int | None, rotate: bool = True):
         return f"row length {K} is not a power of two >= 16"
     if K > MAX_TILE:
         return f"row length {K} > {MAX_TILE}"
-    rows = max(1, TILE_ELEMS // K)
+    rows = max(1, min(TILE_ELEMS, MAX_TILE) // K)
     if not rotate:
         return rows, 1, 16, False
     b = K if hadamard_block is None else hadamard_block
