@@ -1,10 +1,11 @@
 """Small helpers that let one notebook run on the embedded tiny default (CPU, offline) and on a real
-checkpoint (GPU) unchanged: read the parameters, quiet logs and progress bars, load a transformer or a
-pipeline by name.
+checkpoint (GPU) unchanged: read the parameters, quiet logs and progress bars, load a transformer or
+its config by name, make example transformer inputs.
 
-``model="tiny"`` means the embedded default (``q8lib.tiny``); anything else is a Hugging Face hub id
-(e.g. ``"Lightricks/LTX-Video"``) or a local diffusers directory. Loading a hub id offline fails with
-a :class:`ModelUnavailableError` that says what to do instead of a long hub traceback.
+``model="tiny"`` means the embedded default; anything else is a Hugging Face hub id (e.g.
+``"Lightricks/LTX-Video"``) or a local diffusers directory. Loading goes through
+:mod:`q8lib.pipeline`, which raises ``ModelUnavailableError`` with what to do when a hub model
+cannot be fetched (offline).
 """
 from __future__ import annotations
 
@@ -14,14 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ModelUnavailableError", "Params", "read_params", "quiet", "load_transformer", "load_pipeline",
-           "transformer_config", "example_inputs"]
+__all__ = ["Params", "read_params", "quiet", "load_transformer", "transformer_config", "example_inputs"]
 
 TINY = "tiny"
-
-
-class ModelUnavailableError(RuntimeError):
-    """The requested model cannot be loaded here (offline, unknown id, missing files)."""
 
 
 @dataclass
@@ -76,61 +72,30 @@ def quiet() -> None:
         pass
 
 
-def _unavailable(model: str, what: str, e: Exception) -> ModelUnavailableError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    hint = ("HF_HUB_OFFLINE is set, so nothing is downloaded; unset it to download once, "
-            if offline else "check the id and your network, ")
-    return ModelUnavailableError(
-        f"Could not load the {what} of {model!r} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
-        f"{hint}or pass a local directory, or run with Q8_MODEL=tiny (the embedded default, offline)."
-    )
-
-
 def transformer_config(model: str) -> dict:
-    """The transformer's ``config.json`` as a dict (``"tiny"``: the tiny default's)."""
+    """The transformer's ``config.json`` as a dict (``"tiny"``: the tiny default's), without loading weights."""
     from diffusers import LTXVideoTransformer3DModel
+
+    from .pipeline import MODEL_ALIASES, ModelUnavailableError
 
     if model == TINY:
         return dict(load_transformer(TINY).config)
+    model = MODEL_ALIASES.get(model, model)
     try:
         return dict(LTXVideoTransformer3DModel.load_config(model, subfolder="transformer"))
-    except Exception as e:  # noqa: BLE001 - hub/OS errors of many kinds
-        raise _unavailable(model, "transformer config", e) from e
+    except OSError as e:
+        raise ModelUnavailableError(
+            f"could not read the transformer config of {model!r} ({type(e).__name__}: {str(e).splitlines()[0][:300]}). "
+            "Downloading needs network access with HF_HUB_OFFLINE unset; or pass a local directory; "
+            "or use Q8_MODEL=tiny (the embedded default, offline)."
+        ) from e
 
 
-def load_transformer(model: str = TINY, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """A high-precision ``LTXVideoTransformer3DModel`` in eval mode on ``device`` in ``dtype``."""
-    if model == TINY:
-        from . import tiny
+def load_transformer(model: str = TINY, device="cpu", dtype: torch.dtype = torch.float32):
+    """The high-precision (unquantized) transformer of ``model`` (see :func:`q8lib.pipeline.load_transformer`)."""
+    from .pipeline import load_transformer as _load
 
-        return tiny.make_tiny_transformer().to(device=device, dtype=dtype).eval()
-    from diffusers import LTXVideoTransformer3DModel
-
-    try:
-        m = LTXVideoTransformer3DModel.from_pretrained(model, subfolder="transformer", torch_dtype=dtype)
-    except Exception as e:  # noqa: BLE001
-        raise _unavailable(model, "transformer", e) from e
-    return m.to(device).eval()
-
-
-def load_pipeline(model: str = TINY, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """An ``LTXPipeline`` with progress bars off: the tiny default (offline) or ``from_pretrained(model)``."""
-    from diffusers import LTXPipeline
-
-    if model == TINY:
-        from . import tiny
-
-        pipe = tiny.make_tiny_pipeline()
-        for component in (pipe.transformer, pipe.vae, pipe.text_encoder):
-            component.to(device=device, dtype=dtype)
-    else:
-        try:
-            pipe = LTXPipeline.from_pretrained(model, torch_dtype=dtype)
-        except Exception as e:  # noqa: BLE001
-            raise _unavailable(model, "pipeline", e) from e
-        pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _load(model, precision="bf16", device=device, dtype=dtype).eval()
 
 
 def example_inputs(config, batch: int = 2, frames: int = 3, height: int = 8, width: int = 8, text_tokens: int = 16,

@@ -21,7 +21,6 @@ __all__ = [
     "plot_layer_sqnr",
     "plot_layer_scatter",
     "to_uint8",
-    "save_video",
     "videos_html",
     "frame_strip",
     "frame_scrubber",
@@ -107,26 +106,19 @@ def plot_layer_scatter(ref, q8, ax=None, title: str | None = None, max_points: i
 
 
 def to_uint8(frames) -> np.ndarray:
-    """Video frames ``[T, H, W, C]`` as float in ``[0, 1]`` (numpy or torch) or uint8 -> uint8 numpy."""
-    a = frames.detach().cpu().numpy() if hasattr(frames, "detach") else np.asarray(frames)
+    """Video frames as uint8 ``[T, H, W, C]``: accepts q8lib's ``[T, C, H, W]`` float tensors in ``[0, 1]``
+    (what ``LTXPipeline`` returns with ``output_type="pt"``), float ``[T, H, W, C]`` arrays, or uint8."""
+    a = frames.detach().float().cpu().numpy() if hasattr(frames, "detach") else np.asarray(frames)
+    if a.ndim == 4 and a.shape[1] in (1, 3) and a.shape[-1] not in (1, 3):
+        a = a.transpose(0, 2, 3, 1)
     if a.dtype == np.uint8:
         return a
     return (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def save_video(frames, path: str | os.PathLike, fps: int = 8) -> Path:
-    """Write ``frames [T, H, W, C]`` to an H.264 mp4 (imageio-ffmpeg) and return its path."""
-    import imageio.v2 as imageio
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.mimwrite(path, list(to_uint8(frames)), fps=fps, codec="libx264", macro_block_size=1,
-                     pixelformat="yuv420p")
-    return path
-
-
 def videos_html(videos: dict, width: int = 192):
-    """Side-by-side looping HTML5 videos from mp4 files ``{label: path}``, embedded inline.
+    """Side-by-side looping HTML5 videos from mp4 files ``{label: path}`` (e.g. written by
+    :func:`q8lib.video.write_video`), embedded inline.
 
     Returns an ``IPython.display.HTML``. Keep clips tiny: the bytes go into the notebook.
     """
