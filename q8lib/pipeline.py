@@ -26,7 +26,7 @@ import platform
 import statistics
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -415,8 +415,8 @@ def load_pipeline(
         pipe.vae.enable_tiling()
     if model != TINY:
         text_encoder_id = _text_encoder_id(None, model)
-    pipe.q8lib_info = dict(model=model, text_encoder_id=text_encoder_id, precision=precision, checkpoint=str(checkpoint) if checkpoint else None,
-                           backend=backend, device=str(device), dtype=str(dtype).replace("torch.", ""),
+    pipe.q8lib_info = dict(model=model, text_encoder_id=text_encoder_id, precision=precision,
+                           checkpoint=str(checkpoint) if checkpoint else None, backend=backend, device=str(device), dtype=str(dtype).replace("torch.", ""),
                            weight_dtype=q8_config.weight_dtype if precision == "q8" else None,
                            attention=q8_config.attention if precision == "q8" else None,
                            offload=offload, vae_tiling=vae_tiling, image_to_video=image_to_video)
@@ -808,6 +808,3 @@ def environment(device: torch.device | str | None = None) -> dict:
     versions["q8lib"] = __version__
     return dict(device=name, date=datetime.now(timezone.utc).isoformat(timespec="seconds"), versions=versions)
 
-
-def settings_dict(settings: GenerationSettings) -> dict:
-    return asdict(settings)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from q8lib import Q8CheckpointError, Q8Config, load_q8, quantize_, save_q8
-from q8lib.pipeline import (GenerationSettings, ModelUnavailableError, PromptCache, Q8FallbackWarning, SettingsError,
+from q8lib.pipeline import (GenerationSettings, ModelUnavailableError, PromptCache, SettingsError,
                             default_pipeline, encode_prompts, free_text_encoder, load_pipeline, random_q8_transformer,
                             run_pipeline, settings_for, transformer_memory)
 from q8lib.video import psnr, side_by_side, ssim
