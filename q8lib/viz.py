@@ -26,8 +26,11 @@ __all__ = [
     "frame_scrubber",
     "EARLIER_WORK_RTX4090",
     "load_results",
-    "results_rows",
-    "plot_results",
+    "describe_result",
+    "result_tables",
+    "format_table",
+    "plot_result_tables",
+    "plot_quoted_reference",
 ]
 
 DPI = 72
@@ -188,7 +191,10 @@ EARLIER_WORK_RTX4090 = {
     "source": "sayakpaul/q8-ltx-video README, 'Performance' section (commit 2558983b353b822374e18dadc99855521af87e80)",
     "url": "https://github.com/sayakpaul/q8-ltx-video#performance",
     "device": "NVIDIA GeForce RTX 4090 (Ada, sm_89), CUDA 12.6, PyTorch 2.5.1, diffusers 0.33.0.dev0",
-    "setting": "full LTXPipeline: 81 frames, 480x704, 50 steps, max_sequence_length=128",
+    "setting": ("LTXPipeline denoising loop only (precomputed prompt embeddings, no text encoder, no VAE decode: "
+                "output_type='latent'), 81 frames, 480x704, 50 steps, max_sequence_length=128; the Q8 run used "
+                "q8_kernels' CUDA-graph wrapper (per the repository's benchmark.py at commit 368f549)"),
+    "memory_note": "memory as stated in the README table; benchmark.py does not record memory, so how it was measured is not given",
     "results": {
         "bf16 (non-Q8)": {"time_s": 16.192, "memory_mb": 7172.86},
         "Q8 (q8_kernels)": {"time_s": 9.572, "memory_mb": 5413.51},
@@ -215,49 +221,130 @@ def load_results(results_dir: str | os.PathLike = "benchmarks/results", pattern:
     return out
 
 
-_TIME_KEYS = ("fwd_ms", "ms", "time_ms", "step_ms", "total_s", "time_s")
+_TIME_KEYS = ("fwd_ms", "ms", "time_ms", "step_ms", "time_s", "total_s", "end_to_end_s")
+_ERR_KEYS = ("rel_err_vs_bf16", "rel_err")
+_COS_KEYS = ("cos_vs_bf16", "cos")
 
 
-def results_rows(result: dict) -> list[dict]:
-    """Flatten one results file into rows ``{variant, time, time_unit, peak_mb, rel_err, cos}``.
+def describe_result(result: dict) -> str:
+    """One header line per results file: file, device, date, main versions and the benchmarked shape."""
+    if "_error" in result:
+        return f"{result.get('_file', '?')}: unreadable ({result['_error']})"
+    versions = result.get("versions") or {}
+    vers = ", ".join(f"{k} {versions[k]}" for k in ("torch", "triton", "diffusers", "cuda") if versions.get(k))
+    shape = result.get("shape")
+    lines = [f"{result.get('_file', '?')}: {result.get('device', 'unknown device')}"
+             + (f" ({result['capability']})" if result.get("capability") else "")
+             + f", {result.get('date', 'undated')}"]
+    if vers:
+        lines.append(f"  versions: {vers}")
+    if shape:
+        lines.append(f"  shape: {json.dumps(shape)}")
+    return "\n".join(lines)
 
-    Understands ``{"results": {variant: {fwd_ms | ms | ..., peak_mb, rel_err_vs_bf16, cos_vs_bf16}}}``;
-    missing figures are ``None``.
-    """
+
+def _first(r: dict, keys):
+    return next(((k, r[k]) for k in keys if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)),
+                (None, None))
+
+
+def _rows(results: dict) -> list[dict]:
     rows = []
-    for variant, r in (result.get("results") or {}).items():
+    for variant, r in results.items():
         if not isinstance(r, dict):
             continue
-        key = next((k for k in _TIME_KEYS if isinstance(r.get(k), (int, float))), None)
+        tkey, t = _first(r, _TIME_KEYS)
         rows.append(dict(
             variant=variant,
-            time=r[key] if key else None,
-            time_unit=("s" if key and key.endswith("_s") else "ms") if key else None,
-            peak_mb=r.get("peak_mb"),
-            rel_err=r.get("rel_err_vs_bf16"),
-            cos=r.get("cos_vs_bf16"),
+            time=t,
+            time_unit=None if tkey is None else ("s" if tkey.endswith("_s") else "ms"),
+            peak_mb=_first(r, ("peak_mb",))[1],
+            tflops=_first(r, ("tflops",))[1],
+            rel_err=_first(r, _ERR_KEYS)[1],
+            cos=_first(r, _COS_KEYS)[1],
+            error="error" in r,
         ))
     return rows
 
 
-def plot_results(result: dict, title: str | None = None):
-    """Time and peak memory per variant of one results file (two bar panels); ``None`` if it has neither."""
-    rows = results_rows(result)
-    timed = [r for r in rows if r["time"] is not None]
-    mem = [r for r in rows if r["peak_mb"] is not None]
-    if not timed and not mem:
+def result_tables(result: dict) -> dict[str, list[dict]]:
+    """The tables of one results file: ``{table name: rows}``, each row
+    ``{variant, time, time_unit, peak_mb, tflops, rel_err, cos, error}`` (``None`` where absent).
+
+    Understands the two layouts of ``benchmarks/results``: a top-level ``results`` ``{variant: {...}}``
+    (one table named ``""``) and ``shapes`` ``{shape: {"results": {variant: {...}}}}`` (one table per shape).
+    """
+    tables = {}
+    if isinstance(result.get("results"), dict):
+        tables[""] = _rows(result["results"])
+    for name, shape in (result.get("shapes") or {}).items():
+        if isinstance(shape, dict) and isinstance(shape.get("results"), dict):
+            tables[name] = _rows(shape["results"])
+    return tables
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def format_table(rows: list[dict]) -> str:
+    """Plain-text table of :func:`result_tables` rows (3 significant digits)."""
+    out = [f"{'variant':<28}{'time':>12}{'peak MB':>10}{'TFLOP/s':>9}{'rel err':>9}{'cos':>9}"]
+    for r in rows:
+        if r["error"] and r["time"] is None:
+            out.append(f"{r['variant']:<28}{'(failed: see the file)':>49}")
+            continue
+        t = "-" if r["time"] is None else f"{r['time']:.3g} {r['time_unit']}"
+        out.append(f"{r['variant']:<28}{t:>12}{_fmt(r['peak_mb']):>10}{_fmt(r['tflops']):>9}"
+                   f"{_fmt(r['rel_err']):>9}{_fmt(r['cos']):>9}")
+    return "\n".join(out)
+
+
+def plot_result_tables(result: dict, title: str | None = None):
+    """Grouped bars of time (left) and peak memory (right) per variant for every table of one results
+    file; ``None`` when nothing in it has a time."""
+    tables = {k: [r for r in v if r["time"] is not None] for k, v in result_tables(result).items()}
+    tables = {k: v for k, v in tables.items() if v}
+    if not tables:
         return None
-    fig, (ax_t, ax_m) = small_figure(ncols=2, width=3.6, height=2.6)
-    if timed:
-        ax_t.bar([r["variant"] for r in timed], [r["time"] for r in timed], color="tab:blue")
-        ax_t.set_ylabel(f"time ({timed[0]['time_unit']})")
-    if mem:
-        ax_m.bar([r["variant"] for r in mem], [r["peak_mb"] for r in mem], color="tab:green")
-        ax_m.set_ylabel("peak memory (MB)")
-    for ax in (ax_t, ax_m):
-        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
-        ax.set_xlabel("variant")
+    variants = list(dict.fromkeys(r["variant"] for rows in tables.values() for r in rows))
+    unit = next(iter(tables.values()))[0]["time_unit"]
+    fig, (ax_t, ax_m) = small_figure(ncols=2, width=4.6, height=3.6)
+    width = 0.8 / len(variants)
+    x = np.arange(len(tables))
+    for i, variant in enumerate(variants):
+        times = [next((r["time"] for r in rows if r["variant"] == variant), np.nan) for rows in tables.values()]
+        mems = [next((r["peak_mb"] or np.nan for r in rows if r["variant"] == variant), np.nan) for rows in tables.values()]
+        ax_t.bar(x + i * width, times, width, label=variant)
+        ax_m.bar(x + i * width, mems, width, label=variant)
+    for ax, label in ((ax_t, f"time ({unit})"), (ax_m, "peak memory (MB)")):
+        ax.set_xticks(x + 0.4 - width / 2, [k or "transformer" for k in tables], fontsize=7, rotation=15)
+        ax.set_ylabel(label)
+        ax.set_xlabel("shape")
+    ax_t.set_yscale("log")
+    handles, labels = ax_t.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False)
     fig.suptitle(title or result.get("_file", ""), fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 * ((len(labels) + 3) // 4) + 0.02, 1, 1))
     return fig
 
+
+def plot_quoted_reference(ref: dict = None):
+    """Bar charts of the earlier work's quoted RTX 4090 numbers (:data:`EARLIER_WORK_RTX4090`), labelled as quoted."""
+    ref = ref or EARLIER_WORK_RTX4090
+    names = list(ref["results"])
+    fig, (ax_t, ax_m) = small_figure(ncols=2, width=3.4, height=2.6)
+    ax_t.bar(names, [ref["results"][n]["time_s"] for n in names], color=["tab:gray", "tab:purple"])
+    ax_m.bar(names, [ref["results"][n]["memory_mb"] for n in names], color=["tab:gray", "tab:purple"])
+    ax_t.set_ylabel("time per video (s)")
+    ax_m.set_ylabel("memory (MB, as reported)")
+    for ax in (ax_t, ax_m):
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_xlabel("transformer")
+    fig.suptitle("QUOTED, not measured here: RTX 4090, sayakpaul/q8-ltx-video README", fontsize=9)
+    fig.tight_layout()
+    return fig
