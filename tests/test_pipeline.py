@@ -279,3 +279,16 @@ def test_q8_pipeline_on_gpu_matches_bf16(seed):
     rel = ((a - b).norm() / a.norm()).item()
     print(f"backend={q8.q8lib_info['backend']} latent relative error {rel:.5f}")
     assert torch.isfinite(b).all() and rel < 0.05
+
+
+def test_13b_q8_weights_leave_room_on_a_24gb_gpu():
+    """The 13B Q8 transformer built on the meta device (no memory): 13.05B parameters in 12.31 GiB
+    (bf16 would be 24.3 GiB), leaving ~3.6 GiB of a 16 GiB budget for activations."""
+    from q8lib.pipeline import module_bytes
+    from q8lib.tiny import LTX_13B_CONFIG
+
+    m = random_q8_transformer(dict(LTX_13B_CONFIG), device="meta")
+    n = sum(t.numel() for t in list(m.parameters()) + list(m.buffers()))
+    assert 13.0e9 < n < 13.1e9
+    assert module_bytes(m) / 2**30 < 12.5
+    assert m.transformer_blocks[47].attn1.to_q.weight.dtype == torch.int8 and m.config.attention_head_dim == 128
