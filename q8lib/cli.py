@@ -68,6 +68,7 @@ def _add_generation_args(p: argparse.ArgumentParser, output_default: str) -> Non
     r.add_argument("--warmup", type=int, default=0, help="untimed runs first (2 steps each; compiles GPU kernels)")
     r.add_argument("--repeats", type=int, default=1, help="timed runs; the JSON holds each and the medians")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--no-video", action="store_true", help="measure only: write the JSON (and plot), no mp4")
     r.add_argument("--wandb", action="store_true", help="log the video and metrics to Weights & Biases (needs 'wandb')")
     r.add_argument("--wandb-project", default="q8lib")
 
@@ -147,6 +148,13 @@ def _check_run_args(args) -> None:
         raise SettingsError(f"--image {args.image!r} is not a file")
     if Path(args.output).suffix.lower() != ".mp4":
         raise SettingsError(f"--output must end in .mp4, got {args.output!r}")
+    if not args.no_video:
+        try:
+            import imageio  # noqa: F401
+            import imageio_ffmpeg  # noqa: F401
+        except ImportError as e:
+            raise MissingPackageError(f"writing mp4 needs imageio and imageio-ffmpeg ({e}): "
+                                      "pip install imageio imageio-ffmpeg, or pass --no-video") from e
 
 
 def _wandb_start(args, job: str, config: dict):
@@ -159,9 +167,10 @@ def _wandb_start(args, job: str, config: dict):
     return wandb, wandb.init(project=args.wandb_project, job_type=job, config=config)
 
 
-def _wandb_log(wb, video: Path, metrics: dict, fps: int) -> None:
+def _wandb_log(wb, video: Path | None, metrics: dict, fps: int) -> None:
     wandb, run = wb
-    run.log({"video": wandb.Video(str(video), fps=fps, format="mp4"), **metrics})
+    media = {"video": wandb.Video(str(video), fps=fps, format="mp4")} if video is not None else {}
+    run.log({**media, **metrics})
     run.finish()
 
 
@@ -250,8 +259,8 @@ def _generate(args) -> int:
     runs = _run(pipe, settings, embeds, image, args)
     out = Path(args.output)
     videos = runs[-1]["frames"]
-    paths = [write_video(v, out if i == 0 else out.with_name(f"{out.stem}_{i}{out.suffix}"), settings.frame_rate)
-             for i, v in enumerate(videos)]
+    paths = [] if args.no_video else [out if i == 0 else out.with_name(f"{out.stem}_{i}{out.suffix}")
+                                      for i in range(len(videos))]
     report = dict(kind="q8lib generate", **environment(device), shape=_shape(pipe, settings),
                   settings=dataclasses.asdict(settings), pipeline=pipe.q8lib_info,
                   results=dict(load_s=load_s, **enc, timings=_median_timings(runs),
@@ -259,15 +268,18 @@ def _generate(args) -> int:
                                warmup_runs=args.warmup),
                   outputs=[str(p) for p in paths])
     sidecar = out.with_suffix(".json")
-    _write_json(sidecar, report)
+    _write_json(sidecar, report)  # before the video, so the measurements survive a failed write
+    for v, p in zip(videos, paths):
+        write_video(v, p, settings.frame_rate)
     t = report["results"]["timings"]
     mem = runs[-1]["memory"].get("peak_gib")
-    print(f"wrote {paths[0]} ({settings.num_frames} frames, {settings.height}x{settings.width}) and {sidecar}")
+    print(f"wrote {' '.join(map(str, paths + [sidecar]))} ({settings.num_frames} frames, "
+          f"{settings.height}x{settings.width})")
     print(f"end to end {t['end_to_end_s']:.2f} s (transformer {t['transformer_s']:.2f} s, VAE decode "
           f"{t['vae_decode_s']:.2f} s), load {load_s:.1f} s, prompt cache {enc['prompt_cache']}, "
           f"backend {pipe.q8lib_info['backend']}" + (f", peak {mem:.2f} GiB" if mem is not None else ""))
     if wb:
-        _wandb_log(wb, paths[0], {f"timings/{k}": v for k, v in t.items()}, settings.frame_rate)
+        _wandb_log(wb, paths[0] if paths else None, {f"timings/{k}": v for k, v in t.items()}, settings.frame_rate)
     return 0
 
 
@@ -314,7 +326,6 @@ def _compare(args) -> int:
     ref, q8 = ref_runs[-1]["frames"][0], q8_runs[-1]["frames"][0]
     p, s = psnr(ref, q8), ssim(ref, q8)
     out = Path(args.output)
-    write_video(side_by_side(ref, q8), out, settings.frame_rate)
     per_frame = dict(psnr_db=[float(v) for v in p], ssim=[float(v) for v in s])
     plot = plot_metrics(per_frame, out.with_suffix(".png"),
                         title=f"{pipe.q8lib_info['model']}: {pipe.q8lib_info['dtype']} vs Q8 ({q8_config.weight_dtype})")
@@ -335,16 +346,19 @@ def _compare(args) -> int:
                                reference=dict(timings=_median_timings(ref_runs), memory=ref_runs[-1]["memory"]),
                                q8=dict(timings=_median_timings(q8_runs), memory=q8_runs[-1]["memory"]),
                                warmup_runs=args.warmup, repeats=args.repeats),
-                  outputs=dict(video=str(out), plot=str(plot) if plot else None))
+                  outputs=dict(video=None if args.no_video else str(out), plot=str(plot) if plot else None))
     sidecar = out.with_suffix(".json")
-    _write_json(sidecar, report)
+    _write_json(sidecar, report)  # before the video, so the measurements survive a failed write
+    if not args.no_video:
+        write_video(side_by_side(ref, q8), out, settings.frame_rate)
     rt, qt = report["results"]["reference"]["timings"], report["results"]["q8"]["timings"]
-    print(f"wrote {out} (left: {pipe.q8lib_info['dtype']}, right: Q8), {sidecar}" + (f" and {plot}" if plot else ""))
+    video_note = "" if args.no_video else f"{out} (left: {pipe.q8lib_info['dtype']}, right: Q8), "
+    print(f"wrote {video_note}{sidecar}" + (f" and {plot}" if plot else ""))
     print(f"PSNR mean {summary['psnr_db_mean']:.2f} dB (min {summary['psnr_db_min']:.2f}), SSIM mean "
           f"{summary['ssim_mean']:.4f} (min {summary['ssim_min']:.4f}); transformer {rt['transformer_s']:.2f} s -> "
           f"{qt['transformer_s']:.2f} s, end to end {rt['end_to_end_s']:.2f} s -> {qt['end_to_end_s']:.2f} s")
     if wb:
-        _wandb_log(wb, out, {f"metrics/{k}": v for k, v in summary.items()}, settings.frame_rate)
+        _wandb_log(wb, None if args.no_video else out, {f"metrics/{k}": v for k, v in summary.items()}, settings.frame_rate)
     return 0
 
 

@@ -85,6 +85,16 @@ def test_bad_settings_fail_before_loading(tmp_path, capsys, no_model, flags, mes
     assert re.search(message, err), err
 
 
+def test_no_video_and_missing_video_writer(tmp_path, capsys, monkeypatch):
+    assert _gen(tmp_path, "--no-video", cmd="compare", name="c.mp4") == 0
+    rep = json.loads((tmp_path / "c.json").read_text())
+    assert rep["outputs"]["video"] is None and not (tmp_path / "c.mp4").exists()
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
+    monkeypatch.setattr(qp, "load_pipeline", lambda *a, **k: pytest.fail("loaded before the imageio check"))
+    assert _gen(tmp_path) == 2
+    assert "pip install imageio imageio-ffmpeg, or pass --no-video" in capsys.readouterr().err
+
+
 def test_hub_model_offline_message(tmp_path, capsys, monkeypatch):
     import huggingface_hub.constants as c
 
