@@ -26,7 +26,9 @@ __all__ = [
     "frame_scrubber",
     "EARLIER_WORK_RTX4090",
     "load_results",
+    "provenance",
     "describe_result",
+    "judge_summary",
     "result_tables",
     "format_table",
     "plot_result_tables",
@@ -226,21 +228,55 @@ _ERR_KEYS = ("rel_err_vs_bf16", "rel_err")
 _COS_KEYS = ("cos_vs_bf16", "cos")
 
 
+def provenance(result: dict) -> dict:
+    """``{device, date, versions}`` of a results file, from the top level or its ``meta`` block."""
+    meta = result.get("meta") if isinstance(result.get("meta"), dict) else {}
+    versions = result.get("versions") or {k: meta[k] for k in ("torch", "triton", "diffusers", "transformers", "cuda")
+                                          if meta.get(k)}
+    return dict(device=result.get("device") or meta.get("device"), date=result.get("date") or meta.get("date"),
+                versions=versions or None)
+
+
 def describe_result(result: dict) -> str:
-    """One header line per results file: file, device, date, main versions and the benchmarked shape."""
+    """A header per results file: file, device, date, main versions and the benchmarked shape."""
     if "_error" in result:
         return f"{result.get('_file', '?')}: unreadable ({result['_error']})"
-    versions = result.get("versions") or {}
+    prov = provenance(result)
+    versions = prov["versions"] or {}
     vers = ", ".join(f"{k} {versions[k]}" for k in ("torch", "triton", "diffusers", "cuda") if versions.get(k))
     shape = result.get("shape")
-    lines = [f"{result.get('_file', '?')}: {result.get('device', 'unknown device')}"
+    lines = [f"{result.get('_file', '?')}: {prov['device'] or 'unknown device'}"
              + (f" ({result['capability']})" if result.get("capability") else "")
-             + f", {result.get('date', 'undated')}"]
+             + f", {prov['date'] or 'undated'}"]
     if vers:
         lines.append(f"  versions: {vers}")
     if shape:
         lines.append(f"  shape: {json.dumps(shape)}")
     return "\n".join(lines)
+
+
+def judge_summary(result: dict) -> str:
+    """Plain-text summary of a ``judge_*.json`` file: per Q8 variant, how often the judge's reading of the Q8
+    video agrees with the caption and with the bf16 video, and PSNR/SSIM against the bf16 video."""
+    s = result.get("summary") or {}
+    gen = (result.get("meta") or {}).get("generation") or {}
+    lines = []
+    if gen:
+        lines.append("generation: " + ", ".join(f"{k}={v}" for k, v in gen.items()))
+    if "num_clips" in s:
+        lines.append(f"{s['num_clips']} clips ({s.get('num_prompts', '?')} prompts x {s.get('seeds_per_prompt', '?')} seeds)")
+    ref = s.get("reference_vs_caption")
+    if isinstance(ref, dict):
+        lines.append(f"{'reference (bf16)':<18} agrees with caption {ref.get('all', float('nan')):.1%}")
+    variants = [k for k, v in s.items() if isinstance(v, dict) and "vs_reference" in v]
+    if variants:
+        lines.append(f"{'variant':<18}{'vs caption':>11}{'vs bf16':>9}{'PSNR mean/min (dB)':>21}{'SSIM mean/min':>16}")
+    for k in variants:
+        v = s[k]
+        lines.append(f"{k:<18}{v['vs_caption'].get('all', float('nan')):>11.1%}{v['vs_reference'].get('all', float('nan')):>9.1%}"
+                     f"{v.get('psnr_db_mean', float('nan')):>12.1f} / {v.get('psnr_db_min', float('nan')):<6.1f}"
+                     f"{v.get('ssim_mean', float('nan')):>9.3f} / {v.get('ssim_min', float('nan')):.3f}")
+    return "\n".join(lines) if lines else "(no summary in this file)"
 
 
 def _first(r: dict, keys):
