@@ -58,7 +58,7 @@ def _interpreting(t: torch.Tensor) -> bool:
 # (BLOCK_M, BLOCK_N, num_warps, num_stages, fast_exp (inline ex2.approx.ftz), warp_specialize,
 #  split: two BLOCK_M query sub-tiles a program).
 # Picked on an H100 by benchmarks/bench_attention.py --sweep (see benchmarks/NOTES_attention.md).
-_FWD_CONFIG = {64: (64, 64, 4, 3, False, False, False), 128: (64, 64, 4, 3, False, False, False)}
+_FWD_CONFIG = {64: (64, 64, 4, 3, False, False, False), 128: (64, 128, 4, 3, False, False, False)}
 _FWD_CONFIG_CPU = (32, 32, 4, 1, False, False, False)  # interpreter: small tiles, no inline PTX
 
 
