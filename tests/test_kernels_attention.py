@@ -70,8 +70,9 @@ def test_qk_producer_matches_quantize_rowwise(seed, D):
     x8, xs = _quant_qk(x, scale=0.125 * ka.LOG2E)
     want8, want_s = quantize_rowwise(hadamard_transform(x.transpose(1, 2).double()).float() * 0.125 * ka.LOG2E, FP8)
     got = x8[:, :, :S].float()
-    # CPU: identical codes (measured 100%); GPU: the tf32 rotation moves a few codes by one step
-    assert (got == want8.float()).float().mean() > (0.999 if not GPU else 0.9)
+    # CPU: identical codes (measured 100%); GPU: the bf16 hi/lo rotation (~2^-17 relative) may move
+    # a code by one step where the exact value sits on a rounding boundary
+    assert (got == want8.float()).float().mean() > (0.999 if not GPU else 0.99)
     assert torch.allclose(xs[:, :, :S], want_s, rtol=1e-3)
     assert rel_err(want8.float() * want_s[..., None], got * xs[:, :, :S, None]) < 0.01
     assert (x8[:, :, S:].float() == 0).all() and (xs[:, :, S:] == 0).all()  # padded rows: zero, scale 0

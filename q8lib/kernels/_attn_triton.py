@@ -8,7 +8,7 @@ without masks and they contribute nothing):
   heads (LTX's ``norm_q``/``norm_k``), optional interleaved RoPE, Hadamard rotation along ``D``,
   multiplication by ``out_scale`` (softmax scale * log2(e) for q, 1 for k), e4m3 quantization per
   (token, head): ``x8 [B, H, Sp, D]`` and float32 scales ``xs [B, H, Sp]``.
-* ``_v_quant_kernel``: ``v [B, S, H, D]`` and its per-channel ``amax [B, H, D]`` -> e4m3
+* ``_v_amax_kernel`` + ``_v_quant_kernel``: ``v [B, S, H, D]`` -> per-channel ``amax [B, H, D]`` -> e4m3
   ``vt8 [B, H, D, Sp]``, keys contiguous: the K-major B operand Hopper's FP8 ``wgmma`` needs for
   ``P @ V``.
 * ``_attn_fwd_kernel``: online-softmax attention over key blocks with FP8 dots for ``q kᵀ`` and
@@ -57,68 +57,94 @@ def _qk_quant_kernel(
     X, sxb, sxs, sxh,  # [B, S, H, D], stride over D is 1
     W,  # [H * D] RMSNorm weight (HAS_NORM and HAS_WEIGHT)
     COS, SIN, scb, scs, sch,  # [B|1, S, H, D] RoPE tables (HAS_ROPE)
-    HAD,  # [D, D] orthonormal Hadamard, float32
+    HAD,  # [D, D] Sylvester Hadamard, entries +-1 (bf16 on the GPU, float32 in the interpreter); 1/sqrt(D) is in out_scale
     OUT, OUTS,  # [B, H, Sp, D] e4m3 and [B, H, Sp] float32
-    S, S_PAD, H, eps, out_scale,
+    S, S_PAD, H, eps, out_scale, n_tiles,
     D: tl.constexpr, HP: tl.constexpr, BLOCK_T: tl.constexpr,
     HAS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROPE: tl.constexpr, GRID_ROUND: tl.constexpr,
 ):
-    # rows of the tile are (token, head) pairs: BLOCK_T tokens x HP (padded) heads
-    R: tl.constexpr = BLOCK_T * HP
-    pid = tl.program_id(0)
-    n_tblk = tl.cdiv(S_PAD, BLOCK_T)
-    b = pid // n_tblk
-    t0 = (pid % n_tblk) * BLOCK_T
+    """Persistent: each program loads the Hadamard matrix once and walks tiles of BLOCK_T tokens."""
+    R: tl.constexpr = BLOCK_T * HP  # rows of a tile: (token, head) pairs, heads padded to HP
     r = tl.arange(0, R)
-    tok = t0 + r // HP
     head = r % HP
     d = tl.arange(0, D)
-    row_ok = (tok < S) & (head < H)
-    m2 = row_ok[:, None]
-    xoff = b.to(tl.int64) * sxb + tok.to(tl.int64)[:, None] * sxs + head[:, None] * sxh
-    x = tl.load(X + xoff + d[None, :], mask=m2, other=0.0).to(tl.float32)
-    if HAS_ROPE:
-        # interleaved pairs (2i, 2i+1): out[2i] = x[2i] c - x[2i+1] s, out[2i+1] = x[2i+1] c + x[2i] s
-        dp = d ^ 1
-        xp = tl.load(X + xoff + dp[None, :], mask=m2, other=0.0).to(tl.float32)
-    if HAS_NORM:
-        # RMSNorm across all heads of a token: segmented sum over the HP rows of each token
-        ss = tl.sum(x * x, axis=1)
-        tok_ss = tl.sum(tl.reshape(ss, (BLOCK_T, HP)), axis=1)
-        rstd = tl.rsqrt(tok_ss / (H * D) + eps)
-        rstd = tl.reshape(tl.broadcast_to(rstd[:, None], (BLOCK_T, HP)), (R,))
-        x = x * rstd[:, None]
-        if HAS_ROPE:
-            xp = xp * rstd[:, None]
-        if HAS_WEIGHT:
-            wmask = (head < H)[:, None]
-            x = x * tl.load(W + head[:, None] * D + d[None, :], mask=wmask, other=0.0).to(tl.float32)
-            if HAS_ROPE:
-                xp = xp * tl.load(W + head[:, None] * D + dp[None, :], mask=wmask, other=0.0).to(tl.float32)
-    if HAS_ROPE:
-        coff = b.to(tl.int64) * scb + tok.to(tl.int64)[:, None] * scs + head[:, None] * sch + d[None, :]
-        c = tl.load(COS + coff, mask=m2, other=0.0).to(tl.float32)
-        s = tl.load(SIN + coff, mask=m2, other=0.0).to(tl.float32)
-        sign = tl.where((d % 2) == 0, -1.0, 1.0)
-        x = x * c + (sign[None, :] * xp) * s
-    hmat = tl.load(HAD + d[:, None] * D + d[None, :])
-    # 3xTF32 on the GPU (float32-accurate): plain tf32 moved ~1% of the e4m3 codes by one step
-    y = tl.dot(x, hmat, input_precision="tf32x3") * out_scale
-    amax = tl.max(tl.abs(y), axis=1)
-    inv = tl.where(amax > 0, 448.0 / amax, 0.0)
-    q = _to_e4m3(tl.minimum(tl.maximum(y * inv[:, None], -448.0), 448.0), GRID_ROUND)
     head_ok = head < H
-    obase = (b * H + head).to(tl.int64) * S_PAD + tok
-    st = head_ok & (tok < S_PAD)
-    tl.store(OUT + obase[:, None] * D + d[None, :], q, mask=st[:, None])
-    tl.store(OUTS + obase, amax / 448.0, mask=st)
+    hmat = tl.load(HAD + d[:, None] * D + d[None, :])
+    n_tblk = S_PAD // BLOCK_T
+    for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
+        b = tile // n_tblk
+        tok = (tile % n_tblk) * BLOCK_T + r // HP
+        row_ok = (tok < S) & head_ok
+        m2 = row_ok[:, None]
+        xoff = b.to(tl.int64) * sxb + tok.to(tl.int64)[:, None] * sxs + head[:, None] * sxh
+        x = tl.load(X + xoff + d[None, :], mask=m2, other=0.0).to(tl.float32)
+        if HAS_ROPE:
+            # interleaved pairs (2i, 2i+1): out[2i] = x[2i] c - x[2i+1] s, out[2i+1] = x[2i+1] c + x[2i] s
+            dp = d ^ 1
+            xp = tl.load(X + xoff + dp[None, :], mask=m2, other=0.0).to(tl.float32)
+        if HAS_NORM:
+            # RMSNorm across all heads of a token: segmented sum over the HP rows of each token
+            ss = tl.sum(x * x, axis=1)
+            tok_ss = tl.sum(tl.reshape(ss, (BLOCK_T, HP)), axis=1)
+            rstd = tl.rsqrt(tok_ss / (H * D) + eps)
+            rstd = tl.reshape(tl.broadcast_to(rstd[:, None], (BLOCK_T, HP)), (R,))
+            x = x * rstd[:, None]
+            if HAS_ROPE:
+                xp = xp * rstd[:, None]
+            if HAS_WEIGHT:
+                wmask = head_ok[:, None]
+                x = x * tl.load(W + head[:, None] * D + d[None, :], mask=wmask, other=0.0).to(tl.float32)
+                if HAS_ROPE:
+                    xp = xp * tl.load(W + head[:, None] * D + dp[None, :], mask=wmask, other=0.0).to(tl.float32)
+        if HAS_ROPE:
+            coff = b.to(tl.int64) * scb + tok.to(tl.int64)[:, None] * scs + head[:, None] * sch + d[None, :]
+            c = tl.load(COS + coff, mask=m2, other=0.0).to(tl.float32)
+            sn = tl.load(SIN + coff, mask=m2, other=0.0).to(tl.float32)
+            sign = tl.where((d % 2) == 0, -1.0, 1.0)
+            x = x * c + (sign[None, :] * xp) * sn
+        # x @ H as two bf16 MMAs on hi/lo halves of x (H is exact in bf16): ~2^-17 relative error,
+        # float32-like, at a third of a 3xTF32 product's cost (plain tf32 moved ~1% of the codes)
+        if GRID_ROUND:  # the interpreter: its bf16 dots are wrong; an fp32 dot is exact there
+            y = tl.dot(x, hmat.to(tl.float32)) * out_scale
+        else:
+            x_hi = x.to(tl.bfloat16)
+            x_lo = (x - x_hi.to(tl.float32)).to(tl.bfloat16)
+            y = tl.dot(x_hi, hmat)
+            y = tl.dot(x_lo, hmat, y) * out_scale
+        amax = tl.max(tl.abs(y), axis=1)
+        inv = tl.where(amax > 0, 448.0 / amax, 0.0)
+        q = _to_e4m3(tl.minimum(tl.maximum(y * inv[:, None], -448.0), 448.0), GRID_ROUND)
+        obase = (b * H + head).to(tl.int64) * S_PAD + tok
+        tl.store(OUT + obase[:, None] * D + d[None, :], q, mask=head_ok[:, None])
+        tl.store(OUTS + obase, amax / 448.0, mask=head_ok)
+
+
+@triton.jit
+def _v_amax_kernel(
+    V, svb, svs, svh,  # [B, S, H, D], stride over D is 1
+    AMAX,  # [B, H, D] float32, zero-filled: each program folds in its chunk's max with an atomic
+    S, H,
+    D: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
+):
+    pid_k = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    d = tl.arange(0, D)
+    amax = tl.zeros([D], tl.float32)
+    for k0 in range(pid_k * CHUNK, tl.minimum(pid_k * CHUNK + CHUNK, S), BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        v = tl.load(V + b.to(tl.int64) * svb + k.to(tl.int64)[:, None] * svs + h * svh + d[None, :],
+                    mask=(k < S)[:, None], other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.max(tl.abs(v), axis=0))
+    tl.atomic_max(AMAX + bh * D + d, amax)
 
 
 @triton.jit
 def _v_quant_kernel(
     V, svb, svs, svh,  # [B, S, H, D], stride over D is 1
     AMAX,  # [B, H, D] float32
-    OUT,  # [B, H, D, Sp] e4m3
+    OUT, OUTS,  # [B, H, D, Sp] e4m3 and [B, H, D] float32 scales
     S, S_PAD, H,
     D: tl.constexpr, BLOCK_K: tl.constexpr, GRID_ROUND: tl.constexpr,
 ):
@@ -135,6 +161,8 @@ def _v_quant_kernel(
     q = _to_e4m3(tl.minimum(tl.maximum(v * inv[None, :], -448.0), 448.0), GRID_ROUND)
     optr = OUT + (bh * D + d).to(tl.int64)[:, None] * S_PAD + k[None, :]
     tl.store(optr, tl.trans(q), mask=(k < S_PAD)[None, :])
+    if pid_k == 0:
+        tl.store(OUTS + bh * D + d, amax / 448.0)
 
 
 @triton.jit

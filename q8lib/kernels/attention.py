@@ -88,13 +88,26 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str
 # producers
 # --------------------------------------------------------------------------------------------
 _HAD: dict = {}
+_NUM_SMS: dict = {}
 
 
-def _hadamard(d: int, device) -> torch.Tensor:
+def _hadamard_pm1(d: int, device) -> torch.Tensor:
+    """``[d, d]`` Sylvester Hadamard with entries +-1, exact in bf16 (float32 for the interpreter,
+    whose bf16 dots are wrong); the producer scales by 1/sqrt(d)."""
     key = (d, str(device))
     if key not in _HAD:
-        _HAD[key] = hadamard_matrix(d, torch.float32, device)
+        dtype = torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+        _HAD[key] = (hadamard_matrix(d, torch.float64) * math.sqrt(d)).round().to(device=device, dtype=dtype)
     return _HAD[key]
+
+
+def _num_programs(device, n_tiles: int) -> int:
+    if device.type == "cpu":
+        return min(n_tiles, 4)  # interpreter: a few programs also exercise the persistent loop
+    key = str(device)
+    if key not in _NUM_SMS:
+        _NUM_SMS[key] = torch.cuda.get_device_properties(device).multi_processor_count
+    return min(n_tiles, 4 * _NUM_SMS[key])
 
 
 def _launch_quant_qk(x, weight, eps, cos, sin, out_scale, out, out_scale_t):
@@ -102,9 +115,10 @@ def _launch_quant_qk(x, weight, eps, cos, sin, out_scale, out, out_scale_t):
     B, S, H, D = x.shape
     s_pad = out.shape[2]
     hp = triton.next_power_of_2(H)
-    # ~64 (token, head) rows a program (4096 elements for D=64) over 8 warps: six [rows, D] float32
-    # tiles live at once (x, its RoPE partner, cos, sin, weights), so larger tiles would spill
-    block_t = max(1, max(16, 4096 // D) // hp)
+    # ~64-128 (token, head) rows a tile (8192 elements) over 8 warps; with RoPE six [rows, D]
+    # float32 tiles are live (x, its pair partner, cos, sin, weights), so half that
+    per_tile = (4096 if cos is not None else 8192) // D
+    block_t = max(1, max(16, per_tile) // hp)
     if _interpreting(x):
         block_t = max(1, 32 // hp)
     has_rope = cos is not None
@@ -113,13 +127,13 @@ def _launch_quant_qk(x, weight, eps, cos, sin, out_scale, out, out_scale_t):
         cs = (cos, sin, scb, cos.stride(1), cos.stride(2))
     else:
         cs = (x, x, 0, 0, 0)
-    grid = (B * triton.cdiv(s_pad, block_t),)
-    _k._qk_quant_kernel[grid](
+    n_tiles = B * (s_pad // block_t)
+    _k._qk_quant_kernel[(_num_programs(x.device, n_tiles),)](
         x, x.stride(0), x.stride(1), x.stride(2),
         weight if weight is not None else x,
         *cs,
-        _hadamard(D, x.device), out, out_scale_t,
-        S, s_pad, H, float(eps), float(out_scale),
+        _hadamard_pm1(D, x.device), out, out_scale_t,
+        S, s_pad, H, float(eps), float(out_scale) / math.sqrt(D), n_tiles,
         D=D, HP=hp, BLOCK_T=block_t,
         HAS_NORM=eps >= 0, HAS_WEIGHT=weight is not None, HAS_ROPE=has_rope, GRID_ROUND=_interpreting(x),
         num_warps=4 if D * hp * block_t <= 2048 else 8,
@@ -152,14 +166,20 @@ def _(x, weight, eps, cos, sin, out_scale):
 def _launch_quant_v(v, out, vscale):
     """``v [B, S, H, D]`` -> fills ``out [B, H, D, Sp]`` e4m3 and ``vscale [B, H, D]``."""
     B, S, H, D = v.shape
-    mn, mx = torch.aminmax(v, dim=1)  # one read of v; amax over all keys, as the reference
-    amax = torch.maximum(-mn.float(), mx.float()).contiguous()  # [B, H, D]
     s_pad = out.shape[-1]
-    block_k = 32 if _interpreting(v) else 64
-    _k._v_quant_kernel[(s_pad // block_k, B * H)](
-        v, v.stride(0), v.stride(1), v.stride(2), amax, out, S, s_pad, H, D=D, BLOCK_K=block_k, GRID_ROUND=_interpreting(v), num_warps=4,
+    interp = _interpreting(v)
+    # amax over all keys (as the reference), in chunks of keys: enough programs to fill the GPU
+    amax = torch.zeros(B, H, D, device=v.device, dtype=torch.float32)
+    chunk = 256 if interp else 512
+    _k._v_amax_kernel[(triton.cdiv(S, chunk), B * H)](
+        v, v.stride(0), v.stride(1), v.stride(2), amax, S, H, D=D, BLOCK_K=32 if interp else 64, CHUNK=chunk,
+        num_warps=4,
     )
-    torch.div(amax, 448.0, out=vscale)
+    block_k = 32 if interp else 64
+    _k._v_quant_kernel[(s_pad // block_k, B * H)](
+        v, v.stride(0), v.stride(1), v.stride(2), amax, out, vscale, S, s_pad, H,
+        D=D, BLOCK_K=block_k, GRID_ROUND=interp, num_warps=4,
+    )
 
 
 @torch.library.custom_op("q8lib::attn_quant_v", mutates_args=())
