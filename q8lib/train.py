@@ -417,7 +417,7 @@ def run_eval(cfg: TrainConfig, model_dir: Path, out: Path, device: torch.device)
         write()
         np.savez_compressed(out / "eval_videos.npz", prompts=np.array([r["prompt"] for r in results["clips"]]),
                             **{k: (v * 255).round().astype(np.uint8) for k, v in videos.items()})
-        if len(videos) == 2:
+        if len(videos) >= 2:
             try:
                 _write_videos(videos, caps, cfg, out)
             except Exception as e:  # noqa: BLE001 - no ffmpeg here: the clips are in eval_videos.npz
@@ -426,19 +426,21 @@ def run_eval(cfg: TrainConfig, model_dir: Path, out: Path, device: torch.device)
 
 
 def _write_videos(videos: dict, caps, cfg: TrainConfig, out: Path, scale: int = 8):
-    """Side-by-side mp4s (reference | each Q8), nearest-neighbour upscaled so 32 pixels are visible."""
+    """Side-by-side mp4s, reference | the last Q8 variant, with a white divider, nearest-neighbour
+    upscaled ``scale`` times so the 32-pixel clips are visible (the clips in ``videos/``)."""
     import imageio.v2 as imageio
     import numpy as np
 
     (out / "videos").mkdir(exist_ok=True)
-    names = ["reference"] + [k for k in videos if k != "reference"][:1]
-    for i in range(min(cfg.num_videos, len(caps))):
-        j = i * max(1, len(caps) // max(cfg.num_videos, 1))
-        clip = np.concatenate([videos[n][j] for n in names], axis=2)  # [F, H, W * len(names), 3]
-        clip = clip.repeat(scale, 1).repeat(scale, 2)
-        slug = caps[j].text.replace(" ", "_")
-        imageio.mimwrite(out / "videos" / f"{slug}.mp4", (clip * 255).round().astype(np.uint8), fps=8,
-                         macro_block_size=16, quality=7)
+    q8 = [k for k in videos if k != "reference"][-1]
+    step = max(1, len(caps) // max(cfg.num_videos, 1))
+    for j in range(0, min(len(caps), step * cfg.num_videos), step):
+        ref, qv = videos["reference"][j], videos[q8][j]
+        divider = np.ones((*ref.shape[:2], 1, 3), ref.dtype)
+        clip = np.concatenate([ref, divider, qv], axis=2).repeat(scale, 1).repeat(scale, 2)
+        name = f"tiny_shapes_{caps[j].text.replace(' ', '_')}_bf16_vs_q8.mp4"
+        imageio.mimwrite(out / "videos" / name, (clip * 255).round().astype(np.uint8), fps=8, macro_block_size=8,
+                         quality=6)
 
 
 def train(cfg: TrainConfig, out: str | Path, device: str | None = None, resume: bool = False,
