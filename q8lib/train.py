@@ -443,6 +443,22 @@ def _write_videos(videos: dict, caps, cfg: TrainConfig, out: Path, scale: int = 
                          quality=6)
 
 
+def _export_to(out: Path, model_dir: Path, dst: Path) -> Path:
+    """Replace the components in ``dst`` (leaving e.g. its ``MODEL_CARD.md`` alone); the run's logs go
+    to ``dst/training/``."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for item in model_dir.iterdir():
+        target = dst / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
+    (dst / "training").mkdir(exist_ok=True)
+    for name in ("losses.csv", "train_config.json", "train_summary.json"):
+        if (out / name).exists():
+            shutil.copy2(out / name, dst / "training" / name)
+    return dst
+
+
 def train(cfg: TrainConfig, out: str | Path, device: str | None = None, resume: bool = False,
           export: str | Path | None = None, use_wandb: bool = False) -> dict:
     """Run every phase not yet done (see the module docstring); returns a summary dict."""
@@ -472,18 +488,16 @@ def train(cfg: TrainConfig, out: str | Path, device: str | None = None, resume: 
     summary = dict(out=str(out), vae_steps=t.state["vae_step"], transformer_steps=t.state["tr_step"],
                    vae_s=round(t.state["vae_elapsed"], 1), transformer_s=round(t.state["tr_elapsed"], 1),
                    train_s=round(time.perf_counter() - start, 1), **_versions())
-    if export:
-        dst = Path(export)
-        if dst.exists():
-            shutil.rmtree(dst)
-        shutil.copytree(model_dir, dst)
-        summary["exported_to"] = str(dst)
     if cfg.eval:
         res = run_eval(cfg, model_dir, out, device)
         summary["judge"] = {k: v for k, v in res["summary"].items() if k != "backend_errors"}
         summary["backend_errors"] = res["summary"]["backend_errors"]
     summary["total_s"] = round(time.perf_counter() - start, 1)
+    if export:
+        summary["exported_to"] = str(export)
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if export:
+        _export_to(out, model_dir, Path(export))
     if run is not None:
         run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
         run.finish()

@@ -103,3 +103,16 @@ def test_shipped_default_follows_heldout_prompts_on_cpu():
         j = judge_video(clip)
         assert agreement(j, shapes.parse_caption(p))["all"], (p, j)  # measured: both right, contrast > 0.8
         assert j.contrast > 0.5
+
+
+def test_export_keeps_the_model_card(tmp_path):
+    dst = tmp_path / "assets"
+    dst.mkdir()
+    (dst / "MODEL_CARD.md").write_text("card")
+    (dst / "transformer").mkdir()
+    (dst / "transformer" / "stale.bin").write_text("old")
+    assert main(["--smoke", "--out", str(tmp_path / "run"), "--no-eval", "--export", str(dst)]) == 0
+    assert (dst / "MODEL_CARD.md").read_text() == "card"
+    assert not (dst / "transformer" / "stale.bin").exists()
+    assert has_default_pipeline(dst) and (dst / "training" / "losses.csv").is_file()
+    assert json.loads((dst / "training" / "train_summary.json").read_text())["exported_to"] == str(dst)
