@@ -22,6 +22,11 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # the interpreter evaluates where() branches eagerly (1/0, exp overflow) before selecting: harmless
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 QDTYPES = [INT8, FP8]
+# scales vs the reference: interpreter (fp32 rotation) measured <= 5e-7; the GPU rotates bf16 operands,
+# so row maxima move by up to a bf16 rounding (measured 1.9e-3 on the H100)
+SCALE_RTOL = 1e-5 if DEV == "cpu" else 4e-3
+# dequantized error vs float64 relative to the reference's own error (GPU: bf16 rotation operands)
+ERR_FACTOR = 1.03 if DEV == "cpu" else 1.06
 
 
 def _poisoned(shape, dtype):
@@ -54,12 +59,12 @@ def test_quantize_activation_matches_reference(seed, K, hb, qd):
     x = outlier_heavy(3, 11, K).to(DEV)
     q, s = _row_case(x, qd, hb)
     q_ref, s_ref = R.quantize_activation_ref(x, qd, hb)
-    torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)  # measured max 5e-7 (interpreter)
+    torch.testing.assert_close(s, s_ref, rtol=SCALE_RTOL, atol=0)
     exact = hadamard_transform(x.double(), hb)
     err, err_ref = rel_err(exact, _deq(q, s)), rel_err(exact, _deq(q_ref, s_ref))
     # same function up to rounding ties: measured err/err_ref - 1 < 1e-3 (CPU interpreter, fp32 dots);
     # GPU uses bf16 operands for the in-kernel rotation, which adds at most ~2% to the int8 error
-    assert err <= err_ref * 1.03 + 1e-5, (err, err_ref)
+    assert err <= err_ref * ERR_FACTOR + 1e-5, (err, err_ref)
     # interpreter: q equal to the reference except rare ties (measured <= 5e-5 of elements)
     assert (q.float() != q_ref.float()).float().mean() < (1e-3 if DEV == "cpu" else 0.05)
 
@@ -87,9 +92,9 @@ def test_rms_norm_quantize_matches_reference(seed, K, hb, qd, per_token):
     q, s = _row_case(x, qd, hb, norm=True, weight=w, scale=scale, shift=shift)
     y = R.rms_norm_ref(x.double(), w.double(), 1e-6, scale.double(), shift.double())
     q_ref, s_ref = R.quantize_activation_ref(y.float(), qd, hb)
-    torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)  # measured 1e-7
+    torch.testing.assert_close(s, s_ref, rtol=SCALE_RTOL, atol=0)
     exact = hadamard_transform(y, hb)
-    assert rel_err(exact, _deq(q, s)) <= rel_err(exact, _deq(q_ref, s_ref)) * 1.03 + 1e-5
+    assert rel_err(exact, _deq(q, s)) <= rel_err(exact, _deq(q_ref, s_ref)) * ERR_FACTOR + 1e-5
     # and through the public op
     q2, s2 = L.rms_norm_quantize(x, w, 1e-6, scale, shift, qd, hb)
     assert torch.equal(q2.float(), q.float()) and torch.equal(s2, s)
@@ -114,9 +119,9 @@ def test_gelu_quantize(seed, qd):
     q, s = _row_case(x, qd, None, gelu=True)
     g = F.gelu(x.double(), approximate="tanh")
     q_ref, s_ref = R.quantize_activation_ref(g.float(), qd)
-    torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
+    torch.testing.assert_close(s, s_ref, rtol=SCALE_RTOL, atol=0)
     exact = hadamard_transform(g)
-    assert rel_err(exact, _deq(q, s)) <= rel_err(exact, _deq(q_ref, s_ref)) * 1.03 + 1e-5
+    assert rel_err(exact, _deq(q, s)) <= rel_err(exact, _deq(q_ref, s_ref)) * ERR_FACTOR + 1e-5
 
 
 def _gemm_operands(M, N, K, qd, outliers=True):
@@ -208,13 +213,13 @@ def test_gpu_row_kernels_ltx_shapes_bf16(seed, K, qd):
     q, s = _row_case(x, qd, None)
     q_ref, s_ref = R.quantize_activation_ref(x, qd)
     exact = hadamard_transform(x.double())
-    assert rel_err(exact, _deq(q, s)) <= rel_err(exact, _deq(q_ref, s_ref)) * 1.03 + 1e-5
+    assert rel_err(exact, _deq(q, s)) <= rel_err(exact, _deq(q_ref, s_ref)) * ERR_FACTOR + 1e-5
     sc, sh = torch.randn(2, 1, K, device="cuda", dtype=torch.bfloat16) * 0.2, torch.randn(2, 1, K, device="cuda", dtype=torch.bfloat16)
     q, s = L.rms_norm_quantize(x, None, 1e-6, sc, sh, qd, None)
     y = R.rms_norm_ref(x.double(), None, 1e-6, sc.double(), sh.double())
     q_ref, s_ref = R.quantize_activation_ref(y.float(), qd)
     exact = hadamard_transform(y)
-    assert rel_err(exact, _deq(q, s)) <= rel_err(exact, _deq(q_ref, s_ref)) * 1.03 + 1e-5
+    assert rel_err(exact, _deq(q, s)) <= rel_err(exact, _deq(q_ref, s_ref)) * ERR_FACTOR + 1e-5
 
 
 @pytest.mark.gpu
@@ -261,3 +266,36 @@ def test_gpu_compile_inductor_and_cuda_graph(seed):
     static_x.copy_(torch.randn_like(x))
     g.replay()
     torch.testing.assert_close(static_y, f(static_x), rtol=0, atol=0)
+
+
+def test_row_kernel_shrinks_tile_then_falls_back(seed, monkeypatch):
+    """Out of shared memory: fewer stages, then smaller tiles; if nothing fits, the reference (warned)."""
+    from triton.runtime.errors import OutOfResources
+
+    from q8lib.kernels import _rowquant
+
+    real, seen = _rowquant._row_quant_kernel, []
+
+    class Launcher:
+        def __init__(self, limit_rows):
+            self.limit_rows = limit_rows
+
+        def __getitem__(self, grid):
+            def run(*args, **kw):
+                seen.append((kw["ROWS"], kw["num_stages"]))
+                if kw["ROWS"] > self.limit_rows:
+                    raise OutOfResources(300000, 232448, "shared memory")
+                return real[grid](*args, **kw)
+            return run
+
+    x = torch.randn(9, 512, device=DEV)
+    monkeypatch.setattr(_rowquant, "_row_quant_kernel", Launcher(limit_rows=1))
+    q, s = _row_case(x, INT8, None)
+    assert seen[0][0] > 1 and seen[-1] == (1, 1)
+    q_ref, s_ref = R.quantize_activation_ref(x, INT8)
+    assert (q != q_ref).float().mean() < 1e-3
+    _WARNED.clear()
+    monkeypatch.setattr(_rowquant, "_row_quant_kernel", Launcher(limit_rows=0))
+    with pytest.warns(UserWarning, match="does not fit"):
+        q, s = L.quantize_activation(x, INT8)
+    assert torch.equal(q, q_ref) and torch.equal(s, s_ref)

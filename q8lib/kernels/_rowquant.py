@@ -20,10 +20,11 @@ import triton.language as tl
 # QMODE values
 FLOAT_OUT, INT8_OUT, FP8_OUT = 0, 1, 2
 # Longest row the kernel keeps in registers (fp32 elements), and the tile it aims for (rows x K):
-# a few rows per tile keep enough bytes in flight (measured on H100: 1 row of 2048 per step ran at
-# ~850 GB/s, latency-bound; see benchmarks/NOTES_linear.md).
+# a few rows per tile keep more bytes in flight (1 row of 2048 per step ran at ~850 GB/s on the H100),
+# but Triton's pipeliner multi-buffers every tile load in shared memory, so large tiles run out of it
+# (16384 elements needed 234 KB > 227 KB): the launcher halves the tile until it fits.
 MAX_TILE = 16384
-TILE_ELEMS = 16384
+TILE_ELEMS = 4096
 
 
 @triton.jit
@@ -143,26 +144,26 @@ def _row_quant_kernel(
             tl.store(QS + rows, amax / QMAX, mask=rmask)
 
 
-def plan(K: int, hadamard_block: int | None, rotate: bool = True):
+def plan(K: int, hadamard_block: int | None, rotate: bool = True, tile_elems: int | None = None):
     """Tile plan ``(ROWS, A, B, LEFT)`` for a row of ``K``, or a string saying why the kernel can't.
 
     Full rotations of ``K > 256`` use the two-product factorisation (``A·B = K``, ``B >= A``);
-    rotation blocks of ``<= 256`` (and ``K <= 256``) use one product. ``ROWS`` rows per tile.
+    rotation blocks of ``<= 128`` (and ``K <= 128``) use one product. ``ROWS`` rows per tile.
     """
     if K < 16 or K & (K - 1):
         return f"row length {K} is not a power of two >= 16"
     if K > MAX_TILE:
         return f"row length {K} > {MAX_TILE}"
-    rows = max(1, min(TILE_ELEMS, MAX_TILE) // K)
+    rows = max(1, min(tile_elems or TILE_ELEMS, MAX_TILE) // K)
     if not rotate:
         return rows, 1, 16, False
     b = K if hadamard_block is None else hadamard_block
     if b < 16 or b & (b - 1) or K % b:
         return f"hadamard block {b} is not a power of two >= 16 dividing {K}"
-    if b <= 256:
+    if b <= 128:  # a 256x256 ±1 operand alone would take 128 KB of shared memory
         return max(rows, 16 * b // K), 1, b, False
     if b != K:
-        return f"block-diagonal rotation with block {b} > 256 (only full rotations factor in-kernel)"
+        return f"block-diagonal rotation with block {b} > 128 (only full rotations factor in-kernel)"
     logk = K.bit_length() - 1
     B = 1 << ((logk + 1) // 2)
     return rows, K // B, B, True

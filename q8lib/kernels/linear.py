@@ -108,14 +108,15 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
     rows. ``rot`` as :func:`_rot_code`. Tests call this directly to poison ``out`` beforehand.
     """
     import triton
+    from triton.runtime.errors import OutOfResources
 
     from ._rowquant import _row_quant_kernel
 
     K = x.shape[-1]
-    p = plan(K, None if rot <= 0 else rot, rot >= 0)
+    hb, rotate = (None if rot <= 0 else rot), rot >= 0
+    p = plan(K, hb, rotate)
     if isinstance(p, str):
         raise ValueError(p)
-    rows_per, A, B, left = p
     x3 = _as3(x)
     M, S = x3.shape[0] * x3.shape[1], x3.shape[1]
     if M == 0:
@@ -123,23 +124,34 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
     qmode = {INT8: INT8_OUT, FP8: FP8_OUT}.get(out.dtype, FLOAT_OUT)
     sc, sscb, scs = _bcast3(scale, x)
     sh, sshb, shs = _bcast3(shift, x)
-    n_tiles = triton.cdiv(M, rows_per)
-    progs = min(n_tiles, 3 * _sm_count(x.device.index or 0)) if x.is_cuda else min(n_tiles, 4)
-    elems = rows_per * K
     dummy = x3
-    _row_quant_kernel[(progs,)](
-        x3, x3.stride(0), x3.stride(1),
-        weight if weight is not None else dummy,
-        sc if sc is not None else dummy, sscb, scs,
-        sh if sh is not None else dummy, sshb, shs,
-        out, out_scale if out_scale is not None else out,
-        M, S, float(eps),
-        K=K, ROWS=rows_per, A=A, LOGA=A.bit_length() - 1, B=B, LOGB=B.bit_length() - 1,
-        NORM=norm, HAS_W=weight is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
-        GELU=gelu, ROTATE=rot >= 0, LEFT=left, DOT_BF16=x.is_cuda,
-        QMODE=qmode, QMAX=QMAX.get(out.dtype, 1.0), SOFT_FP8=not x.is_cuda,
-        num_warps=4 if elems <= 2048 else (8 if elems <= 16384 else 16),
-    )
+    # Shared memory depends on the tile, the pipelining depth and the input dtype; on "out of resource"
+    # retry with fewer stages, then half the tile (compiled once per shape: the cost is paid once).
+    tile = p[0] * K
+    attempts = [(tile, 2), (tile, 1)] + [(tile >> i, 1) for i in range(1, 8) if (tile >> i) >= K]
+    for n, (te, stages) in enumerate(attempts):
+        rows_per, A, B, left = plan(K, hb, rotate, te)
+        n_tiles = triton.cdiv(M, rows_per)
+        progs = min(n_tiles, 3 * _sm_count(x.device.index or 0)) if x.is_cuda else min(n_tiles, 4)
+        elems = rows_per * K
+        try:
+            _row_quant_kernel[(progs,)](
+                x3, x3.stride(0), x3.stride(1),
+                weight if weight is not None else dummy,
+                sc if sc is not None else dummy, sscb, scs,
+                sh if sh is not None else dummy, sshb, shs,
+                out, out_scale if out_scale is not None else out,
+                M, S, float(eps),
+                K=K, ROWS=rows_per, A=A, LOGA=A.bit_length() - 1, B=B, LOGB=B.bit_length() - 1,
+                NORM=norm, HAS_W=weight is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
+                GELU=gelu, ROTATE=rotate, LEFT=left, DOT_BF16=x.is_cuda,
+                QMODE=qmode, QMAX=QMAX.get(out.dtype, 1.0), SOFT_FP8=not x.is_cuda,
+                num_warps=4 if elems <= 2048 else (8 if elems <= 16384 else 16), num_stages=stages,
+            )
+            return out, out_scale
+        except OutOfResources:
+            if n == len(attempts) - 1:
+                raise
     return out, out_scale
 
 
@@ -156,8 +168,26 @@ def _row_quant_op(x: torch.Tensor, weight: Optional[torch.Tensor], scale: Option
     M = x.numel() // max(K, 1)
     out = torch.empty(M, K, device=x.device, dtype=qdtype or x.dtype)
     out_scale = torch.empty(M if qdtype is not None else 0, device=x.device, dtype=torch.float32)
-    launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_scale if qdtype is not None else None)
+    try:
+        launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_scale if qdtype is not None else None)
+    except Exception as e:  # noqa: BLE001 - only resource errors get here; never return unwritten output
+        from triton.runtime.errors import OutOfResources
+
+        if not isinstance(e, OutOfResources):
+            raise
+        _warn("row_quant", f"kernel does not fit this GPU for rows of {K}: {e}")
+        return _row_ref(x, weight, scale, shift, eps, norm, gelu, rot, qdtype)
     return out.view(x.shape), out_scale.view(x.shape[:-1] if qdtype is not None else (0,))
+
+
+def _row_ref(x, weight, scale, shift, eps, norm, gelu, rot, qdtype):
+    """The row op in reference math (same outputs as the kernel)."""
+    y = ref.rms_norm_ref(x, weight, eps, scale, shift) if norm else x
+    if gelu:
+        y = F.gelu(y.float(), approximate="tanh").to(x.dtype)
+    if qdtype is None:
+        return y, x.new_empty((0,), dtype=torch.float32)
+    return ref.quantize_activation_ref(y, qdtype, None if rot <= 0 else rot, rotate=rot >= 0)
 
 
 @_row_quant_op.register_fake
