@@ -2,7 +2,6 @@
 import json
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
