@@ -154,6 +154,13 @@ def core_bench(result, table, dev, ref, ka):
                 if "ms" in r:
                     table.append(f"{name:28s} {variant:20s} {r['ms']:8.3f} ms {r['tflops']:7.1f} TFLOP/s "
                                  f"err {r['rel_err']:.4f}")
+            if rp is not None:  # the q producer alone with RMSNorm + RoPE fused (one of two per layer)
+                q4 = q.unflatten(2, (H, D))
+                c4, s4 = (t.unflatten(2, (H, D)) for t in rp)
+                w = attn.norm_q.weight.detach()
+                ms, _ = bench(lambda: ka.quant_qk(q4, w, 1e-5, c4, s4, 1.0))
+                res["q8_quant_q_norm_rope"] = {"ms": ms}
+                table.append(f"{name:28s} {'q8_quant_q_norm_rope':20s} {ms:8.3f} ms")
         result["shapes"][name] = {"shape": [B, S, inner] if lens is None else [B, S, T, inner], "results": res}
     print("\n".join(table[-6:]), flush=True)
 

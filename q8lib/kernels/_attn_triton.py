@@ -78,30 +78,27 @@ def _qk_quant_kernel(
         m2 = row_ok[:, None]
         xoff = b.to(tl.int64) * sxb + tok.to(tl.int64)[:, None] * sxs + head[:, None] * sxh
         x = tl.load(X + xoff + d[None, :], mask=m2, other=0.0).to(tl.float32)
-        if HAS_ROPE:
-            # interleaved pairs (2i, 2i+1): out[2i] = x[2i] c - x[2i+1] s, out[2i+1] = x[2i+1] c + x[2i] s
-            dp = d ^ 1
-            xp = tl.load(X + xoff + dp[None, :], mask=m2, other=0.0).to(tl.float32)
         if HAS_NORM:
-            # RMSNorm across all heads of a token: segmented sum over the HP rows of each token
+            # RMSNorm across all heads of a token: the sum of squares over the HP rows of each
+            # token, one masked reduction per token of the tile (no reshapes: they cost layouts)
             ss = tl.sum(x * x, axis=1)
-            tok_ss = tl.sum(tl.reshape(ss, (BLOCK_T, HP)), axis=1)
-            rstd = tl.rsqrt(tok_ss / (H * D) + eps)
-            rstd = tl.reshape(tl.broadcast_to(rstd[:, None], (BLOCK_T, HP)), (R,))
+            tid = r // HP
+            rstd = tl.zeros([R], tl.float32)
+            for t in tl.static_range(BLOCK_T):
+                tss = tl.sum(tl.where(tid == t, ss, 0.0), axis=0)
+                rstd = tl.where(tid == t, tl.rsqrt(tss / (H * D) + eps), rstd)
             x = x * rstd[:, None]
-            if HAS_ROPE:
-                xp = xp * rstd[:, None]
             if HAS_WEIGHT:
-                wmask = head_ok[:, None]
-                x = x * tl.load(W + head[:, None] * D + d[None, :], mask=wmask, other=0.0).to(tl.float32)
-                if HAS_ROPE:
-                    xp = xp * tl.load(W + head[:, None] * D + dp[None, :], mask=wmask, other=0.0).to(tl.float32)
+                x = x * tl.load(W + head[:, None] * D + d[None, :], mask=head_ok[:, None], other=0.0).to(tl.float32)
         if HAS_ROPE:
+            # interleaved pairs (2i, 2i+1): out[2i] = x[2i] c - x[2i+1] s, out[2i+1] = x[2i+1] c + x[2i] s;
+            # the partner comes from registers (split/join), not from a second, unvectorizable load
             coff = b.to(tl.int64) * scb + tok.to(tl.int64)[:, None] * scs + head[:, None] * sch + d[None, :]
             c = tl.load(COS + coff, mask=m2, other=0.0).to(tl.float32)
             sn = tl.load(SIN + coff, mask=m2, other=0.0).to(tl.float32)
-            sign = tl.where((d % 2) == 0, -1.0, 1.0)
-            x = x * c + (sign[None, :] * xp) * sn
+            xe, xo = tl.split(tl.reshape(x, (R, D // 2, 2)))
+            xr = tl.reshape(tl.join(-xo, xe), (R, D))
+            x = x * c + xr * sn
         # x @ H as two bf16 MMAs on hi/lo halves of x (H is exact in bf16): ~2^-17 relative error,
         # float32-like, at a third of a 3xTF32 product's cost (plain tf32 moved ~1% of the codes)
         if GRID_ROUND:  # the interpreter: its bf16 dots are wrong; an fp32 dot is exact there
