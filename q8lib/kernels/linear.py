@@ -229,6 +229,9 @@ def rms_norm(x, weight=None, eps=1e-6, scale=None, shift=None):
     """``x / rms(x) [* weight] [* (1 + scale) + shift]`` -> ``x.dtype`` (``scale``/``shift`` broadcast to x)."""
     if eps <= 0:
         raise ValueError(f"eps must be > 0, got {eps}")
+    if torch.compiler.is_compiling():
+        # plain torch ops: inductor fuses the norm with its neighbours (RoPE, casts), an opaque kernel can't
+        return ref.rms_norm_ref(x, weight, eps, scale, shift)
     reason = _row_reason(x, None, rotate=False)
     if reason:
         _warn("rms_norm", reason)
