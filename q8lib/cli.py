@@ -51,11 +51,12 @@ def _add_model_args(p: argparse.ArgumentParser, precision: bool = True) -> None:
 def _add_generation_args(p: argparse.ArgumentParser, output_default: str) -> None:
     g = p.add_argument_group("video")
     g.add_argument("--prompt", required=True, help="what the video shows")
-    g.add_argument("--negative-prompt", default=None, help="what to avoid (default: LTX's usual negative prompt)")
+    g.add_argument("--negative-prompt", default=None,
+                   help="what to avoid (default: LTX's usual negative prompt; empty for the tiny default)")
     g.add_argument("--frames", type=int, default=None, help="8k+1 frames (tiny default 17, full size 81)")
-    g.add_argument("--height", type=int, default=None, help="multiple of 32 (tiny default 64, full size 480)")
-    g.add_argument("--width", type=int, default=None, help="multiple of 32 (tiny default 64, full size 704)")
-    g.add_argument("--steps", type=int, default=None, help="denoising steps (tiny default 6, full size 50)")
+    g.add_argument("--height", type=int, default=None, help="multiple of 32 (tiny default 32, full size 480)")
+    g.add_argument("--width", type=int, default=None, help="multiple of 32 (tiny default 32, full size 704)")
+    g.add_argument("--steps", type=int, default=None, help="denoising steps (tiny default 8, full size 50)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default 3; <=1 disables CFG)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--fps", type=int, default=25, help="frame rate of the video (also conditions the model)")
@@ -130,10 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------------------------------------
 def _settings(args):
-    from .pipeline import DEFAULT_NEGATIVE_PROMPT, MODEL_ALIASES, settings_for
+    from .pipeline import MODEL_ALIASES, settings_for
 
     model = MODEL_ALIASES.get(args.model, args.model)
-    return settings_for(model, args.prompt, negative_prompt=args.negative_prompt or DEFAULT_NEGATIVE_PROMPT,
+    return settings_for(model, args.prompt, negative_prompt=args.negative_prompt,
                         num_frames=args.frames, height=args.height, width=args.width,
                         num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
                         frame_rate=args.fps)
@@ -474,8 +475,9 @@ def _expected_errors():
     from .backends import BackendUnavailableError
     from .ltx import Q8CheckpointError
     from .pipeline import GPUOutOfMemoryError, ModelUnavailableError, SettingsError
+    from .tiny import TinyDefaultMissingError
 
-    return (SettingsError, ModelUnavailableError, GPUOutOfMemoryError, BackendUnavailableError, Q8CheckpointError,
+    return (SettingsError, TinyDefaultMissingError, ModelUnavailableError, GPUOutOfMemoryError, BackendUnavailableError, Q8CheckpointError,
             MissingPackageError, torch.OutOfMemoryError)
 
 

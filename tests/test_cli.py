@@ -19,7 +19,7 @@ SMALL = ["--frames", "9", "--height", "32", "--width", "32", "--steps", "2", "--
 
 
 def _gen(tmp_path, *extra, name="v.mp4", cmd="generate"):
-    return main([cmd, "--prompt", "a red ball moving right", *SMALL, "--prompt-cache", str(tmp_path / "cache"),
+    return main([cmd, "--prompt", "a red circle moving right", *SMALL, "--prompt-cache", str(tmp_path / "cache"),
                  "--output", str(tmp_path / name), *extra])
 
 
@@ -143,9 +143,9 @@ def test_convert_then_generate_and_compare_from_checkpoint(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "q8lib weights" in out and "bf16 weights" in out
     rep = json.loads((tmp_path / "size.json").read_text())
-    # tiny model: the kept high-precision modules are a large share; measured ratio 0.76
-    assert rep["q8_bytes"] < rep["bf16_bytes"] and rep["params_8bit"] > 0
-    assert load_q8(ck).config.num_layers == 2
+    # trained tiny default: 87% of its 4.83M parameters become 8-bit; measured ratio 0.576 (9.66 -> 5.56 MB)
+    assert 0.5 < rep["ratio"] < 0.65 and rep["params_8bit"] == 4_194_304
+    assert load_q8(ck).config.num_layers == qp.default_pipeline().transformer.config.num_layers
     assert _gen(tmp_path, "--checkpoint", str(ck)) == 0
     assert json.loads((tmp_path / "v.json").read_text())["pipeline"]["checkpoint"] == str(ck)
     assert _gen(tmp_path, "--checkpoint", str(ck), cmd="compare", name="c.mp4") == 0
@@ -182,8 +182,9 @@ def test_compare_writes_side_by_side_metrics_and_plot(tmp_path, capsys, seed):
     rep = json.loads((tmp_path / "c.json").read_text())
     pf, m = rep["results"]["per_frame"], rep["results"]["metrics"]
     assert len(pf["psnr_db"]) == len(pf["ssim"]) == 9
-    # random tiny default, fp32 vs Q8 reference: measured PSNR 53.7-55.4 dB, SSIM >= 0.99988
-    assert m["psnr_db_min"] > 45 and m["ssim_min"] > 0.999
+    # trained tiny default, fp32 vs Q8 reference, 2 steps: measured per-frame PSNR min 34.4-45.0 dB,
+    # SSIM min 0.973-0.997 over 11 seeds (tests/test_pipeline.py measures the same pair)
+    assert m["psnr_db_min"] > 30 and m["ssim_min"] > 0.95
     assert (tmp_path / "c.png").stat().st_size > 1000 and (tmp_path / "c.mp4").exists()
     import imageio.v2 as imageio
 

@@ -18,7 +18,8 @@ SMALL = dict(num_frames=9, height=32, width=32, num_inference_steps=2)
 
 
 def _settings(seed, **kw):
-    return GenerationSettings(prompt="a red ball moving right", seed=seed % 2**31, **{**SMALL, **kw}).validate()
+    kw = {"negative_prompt": "", **SMALL, **kw}  # the tiny default's vocabulary has no negative-prompt words
+    return GenerationSettings(prompt="a red circle moving right", seed=seed % 2**31, **kw).validate()
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +39,15 @@ def test_q8_pipeline_matches_unquantized(pipes, seed):
     embeds, _ = encode_prompts(ref, s, "tiny", None)
     a, b = _latents(ref, embeds, seed), _latents(q8, embeds, seed)
     rel = ((a - b).norm() / a.norm()).item()
-    assert 1e-5 < rel < 0.02, rel  # measured 0.0062-0.0079 over seeds (2 and 8 steps)
-    # decoded videos: measured PSNR 53.7-55.4 dB, SSIM >= 0.99988 on the random tiny default
+    other = _latents(ref, embeds, seed + 1)  # another seed: what "different" looks like
+    assert 1e-4 < rel < 0.15 and rel < 0.2 * ((a - other).norm() / a.norm()).item(), rel
+    # trained tiny default, fp32 vs Q8 reference, 2 steps, 11 seeds: latent relative error 0.055-0.094,
+    # per-frame PSNR min 34.4-45.0 dB (mean 35.6-47.2), SSIM min 0.973-0.997
     va = run_pipeline(ref, s, embeds, progress=False)
     vb = run_pipeline(q8, s, embeds, progress=False)
     fa, fb = va["frames"][0], vb["frames"][0]
     assert fa.shape == (9, 3, 32, 32) and fa.std() > 0.01
-    assert psnr(fa, fb).min() > 45 and ssim(fa, fb).min() > 0.999
+    assert psnr(fa, fb).min() > 30 and ssim(fa, fb).min() > 0.95
     t = vb["timings"]
     assert t["transformer_forwards"] == 2 * 1 and 0 < t["transformer_s"] <= t["end_to_end_s"]
     assert t["vae_decode_s"] > 0
@@ -71,7 +74,7 @@ def test_prompt_cache_roundtrip_and_free_text_encoder(tmp_path, seed):
         assert torch.equal(fresh[k].cpu(), again[k]), k
     # a different prompt, negative prompt or CFG setting is a different entry
     keys = {PromptCache.key("tiny", s), PromptCache.key("tiny", _settings(seed, guidance_scale=1.0)),
-            PromptCache.key("tiny", GenerationSettings(prompt="a blue box", **SMALL)),
+            PromptCache.key("tiny", GenerationSettings(prompt="a blue square", negative_prompt="", **SMALL)),
             PromptCache.key("tiny", GenerationSettings(prompt=s.prompt, negative_prompt="blurry", **SMALL)),
             PromptCache.key("other/model", s)}
     assert len(keys) == 5
@@ -177,11 +180,10 @@ def test_image_to_video(tmp_path, seed):
 
 def test_random_q8_transformer_has_the_checkpoint_layout(tmp_path, seed):
     """Built directly in 8 bits: same keys/dtypes/shapes as a converted model, loads back, runs."""
-    from q8lib.tiny import TINY_TRANSFORMER_CONFIG
-
     cfg = Q8Config(weight_dtype="fp8_e4m3")
-    direct = random_q8_transformer(dict(TINY_TRANSFORMER_CONFIG), cfg, dtype=torch.float32, seed=seed)
     converted = quantize_(default_pipeline().transformer, cfg, progress=False)
+    arch = {k: v for k, v in converted.config.items() if not k.startswith("_")}
+    direct = random_q8_transformer(arch, cfg, dtype=torch.float32, seed=seed)
     a, b = direct.state_dict(), converted.state_dict()
     assert set(a) == set(b)
     for k in a:
@@ -213,7 +215,8 @@ def test_settings_validation(bad, match):
 def test_settings_defaults():
     tiny = settings_for("tiny", "a ball")
     full = settings_for("Lightricks/LTX-Video", "a ball", num_frames=121)
-    assert (tiny.num_frames, tiny.height) == (17, 64)
+    assert "worst quality" in full.negative_prompt
+    assert (tiny.num_frames, tiny.height, tiny.num_inference_steps, tiny.negative_prompt) == (17, 32, 8, "")
     assert (full.num_frames, full.height, full.width) == (121, 480, 704)
     assert full.shape() == dict(frames=121, height=480, width=704, transformer_batch=2, latent=[16, 15, 22],
                                 video_tokens=5280, text_tokens=128)
