@@ -143,6 +143,12 @@ def fp8_attention_ref(
        the row sum ``l`` accumulates the float32 ``p``, and ``p * p_scale`` is cast to e4m3 for
        the ``P @ V`` product. Keys at positions ``>= key_lengths[b]`` are masked out.
     Returns ``[B, H, Sq, D]`` in ``q.dtype``.
+
+    Why this P/l choice (measured, benchmarks/NOTES_attention.md): summing the e4m3 P into ``l``
+    instead, or scaling P per block, changed the error against exact attention by < 0.2% of itself
+    (e4m3 is floating point, so only P < 3.5e-5 leaves its normal range). The Triton kernel computes
+    the same thing with ``exp2`` (log2(e) folded into q's scale) and gets ``P * 448`` straight from
+    ``exp2(s - m + log2 448)``.
     """
     B, H, Sq, D = q.shape
     Sk = k.shape[-2]

@@ -62,9 +62,14 @@ _FWD_CONFIG = {64: (64, 64, 4, 3, False, False, False), 128: (64, 128, 4, 3, Fal
 _FWD_CONFIG_CPU = (32, 32, 4, 1, False, False, False)  # interpreter: small tiles, no inline PTX
 
 
+_FWD_CONFIG_ADA = (64, 64, 4, 2, False, False, False)  # sm_89: ~100 KB shared memory a SM; untested
+
+
 def fwd_config(d: int, device: torch.device):
     if device.type == "cpu":
         return _FWD_CONFIG_CPU
+    if torch.cuda.get_device_capability(device) < (9, 0):
+        return _FWD_CONFIG_ADA
     return _FWD_CONFIG.get(d, (64, 64, 4, 3, False, False, False))
 
 
