@@ -20,11 +20,12 @@ import triton.language as tl
 # QMODE values
 FLOAT_OUT, INT8_OUT, FP8_OUT = 0, 1, 2
 # Longest row the kernel keeps in registers (fp32 elements), and the tile it aims for (rows x K):
-# a few rows per tile keep more bytes in flight (1 row of 2048 per step ran at ~850 GB/s on the H100),
-# but Triton's pipeliner multi-buffers every tile load in shared memory, so large tiles run out of it
-# (16384 elements needed 234 KB > 227 KB): the launcher halves the tile until it fits.
+# 2048 (one row of the 2B model per step, 3 pipeline stages, 4 programs per SM) is the setting measured
+# fastest on the H100 (v1 in benchmarks/NOTES_linear.md); larger tiles with 2 stages were up to 2x slower
+# and 16384 elements ran out of shared memory (Triton multi-buffers the tile loads): the launcher
+# retries with fewer stages and smaller tiles until a launch fits.
 MAX_TILE = 16384
-TILE_ELEMS = 4096
+TILE_ELEMS = 2048
 
 
 @triton.jit

@@ -135,14 +135,14 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
     tile = p[0] * K
     key = (K, tile, hb, rotate, norm, gelu, weight is not None, scale is not None, shift is not None,
            x.dtype, out.dtype, x.device.type)
-    attempts = [(tile, 2), (tile, 1)] + [(tile >> i, 1) for i in range(1, 8) if (tile >> i) >= K]
+    attempts = [(tile, 3), (tile, 1)] + [(tile >> i, 1) for i in range(1, 8) if (tile >> i) >= K]
     if key in _ROW_FIT:
         attempts = attempts[_ROW_FIT[key]:]
     start = _ROW_FIT.get(key, 0)
     for n, (te, stages) in enumerate(attempts):
         rows_per, A, B, left = plan(K, hb, rotate, te)
         n_tiles = triton.cdiv(M, rows_per)
-        progs = min(n_tiles, 3 * _sm_count(x.device.index or 0)) if x.is_cuda else min(n_tiles, 4)
+        progs = min(n_tiles, 4 * _sm_count(x.device.index or 0)) if x.is_cuda else min(n_tiles, 4)
         elems = rows_per * K
         try:
             _row_quant_kernel[(progs,)](
