@@ -304,3 +304,41 @@ def test_row_kernel_shrinks_tile_then_falls_back(seed, monkeypatch):
     with pytest.warns(UserWarning, match="does not fit"):
         q, s = L.quantize_activation(x, INT8)
     assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
+
+
+def test_q8_kernels_adapter(seed, monkeypatch):
+    """The optional adapter: unavailable without the package; with it, int8 GEMMs go to the package
+    after a one-time agreement check, and a package that disagrees is not used (warned)."""
+    import sys
+    import types
+
+    from q8lib.backends import list_backends
+    from q8lib.q8_kernels_backend import Q8KernelsBackend
+
+    if "q8_kernels" not in sys.modules:
+        assert "q8_kernels" in list_backends()["q8_kernels"]  # the reason names the missing package
+    calls = []
+
+    def fake_q8_linear(a, b, bias, scale_a, scale_b, fuse_gelu, out_dtype, wrong=False):
+        calls.append(1)
+        return R.q8_matmul_ref(a, scale_a * (2 if wrong else 1), b, scale_b, bias,
+                               "gelu_tanh" if fuse_gelu else None, out_dtype or torch.bfloat16)
+
+    for wrong in (False, True):
+        pkg = types.ModuleType("q8_kernels")
+        fn = types.ModuleType("q8_kernels.functional")
+        lin = types.ModuleType("q8_kernels.functional.linear")
+        lin.q8_linear = lambda *a, wrong=wrong: fake_q8_linear(*a, wrong=wrong)
+        for name, mod in (("q8_kernels", pkg), ("q8_kernels.functional", fn), ("q8_kernels.functional.linear", lin)):
+            monkeypatch.setitem(sys.modules, name, mod)
+        be = Q8KernelsBackend()
+        xq, xs, wq, ws, b = _gemm_operands(24, 32, 64, INT8)
+        calls.clear()
+        if wrong:
+            with pytest.warns(UserWarning, match="does not match"):
+                y = be.matmul(xq, xs, wq, ws, b, "gelu_tanh", torch.float32)
+            assert len(calls) == 1  # only the check ran on the package
+        else:
+            y = be.matmul(xq, xs, wq, ws, b, "gelu_tanh", torch.float32)
+            assert len(calls) == 2  # check + the GEMM itself
+        torch.testing.assert_close(y, R.q8_matmul_ref(xq, xs, wq, ws, b, "gelu_tanh", torch.float32), rtol=1e-5, atol=1e-5)
