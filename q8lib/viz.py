@@ -31,6 +31,7 @@ __all__ = [
     "judge_summary",
     "result_tables",
     "format_table",
+    "versus",
     "plot_result_tables",
     "plot_quoted_reference",
 ]
@@ -319,16 +320,20 @@ def result_tables(result: dict) -> dict[str, list[dict]]:
     return tables
 
 
-def _fmt(v) -> str:
+def _fmt(v, kind: str = "") -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
+        if kind == "cos":
+            return f"{v:.5f}"
+        if abs(v) >= 100:
+            return f"{v:.0f}"
         return f"{v:.3g}"
     return str(v)
 
 
 def format_table(rows: list[dict]) -> str:
-    """Plain-text table of :func:`result_tables` rows (3 significant digits)."""
+    """Plain-text table of :func:`result_tables` rows (3 significant digits, cosine to 5 decimals)."""
     out = [f"{'variant':<28}{'time':>12}{'peak MB':>10}{'TFLOP/s':>9}{'rel err':>9}{'cos':>9}"]
     for r in rows:
         if r["error"] and r["time"] is None:
@@ -336,7 +341,26 @@ def format_table(rows: list[dict]) -> str:
             continue
         t = "-" if r["time"] is None else f"{r['time']:.3g} {r['time_unit']}"
         out.append(f"{r['variant']:<28}{t:>12}{_fmt(r['peak_mb']):>10}{_fmt(r['tflops']):>9}"
-                   f"{_fmt(r['rel_err']):>9}{_fmt(r['cos']):>9}")
+                   f"{_fmt(r['rel_err']):>9}{_fmt(r['cos'], 'cos'):>9}")
+    return "\n".join(out)
+
+
+def versus(rows: list[dict], time_baseline: str, memory_baseline: str | None = None) -> str:
+    """One line per variant: its speed relative to ``time_baseline`` (>1 is faster) and its peak memory as
+    a share of ``memory_baseline``'s (default: the same baseline). '' if the baseline has no time."""
+    by = {r["variant"]: r for r in rows}
+    base_t = (by.get(time_baseline) or {}).get("time")
+    base_m = (by.get(memory_baseline or time_baseline) or {}).get("peak_mb")
+    if not base_t:
+        return ""
+    out = []
+    for r in rows:
+        if r["time"] is None:
+            continue
+        line = f"{r['variant']:<28}{base_t / r['time']:>6.2f}x the speed of {time_baseline}"
+        if base_m and r["peak_mb"]:
+            line += f", {r['peak_mb'] / base_m:>4.0%} of the peak memory of {memory_baseline or time_baseline}"
+        out.append(line)
     return "\n".join(out)
 
 
