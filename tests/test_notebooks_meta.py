@@ -198,3 +198,14 @@ def test_video_helpers():
     u = viz.to_uint8(v)
     assert u.shape == (5, 8, 12, 3) and u.dtype.name == "uint8"
     assert viz.frame_strip({"a": v, "b": v}, n=3) is not None
+
+
+def test_versus_baseline():
+    from q8lib import viz
+
+    rows = viz.result_tables({"results": {"bf16": {"fwd_ms": 10.0, "peak_mb": 100.0},
+                                          "bf16_compile": {"fwd_ms": 8.0, "peak_mb": 90.0},
+                                          "q8": {"fwd_ms": 4.0, "peak_mb": 50.0}}})[""]
+    lines = viz.versus(rows, "bf16_compile", "bf16").splitlines()
+    assert lines[2].startswith("q8") and "2.00x the speed of bf16_compile" in lines[2] and "50% of the peak memory of bf16" in lines[2]
+    assert viz.versus(rows, "missing") == ""
