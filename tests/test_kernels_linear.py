@@ -342,3 +342,16 @@ def test_q8_kernels_adapter(seed, monkeypatch):
             y = be.matmul(xq, xs, wq, ws, b, "gelu_tanh", torch.float32)
             assert len(calls) == 2  # check + the GEMM itself
         torch.testing.assert_close(y, R.q8_matmul_ref(xq, xs, wq, ws, b, "gelu_tanh", torch.float32), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tile", [1024, 4096])  # one row per step (H_A @ Y) and 4 rows (permuted product)
+def test_left_rotation_forms_agree(seed, monkeypatch, tile):
+    from q8lib.kernels import _rowquant
+
+    monkeypatch.setattr(_rowquant, "TILE_ELEMS", tile)
+    x = outlier_heavy(5, 1024).to(DEV)
+    q, s = _row_case(x, FP8, None)
+    q_ref, s_ref = R.quantize_activation_ref(x, FP8)
+    torch.testing.assert_close(s, s_ref, rtol=SCALE_RTOL, atol=0)
+    exact = hadamard_transform(x.double())
+    assert rel_err(exact, _deq(q, s)) <= rel_err(exact, _deq(q_ref, s_ref)) * ERR_FACTOR + 1e-5

@@ -118,7 +118,11 @@ def _row_quant_kernel(
             if DOT_BF16:
                 xb = xb.to(tl.bfloat16)
             y = tl.dot(xb, hb)
-            if LEFT:
+            if LEFT and ROWS == 1:  # H_A @ Y on the row's [A, B] view (the v1 form measured on the H100)
+                if DOT_BF16:
+                    y = y.to(tl.bfloat16)
+                y = tl.dot(ha, y)
+            elif LEFT:
                 # H_A acts along each row's slow index: bring it to the fast side, multiply, bring it back
                 yt = tl.reshape(tl.permute(tl.reshape(y, (ROWS, A, B)), (0, 2, 1)), (ROWS * B, A))
                 if DOT_BF16:
