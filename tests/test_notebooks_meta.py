@@ -3,7 +3,6 @@ import copy
 import json
 import math
 import re
-import tomllib
 from pathlib import Path
 
 import nbformat
@@ -74,6 +73,10 @@ def test_no_images_in_markdown(name):
 
 
 def test_pytest_runs_the_notebooks_with_strict_nbval():
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
     opts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     assert "notebooks" in opts["testpaths"]
     assert "--nbval " in opts["addopts"] + " " and "--nbval-lax" not in opts["addopts"]
