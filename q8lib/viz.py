@@ -253,6 +253,8 @@ def describe_result(result: dict) -> str:
         lines.append(f"  versions: {vers}")
     if shape:
         lines.append(f"  shape: {json.dumps(shape)}")
+    if isinstance(result.get("timing"), str):
+        lines.append(f"  timing: {result['timing']}")
     return "\n".join(lines)
 
 
