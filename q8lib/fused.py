@@ -9,8 +9,8 @@ read and written as few times as possible:
 * the FFN up-projection's GELU feeds the down-projection's quantizer directly (on the ``triton``
   backend with cuBLAS fp8: one GELU+rotate+quantize pass; with the Triton GEMM: GELU in its epilogue).
 * attention goes through :func:`q8lib.attention.q8_attention_core` (norm_q/k, RoPE, FP8 or SDPA).
-* gated residual adds stay as PyTorch elementwise ops (``torch.compile`` fuses them with the
-  surrounding casts).
+* the gated residual adds after attn1 and attn2 are fused into the next quantizer (``add_quantize``:
+  the new hidden states are written once and not read back); the FFN's stays a PyTorch op.
 
 :func:`install_fused_blocks` swaps the forward of every eligible block (instance attribute, no
 class patching); :func:`uninstall_fused_blocks` undoes it. Works with any backend, so the CPU
@@ -87,6 +87,18 @@ def _ffn(be, ff, x_q, x_s, out_dtype):
     return _linear(be, down, h_q, h_s, out_dtype)
 
 
+def _add_quantize(be, h, r, gate, qd, hb, norm=None, scale=None, shift=None):
+    """``h + r * gate`` and its quantization (after ``norm`` + modulation if given): one fused pass on
+    the triton backend, the two steps elsewhere. Returns ``(h, q, scale)``."""
+    if hasattr(be, "add_quantize"):
+        return be.add_quantize(h, r, gate, qd, hb, norm is not None, None if norm is None else norm.weight,
+                               1e-6 if norm is None else norm.eps, scale, shift)
+    h = h + r * gate if gate is not None else h + r
+    if norm is None:
+        return (h, *be.quantize_activation(h, qd, hb))
+    return (h, *be.rms_norm_quantize(h, norm.weight, norm.eps, scale, shift, qd, hb))
+
+
 def fused_block_forward(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb=None,
                         encoder_attention_mask=None):
     """``LTXVideoTransformerBlock.forward`` on Q8 modules (bound to the block by :func:`install_fused_blocks`).
@@ -109,19 +121,20 @@ def fused_block_forward(self, hidden_states, encoder_hidden_states, temb, image_
     q, k, v = (_linear(be, m, x_q, x_s, dt) for m in (a1.to_q, a1.to_k, a1.to_v))
     out = q8_attention_core(a1, q, k, v, image_rotary_emb, None, st["fp8"], st["backend"])
     out = _linear(be, a1.to_out[0], *be.quantize_activation(out, qd, hb), dt)
-    hidden_states = hidden_states + out * gate_msa
+    # gated residual add fused with the quantization of the new hidden states for cross-attention's q
+    hidden_states, x_q, x_s = _add_quantize(be, hidden_states, out, gate_msa, qd, hb)
 
     # cross-attention: hidden states quantized once for q, the text once for k and v
-    x_q, x_s = be.quantize_activation(hidden_states, qd, hb)
     q = _linear(be, a2.to_q, x_q, x_s, dt)
     c_q, c_s = be.quantize_activation(encoder_hidden_states, qd, hb)
     k, v = _linear(be, a2.to_k, c_q, c_s, dt), _linear(be, a2.to_v, c_q, c_s, dt)
     key_lengths = None if encoder_attention_mask is None else mask_to_key_lengths(encoder_attention_mask, batch)
     out = q8_attention_core(a2, q, k, v, None, key_lengths, st["fp8"], st["backend"])
-    hidden_states = hidden_states + _linear(be, a2.to_out[0], *be.quantize_activation(out, qd, hb), dt)
+    out = _linear(be, a2.to_out[0], *be.quantize_activation(out, qd, hb), dt)
 
-    # feed-forward: norm2 + modulation + rotation + quantization, GELU into the down-projection's quantizer
-    x_q, x_s = be.rms_norm_quantize(hidden_states, self.norm2.weight, self.norm2.eps, scale_mlp, shift_mlp, qd, hb)
+    # feed-forward: residual add + norm2 + modulation + rotation + quantization in one pass,
+    # GELU into the down-projection's quantizer
+    hidden_states, x_q, x_s = _add_quantize(be, hidden_states, out, None, qd, hb, self.norm2, scale_mlp, shift_mlp)
     hidden_states = hidden_states + _ffn(be, self.ff, x_q, x_s, dt) * gate_mlp
     return hidden_states
 

@@ -355,3 +355,32 @@ def test_left_rotation_forms_agree(seed, monkeypatch, tile):
     torch.testing.assert_close(s, s_ref, rtol=SCALE_RTOL, atol=0)
     exact = hadamard_transform(x.double())
     assert rel_err(exact, _deq(q, s)) <= rel_err(exact, _deq(q_ref, s_ref)) * ERR_FACTOR + 1e-5
+
+
+@pytest.mark.parametrize("qd", QDTYPES)
+@pytest.mark.parametrize("norm", [False, True])
+def test_add_quantize(seed, qd, norm):
+    """Gated residual add fused with the (norm +) quantizer: both outputs against the two-step reference."""
+    B, S, K = 2, 7, 512
+    x, r = torch.randn(B, S, K, device=DEV) * 2, torch.randn(B, S, K, device=DEV)
+    gate = torch.randn(B, 1, K, device=DEV) if not norm else None
+    w = torch.rand(K, device=DEV) + 0.5
+    sc, sh = torch.randn(B, 1, K, device=DEV) * 0.2, torch.randn(B, 1, K, device=DEV)
+    M = B * S
+    h_out, q, s = torch.full((M, K), float("nan"), device=DEV), _poisoned((M, K), qd), torch.full((M,), float("nan"), device=DEV)
+    L.launch_row_quant(x, w if norm else None, sc if norm else None, sh if norm else None, 1e-6, norm, False, 0,
+                       q, s, residual=r, gate=gate, h_out=h_out)
+    _check_written(q)
+    h_ref = x.double() + r.double() * (gate.double() if gate is not None else 1)
+    assert rel_err(h_ref, h_out.view(B, S, K)) < 1e-6  # fp32 arithmetic: measured ~3e-8
+    y = R.rms_norm_ref(h_ref, w.double(), 1e-6, sc.double(), sh.double()) if norm else h_ref
+    q_ref, s_ref = R.quantize_activation_ref(y.float(), qd)
+    torch.testing.assert_close(s.view(B, S), s_ref, rtol=SCALE_RTOL, atol=0)
+    exact = hadamard_transform(y)
+    assert rel_err(exact, _deq(q.view(B, S, K), s.view(B, S))) <= rel_err(exact, _deq(q_ref, s_ref)) * ERR_FACTOR + 1e-5
+    # public op (custom op) gives the same
+    h2, q2, s2 = L.add_quantize(x, r, gate, qd, None, norm, w if norm else None, 1e-6, sc if norm else None, sh if norm else None)
+    assert torch.equal(h2.view(M, K), h_out) and torch.equal(q2.view(M, K).float(), q.float())
+    torch.library.opcheck(torch.ops.q8lib.add_row_quant.default,
+                          (x, r, gate, w, sc, sh, 1e-6, norm, 0, 1 if qd == INT8 else 2),
+                          test_utils=("test_schema", "test_faketensor"))

@@ -70,11 +70,15 @@ def _row_quant_kernel(
     SH, sshb, shs,  # AdaLN shift (if HAS_SHIFT)
     OUT, QS,  # [M, K] output (8-bit or float), [M] float32 scales (8-bit modes)
     M, S, eps,
+    RS, rsb, rss,  # residual branch added to the rows first (if RESID): x + RS * G
+    G, gb, gs,  # its gate (if HAS_GATE), broadcast strides
+    HOUT,  # [M, K] the sum, in HOUT's dtype (if RESID): the new residual stream
     K: tl.constexpr, ROWS: tl.constexpr,
     A: tl.constexpr, LOGA: tl.constexpr, B: tl.constexpr, LOGB: tl.constexpr,
     NORM: tl.constexpr, HAS_W: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
     GELU: tl.constexpr, ROTATE: tl.constexpr, LEFT: tl.constexpr, DOT_BF16: tl.constexpr,
     QMODE: tl.constexpr, QMAX: tl.constexpr, SOFT_FP8: tl.constexpr = False,
+    RESID: tl.constexpr = False, HAS_GATE: tl.constexpr = False,
 ):
     """Tile = ``ROWS`` rows of ``K``. Rotation: ``[ROWS*K/B, B] @ H_B`` and, if ``LEFT`` (``K == A*B``),
     ``H_A`` along each row's ``A`` index; normalised by ``1/sqrt(A*B)`` (``A = 1`` unless ``LEFT``).
@@ -100,6 +104,13 @@ def _row_quant_kernel(
         si = rows - bi * S
         m2 = rmask[:, None]
         x = tl.load(X + (bi * sxb + si * sxs)[:, None] + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        if RESID:  # gated residual add; the sum is both written out and transformed below
+            r = tl.load(RS + (bi * rsb + si * rss)[:, None] + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+            if HAS_GATE:
+                g = tl.load(G + (bi * gb + si * gs)[:, None] + cols[None, :], mask=m2, other=0.0)
+                r = r * g.to(tl.float32)
+            x = x + r
+            tl.store(HOUT + rows[:, None].to(tl.int64) * K + cols[None, :], x.to(HOUT.dtype.element_ty), mask=m2)
         if NORM:
             ms = tl.sum(x * x, axis=1) / K
             x = x * tl.rsqrt(ms + eps)[:, None]

@@ -27,7 +27,7 @@ from .. import reference as ref
 from ..quant import FP8, INT8, QMAX, qdtype_from_name
 from ._rowquant import FP8_OUT, FLOAT_OUT, INT8_OUT, plan
 
-__all__ = ["quantize_activation", "rms_norm", "rms_norm_quantize", "gelu_quantize", "matmul",
+__all__ = ["quantize_activation", "rms_norm", "rms_norm_quantize", "gelu_quantize", "add_quantize", "matmul",
            "launch_row_quant", "launch_gemm", "gemm_impl", "set_gemm_impl"]
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -104,11 +104,14 @@ def _as3(x: torch.Tensor) -> torch.Tensor:
 _ROW_FIT: dict = {}  # kernel variant -> index of the first launch attempt that fits in shared memory
 
 
-def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_scale=None):
+def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_scale=None,
+                     residual=None, gate=None, h_out=None):
     """Run the row kernel on ``x [..., K]`` into preallocated ``out [M, K]`` (+ ``out_scale [M]`` fp32).
 
     ``out.dtype`` picks the mode: int8 / float8_e4m3fn quantize, a float dtype writes the transformed
-    rows. ``rot`` as :func:`_rot_code`. Tests call this directly to poison ``out`` beforehand.
+    rows. ``rot`` as :func:`_rot_code`. With ``residual`` (shape of ``x``) the rows are first
+    ``x + residual * gate`` (``gate`` broadcast like ``scale``, optional), written to ``h_out [M, K]``.
+    Tests call this directly to poison the outputs beforehand.
     """
     import triton
     from triton.runtime.errors import OutOfResources
@@ -127,6 +130,8 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
     qmode = {INT8: INT8_OUT, FP8: FP8_OUT}.get(out.dtype, FLOAT_OUT)
     sc, sscb, scs = _bcast3(scale, x)
     sh, sshb, shs = _bcast3(shift, x)
+    rs, rsb, rss = _bcast3(residual, x)
+    g, gb, gs = _bcast3(gate, x)
     dummy = x3
     # Shared memory depends on the tile, the pipelining depth and the input dtype; on "out of resource"
     # retry with fewer stages, then half the tile (compiled once per shape: the cost is paid once).
@@ -134,7 +139,7 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
     # exceptions are paid once, not on every call (that host time showed up in the H100 timings).
     tile = p[0] * K
     key = (K, tile, hb, rotate, norm, gelu, weight is not None, scale is not None, shift is not None,
-           x.dtype, out.dtype, x.device.type)
+           residual is not None, gate is not None, x.dtype, out.dtype, x.device.type)
     attempts = [(tile, 3), (tile, 1)] + [(tile >> i, 1) for i in range(1, 8) if (tile >> i) >= K]
     if key in _ROW_FIT:
         attempts = attempts[_ROW_FIT[key]:]
@@ -152,10 +157,13 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
                 sh if sh is not None else dummy, sshb, shs,
                 out, out_scale if out_scale is not None else out,
                 M, S, float(eps),
+                rs if rs is not None else dummy, rsb, rss, g if g is not None else dummy, gb, gs,
+                h_out if h_out is not None else dummy,
                 K=K, ROWS=rows_per, A=A, LOGA=A.bit_length() - 1, B=B, LOGB=B.bit_length() - 1,
                 NORM=norm, HAS_W=weight is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
                 GELU=gelu, ROTATE=rotate, LEFT=left, DOT_BF16=x.is_cuda,
                 QMODE=qmode, QMAX=QMAX.get(out.dtype, 1.0), SOFT_FP8=not x.is_cuda,
+                RESID=residual is not None, HAS_GATE=gate is not None,
                 num_warps=4 if elems <= 2048 else (8 if elems <= 16384 else 16), num_stages=stages,
             )
             _ROW_FIT[key] = start + n
@@ -207,6 +215,40 @@ def _(x, weight, scale, shift, eps, norm, gelu, rot, qmode):
     out = x.new_empty(x.shape, dtype=qdtype or x.dtype)
     out_scale = x.new_empty(x.shape[:-1] if qdtype is not None else (0,), dtype=torch.float32)
     return out, out_scale
+
+
+@torch.library.custom_op("q8lib::add_row_quant", mutates_args=())
+def _add_row_quant_op(x: torch.Tensor, residual: torch.Tensor, gate: Optional[torch.Tensor],
+                      weight: Optional[torch.Tensor], scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+                      eps: float, norm: bool, rot: int, qmode: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    qdtype = _qdtype_of(qmode)
+    K = x.shape[-1]
+    M = x.numel() // max(K, 1)
+    h = torch.empty(M, K, device=x.device, dtype=x.dtype)
+    out = torch.empty(M, K, device=x.device, dtype=qdtype)
+    out_scale = torch.empty(M, device=x.device, dtype=torch.float32)
+    try:
+        launch_row_quant(x, weight, scale, shift, eps, norm, False, rot, out, out_scale, residual, gate, h)
+    except Exception as e:  # noqa: BLE001 - resource errors only; never return unwritten output
+        from triton.runtime.errors import OutOfResources
+
+        if not isinstance(e, OutOfResources):
+            raise
+        _warn("add_row_quant", f"kernel does not fit this GPU for rows of {K}: {e}")
+        h2 = _add_ref(x, residual, gate)
+        return (h2,) + _row_ref(h2, weight, scale, shift, eps, norm, False, rot, qdtype)
+    return h.view(x.shape), out.view(x.shape), out_scale.view(x.shape[:-1])
+
+
+@_add_row_quant_op.register_fake
+def _(x, residual, gate, weight, scale, shift, eps, norm, rot, qmode):
+    return (x.new_empty(x.shape), x.new_empty(x.shape, dtype=_qdtype_of(qmode)),
+            x.new_empty(x.shape[:-1], dtype=torch.float32))
+
+
+def _add_ref(x, residual, gate):
+    r = residual.float() * gate.float() if gate is not None else residual.float()
+    return (x.float() + r).to(x.dtype)
 
 
 def _row_reason(x: torch.Tensor, hadamard_block, rotate=True) -> str | None:
@@ -272,6 +314,26 @@ def gelu_quantize(x, qdtype, hadamard_block=None):
         _warn("gelu_quantize", reason)
         return ref.quantize_activation_ref(F.gelu(x.float(), approximate="tanh").to(x.dtype), qdtype, hadamard_block)
     return _row("gelu_quantize", x, None, None, None, 1e-6, False, True, qdtype, hadamard_block)
+
+
+def add_quantize(x, residual, gate, qdtype, hadamard_block=None, norm=False, weight=None, eps=1e-6,
+                 scale=None, shift=None):
+    """Gated residual add fused with the next quantizer: ``h = x + residual * gate`` (``gate`` optional,
+    broadcast like the AdaLN modulation), then ``h`` (``norm=False``) or ``RMSNorm(h)·(1+scale)+shift``
+    (``norm=True``) rotated and quantized. Returns ``(h [..., K] in x.dtype, q [..., K], scale [...])``.
+
+    One pass instead of two: ``h`` is written once and never read back for the quantizer.
+    """
+    reason = _row_reason(x, hadamard_block) or (None if residual.shape == x.shape else "residual shape differs")
+    if reason:
+        _warn("add_quantize", reason)
+        h = _add_ref(x, residual, gate)
+        if norm:
+            return (h,) + tuple(rms_norm_quantize(h, weight, eps, scale, shift, qdtype, hadamard_block))
+        return (h,) + tuple(quantize_activation(h, qdtype, hadamard_block))
+    q = qdtype_from_name(qdtype)
+    return torch.ops.q8lib.add_row_quant(x, residual, gate, weight, scale, shift, float(eps), norm,
+                                         _rot_code(True, hadamard_block), INT8_OUT if q == INT8 else FP8_OUT)
 
 
 # ------------------------------------------------------------------------------------------------
