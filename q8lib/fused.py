@@ -87,6 +87,20 @@ def _ffn(be, ff, x_q, x_s, out_dtype):
     return _linear(be, down, h_q, h_s, out_dtype)
 
 
+def _key_lengths(mask, batch):
+    """``mask_to_key_lengths`` once per mask tensor in eager mode: its right-padding check syncs with
+    the GPU, and diffusers passes the same mask object to every block of a forward."""
+    if mask is None:
+        return None
+    if torch.compiler.is_compiling():  # no sync under compile (the check is skipped there)
+        return mask_to_key_lengths(mask, batch)
+    cached = getattr(mask, "_q8lib_key_lengths", None)
+    if cached is None or cached[0] != mask._version or cached[1] != batch:
+        cached = (mask._version, batch, mask_to_key_lengths(mask, batch))
+        mask._q8lib_key_lengths = cached
+    return cached[2]
+
+
 def _add_quantize(be, h, r, gate, qd, hb, norm=None, scale=None, shift=None):
     """``h + r * gate`` and its quantization (after ``norm`` + modulation if given): one fused pass on
     the triton backend, the two steps elsewhere. Returns ``(h, q, scale)``."""
@@ -128,7 +142,7 @@ def fused_block_forward(self, hidden_states, encoder_hidden_states, temb, image_
     q = _linear(be, a2.to_q, x_q, x_s, dt)
     c_q, c_s = be.quantize_activation(encoder_hidden_states, qd, hb)
     k, v = _linear(be, a2.to_k, c_q, c_s, dt), _linear(be, a2.to_v, c_q, c_s, dt)
-    key_lengths = None if encoder_attention_mask is None else mask_to_key_lengths(encoder_attention_mask, batch)
+    key_lengths = _key_lengths(encoder_attention_mask, batch)
     out = q8_attention_core(a2, q, k, v, None, key_lengths, st["fp8"], st["backend"])
     out = _linear(be, a2.to_out[0], *be.quantize_activation(out, qd, hb), dt)
 

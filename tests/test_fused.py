@@ -156,3 +156,14 @@ def test_fused_block_compiles_fullgraph_cpu(seed, monkeypatch):
     q.compile_repeated_blocks(fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(_run(q, args, kw), eager, rtol=1e-5, atol=1e-5)
     torch._dynamo.reset()
+
+
+def test_key_lengths_cached_per_mask(seed):
+    from q8lib.fused import _key_lengths
+
+    mask = torch.zeros(2, 1, 8)
+    mask[1, :, 5:] = -10000.0
+    kl = _key_lengths(mask, 2)
+    assert kl.tolist() == [8, 5] and _key_lengths(mask, 2) is kl  # second block: no recomputation
+    mask[0, :, 6:] = -10000.0  # in-place change -> recomputed
+    assert _key_lengths(mask, 2).tolist() == [6, 5]
