@@ -36,7 +36,8 @@ def _add_model_args(p: argparse.ArgumentParser, precision: bool = True) -> None:
     if precision:
         g.add_argument("--precision", default="q8", choices=["q8", "bf16"],
                        help="q8: 8-bit transformer (default); bf16: the unquantized transformer in --dtype")
-    g.add_argument("--weight-dtype", default="int8", choices=["int8", "fp8_e4m3"], help="8-bit type of the Q8 linears")
+    g.add_argument("--weight-dtype", default="auto", choices=["auto", "int8", "fp8_e4m3"],
+                   help="8-bit type of the Q8 linears (auto: fp8_e4m3 on Hopper, else int8)")
     g.add_argument("--attention", default="fp8", choices=["fp8", "sdpa", "keep"], help="attention of the Q8 transformer")
     g.add_argument("--backend", default="auto",
                    help="q8lib backend: auto (fastest that runs here, reference otherwise with a warning), "
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("source", help="hub id (Lightricks/LTX-Video), local pipeline or transformer folder, or 'tiny'")
     conv.add_argument("output", help="folder to write (config.json, safetensors, q8lib.json)")
     conv.add_argument("--subfolder", default="transformer", help="transformer subfolder of a pipeline (default transformer)")
-    conv.add_argument("--weight-dtype", default="int8", choices=["int8", "fp8_e4m3"])
+    conv.add_argument("--weight-dtype", default="auto", choices=["auto", "int8", "fp8_e4m3"])
     conv.add_argument("--hadamard-block", type=int, default=None, help="rotation block (power of two); default: full width")
     conv.add_argument("--device", default="auto", help="where to quantize (a GPU is much faster)")
     conv.add_argument("--report", default=None, help="also write the size report as JSON here")
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     mem = sub.add_parser("memory", help="transformer-only peak GPU memory and forward time at one shape")
     mem.add_argument("--model", default="random-13b", help="random-13b (default), random-2b, tiny, or a hub id/folder")
     mem.add_argument("--precision", default="q8", choices=["q8", "bf16"])
-    mem.add_argument("--weight-dtype", default="int8", choices=["int8", "fp8_e4m3"])
+    mem.add_argument("--weight-dtype", default="auto", choices=["auto", "int8", "fp8_e4m3"])
     mem.add_argument("--attention", default="fp8", choices=["fp8", "sdpa", "keep"])
     mem.add_argument("--backend", default="auto")
     mem.add_argument("--device", default="auto")
@@ -175,10 +176,13 @@ def _wandb_log(wb, video: Path | None, metrics: dict, fps: int) -> None:
     run.finish()
 
 
-def _q8_config(args):
+def _q8_config(args, **kw):
+    """Q8Config from the options; ``--weight-dtype auto`` keeps Q8Config's device-dependent default."""
     from .config import Q8Config
 
-    return Q8Config(weight_dtype=args.weight_dtype, backend=args.backend, attention=args.attention)
+    if args.weight_dtype != "auto":
+        kw["weight_dtype"] = args.weight_dtype
+    return Q8Config(**kw)
 
 
 def _prompt_cache(args):
@@ -238,7 +242,7 @@ def _generate(args) -> int:
     settings = _settings(args)  # every settings error before any model is loaded
     _check_run_args(args)
     device = resolve_device(args.device)
-    q8_config = _q8_config(args)
+    q8_config = _q8_config(args, backend=args.backend, attention=args.attention)
     if args.precision == "q8" and q8_config.backend != "auto":  # a named backend must run: check before loading
         check_backend("q8", q8_config.backend, device)
     cache = _prompt_cache(args)
@@ -297,7 +301,7 @@ def _compare(args) -> int:
     settings = _settings(args)
     _check_run_args(args)
     device = resolve_device(args.device)
-    q8_config = _q8_config(args)
+    q8_config = _q8_config(args, backend=args.backend, attention=args.attention)
     backend = check_backend("q8", q8_config.backend, device)  # fail before loading if it cannot run
     cache = _prompt_cache(args)
     wb = _wandb_start(args, "compare", dict(dataclasses.asdict(settings), model=args.model)) if args.wandb else None
@@ -369,10 +373,9 @@ def _ratio(ref_runs, q8_runs, key):
 
 
 def _convert(args) -> int:
-    from .config import Q8Config
     from .pipeline import convert_checkpoint, resolve_device
 
-    q8_config = Q8Config(weight_dtype=args.weight_dtype, hadamard_block=args.hadamard_block)
+    q8_config = _q8_config(args, hadamard_block=args.hadamard_block)
     rep = convert_checkpoint(args.source, args.output, subfolder=args.subfolder or None, q8_config=q8_config,
                              device=resolve_device(args.device))
     mb = 1e6
@@ -404,14 +407,13 @@ def _bench(args) -> int:
 
 
 def _memory(args) -> int:
-    from .config import Q8Config
     from .pipeline import MODEL_ALIASES, environment, resolve_device, transformer_memory
 
     device = resolve_device(args.device)
     rep = transformer_memory(MODEL_ALIASES.get(args.model, args.model), args.frames, args.height, args.width,
                              args.batch, repeats=args.repeats, precision=args.precision,
-                             q8_config=Q8Config(weight_dtype=args.weight_dtype, backend=args.backend,
-                                                attention=args.attention), device=device)
+                             q8_config=_q8_config(args, backend=args.backend, attention=args.attention),
+                             device=device)
     report = dict(kind="q8lib memory", **environment(device), shape=rep.pop("shape"), results=rep)
     if args.limit_gib is not None and "peak_gib" in rep:
         rep["limit_gib"] = args.limit_gib

@@ -291,7 +291,7 @@ def test_13b_q8_weights_leave_room_on_a_24gb_gpu():
     from q8lib.pipeline import module_bytes
     from q8lib.tiny import LTX_13B_CONFIG
 
-    m = random_q8_transformer(dict(LTX_13B_CONFIG), device="meta")
+    m = random_q8_transformer(dict(LTX_13B_CONFIG), Q8Config(weight_dtype="int8"), device="meta")
     n = sum(t.numel() for t in list(m.parameters()) + list(m.buffers()))
     assert 13.0e9 < n < 13.1e9
     assert module_bytes(m) / 2**30 < 12.5
