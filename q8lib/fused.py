@@ -94,9 +94,10 @@ def _key_lengths(mask, batch):
         return None
     if torch.compiler.is_compiling():  # no sync under compile (the check is skipped there)
         return mask_to_key_lengths(mask, batch)
+    version = -1 if mask.is_inference() else mask._version  # inference tensors keep no version counter
     cached = getattr(mask, "_q8lib_key_lengths", None)
-    if cached is None or cached[0] != mask._version or cached[1] != batch:
-        cached = (mask._version, batch, mask_to_key_lengths(mask, batch))
+    if cached is None or cached[0] != version or cached[1] != batch:
+        cached = (version, batch, mask_to_key_lengths(mask, batch))
         mask._q8lib_key_lengths = cached
     return cached[2]
 

@@ -167,3 +167,19 @@ def test_key_lengths_cached_per_mask(seed):
     assert kl.tolist() == [8, 5] and _key_lengths(mask, 2) is kl  # second block: no recomputation
     mask[0, :, 6:] = -10000.0  # in-place change -> recomputed
     assert _key_lengths(mask, 2).tolist() == [6, 5]
+
+
+def test_fused_block_under_inference_mode(seed):
+    """Regression: the key-length cache read ``mask._version``, which inference tensors do not have."""
+    import q8lib
+    from q8lib.fused import install_fused_blocks
+    from q8lib.tiny import make_tiny_transformer
+
+    model = q8lib.quantize_(make_tiny_transformer(seed=seed), q8lib.Q8Config(weight_dtype="int8"), progress=False)
+    install_fused_blocks(model)
+    with torch.inference_mode():
+        x, enc = torch.randn(2, 48, 8), torch.randn(2, 16, 32)
+        mask = torch.ones(2, 16)
+        mask[1, 10:] = 0
+        out = model(x, enc, torch.tensor([500, 500]), mask, num_frames=3, height=4, width=4).sample
+    assert out.shape == (2, 48, 8) and torch.isfinite(out).all()
