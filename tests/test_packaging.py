@@ -50,3 +50,10 @@ def test_main_command_runs():
     assert py[:3] == ["python", "-m", "q8lib"]
     out = subprocess.run([sys.executable, *py[1:]], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_readme_results_match_committed_json():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import readme_results
+
+    assert readme_results.main(["--check"]) == 0, "run: python benchmarks/readme_results.py"

@@ -1,0 +1,120 @@
+"""Render the README's results section from the committed JSON in benchmarks/results/.
+
+    python benchmarks/readme_results.py          # rewrite the block between the results markers
+    python benchmarks/readme_results.py --check  # exit 1 if README.md is out of date (tests run this)
+
+Only the newest file of each kind is tabulated (``transformer_h100.json``, ``attention_h100.json``,
+``judge_*.json``); superseded runs stay in the folder and in notebook 06.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BEGIN, END = "<!-- results -->", "<!-- /results -->"
+
+
+def _load(name):
+    p = RESULTS / name
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _f(v, fmt):
+    return "–" if v is None else format(v, fmt)
+
+
+def _transformer(d) -> list[str]:
+    s = d["shape"]
+    out = [f"**Transformer forward**, {s['model']} ({s['num_layers']} blocks), {s['tokens']} latent tokens "
+           f"({'x'.join(map(str, s['latent']))}) x batch {s['batch']}, {s['text_tokens']} text tokens; "
+           f"{d['device']}, torch {d['versions']['torch']}, triton {d['versions']['triton']}, {d['date'][:10]}; "
+           f"{d['timing']} (`benchmarks/results/transformer_h100.json`).", "",
+           "| variant | fwd ms | x bf16+compile | 50 steps s | peak MB | x bf16 peak | rel err vs bf16 | cos vs bf16 |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in d["results"].items():
+        if "error" in r:
+            out.append(f"| {name} | failed (see JSON) | | | | | | |")
+            continue
+        out.append(f"| {name} | {_f(r.get('fwd_ms'), '.1f')} | {_f(r.get('x_vs_bf16_compile'), '.2f')} | "
+                   f"{_f(r.get('est_50_steps_s'), '.2f')} | {_f(r.get('peak_mb'), '.0f')} | "
+                   f"{_f(r.get('peak_x_vs_bf16'), '.2f')} | {_f(r.get('rel_err_vs_bf16'), '.4f')} | "
+                   f"{_f(r.get('cos_vs_bf16'), '.5f')} |")
+    return out
+
+
+def _attention(d) -> list[str]:
+    out = [f"**Attention** ({d['device']}, {d['date'][:10]}, CUDA-graph timing; "
+           "`benchmarks/results/attention_h100.json`). `q8_fp8_kernel` is the attention kernel on pre-quantized "
+           "inputs, `q8_fp8_op` adds the q/k/v quantization producers.", "",
+           "| shape [B, H, Sq, Sk, D] | variant | ms | TFLOP/s | x cuDNN bf16 time | rel err vs fp32 |",
+           "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for name, sh in d["shapes"].items():
+        if not name.startswith(("self_", "cross_")):
+            continue
+        res = sh["results"]
+        base = res.get("sdpa_cudnn_bf16", {}).get("ms")
+        for v in ("sdpa_cudnn_bf16", "sdpa_flash_bf16", "q8_fp8_kernel", "q8_fp8_op"):
+            r = res.get(v)
+            if not isinstance(r, dict) or "ms" not in r:
+                continue
+            out.append(f"| {sh['shape']} | {v} | {r['ms']:.3f} | {r['tflops']:.0f} | "
+                       f"{_f(base and r['ms'] / base, '.2f')} | {_f(r.get('rel_err'), '.4f')} |")
+    return out
+
+
+def _judge(d) -> list[str]:
+    s, g = d["summary"], d["meta"]["generation"]
+    q = s["q8_auto"]
+    return [f"**Tiny trained default** (`q8lib/assets/tiny-ltx-shapes`, {s['num_prompts']} held-out prompts x "
+            f"{s['seeds_per_prompt']} seeds, {g['num_frames']} frames {g['height']}x{g['width']}, "
+            f"{g['num_inference_steps']} steps; {d['meta']['device']}): the automatic judge agrees with the caption "
+            f"on {s['reference_vs_caption']['all']:.0%} of bf16 clips; Q8 agrees with bf16 on "
+            f"{q['vs_reference']['all']:.0%}; Q8 vs bf16 PSNR {q['psnr_db_mean']:.1f} dB (min {q['psnr_db_min']:.1f}), "
+            f"SSIM {q['ssim_mean']:.3f} (min {q['ssim_min']:.3f}) (`benchmarks/results/judge_tiny_ltx_shapes.json`)."]
+
+
+def render() -> str:
+    parts = []
+    t = _load("transformer_h100.json")
+    if t:
+        parts += _transformer(t) + [""]
+    a = _load("attention_h100.json")
+    if a:
+        parts += _attention(a) + [""]
+    for p in sorted(RESULTS.glob("judge_*.json")):
+        parts += _judge(json.loads(p.read_text())) + [""]
+    if not parts:
+        parts = ["No benchmark result has been committed yet.", ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _replace(readme: str, body: str) -> str:
+    if BEGIN not in readme or END not in readme:
+        raise SystemExit(f"README.md lacks the {BEGIN} ... {END} markers")
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{body}{END}{tail}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args(argv)
+    path = ROOT / "README.md"
+    readme = path.read_text()
+    new = _replace(readme, render())
+    if args.check:
+        if new != readme:
+            print("README.md results are out of date: run python benchmarks/readme_results.py", file=sys.stderr)
+            return 1
+        return 0
+    path.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
