@@ -492,8 +492,14 @@ def main(argv=None) -> int:
     else:
         args = parser.parse_args(argv)
     expected = _expected_errors()
+    from .pipeline import Q8FallbackWarning
+
     old_format = warnings.formatwarning
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"q8lib: warning: {msg}\n"
+
+    def short_format(msg, cat, *a, **k):  # q8lib's own warnings as one line; others as Python prints them
+        return f"q8lib: warning: {msg}\n" if issubclass(cat, Q8FallbackWarning) else old_format(msg, cat, *a, **k)
+
+    warnings.formatwarning = short_format
     try:
         return args.func(args) or 0
     except expected as e:

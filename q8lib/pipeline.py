@@ -562,6 +562,10 @@ def encode_prompts(pipe, settings: GenerationSettings, model: str = TINY, cache:
             cache.save(key, tensors, dict(model=model, prompt=settings.prompt[:200]))
     if not settings.cfg:
         tensors = {k: v for k, v in tensors.items() if not k.startswith("negative_")}
+    # The pipeline feeds embeddings to the transformer as they are: give them its device and dtype.
+    dtype = pipe.transformer.proj_in.weight.dtype if getattr(pipe, "transformer", None) is not None else None
+    tensors = {k: v.to(device=pipe._execution_device, dtype=dtype if v.is_floating_point() and dtype else v.dtype)
+               for k, v in tensors.items()}
     info = dict(prompt_cache="hit" if hit else ("miss" if cache is not None else "off"),
                 text_encode_s=round(time.perf_counter() - start, 4), prompt_cache_key=key)
     return tensors, info
