@@ -4,7 +4,7 @@
     python benchmarks/readme_results.py --check  # exit 1 if README.md is out of date (tests run this)
 
 Only the newest file of each kind is tabulated (``transformer_h100.json``, ``attention_h100.json``,
-``judge_*.json``); superseded runs stay in the folder and in notebook 06.
+``generate_*_h100.json``, ``judge_*.json``); superseded runs stay in the folder and in notebook 06.
 """
 from __future__ import annotations
 
@@ -77,6 +77,41 @@ def _judge(d) -> list[str]:
             f"SSIM {q['ssim_mean']:.3f} (min {q['ssim_min']:.3f}) (`benchmarks/results/judge_tiny_ltx_shapes.json`)."]
 
 
+def _generate() -> list[str]:
+    q2, cmp, q13, mem = (_load(f"generate_{n}_h100.json") for n in ("2b", "compare_2b", "13b", "13b_memory"))
+    if not (q2 and cmp):
+        return []
+    sh = q2["shape"]
+    out = [f"**End to end** (`q8lib generate` / `compare` / `memory`, random weights, {sh['frames']} frames "
+           f"{sh['height']}x{sh['width']}, transformer batch {sh['transformer_batch']} (CFG), eager, "
+           f"{q2['device']}, {q2['date'][:10]}; `benchmarks/results/generate_*_h100.json`):", "",
+           "| model | steps | transformer fwd ms | end to end s | VAE decode s | weights GiB | peak denoise / decode GiB |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+    def row(name, steps, r):
+        t, m = r["timings"], r["memory"]
+        return (f"| {name} | {steps} | {t['transformer_forward_ms']:.1f} | {t['end_to_end_s']:.2f} | "
+                f"{t['vae_decode_s']:.2f} | {_f(m.get('transformer_weights_gib'), '.2f')} | "
+                f"{m['denoise_peak_gib']:.2f} / {m['decode_peak_gib']:.2f} |")
+
+    ref = cmp["results"]["reference"]
+    out.append(row("2B bf16", cmp["settings"]["num_inference_steps"], ref))
+    out.append(row(f"2B Q8 ({q2['pipeline']['weight_dtype']}, {q2['pipeline']['attention']} attention)",
+                   q2["settings"]["num_inference_steps"], q2["results"]))
+    if q13:
+        out.append(row(f"13B Q8 ({q13['pipeline']['weight_dtype']})", q13["settings"]["num_inference_steps"],
+                       q13["results"]))
+    m = cmp["results"]["metrics"]
+    out += ["", f"Q8 vs bf16 from the same noise and embeddings (2B): PSNR {m['psnr_db_mean']:.1f} dB "
+                f"(min {m['psnr_db_min']:.1f}), SSIM {m['ssim_mean']:.4f}; end-to-end speed "
+                f"{cmp['results']['speedup']['end_to_end']:.2f}x of bf16 in this eager pipeline."]
+    if mem:
+        r = mem["results"]
+        out.append(f"13B Q8 transformer alone (`q8lib memory`): peak {r['peak_gib']:.2f} GiB "
+                   f"(limit {r['limit_gib']:.0f}, fits: {r['fits']}), forward median {r['forward_ms_median']:.0f} ms.")
+    return out
+
+
 def render() -> str:
     parts = []
     t = _load("transformer_h100.json")
@@ -85,6 +120,9 @@ def render() -> str:
     a = _load("attention_h100.json")
     if a:
         parts += _attention(a) + [""]
+    gen = _generate()
+    if gen:
+        parts += gen + [""]
     for p in sorted(RESULTS.glob("judge_*.json")):
         parts += _judge(json.loads(p.read_text())) + [""]
     if not parts:
