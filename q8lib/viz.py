@@ -28,6 +28,8 @@ __all__ = [
     "load_results",
     "provenance",
     "describe_result",
+    "is_pipeline_run",
+    "pipeline_run_summary",
     "judge_summary",
     "result_tables",
     "format_table",
@@ -314,12 +316,61 @@ def result_tables(result: dict) -> dict[str, list[dict]]:
     (one table named ``""``) and ``shapes`` ``{shape: {"results": {variant: {...}}}}`` (one table per shape).
     """
     tables = {}
+    if is_pipeline_run(result):
+        return tables
     if isinstance(result.get("results"), dict):
         tables[""] = _rows(result["results"])
     for name, shape in (result.get("shapes") or {}).items():
         if isinstance(shape, dict) and isinstance(shape.get("results"), dict):
             tables[name] = _rows(shape["results"])
     return tables
+
+
+def is_pipeline_run(result: dict) -> bool:
+    """Whether a results file records whole pipeline runs (``kind`` = ``"q8lib generate"``, ``"q8lib compare"``
+    or ``"q8lib memory"``, written by the CLI) rather than a table of variants."""
+    return str(result.get("kind", "")).startswith("q8lib ")
+
+
+def _run_line(label: str, run: dict) -> str:
+    t, m = run.get("timings") or {}, run.get("memory") or {}
+
+    def g(d, k, fmt):
+        return format(d[k], fmt) if isinstance(d.get(k), (int, float)) else "-"
+
+    return (f"{label:<8}{g(t, 'end_to_end_s', '.2f'):>11}{g(t, 'transformer_s', '.2f'):>17}"
+            f"{g(t, 'transformer_forward_ms', '.1f'):>14}{g(m, 'peak_gib', '.2f'):>10}{g(m, 'transformer_weights_gib', '.2f'):>13}")
+
+
+def pipeline_run_summary(result: dict) -> str:
+    """Plain-text summary of a pipeline-run file (see :func:`is_pipeline_run`): model, settings, time and
+    memory per run; for ``compare`` files both runs, the speed-up and PSNR/SSIM between the two videos."""
+    kind = str(result.get("kind", ""))
+    pipe, settings, r = result.get("pipeline") or {}, result.get("settings") or {}, result.get("results") or {}
+    lines = []
+    if pipe:
+        lines.append("pipeline: " + ", ".join(f"{k}={pipe[k]}" for k in ("model", "precision", "backend", "weight_dtype",
+                                                                         "attention", "dtype") if k in pipe))
+    if settings:
+        lines.append("settings: " + ", ".join(f"{k}={settings[k]}" for k in ("num_frames", "height", "width",
+                                                                         "num_inference_steps", "guidance_scale")
+                                              if k in settings))
+    header = f"{'run':<8}{'total (s)':>11}{'transformer (s)':>17}{'forward (ms)':>14}{'peak GiB':>10}{'weights GiB':>13}"
+    if kind.endswith("compare"):
+        lines += [header, _run_line("bf16", r.get("reference") or {}), _run_line("Q8", r.get("q8") or {})]
+        sp, mt = r.get("speedup") or {}, r.get("metrics") or {}
+        if sp:
+            lines.append("Q8 speed vs bf16: " + ", ".join(f"{k} {v:.2f}x" for k, v in sp.items()))
+        if mt:
+            lines.append(f"Q8 vs bf16 video: PSNR mean {mt.get('psnr_db_mean', float('nan')):.1f} dB "
+                         f"(min {mt.get('psnr_db_min', float('nan')):.1f}), SSIM mean {mt.get('ssim_mean', float('nan')):.4f}")
+    elif kind.endswith("generate"):
+        lines += [header, _run_line(str(pipe.get("precision", "run")), r)]
+    elif kind.endswith("memory"):
+        keys = ("model", "precision", "weight_dtype", "params", "weights_gib", "peak_gib", "limit_gib", "fits",
+                "forward_ms_median")
+        lines.append(", ".join(f"{k}={r[k]:.4g}" if isinstance(r.get(k), float) else f"{k}={r[k]}" for k in keys if k in r))
+    return "\n".join(lines) if lines else "(nothing to summarise)"
 
 
 def _fmt(v, kind: str = "") -> str:

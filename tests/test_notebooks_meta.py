@@ -213,3 +213,19 @@ def test_versus_baseline():
     lines = viz.versus(rows, "bf16_compile", "bf16").splitlines()
     assert lines[2].startswith("q8") and "2.00x the speed of bf16_compile" in lines[2] and "50% of the peak memory of bf16" in lines[2]
     assert viz.versus(rows, "missing") == ""
+
+
+def test_pipeline_run_summary():
+    from q8lib import viz
+
+    run = {"timings": {"end_to_end_s": 5.0, "transformer_s": 4.5, "transformer_forward_ms": 90.0},
+           "memory": {"peak_gib": 7.0, "transformer_weights_gib": 3.5}}
+    q8 = {"timings": {"end_to_end_s": 4.0, "transformer_s": 3.5, "transformer_forward_ms": 70.0},
+          "memory": {"peak_gib": 5.0, "transformer_weights_gib": 1.8}}
+    result = {"kind": "q8lib compare", "pipeline": {"model": "random-2b"}, "settings": {"num_frames": 81},
+              "results": {"reference": run, "q8": q8, "speedup": {"transformer": 1.29},
+                          "metrics": {"psnr_db_mean": 43.4, "psnr_db_min": 43.0, "ssim_mean": 0.999}}}
+    assert viz.is_pipeline_run(result) and viz.result_tables(result) == {}
+    text = viz.pipeline_run_summary(result)
+    assert "random-2b" in text and "transformer 1.29x" in text and "PSNR mean 43.4 dB" in text
+    assert "1.80" in text.splitlines()[-3]  # the Q8 row shows its weight GiB
