@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from q8lib.bench import time_ms  # noqa: E402 (after the repo root is on the path)
 
 SHAPES = [  # (name, B, H, Sq, Sk, D, key_lengths)
     ("self_2x32x3630x64", 2, 32, 3630, 3630, 64, None),
@@ -67,14 +68,7 @@ def bench(fn, warmup=5, reps=30, graph=True):
         run = g.replay
         for _ in range(3):
             run()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        run()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
+    times = time_ms(run, reps)
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     return statistics.median(times), peak
 

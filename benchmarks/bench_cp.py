@@ -6,7 +6,7 @@
 Every rank builds the same seeded transformer, runs it once without parallelism (the 1-rank
 reference, same weights and inputs), then enables ``ContextParallelConfig(ulysses_degree=N)`` and
 runs again; the CP output must match the reference within ``--tol`` (relative error). On GPUs it
-also times the forward (CUDA events, warm-up, median) and records per-GPU peak memory, for bf16
+times the forward (CUDA events on GPUs, wall clock on CPU; warm-up, median) and records per-GPU peak memory, for bf16
 (plain linears, q8lib's SDPA processor, which also handles the text mask under Ulysses) and Q8
 (8-bit linears + FP8 attention). Rank 0 writes the JSON (``--out``).
 """
@@ -68,20 +68,10 @@ def _inputs(shape, cfg, device, dtype):
     return (x, enc, t, mask), kw
 
 
-def _time(fn, device, warmup, iters):
-    if device.type != "cuda":
-        return None
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+def _median_ms(fn, warmup, iters):
+    from q8lib.bench import time_ms
+
+    return statistics.median(time_ms(fn, iters, warmup))
 
 
 def main(argv=None) -> int:
@@ -119,20 +109,20 @@ def main(argv=None) -> int:
         inputs, kw = _inputs(shape, model.config, device, dtype)
         with torch.no_grad():
             ref = model(*inputs, **kw)[0]
-            t1 = _time(lambda: model(*inputs, **kw), device, args.warmup, args.iters)
+            t1 = _median_ms(lambda: model(*inputs, **kw), args.warmup, args.iters)
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             if world > 1:
                 model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
             out = model(*inputs, **kw)[0]
-            tn = _time(lambda: model(*inputs, **kw), device, args.warmup, args.iters)
+            tn = _median_ms(lambda: model(*inputs, **kw), args.warmup, args.iters)
         rel = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
         ok &= rel <= args.tol
         results[variant] = dict(rel_err_cp_vs_single=rel, fwd_ms_single=t1, fwd_ms_cp=tn,
                                 peak_mb_per_gpu=torch.cuda.max_memory_allocated() / 2**20 if cuda else None)
         if rank == 0:
             print(f"{variant:6s} world={world} rel_err(CP vs 1 rank)={rel:.2e} "
-                  f"fwd 1 rank={t1} ms, CP={tn} ms", flush=True)
+                  f"fwd 1 rank={t1:.1f} ms, CP={tn:.1f} ms", flush=True)
         del model
         if cuda:
             torch.cuda.empty_cache()

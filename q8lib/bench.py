@@ -114,7 +114,9 @@ def _prepare(name, cfg, device):
     return model, comp
 
 
-def _time(fn, iters, warmup):
+def time_ms(fn, iters, warmup=0):
+    """Run ``fn`` ``warmup`` times, then time ``iters`` calls: a list of milliseconds (CUDA events on a GPU,
+    the wall clock on CPU-only machines). The benchmarks under ``benchmarks/`` use it too."""
     for _ in range(warmup):
         fn()
     if not torch.cuda.is_available():  # CPU smoke runs (--config tiny): wall clock
@@ -341,7 +343,7 @@ def main(argv=None) -> int:
                     return model(*inputs, **kw)
 
                 _mem("reset")
-                times = _time(fwd, args.iters, args.warmup)
+                times = time_ms(fwd, args.iters, args.warmup)
                 res["fwd_ms"] = statistics.median(times)
                 res["fwd_ms_min"], res["fwd_ms_max"] = min(times), max(times)
                 res["peak_mb"] = _mem("peak")
