@@ -7,8 +7,8 @@ from .attention import Q8AttnProcessor, mask_to_key_lengths, restore_attention, 
 from .backends import Backend, BackendUnavailableError, get_backend, list_backends, register_backend, resolve_backend
 from .config import KEEP_HIGH_PRECISION, Q8Config
 from .hadamard import hadamard_matrix, hadamard_transform
-from .ltx import (Q8CheckpointError, convert_state_dict, inspect_transformer, is_quantized, load_q8, quantize_,
-                  quantize_pretrained, save_q8)
+from .ltx import (Q8CheckpointError, activate_q8, build_q8_skeleton, convert_state_dict, inspect_transformer,
+                  is_quantized, load_q8, quantize_, quantize_pretrained, save_q8)
 from .modules import Q8GELU, Q8Linear, Q8RMSNorm, quantize_weight
 from .quant import dequantize_rowwise, quantize_rowwise
 

@@ -28,6 +28,8 @@ __all__ = [
     "quantize_pretrained",
     "inspect_transformer",
     "is_quantized",
+    "build_q8_skeleton",
+    "activate_q8",
 ]
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -142,11 +144,26 @@ def quantize_(model: nn.Module, config: Q8Config | None = None, progress: bool =
             state = {k: v.detach().clone() for k, v in m.state_dict().items()}
         new.load_state_dict(state, strict=True, assign=True)
         _set_submodule(model, name, new)
-    _finish(model, config)
+    activate_q8(model, config)
     return model
 
 
-def _finish(model: nn.Module, config: Q8Config) -> None:
+def build_q8_skeleton(transformer_config: dict, config: Q8Config | None = None) -> nn.Module:
+    """An LTX transformer on the meta device (no memory) whose blocks already hold empty Q8 modules.
+
+    Fill it with ``load_state_dict(state, assign=True)`` (or assign tensors yourself), then call
+    :func:`activate_q8` to install the Q8 attention and, where a fast backend runs, the fused blocks.
+    """
+    config = config or Q8Config()
+    with torch.device("meta"):
+        model = _ltx_classes()[0].from_config(_plain_config(transformer_config))
+        for name, m, kind in _targets(model, config):
+            _set_submodule(model, name, _skeleton_named(name, m, kind, config))
+    return model
+
+
+def activate_q8(model: nn.Module, config: Q8Config) -> None:
+    """Record ``config`` on a filled Q8 model and install its runtime pieces (attention, fused blocks)."""
     model._q8_config = config
     if config.attention != "keep":
         set_q8_attention(model, fp8=config.attention == "fp8", backend=config.backend)
@@ -296,11 +313,7 @@ def load_q8(
         raise Q8CheckpointError(f"{d} holds a {cfg['_class_name']}, not an LTXVideoTransformer3DModel")
     state = _read_safetensors(d)
     config, _legacy = _read_q8_config(d, state, backend=backend, attention=attention)
-    LTX = _ltx_classes()[0]
-    with torch.device("meta"):
-        model = LTX.from_config(_plain_config(cfg))
-        for name, m, kind in _targets(model, config):
-            _set_submodule(model, name, _skeleton_named(name, m, kind, config))
+    model = build_q8_skeleton(cfg, config)
     expected = model.state_dict()
     _check_keys(set(expected), set(state), f"checkpoint {d}")
     q8_keys = _q8_buffer_keys(model)
@@ -319,7 +332,7 @@ def load_q8(
         raise Q8CheckpointError(f"tensors left uninitialised after loading: {left[:8]}")
     model.to(device)
     model.eval()
-    _finish(model, config)
+    activate_q8(model, config)
     return model
 
 

@@ -240,10 +240,7 @@ def random_q8_transformer(config: dict, q8_config: Q8Config | None = None, devic
 
     q8_config = q8_config or Q8Config()
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    with torch.device("meta"):
-        model = _ltx().from_config(config)
-        for name, m, kind in ltx._targets(model, q8_config):
-            ltx._set_submodule(model, name, ltx._skeleton(m, kind, q8_config))
+    model = ltx.build_q8_skeleton(config, q8_config)
 
     def rand(shape, std):  # generated on the CPU in chunks of rows, so it is seed-stable and small
         return (torch.randn(shape, generator=gen) * std)
@@ -272,7 +269,7 @@ def random_q8_transformer(config: dict, q8_config: Q8Config | None = None, devic
             else:
                 mod._buffers[name] = new
     model.eval()
-    ltx._finish(model, q8_config)
+    ltx.activate_q8(model, q8_config)
     return model
 
 
