@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .shapes import DIRECTIONS, PALETTE, Caption
 
@@ -142,22 +141,14 @@ def psnr(a, b, peak: float = 1.0) -> float:
 
 
 def ssim(a, b, peak: float = 1.0, window: int = 7, sigma: float = 1.5) -> float:
-    """Mean SSIM (Wang et al. 2004) over frames and channels, Gaussian window, valid region only.
+    """Mean SSIM over frames and channels (:func:`q8lib.video.ssim`) of two clips in ``[0, peak]``.
 
     A 7-pixel window (rather than 11) because the clips are 32 pixels wide.
     """
-    x = torch.from_numpy(to_frames(a)).double().permute(0, 3, 1, 2).reshape(-1, 1, *to_frames(a).shape[1:3])
-    y = torch.from_numpy(to_frames(b)).double().permute(0, 3, 1, 2).reshape_as(x)
-    g = torch.exp(-((torch.arange(window, dtype=torch.float64) - (window - 1) / 2) ** 2) / (2 * sigma**2))
-    g = g / g.sum()
-    k = (g[:, None] * g[None, :]).view(1, 1, window, window)
-    mu_x, mu_y = F.conv2d(x, k), F.conv2d(y, k)
-    sxx = F.conv2d(x * x, k) - mu_x**2
-    syy = F.conv2d(y * y, k) - mu_y**2
-    sxy = F.conv2d(x * y, k) - mu_x * mu_y
-    c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
-    return float(s.mean())
+    from .video import ssim as frame_ssim
+
+    x, y = (torch.from_numpy(to_frames(v)).permute(0, 3, 1, 2) for v in (a, b))
+    return float(frame_ssim(x, y, peak, window=window, sigma=sigma).mean())
 
 
 @torch.no_grad()
