@@ -177,6 +177,18 @@ class Trainer:
         self.tr_opt.load_state_dict(ck["tr_opt"])
         self.ema = [e.to(self.device) for e in ck["ema"]]
 
+    def _end_step(self, phase: str, key: str, t0: float, bar, loss, lr: float) -> None:
+        """Count the step (``state[key + "_step"]``), its elapsed time, progress bar, periodic log, checkpoint."""
+        st = self.state
+        st[f"{key}_step"] += 1
+        st[f"{key}_elapsed"] = time.perf_counter() - t0
+        bar.update()
+        if st[f"{key}_step"] % self.cfg.log_every == 0 or st[f"{key}_step"] == 1:
+            lv = loss.item()
+            bar.set_postfix(loss=f"{lv:.4f}")
+            self.log.log(phase=phase, step=st[f"{key}_step"], loss=lv, lr=lr, elapsed_s=st[f"{key}_elapsed"])
+        self._maybe_save()
+
     # --- phase 1: VAE -----------------------------------------------------------------------------
     def train_vae(self, deadline: float):
         """Train until ``cfg.vae_steps`` or ``time.perf_counter() >= deadline``."""
@@ -209,14 +221,7 @@ class Trainer:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
             self.vae_opt.step()
-            st["vae_step"] += 1
-            st["vae_elapsed"] = time.perf_counter() - t0
-            bar.update()
-            if st["vae_step"] % cfg.log_every == 0 or st["vae_step"] == 1:
-                lv = loss.item()
-                bar.set_postfix(loss=f"{lv:.4f}")
-                self.log.log(phase="vae", step=st["vae_step"], loss=lv, lr=lr, elapsed_s=st["vae_elapsed"])
-            self._maybe_save()
+            self._end_step("vae", "vae", t0, bar, loss, lr)
         bar.close()
         vae.eval()
         st["phase"] = "transformer"
@@ -297,14 +302,7 @@ class Trainer:
             self.tr_opt.step()
             decay = min(cfg.ema, (1 + st["tr_step"]) / (10 + st["tr_step"]))
             torch._foreach_lerp_(self.ema, [p.detach() for p in self.tr_params], 1 - decay)
-            st["tr_step"] += 1
-            st["tr_elapsed"] = time.perf_counter() - t0
-            bar.update()
-            if st["tr_step"] % cfg.log_every == 0 or st["tr_step"] == 1:
-                lv = loss.item()
-                bar.set_postfix(loss=f"{lv:.4f}")
-                self.log.log(phase="transformer", step=st["tr_step"], loss=lv, lr=lr, elapsed_s=st["tr_elapsed"])
-            self._maybe_save()
+            self._end_step("transformer", "tr", t0, bar, loss, lr)
         bar.close()
         st["phase"] = "export"
         self._save()
