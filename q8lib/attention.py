@@ -26,17 +26,22 @@ def apply_rotary_emb(x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor]) 
     return (x.float() * cos + x_rotated.float() * sin).to(x.dtype)
 
 
+def _capturing(t: torch.Tensor) -> bool:
+    """A CUDA graph is being captured on the current stream (no host syncs allowed)."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def mask_to_key_lengths(mask: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Additive-bias (``0``/negative) or boolean (``True`` = keep) key mask -> int32 lengths ``[B]``.
 
     Accepts ``[B, Tk]``, ``[B, 1, Tk]`` or ``[B, 1, 1, Tk]``. The mask must keep a prefix of the
-    keys (right padding, as T5 tokenization gives); outside torch.compile that is checked and a
-    ``ValueError`` is raised otherwise. Lengths of 0 are clamped to 1 by the attention ops.
+    keys (right padding, as T5 tokenization gives); outside torch.compile and CUDA-graph capture
+    that is checked and a ``ValueError`` is raised otherwise. Lengths of 0 are clamped to 1 by the attention ops.
     """
     m = mask.reshape(batch_size, -1, mask.shape[-1])[:, 0]
     keep = m if m.dtype == torch.bool else m > -1.0
     lengths = keep.sum(-1, dtype=torch.int32)
-    if not torch.compiler.is_compiling():
+    if not (torch.compiler.is_compiling() or _capturing(keep)):  # the check syncs with the GPU
         prefix = torch.arange(keep.shape[-1], device=keep.device)[None] < lengths[:, None]
         if not bool((prefix == keep).all()):
             raise ValueError(

@@ -11,9 +11,11 @@ read and written as few times as possible:
 * attention goes through :func:`q8lib.attention.q8_attention_core` (norm_q/k, RoPE, FP8 or SDPA).
 * the gated residual adds after attn1 and attn2 are fused into the next quantizer (``add_quantize``:
   the new hidden states are written once and not read back); the FFN's stays a PyTorch op.
+* the model's RoPE tables come in the model dtype, computed once for the batch when the samples
+  share coordinates (:func:`compact_rope_forward`): every block's q/k path reads them.
 
 :func:`install_fused_blocks` swaps the forward of every eligible block (instance attribute, no
-class patching); :func:`uninstall_fused_blocks` undoes it. Works with any backend, so the CPU
+class patching; also the model's ``rope``); :func:`uninstall_fused_blocks` undoes it. Works with any backend, so the CPU
 reference checks the fused path against the unfused one.
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ from .attention import mask_to_key_lengths, q8_attention_core
 from .backends import resolve_backend
 from .modules import Q8GELU, Q8Linear
 
-__all__ = ["install_fused_blocks", "uninstall_fused_blocks", "fused_block_forward", "is_fused"]
+__all__ = ["install_fused_blocks", "uninstall_fused_blocks", "fused_block_forward", "is_fused", "compact_rope_forward"]
 
 
 def _block_linears(block):
@@ -92,7 +94,8 @@ def _key_lengths(mask, batch):
     the GPU, and diffusers passes the same mask object to every block of a forward."""
     if mask is None:
         return None
-    if torch.compiler.is_compiling():  # no sync under compile (the check is skipped there)
+    if torch.compiler.is_compiling() or (mask.is_cuda and torch.cuda.is_current_stream_capturing()):
+        # in the graph: no sync (the check is skipped there), and no cached tensor a replay would not refresh
         return mask_to_key_lengths(mask, batch)
     version = -1 if mask.is_inference() else mask._version  # inference tensors keep no version counter
     cached = getattr(mask, "_q8lib_key_lengths", None)
@@ -154,6 +157,40 @@ def fused_block_forward(self, hidden_states, encoder_hidden_states, temb, image_
     return hidden_states
 
 
+def compact_rope_forward(self, hidden_states, num_frames=None, height=None, width=None,
+                         rope_interpolation_scale=None, video_coords=None):
+    """``LTXVideoRotaryPosEmbed.forward`` returning the cos/sin tables in ``hidden_states.dtype`` and,
+    when every sample has the same coordinates (no ``video_coords``, scalar interpolation scales),
+    computed for one sample and expanded over the batch (stride 0).
+
+    Why: the tables are ``[B, S, dim]`` float32, twice the bytes of q itself, and every attention
+    producer of all blocks reads them; in bf16 and without the duplicate CFG half they are a quarter
+    of that and stay in L2. The bf16 rounding of cos/sin (<= 2^-9) is far below the 8-bit quantization
+    that follows.
+    """
+    scales = rope_interpolation_scale if isinstance(rope_interpolation_scale, (tuple, list)) else ()
+    same = video_coords is None and not any(isinstance(s, torch.Tensor) and s.numel() > 1 for s in scales)
+    batch = hidden_states.size(0)
+    cos, sin = type(self).forward(self, hidden_states[:1] if same else hidden_states, num_frames, height, width,
+                                  rope_interpolation_scale, video_coords)
+    cos, sin = cos.to(hidden_states.dtype), sin.to(hidden_states.dtype)
+    if same and batch > 1:
+        cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
+    return cos, sin
+
+
+def _install_compact_rope(model: nn.Module) -> None:
+    rope = getattr(model, "rope", None)
+    if rope is not None and type(rope).__name__ == "LTXVideoRotaryPosEmbed" and "forward" not in rope.__dict__:
+        rope.forward = types.MethodType(compact_rope_forward, rope)
+
+
+def _uninstall_compact_rope(model: nn.Module) -> None:
+    rope = getattr(model, "rope", None)
+    if rope is not None and getattr(rope.__dict__.get("forward"), "__func__", None) is compact_rope_forward:
+        del rope.forward
+
+
 def _blocks(model: nn.Module):
     return list(getattr(model, "transformer_blocks", []))
 
@@ -182,6 +219,8 @@ def install_fused_blocks(model: nn.Module, fp8: bool = True, backend: str = "aut
                 if lin.bias is not None:
                     lin.register_buffer("bias_out", lin.bias.to(bias_dtype), persistent=False)
         n += 1
+    if n:
+        _install_compact_rope(model)
     return n
 
 
@@ -195,6 +234,7 @@ def uninstall_fused_blocks(model: nn.Module) -> int:
         for lin in _block_linears(block):
             lin._buffers.pop("bias_out", None)
         n += 1
+    _uninstall_compact_rope(model)
     return n
 
 

@@ -38,8 +38,9 @@ def qdtype_name(dtype: torch.dtype) -> str:
 
 
 def check_finite(x: torch.Tensor, what: str = "input") -> None:
-    """Raise ``ValueError`` if ``x`` holds NaN/inf (skipped while torch.compile traces)."""
-    if torch.compiler.is_compiling():
+    """Raise ``ValueError`` if ``x`` holds NaN/inf (skipped while torch.compile traces or a CUDA graph
+    is captured: the check needs a host sync)."""
+    if torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
         return
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{what} contains NaN or inf; 8-bit quantization needs finite values.")

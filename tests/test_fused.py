@@ -183,3 +183,22 @@ def test_fused_block_under_inference_mode(seed):
         mask[1, 10:] = 0
         out = model(x, enc, torch.tensor([500, 500]), mask, num_frames=3, height=4, width=4).sample
     assert out.shape == (2, 48, 8) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compact_rope_tables(seed, dtype):
+    """The fused install gives the model's RoPE one table for the batch, in the model dtype; undone on uninstall."""
+    model = make_tiny_transformer(seed=seed % 1000, dtype=dtype)
+    q = q8lib.quantize_(model, q8lib.Q8Config(backend="reference"), progress=False)
+    x = torch.randn(3, 2 * 4 * 4, 8, dtype=dtype)
+    want = [t.to(dtype) for t in q.rope(x, 2, 4, 4, (1 / 25, 32.0, 32.0))]
+    assert install_fused_blocks(q, backend="reference") > 0
+    got = q.rope(x, 2, 4, 4, (1 / 25, 32.0, 32.0))
+    for g, w in zip(got, want):
+        assert g.dtype == dtype and g.shape == w.shape and g.stride(0) == 0  # expanded, not copied
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+    coords = torch.rand(3, 3, 32) * 4  # explicit per-sample coordinates: computed per sample
+    got = q.rope(x, 2, 4, 4, None, coords)
+    assert got[0].stride(0) != 0
+    uninstall_fused_blocks(q)
+    assert "forward" not in q.rope.__dict__ and q.rope(x, 2, 4, 4)[0].dtype == torch.float32

@@ -357,6 +357,25 @@ def test_left_rotation_forms_agree(seed, monkeypatch, tile):
     assert rel_err(exact, _deq(q, s)) <= rel_err(exact, _deq(q_ref, s_ref)) * ERR_FACTOR + 1e-5
 
 
+@pytest.mark.parametrize("tune", [
+    {"rows": 4, "batched": True, "stages": 1},  # H_A as one batched product over the tile's rows
+    {"rows": 2, "batched": True, "stages": 2, "progs_per_sm": 0},  # one program per tile, no persistent loop
+    {"rows": 1, "stages": 1, "progs_per_sm": 0},
+])
+@pytest.mark.parametrize("qd", QDTYPES)
+def test_row_launch_forms_agree(seed, tune, qd):
+    """Every launch form the benchmarks sweep (``tune``) computes the reference quantization."""
+    x = outlier_heavy(7, 1024).to(DEV)
+    M, K = x.shape
+    q, s = _poisoned((M, K), qd), torch.full((M,), float("nan"), device=DEV)
+    L.launch_row_quant(x, None, None, None, 1e-6, False, False, 0, q, s, tune=tune)
+    _check_written(q)
+    q_ref, s_ref = R.quantize_activation_ref(x, qd)
+    torch.testing.assert_close(s, s_ref, rtol=SCALE_RTOL, atol=0)
+    exact = hadamard_transform(x.double())
+    assert rel_err(exact, _deq(q, s)) <= rel_err(exact, _deq(q_ref, s_ref)) * ERR_FACTOR + 1e-5
+
+
 @pytest.mark.parametrize("qd", QDTYPES)
 @pytest.mark.parametrize("norm", [False, True])
 def test_add_quantize(seed, qd, norm):

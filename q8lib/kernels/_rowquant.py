@@ -78,7 +78,7 @@ def _row_quant_kernel(
     NORM: tl.constexpr, HAS_W: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
     GELU: tl.constexpr, ROTATE: tl.constexpr, LEFT: tl.constexpr, DOT_BF16: tl.constexpr,
     QMODE: tl.constexpr, QMAX: tl.constexpr, SOFT_FP8: tl.constexpr = False,
-    RESID: tl.constexpr = False, HAS_GATE: tl.constexpr = False,
+    RESID: tl.constexpr = False, HAS_GATE: tl.constexpr = False, BATCHED: tl.constexpr = False,
 ):
     """Tile = ``ROWS`` rows of ``K``. Rotation: ``[ROWS*K/B, B] @ H_B`` and, if ``LEFT`` (``K == A*B``),
     ``H_A`` along each row's ``A`` index; normalised by ``1/sqrt(A*B)`` (``A = 1`` unless ``LEFT``).
@@ -133,6 +133,13 @@ def _row_quant_kernel(
                 if DOT_BF16:
                     y = y.to(tl.bfloat16)
                 y = tl.dot(ha, y)
+            elif LEFT and BATCHED:
+                # H_A @ Y_r for every row r of the tile as one batched product (no permutes)
+                y3 = tl.reshape(y, (ROWS, A, B))
+                ha3 = tl.broadcast_to(ha[None, :, :], (ROWS, A, A))
+                if DOT_BF16:
+                    y3 = y3.to(tl.bfloat16)
+                y = tl.dot(ha3, y3)
             elif LEFT:
                 # H_A acts along each row's slow index: bring it to the fast side, multiply, bring it back
                 yt = tl.reshape(tl.permute(tl.reshape(y, (ROWS, A, B)), (0, 2, 1)), (ROWS * B, A))

@@ -106,34 +106,52 @@ def _hadamard_pm1(d: int, device) -> torch.Tensor:
     return _HAD[key]
 
 
-def _num_programs(device, n_tiles: int) -> int:
+def _num_programs(device, n_tiles: int, per_sm: int = 4) -> int:
     if device.type == "cpu":
         return min(n_tiles, 4)  # interpreter: a few programs also exercise the persistent loop
     key = str(device)
     if key not in _NUM_SMS:
         _NUM_SMS[key] = torch.cuda.get_device_properties(device).multi_processor_count
-    return min(n_tiles, 4 * _NUM_SMS[key])
+    return min(n_tiles, per_sm * _NUM_SMS[key])
 
 
-def _launch_quant_qk(x, weight, eps, cos, sin, out_scale, out, out_scale_t):
-    """``x [B, S, H, D]`` -> fills ``out [B, H, Sp, D]`` e4m3 and ``out_scale_t [B, H, Sp]``."""
+def qk_kind(D: int, norm: bool, rope: bool) -> str:
+    """Tuning-table key of the q/k producer (see ``row_tune.json``): ``"qk/64/norm_rope"``, ..."""
+    return f"qk/{D}/{'norm' if norm else 'nonorm'}_{'rope' if rope else 'norope'}"
+
+
+def _launch_quant_qk(x, weight, eps, cos, sin, out_scale, out, out_scale_t, tune=None):
+    """``x [B, S, H, D]`` -> fills ``out [B, H, Sp, D]`` e4m3 and ``out_scale_t [B, H, Sp]``.
+
+    ``tune`` (benchmarks) fixes ``block_t`` (tokens a tile), ``warps``, ``stages`` and ``per_sm``
+    (persistent programs per SM); else the measured table entry for this GPU, else the defaults below.
+    """
+    from .linear import _table_tune
+
     B, S, H, D = x.shape
     s_pad = out.shape[2]
     hp = triton.next_power_of_2(H)
-    # ~64-128 (token, head) rows a tile (8192 elements) over 8 warps; with RoPE six [rows, D]
+    has_rope = cos is not None
+    if tune is None and not _interpreting(x):
+        tune = _table_tune(x.device, qk_kind(D, eps >= 0, has_rope))
+    tune = tune or {}
+    # default: ~64-128 (token, head) rows a tile (8192 elements) over 8 warps; with RoPE six [rows, D]
     # float32 tiles are live (x, its pair partner, cos, sin, weights), so half that
-    per_tile = (4096 if cos is not None else 8192) // D
-    block_t = max(1, max(16, per_tile) // hp)
+    per_tile = (4096 if has_rope else 8192) // D
+    block_t = tune.get("block_t") or max(1, max(16, per_tile) // hp)
     if _interpreting(x):
         block_t = max(1, 32 // hp)
-    has_rope = cos is not None
+    if s_pad % block_t:
+        raise ValueError(f"block_t {block_t} must divide the padded sequence {s_pad}")
     if has_rope:
         scb = cos.stride(0) if cos.shape[0] > 1 else 0
         cs = (cos, sin, scb, cos.stride(1), cos.stride(2))
     else:
         cs = (x, x, 0, 0, 0)
     n_tiles = B * (s_pad // block_t)
-    _k._qk_quant_kernel[(_num_programs(x.device, n_tiles),)](
+    per_sm = tune.get("per_sm", 4)
+    progs = n_tiles if (per_sm == 0 and not _interpreting(x)) else _num_programs(x.device, n_tiles, per_sm or 4)
+    _k._qk_quant_kernel[(progs,)](
         x, x.stride(0), x.stride(1), x.stride(2),
         weight if weight is not None else x,
         *cs,
@@ -141,7 +159,7 @@ def _launch_quant_qk(x, weight, eps, cos, sin, out_scale, out, out_scale_t):
         S, s_pad, H, float(eps), float(out_scale) / math.sqrt(D), n_tiles,
         D=D, HP=hp, BLOCK_T=block_t,
         HAS_NORM=eps >= 0, HAS_WEIGHT=weight is not None, HAS_ROPE=has_rope, GRID_ROUND=_interpreting(x),
-        num_warps=4 if D * hp * block_t <= 2048 else 8,
+        num_warps=tune.get("warps") or (4 if D * hp * block_t <= 2048 else 8), num_stages=tune.get("stages", 3),
     )
 
 

@@ -18,6 +18,7 @@ Unlike the reference, the kernels do not check inputs for NaN/inf (that needs a 
 from __future__ import annotations
 
 import functools
+import json
 import os
 from typing import Optional
 
@@ -103,16 +104,43 @@ def _as3(x: torch.Tensor) -> torch.Tensor:
 
 
 _ROW_FIT: dict = {}  # kernel variant -> index of the first launch attempt that fits in shared memory
+# The default launch (v1 in benchmarks/NOTES_linear.md): persistent grid of 4 programs per SM, warps by tile size.
+_ROW_DEFAULT_TUNE = {"stages": 3, "warps": None, "progs_per_sm": 4, "batched": False}
+# Launch settings measured per GPU architecture and row-op kind: ``benchmarks/sweep_rows.py --table``
+# times every launch form on the device and writes the fastest per kind here. Kinds missing from the
+# table (other GPUs, other row lengths) use the default above.
+_TUNE_FILE = os.path.join(os.path.dirname(__file__), "row_tune.json")
+_TUNE_TABLE: dict = {}
+
+
+def row_kind(K: int, norm: bool, gelu: bool, residual: bool, rot: int) -> str:
+    """The tuning-table key of a row op: ``"2048/add_norm/full"``, ``"8192/gelu/full"``, ..."""
+    kind = ("add_" if residual else "") + ("norm" if norm else "gelu" if gelu else "plain")
+    return f"{K}/{kind.replace('add_plain', 'add')}/{'none' if rot < 0 else 'full' if rot == 0 else f'b{rot}'}"
+
+
+def _table_tune(device: torch.device, key: str):
+    if device.type != "cuda":
+        return None
+    if not _TUNE_TABLE:
+        try:
+            with open(_TUNE_FILE) as f:
+                _TUNE_TABLE.update(json.load(f))
+        except FileNotFoundError:
+            _TUNE_TABLE["none"] = {}
+    return _TUNE_TABLE.get(f"sm_{_capability(device.index or 0)}", {}).get(key)
 
 
 def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_scale=None,
-                     residual=None, gate=None, h_out=None):
+                     residual=None, gate=None, h_out=None, tune=None):
     """Run the row kernel on ``x [..., K]`` into preallocated ``out [M, K]`` (+ ``out_scale [M]`` fp32).
 
     ``out.dtype`` picks the mode: int8 / float8_e4m3fn quantize, a float dtype writes the transformed
     rows. ``rot`` as :func:`_rot_code`. With ``residual`` (shape of ``x``) the rows are first
     ``x + residual * gate`` (``gate`` broadcast like ``scale``, optional), written to ``h_out [M, K]``.
-    Tests call this directly to poison the outputs beforehand.
+    Tests call this directly to poison the outputs beforehand. ``tune`` (benchmarks, tests) fixes the
+    launch instead of the default plan: a dict of ``rows``, ``stages``, ``warps``, ``progs_per_sm``
+    (0: one program per tile, no persistent loop) and ``batched`` (H_A as one batched product).
     """
     import triton
     from triton.runtime.errors import OutOfResources
@@ -145,11 +173,27 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
     if key in _ROW_FIT:
         attempts = attempts[_ROW_FIT[key]:]
     start = _ROW_FIT.get(key, 0)
+    measured = None if tune else _table_tune(x.device, row_kind(K, norm, gelu, residual is not None, rot))
+    if measured and key not in _ROW_FIT:  # the measured form first; the default attempts if it does not fit
+        t = dict(_ROW_DEFAULT_TUNE, **measured)
+        try:
+            return launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_scale,
+                                    residual, gate, h_out, tune=t)
+        except OutOfResources:
+            pass
+    t = dict(_ROW_DEFAULT_TUNE, **(tune or {}))
+    if tune:
+        attempts = [(t["rows"] * K if "rows" in tune else tile, t["stages"])]
     for n, (te, stages) in enumerate(attempts):
         rows_per, A, B, left = plan(K, hb, rotate, te)
         n_tiles = triton.cdiv(M, rows_per)
-        progs = min(n_tiles, 4 * _sm_count(x.device.index or 0)) if x.is_cuda else min(n_tiles, 4)
+        per_sm = t["progs_per_sm"]
+        if not x.is_cuda:
+            progs = min(n_tiles, 4)
+        else:
+            progs = n_tiles if per_sm == 0 else min(n_tiles, per_sm * _sm_count(x.device.index or 0))
         elems = rows_per * K
+        warps = t.get("warps") or (4 if elems <= 2048 else (8 if elems <= 16384 else 16))
         try:
             _row_quant_kernel[(progs,)](
                 x3, x3.stride(0), x3.stride(1),
@@ -164,9 +208,11 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
                 NORM=norm, HAS_W=weight is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
                 GELU=gelu, ROTATE=rotate, LEFT=left, DOT_BF16=x.is_cuda,
                 QMODE=qmode, QMAX=QMAX.get(out.dtype, 1.0), SOFT_FP8=not x.is_cuda,
-                RESID=residual is not None, HAS_GATE=gate is not None,
-                num_warps=4 if elems <= 2048 else (8 if elems <= 16384 else 16), num_stages=stages,
+                RESID=residual is not None, HAS_GATE=gate is not None, BATCHED=bool(t["batched"]),
+                num_warps=warps, num_stages=stages,
             )
+            if tune:
+                return out, out_scale
             _ROW_FIT[key] = start + n
             return out, out_scale
         except OutOfResources:

@@ -1,0 +1,195 @@
+"""Launch-setting sweep of the fused row kernel at LTX-2B shapes (GPU; not a test).
+
+    python benchmarks/sweep_rows.py --out benchmarks/results/rows_sweep_h100.json
+
+For each row op of a block (RMSNorm+AdaLN+rotate+quantize on [2, 3630, 2048], gated residual add +
+quantize, tanh-GELU+rotate+quantize on [2, 3630, 8192]) it times ``launch_row_quant`` over launch
+forms (rows per tile, batched vs permuted H_A product, pipeline stages, warps, persistent programs
+per SM) with ``triton.testing.do_bench`` (median), checks each output against the default launch,
+and reports GB/s against the bytes the op must move. The fastest correct form per op is what
+``_ROW_DEFAULT_TUNE``/``plan`` should pick; see benchmarks/NOTES_linear.md.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from q8lib import bench  # noqa: E402
+from q8lib.kernels import linear as L  # noqa: E402
+from q8lib.quant import FP8  # noqa: E402
+
+
+FORM_KEYS = ("rows", "batched", "stages", "warps", "progs_per_sm")
+
+
+def main(argv=None):
+    import triton.testing as tt
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="benchmarks/results/rows_sweep_h100.json")
+    ap.add_argument("--quick", action="store_true", help="fewer forms")
+    ap.add_argument("--big", action="store_true", help="also the 13B widths (4096, FFN 16384)")
+    ap.add_argument("--blocks", action="store_true", help="also a block-diagonal (128) rotation")
+    ap.add_argument("--only", default=None, help="'rows' or 'qk': sweep only those ops")
+    ap.add_argument("--table", default=None, help="merge the fastest form per op into this tuning table (JSON)")
+    args = ap.parse_args(argv)
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    B, S = 2, 3630
+    M = B * S
+
+    def row_op(K, kind, rot=0):
+        """(K, kind key, call(outputs, tune), bytes moved, rotation code) for one row op of the model at width K."""
+        x = torch.randn(B, S, K, device=dev, dtype=torch.bfloat16) * 3
+        r = torch.randn(B, S, K, device=dev, dtype=torch.bfloat16)
+        mod = [torch.randn(B, 1, K, device=dev, dtype=torch.bfloat16) * 0.1 for _ in range(3)]
+        norm, gelu, add = "norm" in kind, kind == "gelu", kind.startswith("add")
+        sc, sh = (mod[0], mod[1]) if norm else (None, None)
+        gate = mod[2] if kind == "add" else None
+
+        def call(o, t):
+            return L.launch_row_quant(x, None, sc, sh, 1e-6, norm, gelu, rot, o[0], o[1],
+                                      residual=r if add else None, gate=gate, h_out=o[2] if add else None, tune=t)
+
+        nbytes = M * K * (3 + (4 if add else 0)) + M * 4
+        return K, L.row_kind(K, norm, gelu, add, rot), call, nbytes, rot
+
+    widths = [(2048, 8192)] + ([(4096, 16384)] if args.big else [])
+    ops = {}
+    for D, F in widths:
+        for kind in ("norm", "plain", "add", "add_norm"):
+            op = row_op(D, kind)
+            ops[op[1]] = op
+        op = row_op(F, "gelu")
+        ops[op[1]] = op
+    if args.blocks:
+        op = row_op(2048, "norm", 128)
+        ops[op[1]] = op
+    x = torch.randn(M, 2048, device=dev, dtype=torch.bfloat16)
+
+    def bench_fn(fn):
+        return tt.do_bench(fn, warmup=10, rep=40, return_mode="median")
+
+    from q8lib.kernels import attention as KA
+
+    def qk_op(rope):
+        """The FP8-attention q/k producer (norm across heads [+ RoPE] + Hadamard + e4m3) at LTX-2B self-attention."""
+        H, D = 32, 64
+        x = torch.randn(B, S, H * D, device=dev, dtype=torch.bfloat16).unflatten(2, (H, D))
+        w = torch.rand(H * D, device=dev, dtype=torch.bfloat16) + 0.5
+        ang = torch.rand(1, S, H * D, device=dev) * 6.28  # the compact RoPE tables: bf16, one sample
+        cos, sin = (f(ang).to(torch.bfloat16).expand(B, -1, -1).unflatten(2, (H, D)) for f in (torch.cos, torch.sin))
+        sp = KA._pad(S)
+
+        def call(o, t):
+            return KA._launch_quant_qk(x, w, 1e-5, cos if rope else None, sin if rope else None, 0.18, o[0], o[1], tune=t)
+
+        def outs():
+            return torch.empty(B, H, sp, D, device=dev, dtype=FP8), torch.empty(B, H, sp, device=dev)
+
+        nbytes = M * H * D * (2 + 1 + (2 if rope else 0)) + M * H * 4
+        return KA.qk_kind(D, True, rope), call, outs, nbytes
+
+    qk_ops = [qk_op(True), qk_op(False)] if args.only != "rows" else []
+    if args.only == "qk":
+        ops = {}
+
+    report = {"device": torch.cuda.get_device_name(), "versions": bench._versions(), "shape": [B, S],
+              "copy_bf16_2048_ms": bench_fn(lambda: x.clone()), "ops": {}}
+    report["copy_GBps"] = x.numel() * 4 / report["copy_bf16_2048_ms"] / 1e6
+    print(f"bf16 copy of [{M}, 2048]: {report['copy_bf16_2048_ms'] * 1e3:.1f} us ({report['copy_GBps']:.0f} GB/s)", flush=True)
+    for name, (K, _, call, nbytes, rot) in ops.items():
+        outs = lambda: (torch.empty(M, K, device=dev, dtype=FP8), torch.empty(M, device=dev),  # noqa: E731
+                        torch.empty(M, K, device=dev, dtype=torch.bfloat16))
+        base = outs()
+        call(base, None)
+        max_rows = max(1, 16384 // K)
+        rows_opts = [r_ for r_ in (1, 2, 4, 8, 16) if r_ <= max_rows]
+        forms = []
+        for rows in rows_opts:
+            for batched in ((False, True) if rows > 1 and rot == 0 else (False,)):
+                # one program per tile has no loop to pipeline: stages only matter for the persistent grid
+                launches = [(1, 0), (1, 4), (3, 4)]
+                for (stages, per_sm), warps in itertools.product(launches, (4, 8) if not args.quick else (4,)):
+                    forms.append({"rows": rows, "batched": batched, "stages": stages, "warps": warps, "progs_per_sm": per_sm})
+        res = {"default_ms": bench_fn(lambda: call(base, None)), "forms": []}
+        res["default_GBps"] = nbytes / res["default_ms"] / 1e6
+        print(f"{name}: default {res['default_ms'] * 1e3:.1f} us ({res['default_GBps']:.0f} GB/s)", flush=True)
+        for t in forms:
+            o = outs()
+            o[0].fill_(float("nan"))
+            try:
+                call(o, t)
+                torch.cuda.synchronize()
+                diff = (o[0].float() - base[0].float()).abs().max().item()
+                sdiff = ((o[1] - base[1]).abs() / base[1]).max().item()
+                ms = bench_fn(lambda: call(o, t))
+                entry = dict(t, ms=ms, GBps=nbytes / ms / 1e6, max_q_diff=diff, max_scale_rel_diff=sdiff)
+            except Exception as e:  # noqa: BLE001 - out of resources etc.: record and go on
+                entry = dict(t, error=f"{type(e).__name__}: {str(e)[:200]}")
+            res["forms"].append(entry)
+        ok = [f for f in res["forms"] if "ms" in f and f["max_scale_rel_diff"] < 1e-2]
+        ok.sort(key=lambda f: f["ms"])
+        o = outs()
+        for f in ok[:4]:  # time the leaders again: the pick must not be one lucky run
+            f["ms_again"] = bench_fn(lambda: call(o, {k: f[k] for k in FORM_KEYS}))
+        ok.sort(key=lambda f: max(f["ms"], f.get("ms_again", 0)))
+        res["best"] = ok[0] if ok else None
+        for f in ok[:5]:
+            print(f"   {f['ms'] * 1e3:7.1f} us {f['GBps']:6.0f} GB/s  rows={f['rows']} batched={f['batched']} stages={f['stages']} "
+                  f"warps={f['warps']} per_sm={f['progs_per_sm']} qdiff={f['max_q_diff']:.3g}", flush=True)
+        print(f"   ({len(res['forms']) - len(ok)} forms failed)", flush=True)
+        report["ops"][name] = res
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    for name, call, outs, nbytes in qk_ops:
+        base = outs()
+        call(base, None)
+        res = {"default_ms": bench_fn(lambda: call(base, None)), "forms": []}
+        res["default_GBps"] = nbytes / res["default_ms"] / 1e6
+        print(f"{name}: default {res['default_ms'] * 1e3:.1f} us ({res['default_GBps']:.0f} GB/s)", flush=True)
+        for block_t, warps, (stages, per_sm) in itertools.product((1, 2, 4, 8), (4, 8), ((1, 0), (1, 4), (3, 4))):
+            t = {"block_t": block_t, "warps": warps, "stages": stages, "per_sm": per_sm}
+            o = outs()
+            o[0].fill_(float("nan"))
+            try:
+                call(o, t)
+                torch.cuda.synchronize()
+                diff = (o[0].float() - base[0].float()).abs().max().item()
+                sdiff = ((o[1] - base[1]).abs() / base[1].clamp_min(1e-30)).max().item()
+                ms = bench_fn(lambda: call(o, t))
+                res["forms"].append(dict(t, ms=ms, GBps=nbytes / ms / 1e6, max_q_diff=diff, max_scale_rel_diff=sdiff))
+            except Exception as e:  # noqa: BLE001
+                res["forms"].append(dict(t, error=f"{type(e).__name__}: {str(e)[:200]}"))
+        ok = sorted((f for f in res["forms"] if "ms" in f and f["max_scale_rel_diff"] < 1e-2), key=lambda f: f["ms"])
+        o = outs()
+        for f in ok[:4]:
+            f["ms_again"] = bench_fn(lambda: call(o, {k: f[k] for k in ("block_t", "warps", "stages", "per_sm")}))
+        ok.sort(key=lambda f: max(f["ms"], f.get("ms_again", 0)))
+        res["best"] = ok[0] if ok else None
+        for f in ok[:4]:
+            print(f"   {f['ms'] * 1e3:7.1f} us {f['GBps']:6.0f} GB/s  block_t={f['block_t']} warps={f['warps']} "
+                  f"stages={f['stages']} per_sm={f['per_sm']} qdiff={f['max_q_diff']:.3g}", flush=True)
+        report["ops"][name] = res
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    if args.table:
+        arch = "sm_%d%d" % torch.cuda.get_device_capability()
+        path = Path(args.table)
+        table = json.loads(path.read_text()) if path.exists() else {}
+        for name, res in report["ops"].items():
+            if res["best"] is not None:
+                keys = ("block_t", "warps", "stages", "per_sm") if name.startswith("qk/") else FORM_KEYS
+                table.setdefault(arch, {})[name] = {k: res["best"][k] for k in keys}
+        path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

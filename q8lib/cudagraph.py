@@ -1,0 +1,90 @@
+"""Whole-forward CUDA graphs: capture a model's forward once per input signature, then replay it.
+
+Why: a compiled Q8 transformer forward is ~200 custom-op launches, and their Python cost (op
+dispatch, Triton's launcher) leaves the GPU waiting between kernels (measured on the H100: ~10 ms
+of a ~67 ms forward, see benchmarks/NOTES_linear.md). One graph replay launches them all at once.
+``torch.compile(mode="reduce-overhead")`` does this per compiled region, but with LTX's regional
+compilation all 28 blocks share one compiled region, and each replay overwrites the output the
+next block still reads; capturing the whole forward by hand avoids that.
+
+Use::
+
+    fwd = CUDAGraphForward(transformer)          # works on eager or compiled models
+    out = fwd(hidden_states=..., encoder_hidden_states=..., timestep=..., ...)   # same call as the model
+
+Each new signature (tensor shapes/dtypes/devices and the values of non-tensor arguments) is
+warmed up and captured on first use (a few forwards); later calls copy the inputs into the
+captured buffers and replay. Outputs are cloned out of the graph's memory unless
+``clone_outputs=False`` (then they are overwritten by the next call). Inference only: call it
+under ``torch.inference_mode()``/``no_grad``; the model's weights must not be reassigned
+(in-place updates are seen by the graph).
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils import _pytree as pytree
+
+__all__ = ["CUDAGraphForward"]
+
+
+def _signature(flat):
+    return tuple((("T", tuple(a.shape), a.dtype, a.device, a.stride()) if isinstance(a, torch.Tensor) else ("V", repr(a)))
+                 for a in flat)
+
+
+class CUDAGraphForward:
+    """Callable replacing ``module(*args, **kwargs)`` with captured CUDA-graph replays (see module docs).
+
+    ``warmup``: eager calls on a side stream before capture (compilation, Triton autotuning and
+    q8lib's per-shape launch choices happen there). ``max_graphs``: signatures kept before a
+    ``RuntimeError`` says the inputs keep changing shape (each graph holds its own activations).
+    """
+
+    def __init__(self, module, warmup: int = 2, clone_outputs: bool = True, max_graphs: int = 8):
+        if not torch.cuda.is_available():
+            raise RuntimeError("CUDAGraphForward needs a CUDA GPU")
+        self.module = module
+        self.warmup = max(1, int(warmup))
+        self.clone_outputs = clone_outputs
+        self.max_graphs = max_graphs
+        self.graphs: dict = {}  # signature -> (graph, static flat inputs, static output)
+        self._pool = torch.cuda.graph_pool_handle()
+
+    def _capture(self, flat, spec):
+        if len(self.graphs) >= self.max_graphs:
+            raise RuntimeError(f"CUDAGraphForward: more than {self.max_graphs} input signatures captured; "
+                               "pad inputs to fixed shapes or raise max_graphs")
+        static = [a.clone() if isinstance(a, torch.Tensor) else a for a in flat]
+        if any(isinstance(a, torch.Tensor) and not a.is_cuda for a in static):
+            raise ValueError("CUDAGraphForward: every tensor argument must be on the GPU")
+        args, kwargs = pytree.tree_unflatten(static, spec)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self.module(*args, **kwargs)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = self.module(*args, **kwargs)
+        return graph, static, out
+
+    def __call__(self, *args, **kwargs):
+        flat, spec = pytree.tree_flatten((args, kwargs))
+        key = (_signature(flat), spec)
+        entry = self.graphs.get(key)
+        if entry is None:
+            entry = self.graphs[key] = self._capture(flat, spec)
+        graph, static, out = entry
+        for dst, src in zip(static, flat):
+            if isinstance(src, torch.Tensor) and dst.data_ptr() != src.data_ptr():
+                dst.copy_(src)
+        graph.replay()
+        if not self.clone_outputs:
+            return out
+        return pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, out)
+
+    def reset(self):
+        """Drop every captured graph (frees their memory once no outputs refer to it)."""
+        self.graphs.clear()
