@@ -318,9 +318,9 @@ def main(argv=None) -> int:
                 print("micro failed:", e)
             print(f"micro done in {time.time() - t0:.0f} s", flush=True)
             save()
-        model = y = None
+        model = y = fwd = None
         for name in names:
-            model = y = None  # a failed variant must not keep its model alive into the next one
+            model = y = fwd = None  # a failed variant must not keep its model (or its graph) alive into the next one
             gc.collect()
             torch.cuda.empty_cache()
             _mem("reset")
@@ -358,7 +358,7 @@ def main(argv=None) -> int:
                 res["linear_tflops_effective"] = all_flops / res["fwd_ms"] / 1e9
                 for rname, r in refs.items():
                     res[f"rel_err_vs_{rname}"], res[f"cos_vs_{rname}"] = _err(y, r)
-                del model, y
+                del model, y, fwd
             except Exception as e:  # noqa: BLE001 - one broken variant must not lose the others
                 res["error"] = traceback.format_exc()[-3000:]
                 print(f"{name} failed: {type(e).__name__}: {e}", flush=True)

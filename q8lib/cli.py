@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="text (or image) to video; writes an mp4 and a JSON sidecar")
     _add_model_args(gen)
     _add_generation_args(gen, "outputs/q8lib_video.mp4")
+    fast = gen.add_argument_group("speed (GPU)")
+    fast.add_argument("--compile", action="store_true", help="regional torch.compile of the transformer blocks")
+    fast.add_argument("--cuda-graph", action="store_true",
+                      help="replay each transformer forward from one CUDA graph (needs --device cuda; first step captures)")
     gen.set_defaults(func=_generate)
 
     cmp_ = sub.add_parser("compare", help="same seed, unquantized vs Q8: side-by-side mp4, per-frame PSNR/SSIM JSON and plot")
@@ -242,6 +246,10 @@ def _generate(args) -> int:
     settings = _settings(args)  # every settings error before any model is loaded
     _check_run_args(args)
     device = resolve_device(args.device)
+    if args.cuda_graph and (device.type != "cuda" or args.offload != "none"):
+        from .pipeline import SettingsError
+
+        raise SettingsError("--cuda-graph needs --device cuda and no --offload (the graph holds fixed GPU buffers)")
     q8_config = _q8_config(args, backend=args.backend, attention=args.attention)
     if args.precision == "q8" and q8_config.backend != "auto":  # a named backend must run: check before loading
         check_backend("q8", q8_config.backend, device)
@@ -254,7 +262,7 @@ def _generate(args) -> int:
                          checkpoint_subfolder=args.checkpoint_subfolder, image_to_video=image is not None,
                          device=device, dtype=args.dtype, q8_config=q8_config,
                          load_text_encoder=_needs_text_encoder(args, settings, cache), offload=args.offload,
-                         vae_tiling=args.vae_tiling)
+                         vae_tiling=args.vae_tiling, compile=args.compile, cuda_graph=args.cuda_graph)
     load_s = time.perf_counter() - start
     from .pipeline import encode_prompts
 

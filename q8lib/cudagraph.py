@@ -12,6 +12,9 @@ Use::
     fwd = CUDAGraphForward(transformer)          # works on eager or compiled models
     out = fwd(hidden_states=..., encoder_hidden_states=..., timestep=..., ...)   # same call as the model
 
+or, inside a diffusers pipeline, ``enable_cuda_graphs(pipe.transformer)`` (undo:
+``disable_cuda_graphs``): the module keeps its hooks and attributes, only its forward replays.
+
 Each new signature (tensor shapes/dtypes/devices and the values of non-tensor arguments) is
 warmed up and captured on first use (a few forwards); later calls copy the inputs into the
 captured buffers and replay. Outputs are cloned out of the graph's memory unless
@@ -24,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch.utils import _pytree as pytree
 
-__all__ = ["CUDAGraphForward"]
+__all__ = ["CUDAGraphForward", "enable_cuda_graphs", "disable_cuda_graphs"]
 
 
 def _signature(flat):
@@ -88,3 +91,24 @@ class CUDAGraphForward:
     def reset(self):
         """Drop every captured graph (frees their memory once no outputs refer to it)."""
         self.graphs.clear()
+
+
+def enable_cuda_graphs(module, **kwargs) -> CUDAGraphForward:
+    """Route ``module``'s forward through a :class:`CUDAGraphForward` (instance attribute; the class is
+    untouched, forward hooks still run). Returns the runner; :func:`disable_cuda_graphs` undoes it."""
+    if "_q8_cuda_graph" in module.__dict__:
+        return module._q8_cuda_graph
+    runner = CUDAGraphForward(type(module).forward.__get__(module), **kwargs)
+    module._q8_cuda_graph = runner
+    module.forward = runner
+    return runner
+
+
+def disable_cuda_graphs(module) -> bool:
+    """Give ``module`` back its own forward (and free the captured graphs); ``False`` if none was enabled."""
+    runner = module.__dict__.pop("_q8_cuda_graph", None)
+    if runner is None:
+        return False
+    runner.reset()
+    module.__dict__.pop("forward", None)
+    return True

@@ -339,6 +339,8 @@ def load_pipeline(
     vae_tiling: bool = False,
     local_files_only: bool | None = None,
     seed: int = 0,
+    compile: bool = False,
+    cuda_graph: bool = False,
 ):
     """Build an LTX pipeline whose transformer is Q8 (``precision="q8"``) or unquantized (``"bf16"``).
 
@@ -351,6 +353,10 @@ def load_pipeline(
         load_text_encoder: ``False`` skips T5 (use cached prompt embeddings, see :class:`PromptCache`).
         offload: ``"none"`` or ``"model"`` (diffusers' model CPU offload: one component on the GPU at a time).
         vae_tiling: decode the video in tiles (less memory at large resolutions).
+        compile: regional ``torch.compile`` of the transformer (fullgraph on the repeated block).
+        cuda_graph: replay each transformer forward from one CUDA graph (:mod:`q8lib.cudagraph`;
+            GPU only, not with offload): removes the host cost of launching the Q8 kernels, which
+            otherwise leaves the GPU idle for a large share of each forward.
     Returns:
         the pipeline, on ``device``, with ``pipe.q8lib_info`` describing what was loaded.
     """
@@ -363,6 +369,8 @@ def load_pipeline(
         raise SettingsError(f"precision must be 'q8' or 'bf16', got {precision!r}")
     if offload not in ("none", "model"):
         raise SettingsError(f"offload must be 'none' or 'model', got {offload!r}")
+    if cuda_graph and (device.type != "cuda" or offload != "none"):
+        raise SettingsError("--cuda-graph needs --device cuda and no --offload (the graph holds fixed GPU buffers)")
     if offload == "model":
         if device.type != "cuda":
             raise SettingsError("--offload model moves components between the CPU and a GPU; it needs --device cuda")
@@ -418,13 +426,20 @@ def load_pipeline(
         pipe.to(device)
     if vae_tiling:
         pipe.vae.enable_tiling()
+    if compile:
+        pipe.transformer.compile_repeated_blocks(fullgraph=True)
+    if cuda_graph:
+        from .cudagraph import enable_cuda_graphs
+
+        enable_cuda_graphs(pipe.transformer)
     if model != TINY:
         text_encoder_id = _text_encoder_id(None, model)
     pipe.q8lib_info = dict(model=model, text_encoder_id=text_encoder_id, precision=precision,
                            checkpoint=str(checkpoint) if checkpoint else None, backend=backend, device=str(device), dtype=str(dtype).replace("torch.", ""),
                            weight_dtype=q8_config.weight_dtype if precision == "q8" else None,
                            attention=q8_config.attention if precision == "q8" else None,
-                           offload=offload, vae_tiling=vae_tiling, image_to_video=image_to_video)
+                           offload=offload, vae_tiling=vae_tiling, image_to_video=image_to_video,
+                           compile=compile, cuda_graph=cuda_graph)
     return pipe
 
 

@@ -117,6 +117,8 @@ def test_backend_errors_and_fallback_warning(tmp_path, capsys, no_model):
     assert "Unknown q8lib backend 'nope'" in capsys.readouterr().err
     assert main(["generate", "--prompt", "x", "--device", "cuda"]) == 2
     assert "no CUDA GPU is visible" in capsys.readouterr().err
+    assert _gen(tmp_path, "--cuda-graph") == 2
+    assert "--cuda-graph needs --device cuda" in capsys.readouterr().err
     with pytest.warns(Q8FallbackWarning, match="triton: no CUDA GPU is visible"):
         qp.check_backend("q8", "auto", torch.device("cpu"))
 

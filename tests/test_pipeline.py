@@ -284,6 +284,19 @@ def test_q8_pipeline_on_gpu_matches_bf16(seed):
     assert torch.isfinite(b).all() and rel < 0.2
 
 
+@pytest.mark.gpu
+def test_q8_pipeline_cuda_graph_matches_eager(seed):
+    """``cuda_graph=True`` (+ regional compile): the same latents as the eager Q8 pipeline, the transformer's
+    forward replayed from one captured graph."""
+    eager = load_pipeline("tiny", precision="q8", device="cuda")
+    fast = load_pipeline("tiny", precision="q8", device="cuda", compile=True, cuda_graph=True)
+    embeds, _ = encode_prompts(eager, _settings(seed), "tiny", None)
+    a, b = _latents(eager, embeds, seed, steps=3).float(), _latents(fast, embeds, seed, steps=3).float()
+    assert len(fast.transformer._q8_cuda_graph.graphs) == 1 and fast.q8lib_info["cuda_graph"]
+    rel = ((a - b).norm() / a.norm()).item()
+    assert torch.isfinite(b).all() and rel < 2e-2, rel  # same kernels; compile changes bf16 rounding points
+
+
 def test_13b_q8_weights_leave_room_on_a_24gb_gpu():
     """The 13B Q8 transformer built on the meta device (no memory): 13.05B parameters in 12.31 GiB
     (bf16 would be 24.3 GiB), leaving ~3.6 GiB of a 16 GiB budget for activations."""
