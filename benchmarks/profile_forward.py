@@ -26,12 +26,12 @@ from q8lib import bench  # noqa: E402
 
 FAMILIES = [  # (family, substrings of the kernel name), first match wins
     ("row_quant", ("_row_quant_kernel",)),
+    ("attention_producers", ("_qk_quant_kernel", "_v_amax_kernel", "_v_quant_kernel")),
     ("fp8_attention", ("_attn_fwd", "_fp8_attn", "attn_kernel", "_attn_")),
-    ("attention_producers", ("_qk_prep", "_v_prep", "prep_kernel", "_producer")),
+    ("inductor_fused", ("triton_poi", "triton_red", "triton_per")),  # before "sdpa": inductor names kernels after the ops they fuse
     ("sdpa", ("flash", "fmha", "cudnn", "sdpa", "attention")),
     ("gemm_fp8", ("e4m3", "f8f8", "fp8", "scaled_mm", "_q8_gemm")),
     ("gemm", ("gemm", "nvjet", "cutlass", "sm90_xmma", "sm80_xmma", "ampere", "Kernel2")),
-    ("inductor_fused", ("triton_",)),
     ("copy_elementwise", ("elementwise", "copy", "fill", "reduce", "cat", "index")),
 ]
 
@@ -95,7 +95,7 @@ def main(argv=None):
     ap.add_argument("--variants", default="bf16_compile,q8lib_compile,q8lib_fp8attn_compile")
     ap.add_argument("--layers", type=int, default=28)
     ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--out", default="benchmarks/results/profile_h100.json")
+    ap.add_argument("--out", default="benchmarks/results/kernels/profile_h100.json")
     args = ap.parse_args(argv)
     from q8lib.tiny import LTX_2B_CONFIG
 

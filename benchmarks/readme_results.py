@@ -83,7 +83,7 @@ def _generate() -> list[str]:
         return []
     sh = q2["shape"]
     out = [f"**End to end** (`q8lib generate` / `compare` / `memory`, random weights, {sh['frames']} frames "
-           f"{sh['height']}x{sh['width']}, transformer batch {sh['transformer_batch']} (CFG), eager, "
+           f"{sh['height']}x{sh['width']}, transformer batch {sh['transformer_batch']} (CFG), eager unless stated, "
            f"{q2['device']}, {q2['date'][:10]}; `benchmarks/results/generate_*_h100.json`):", "",
            "| model | steps | transformer fwd ms | end to end s | VAE decode s | weights GiB | peak denoise / decode GiB |",
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -98,6 +98,13 @@ def _generate() -> list[str]:
     out.append(row("2B bf16", cmp["settings"]["num_inference_steps"], ref))
     out.append(row(f"2B Q8 ({q2['pipeline']['weight_dtype']}, {q2['pipeline']['attention']} attention)",
                    q2["settings"]["num_inference_steps"], q2["results"]))
+    for prec in ("bf16", "q8"):  # `generate --compile --cuda-graph` runs, where committed
+        g = _load(f"generate_2b_{prec}_graph_h100.json")
+        if g:
+            p = g["pipeline"]
+            what = "bf16" if prec == "bf16" else f"Q8 ({p['weight_dtype']}, {p['attention']} attention)"
+            out.append(row(f"2B {what}, compile + CUDA graph ({g['date'][:10]})", g["settings"]["num_inference_steps"],
+                           g["results"]))
     if q13:
         out.append(row(f"13B Q8 ({q13['pipeline']['weight_dtype']})", q13["settings"]["num_inference_steps"],
                        q13["results"]))

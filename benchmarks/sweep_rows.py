@@ -1,6 +1,6 @@
 """Launch-setting sweep of the fused row kernel at LTX-2B shapes (GPU; not a test).
 
-    python benchmarks/sweep_rows.py --out benchmarks/results/rows_sweep_h100.json
+    python benchmarks/sweep_rows.py --out benchmarks/results/kernels/rows_sweep_h100.json
 
 For each row op of a block (RMSNorm+AdaLN+rotate+quantize on [2, 3630, 2048], gated residual add +
 quantize, tanh-GELU+rotate+quantize on [2, 3630, 8192]) it times ``launch_row_quant`` over launch
@@ -33,7 +33,7 @@ def main(argv=None):
     import triton.testing as tt
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="benchmarks/results/rows_sweep_h100.json")
+    ap.add_argument("--out", default="benchmarks/results/kernels/rows_sweep_h100.json")
     ap.add_argument("--quick", action="store_true", help="fewer forms")
     ap.add_argument("--big", action="store_true", help="also the 13B widths (4096, FFN 16384)")
     ap.add_argument("--blocks", action="store_true", help="also a block-diagonal (128) rotation")

@@ -403,3 +403,46 @@ def test_add_quantize(seed, qd, norm):
     torch.library.opcheck(torch.ops.q8lib.add_row_quant.default,
                           (x, r, gate, w, sc, sh, 1e-6, norm, 0, 1 if qd == INT8 else 2),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def _tune_table():
+    import json
+    import os
+
+    with open(os.path.join(os.path.dirname(L.__file__), "row_tune.json")) as f:
+        return json.load(f)
+
+
+def test_row_kind_keys():
+    assert L.row_kind(2048, True, False, False, 0) == "2048/norm/full"
+    assert L.row_kind(2048, False, False, True, 0) == "2048/add/full"
+    assert L.row_kind(2048, True, False, True, 0) == "2048/add_norm/full"
+    assert L.row_kind(8192, False, True, False, 0) == "8192/gelu/full"
+    assert L.row_kind(4096, False, False, False, 128) == "4096/plain/b128"
+    assert L.row_kind(512, False, False, False, -1) == "512/plain/none"
+
+
+@pytest.mark.parametrize("key", [k for k in _tune_table().get("sm_90", {}) if not k.startswith("qk/")])
+def test_committed_tuning_forms_compute_the_reference(seed, key):
+    """Every launch form in the committed table (measured on the H100) computes the same quantization."""
+    form = _tune_table()["sm_90"][key]
+    assert set(form) == {"rows", "batched", "stages", "warps", "progs_per_sm"}
+    K, kind, rot = key.split("/")
+    K = int(K)
+    assert rot == "full" and kind in ("norm", "plain", "add", "add_norm", "gelu")
+    M = 2 * form["rows"] + 1  # a partial last tile
+    x = outlier_heavy(M, K).to(DEV)
+    r = torch.randn(M, K, device=DEV) if kind.startswith("add") else None
+    gate = torch.randn(K, device=DEV) if kind == "add" else None
+    norm, gelu = "norm" in kind, kind == "gelu"
+    q, s = _poisoned((M, K), FP8), torch.full((M,), float("nan"), device=DEV)
+    h = torch.full((M, K), float("nan"), device=DEV) if r is not None else None
+    L.launch_row_quant(x, None, None, None, 1e-6, norm, gelu, 0, q, s, residual=r, gate=gate, h_out=h, tune=form)
+    _check_written(q)
+    y = x.double() + (r.double() * (gate.double() if gate is not None else 1) if r is not None else 0)
+    if h is not None:
+        assert rel_err(y, h) < 1e-6
+    y = R.rms_norm_ref(y, None, 1e-6) if norm else (F.gelu(y, approximate="tanh") if gelu else y)
+    q_ref, s_ref = R.quantize_activation_ref(y.float(), FP8)
+    exact = hadamard_transform(y)
+    assert rel_err(exact, _deq(q, s)) <= rel_err(exact, _deq(q_ref, s_ref)) * ERR_FACTOR + 1e-5

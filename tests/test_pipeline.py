@@ -286,15 +286,26 @@ def test_q8_pipeline_on_gpu_matches_bf16(seed):
 
 @pytest.mark.gpu
 def test_q8_pipeline_cuda_graph_matches_eager(seed):
-    """``cuda_graph=True`` (+ regional compile): the same latents as the eager Q8 pipeline, the transformer's
-    forward replayed from one captured graph."""
-    eager = load_pipeline("tiny", precision="q8", device="cuda")
-    fast = load_pipeline("tiny", precision="q8", device="cuda", compile=True, cuda_graph=True)
-    embeds, _ = encode_prompts(eager, _settings(seed), "tiny", None)
-    a, b = _latents(eager, embeds, seed, steps=3).float(), _latents(fast, embeds, seed, steps=3).float()
-    assert len(fast.transformer._q8_cuda_graph.graphs) == 1 and fast.q8lib_info["cuda_graph"]
-    rel = ((a - b).norm() / a.norm()).item()
-    assert torch.isfinite(b).all() and rel < 2e-2, rel  # same kernels; compile changes bf16 rounding points
+    """``cuda_graph=True`` replays exactly what the pipeline computes without it, eager and compiled.
+
+    Compiled vs eager is not compared: compile moves bf16 roundings, and in 8 bits any upstream
+    rounding change re-draws the quantization noise (tiny model, H100: compiled vs eager Q8 0.057
+    after one step, eager Q8 vs bf16 0.062; bf16 eager vs compiled 0.017).
+    """
+    ref = load_pipeline("tiny", precision="bf16", device="cuda")
+    embeds, _ = encode_prompts(ref, _settings(seed), "tiny", None)
+    bf16 = _latents(ref, embeds, seed, steps=3).float()
+    for compile_ in (False, True):
+        torch._dynamo.reset()
+        plain = load_pipeline("tiny", precision="q8", device="cuda", compile=compile_)
+        graph = load_pipeline("tiny", precision="q8", device="cuda", compile=compile_, cuda_graph=True)
+        a = _latents(plain, embeds, seed, steps=3).float()
+        b = _latents(graph, embeds, seed, steps=3).float()
+        sigs = list(graph.transformer._q8_cuda_graph.graphs)
+        assert len(sigs) == 1 and graph.q8lib_info["cuda_graph"], sigs
+        assert torch.isfinite(b).all()
+        assert ((a - b).norm() / a.norm()).item() < 1e-6  # measured: identical
+        assert ((b - bf16).norm() / bf16.norm()).item() < 0.2  # the Q8 bound of the test above
 
 
 def test_13b_q8_weights_leave_room_on_a_24gb_gpu():
