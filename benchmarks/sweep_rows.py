@@ -26,7 +26,8 @@ from q8lib.kernels import linear as L  # noqa: E402
 from q8lib.quant import FP8  # noqa: E402
 
 
-FORM_KEYS = ("rows", "batched", "stages", "warps", "progs_per_sm")
+FORM_KEYS = ("rows", "batched", "stages", "warps", "progs_per_sm")  # row kernel launch forms
+QK_KEYS = ("block_t", "warps", "stages", "per_sm")  # FP8-attention q/k producer launch forms
 
 
 def main(argv=None):
@@ -105,20 +106,10 @@ def main(argv=None):
               "copy_bf16_2048_ms": bench_fn(lambda: x.clone()), "ops": {}}
     report["copy_GBps"] = x.numel() * 4 / report["copy_bf16_2048_ms"] / 1e6
     print(f"bf16 copy of [{M}, 2048]: {report['copy_bf16_2048_ms'] * 1e3:.1f} us ({report['copy_GBps']:.0f} GB/s)", flush=True)
-    for name, (K, _, call, nbytes, rot) in ops.items():
-        outs = lambda: (torch.empty(M, K, device=dev, dtype=FP8), torch.empty(M, device=dev),  # noqa: E731
-                        torch.empty(M, K, device=dev, dtype=torch.bfloat16))
+    def sweep(name, call, outs, nbytes, forms, keys):
+        """Time every launch form of one op against its default launch; the fastest correct one is ``best``."""
         base = outs()
         call(base, None)
-        max_rows = max(1, 16384 // K)
-        rows_opts = [r_ for r_ in (1, 2, 4, 8, 16) if r_ <= max_rows]
-        forms = []
-        for rows in rows_opts:
-            for batched in ((False, True) if rows > 1 and rot == 0 else (False,)):
-                # one program per tile has no loop to pipeline: stages only matter for the persistent grid
-                launches = [(1, 0), (1, 4), (3, 4)]
-                for (stages, per_sm), warps in itertools.product(launches, (4, 8) if not args.quick else (4,)):
-                    forms.append({"rows": rows, "batched": batched, "stages": stages, "warps": warps, "progs_per_sm": per_sm})
         res = {"default_ms": bench_fn(lambda: call(base, None)), "forms": []}
         res["default_GBps"] = nbytes / res["default_ms"] / 1e6
         print(f"{name}: default {res['default_ms'] * 1e3:.1f} us ({res['default_GBps']:.0f} GB/s)", flush=True)
@@ -129,63 +120,47 @@ def main(argv=None):
                 call(o, t)
                 torch.cuda.synchronize()
                 diff = (o[0].float() - base[0].float()).abs().max().item()
-                sdiff = ((o[1] - base[1]).abs() / base[1]).max().item()
+                sdiff = ((o[1] - base[1]).abs() / base[1].clamp_min(1e-30)).max().item()
                 ms = bench_fn(lambda: call(o, t))
                 entry = dict(t, ms=ms, GBps=nbytes / ms / 1e6, max_q_diff=diff, max_scale_rel_diff=sdiff)
             except Exception as e:  # noqa: BLE001 - out of resources etc.: record and go on
                 entry = dict(t, error=f"{type(e).__name__}: {str(e)[:200]}")
             res["forms"].append(entry)
-        ok = [f for f in res["forms"] if "ms" in f and f["max_scale_rel_diff"] < 1e-2]
-        ok.sort(key=lambda f: f["ms"])
+        ok = sorted((f for f in res["forms"] if "ms" in f and f["max_scale_rel_diff"] < 1e-2), key=lambda f: f["ms"])
         o = outs()
         for f in ok[:4]:  # time the leaders again: the pick must not be one lucky run
-            f["ms_again"] = bench_fn(lambda: call(o, {k: f[k] for k in FORM_KEYS}))
+            f["ms_again"] = bench_fn(lambda: call(o, {k: f[k] for k in keys}))
         ok.sort(key=lambda f: max(f["ms"], f.get("ms_again", 0)))
         res["best"] = ok[0] if ok else None
         for f in ok[:5]:
-            print(f"   {f['ms'] * 1e3:7.1f} us {f['GBps']:6.0f} GB/s  rows={f['rows']} batched={f['batched']} stages={f['stages']} "
-                  f"warps={f['warps']} per_sm={f['progs_per_sm']} qdiff={f['max_q_diff']:.3g}", flush=True)
-        print(f"   ({len(res['forms']) - len(ok)} forms failed)", flush=True)
+            print(f"   {f['ms'] * 1e3:7.1f} us {f['GBps']:6.0f} GB/s  " + " ".join(f"{k}={f[k]}" for k in keys)
+                  + f" qdiff={f['max_q_diff']:.3g}", flush=True)
+        print(f"   ({len(res['forms']) - len(ok)} forms failed or differ)", flush=True)
         report["ops"][name] = res
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+    # one program per tile has no loop to pipeline: stages only matter for the persistent grid
+    launches = [(1, 0), (1, 4), (3, 4)]
+    for name, (K, _, call, nbytes, rot) in ops.items():
+        outs = lambda K=K: (torch.empty(M, K, device=dev, dtype=FP8), torch.empty(M, device=dev),  # noqa: E731
+                            torch.empty(M, K, device=dev, dtype=torch.bfloat16))
+        forms = [{"rows": rows, "batched": batched, "stages": stages, "warps": warps, "progs_per_sm": per_sm}
+                 for rows in (1, 2, 4, 8, 16) if rows <= max(1, 16384 // K)
+                 for batched in ((False, True) if rows > 1 and rot == 0 else (False,))
+                 for (stages, per_sm), warps in itertools.product(launches, (4, 8) if not args.quick else (4,))]
+        sweep(name, call, outs, nbytes, forms, FORM_KEYS)
     for name, call, outs, nbytes in qk_ops:
-        base = outs()
-        call(base, None)
-        res = {"default_ms": bench_fn(lambda: call(base, None)), "forms": []}
-        res["default_GBps"] = nbytes / res["default_ms"] / 1e6
-        print(f"{name}: default {res['default_ms'] * 1e3:.1f} us ({res['default_GBps']:.0f} GB/s)", flush=True)
-        for block_t, warps, (stages, per_sm) in itertools.product((1, 2, 4, 8), (4, 8), ((1, 0), (1, 4), (3, 4))):
-            t = {"block_t": block_t, "warps": warps, "stages": stages, "per_sm": per_sm}
-            o = outs()
-            o[0].fill_(float("nan"))
-            try:
-                call(o, t)
-                torch.cuda.synchronize()
-                diff = (o[0].float() - base[0].float()).abs().max().item()
-                sdiff = ((o[1] - base[1]).abs() / base[1].clamp_min(1e-30)).max().item()
-                ms = bench_fn(lambda: call(o, t))
-                res["forms"].append(dict(t, ms=ms, GBps=nbytes / ms / 1e6, max_q_diff=diff, max_scale_rel_diff=sdiff))
-            except Exception as e:  # noqa: BLE001
-                res["forms"].append(dict(t, error=f"{type(e).__name__}: {str(e)[:200]}"))
-        ok = sorted((f for f in res["forms"] if "ms" in f and f["max_scale_rel_diff"] < 1e-2), key=lambda f: f["ms"])
-        o = outs()
-        for f in ok[:4]:
-            f["ms_again"] = bench_fn(lambda: call(o, {k: f[k] for k in ("block_t", "warps", "stages", "per_sm")}))
-        ok.sort(key=lambda f: max(f["ms"], f.get("ms_again", 0)))
-        res["best"] = ok[0] if ok else None
-        for f in ok[:4]:
-            print(f"   {f['ms'] * 1e3:7.1f} us {f['GBps']:6.0f} GB/s  block_t={f['block_t']} warps={f['warps']} "
-                  f"stages={f['stages']} per_sm={f['per_sm']} qdiff={f['max_q_diff']:.3g}", flush=True)
-        report["ops"][name] = res
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        forms = [{"block_t": block_t, "warps": warps, "stages": stages, "per_sm": per_sm}
+                 for block_t, warps, (stages, per_sm) in itertools.product((1, 2, 4, 8), (4, 8), launches)]
+        sweep(name, call, outs, nbytes, forms, QK_KEYS)
     if args.table:
         arch = "sm_%d%d" % torch.cuda.get_device_capability()
         path = Path(args.table)
         table = json.loads(path.read_text()) if path.exists() else {}
         for name, res in report["ops"].items():
             if res["best"] is not None:
-                keys = ("block_t", "warps", "stages", "per_sm") if name.startswith("qk/") else FORM_KEYS
+                keys = QK_KEYS if name.startswith("qk/") else FORM_KEYS
                 table.setdefault(arch, {})[name] = {k: res["best"][k] for k in keys}
         path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
         print(f"wrote {path}")
