@@ -80,8 +80,8 @@ def main(argv=None):
 
     from q8lib.kernels import attention as KA
 
-    def qk_op(rope):
-        """The FP8-attention q/k producer (norm across heads [+ RoPE] + Hadamard + e4m3) at LTX-2B self-attention."""
+    def qk_op(rope, quant):
+        """A q/k producer at LTX-2B self-attention: norm across heads [+ RoPE] (+ Hadamard + e4m3 if ``quant``)."""
         H, D = 32, 64
         x = torch.randn(B, S, H * D, device=dev, dtype=torch.bfloat16).unflatten(2, (H, D))
         w = torch.rand(H * D, device=dev, dtype=torch.bfloat16) + 0.5
@@ -89,8 +89,18 @@ def main(argv=None):
         cos, sin = (f(ang).to(torch.bfloat16).expand(B, -1, -1).unflatten(2, (H, D)) for f in (torch.cos, torch.sin))
         sp = KA._pad(S)
 
+        tables = (cos, sin) if rope else (None, None)
+        if not quant:  # the SDPA path's norm + RoPE producer: bf16 rows out (a dummy "scale" for sweep())
+            def call(o, t):
+                return KA._launch_norm_rope(x, w, 1e-5, *tables, o[0], tune=t)
+
+            def outs():
+                return torch.empty(B, S, H, D, device=dev, dtype=torch.bfloat16), torch.ones(1, device=dev)
+
+            return KA.qk_kind(D, True, rope, quant=False), call, outs, M * H * D * 4
+
         def call(o, t):
-            return KA._launch_quant_qk(x, w, 1e-5, cos if rope else None, sin if rope else None, 0.18, o[0], o[1], tune=t)
+            return KA._launch_quant_qk(x, w, 1e-5, *tables, 0.18, o[0], o[1], tune=t)
 
         def outs():
             return torch.empty(B, H, sp, D, device=dev, dtype=FP8), torch.empty(B, H, sp, device=dev)
@@ -98,7 +108,7 @@ def main(argv=None):
         nbytes = M * H * D * (2 + 1 + (2 if rope else 0)) + M * H * 4
         return KA.qk_kind(D, True, rope), call, outs, nbytes
 
-    qk_ops = [qk_op(True), qk_op(False)] if args.only != "rows" else []
+    qk_ops = [qk_op(r, q) for q in (True, False) for r in (True, False)] if args.only != "rows" else []
     if args.only == "qk":
         ops = {}
 
@@ -160,7 +170,7 @@ def main(argv=None):
         table = json.loads(path.read_text()) if path.exists() else {}
         for name, res in report["ops"].items():
             if res["best"] is not None:
-                keys = QK_KEYS if name.startswith("qk/") else FORM_KEYS
+                keys = QK_KEYS if name.startswith(("qk/", "qkn/")) else FORM_KEYS
                 table.setdefault(arch, {})[name] = {k: res["best"][k] for k in keys}
         path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
         print(f"wrote {path}")

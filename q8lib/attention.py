@@ -56,15 +56,15 @@ def q8_attention_core(attn, query, key, value, image_rotary_emb=None, key_length
 
     ``query [B, Sq, H*D]``, ``key``/``value [B, Sk, H*D]`` are the raw projection outputs;
     ``key_lengths [B]`` int32 right-padding lengths or ``None``. Returns ``[B, Sq, H*D]``.
-    Fast backends may fuse the norm/RoPE/rotation/quantization of q and k into one producer.
+    The triton backend fuses norm + RoPE (+ rotation + quantization for FP8) of q and k into one producer each.
     """
     be = resolve_backend(backend, query.device)
     # Set by diffusers' enable_parallelism(ContextParallelConfig(...)) on processors that declare it.
     parallel = getattr(getattr(attn, "processor", None), "_parallel_config", None)
-    if fp8 and be.name == "triton" and parallel is None:
+    if be.name == "triton" and parallel is None:
         from .kernels.attention import fused_attention_core
 
-        out = fused_attention_core(attn, query, key, value, image_rotary_emb, key_lengths)
+        out = fused_attention_core(attn, query, key, value, image_rotary_emb, key_lengths, fp8=fp8)
         if out is not None:
             return out.to(value.dtype)
     query = attn.norm_q(query)

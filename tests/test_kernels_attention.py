@@ -95,6 +95,25 @@ def test_fused_norm_rope_producer(seed):
     assert (x8[:, :, :S].float() == want8.float()).float().mean() > 0.95  # measured 1.0 on CPU
 
 
+@pytest.mark.parametrize("rope,weight", [(True, True), (False, True), (True, False)])
+def test_norm_rope_producer(seed, rope, weight):
+    """The SDPA path's producer: RMSNorm across heads + RoPE, float rows out, against float64 torch."""
+    B, S, H, D = 2, 29, 2, 64  # 29 tokens: a partial last tile
+    x = _rand(B, S, H * D) * 3
+    w = 1 + 0.5 * _rand(H * D) if weight else None
+    ang = _rand(1, S, H * D // 2).repeat_interleave(2, -1)
+    cos, sin = ang.cos(), ang.sin()
+    out = torch.full((B, S, H, D), math.nan, device=DEV)
+    tables = (cos.unflatten(2, (H, D)), sin.unflatten(2, (H, D))) if rope else (None, None)
+    ka._launch_norm_rope(x.unflatten(2, (H, D)), w, 1e-5, *tables, out)
+    y = torch.nn.functional.rms_norm(x.double(), (H * D,), None if w is None else w.double(), 1e-5)
+    if rope:
+        y = apply_rotary_emb(y, (cos.double().expand(B, -1, -1), sin.double().expand(B, -1, -1)))
+    assert not out.isnan().any()
+    assert rel_err(y, out.flatten(2)) < 1e-5  # float32 arithmetic; measured ~1e-7
+    assert torch.equal(ka.norm_rope(x.unflatten(2, (H, D)), w, 1e-5, *tables), out)  # the custom op
+
+
 def test_v_producer(seed):
     B, S, H, D = 2, 45, 3, 64
     v = _rand(B, S, H, D)
@@ -222,6 +241,9 @@ def test_fused_attention_core(seed, cross):
     # the two FP8 paths differ by float32-vs-bf16 rounding before quantization and by key blocking
     assert rel_err(r8, got) < 0.04  # measured 0.014
     assert rel_err(exact, got) < rel_err(exact, r8) * 1.3 + 1e-3  # measured 0.035 for both
+    with torch.no_grad():  # SDPA path: the norm + RoPE producer, then SDPA, as the generic float path
+        sdpa = ka.fused_attention_core(attn, q, k, v, rope, kl, fp8=False)
+    assert sdpa is not None and rel_err(exact, sdpa) < 1e-5  # float32; measured ~3e-7
 
 
 # ------------------------------------------------------------------------------------------------
@@ -244,6 +266,20 @@ def test_gpu_kernel_vs_references(seed, D, B, Sq, Sk, lens):
     assert rel_err(r8, out) < 0.02
     assert rel_err(exact, out) < 0.08
     assert rel_err(exact, out) < rel_err(exact, r8) * 1.1 + 2e-3
+
+
+@pytest.mark.gpu
+def test_gpu_norm_rope_ltx_shape(seed):
+    """bf16 at LTX-2B's self-attention shape, compact (bf16, batch-broadcast) RoPE tables: one rounding."""
+    B, S, H, D = 2, 3630, 32, 64
+    x = torch.randn(B, S, H * D, device="cuda", dtype=torch.bfloat16) * 3
+    w = (1 + 0.5 * torch.randn(H * D, device="cuda")).to(torch.bfloat16)
+    ang = torch.rand(1, S, H * D // 2, device="cuda").repeat_interleave(2, -1) * 6.28
+    cos, sin = (f(ang).to(torch.bfloat16).expand(B, -1, -1) for f in (torch.cos, torch.sin))
+    out = ka.norm_rope(x.unflatten(2, (H, D)), w, 1e-5, cos.unflatten(2, (H, D)), sin.unflatten(2, (H, D)))
+    y = torch.nn.functional.rms_norm(x.double(), (H * D,), w.double(), 1e-5)
+    y = apply_rotary_emb(y, (cos.double(), sin.double()))
+    assert rel_err(y, out.flatten(2)) < 4e-3  # one bf16 rounding: ~2e-3
 
 
 @pytest.mark.gpu

@@ -8,6 +8,8 @@ without masks and they contribute nothing):
   heads (LTX's ``norm_q``/``norm_k``), optional interleaved RoPE, Hadamard rotation along ``D``,
   multiplication by ``out_scale`` (softmax scale * log2(e) for q, 1 for k), e4m3 quantization per
   (token, head): ``x8 [B, H, Sp, D]`` and float32 scales ``xs [B, H, Sp]``.
+* ``_qk_norm_rope_kernel``: the same norm + RoPE, written back as float rows ``[B, S, H, D]`` (the SDPA
+  path: one pass instead of inductor's reduction + elementwise kernels).
 * ``_v_amax_kernel`` + ``_v_quant_kernel``: ``v [B, S, H, D]`` -> per-channel ``amax [B, H, D]`` -> e4m3
   ``vt8 [B, H, D, Sp]``, keys contiguous: the K-major B operand Hopper's FP8 ``wgmma`` needs for
   ``P @ V``.
@@ -53,6 +55,42 @@ def _to_e4m3(x, GRID_ROUND: tl.constexpr):
 
 
 @triton.jit
+def _norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, row_ok, H, eps,
+                    D: tl.constexpr, HP: tl.constexpr, BLOCK_T: tl.constexpr,
+                    HAS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROPE: tl.constexpr):
+    """Rows ``(token, head)`` of ``x [B, S, H, D]`` as float32 ``[BLOCK_T * HP, D]``, after LTX's RMSNorm
+    across all heads of a token (optional weight) and its interleaved RoPE (both optional)."""
+    R: tl.constexpr = BLOCK_T * HP
+    r = tl.arange(0, R)
+    head_ok = head < H
+    m2 = row_ok[:, None]
+    xoff = b.to(tl.int64) * sxb + tok.to(tl.int64)[:, None] * sxs + head[:, None] * sxh
+    x = tl.load(X + xoff + d[None, :], mask=m2, other=0.0).to(tl.float32)
+    if HAS_NORM:
+        # RMSNorm across all heads of a token: the sum of squares over the HP rows of each
+        # token, one masked reduction per token of the tile (no reshapes: they cost layouts)
+        ss = tl.sum(x * x, axis=1)
+        tid = r // HP
+        rstd = tl.zeros([R], tl.float32)
+        for t in tl.static_range(BLOCK_T):
+            tss = tl.sum(tl.where(tid == t, ss, 0.0), axis=0)
+            rstd = tl.where(tid == t, tl.rsqrt(tss / (H * D) + eps), rstd)
+        x = x * rstd[:, None]
+        if HAS_WEIGHT:
+            x = x * tl.load(W + head[:, None] * D + d[None, :], mask=head_ok[:, None], other=0.0).to(tl.float32)
+    if HAS_ROPE:
+        # interleaved pairs (2i, 2i+1): out[2i] = x[2i] c - x[2i+1] s, out[2i+1] = x[2i+1] c + x[2i] s;
+        # the partner comes from registers (split/join), not from a second, unvectorizable load
+        coff = b.to(tl.int64) * scb + tok.to(tl.int64)[:, None] * scs + head[:, None] * sch + d[None, :]
+        c = tl.load(COS + coff, mask=m2, other=0.0).to(tl.float32)
+        sn = tl.load(SIN + coff, mask=m2, other=0.0).to(tl.float32)
+        xe, xo = tl.split(tl.reshape(x, (R, D // 2, 2)))
+        xr = tl.reshape(tl.join(-xo, xe), (R, D))
+        x = x * c + xr * sn
+    return x
+
+
+@triton.jit
 def _qk_quant_kernel(
     X, sxb, sxs, sxh,  # [B, S, H, D], stride over D is 1
     W,  # [H * D] RMSNorm weight (HAS_NORM and HAS_WEIGHT)
@@ -74,31 +112,8 @@ def _qk_quant_kernel(
     for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
         b = tile // n_tblk
         tok = (tile % n_tblk) * BLOCK_T + r // HP
-        row_ok = (tok < S) & head_ok
-        m2 = row_ok[:, None]
-        xoff = b.to(tl.int64) * sxb + tok.to(tl.int64)[:, None] * sxs + head[:, None] * sxh
-        x = tl.load(X + xoff + d[None, :], mask=m2, other=0.0).to(tl.float32)
-        if HAS_NORM:
-            # RMSNorm across all heads of a token: the sum of squares over the HP rows of each
-            # token, one masked reduction per token of the tile (no reshapes: they cost layouts)
-            ss = tl.sum(x * x, axis=1)
-            tid = r // HP
-            rstd = tl.zeros([R], tl.float32)
-            for t in tl.static_range(BLOCK_T):
-                tss = tl.sum(tl.where(tid == t, ss, 0.0), axis=0)
-                rstd = tl.where(tid == t, tl.rsqrt(tss / (H * D) + eps), rstd)
-            x = x * rstd[:, None]
-            if HAS_WEIGHT:
-                x = x * tl.load(W + head[:, None] * D + d[None, :], mask=head_ok[:, None], other=0.0).to(tl.float32)
-        if HAS_ROPE:
-            # interleaved pairs (2i, 2i+1): out[2i] = x[2i] c - x[2i+1] s, out[2i+1] = x[2i+1] c + x[2i] s;
-            # the partner comes from registers (split/join), not from a second, unvectorizable load
-            coff = b.to(tl.int64) * scb + tok.to(tl.int64)[:, None] * scs + head[:, None] * sch + d[None, :]
-            c = tl.load(COS + coff, mask=m2, other=0.0).to(tl.float32)
-            sn = tl.load(SIN + coff, mask=m2, other=0.0).to(tl.float32)
-            xe, xo = tl.split(tl.reshape(x, (R, D // 2, 2)))
-            xr = tl.reshape(tl.join(-xo, xe), (R, D))
-            x = x * c + xr * sn
+        x = _norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, (tok < S) & head_ok, H, eps,
+                            D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE)
         # x @ H as two bf16 MMAs on hi/lo halves of x (H is exact in bf16): ~2^-17 relative error,
         # float32-like, at a third of a 3xTF32 product's cost (plain tf32 moved ~1% of the codes)
         if GRID_ROUND:  # the interpreter: its bf16 dots are wrong; an fp32 dot is exact there
@@ -114,6 +129,32 @@ def _qk_quant_kernel(
         obase = (b * H + head).to(tl.int64) * S_PAD + tok
         tl.store(OUT + obase[:, None] * D + d[None, :], q, mask=head_ok[:, None])
         tl.store(OUTS + obase, amax / 448.0, mask=head_ok)
+
+
+@triton.jit
+def _qk_norm_rope_kernel(
+    X, sxb, sxs, sxh,  # [B, S, H, D], stride over D is 1
+    W, COS, SIN, scb, scs, sch,  # as in _qk_quant_kernel
+    OUT,  # [B, S, H, D] contiguous, x's dtype
+    S, H, eps, n_tiles,
+    D: tl.constexpr, HP: tl.constexpr, BLOCK_T: tl.constexpr,
+    HAS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROPE: tl.constexpr,
+):
+    """norm_q/norm_k + RoPE for the SDPA path in one pass (the float rows, no rotation or quantization)."""
+    R: tl.constexpr = BLOCK_T * HP
+    r = tl.arange(0, R)
+    head = r % HP
+    d = tl.arange(0, D)
+    head_ok = head < H
+    n_tblk = tl.cdiv(S, BLOCK_T)
+    for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
+        b = tile // n_tblk
+        tok = (tile % n_tblk) * BLOCK_T + r // HP
+        row_ok = (tok < S) & head_ok
+        x = _norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, row_ok, H, eps,
+                            D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE)
+        optr = OUT + ((b.to(tl.int64) * S + tok) * H + head)[:, None] * D + d[None, :]
+        tl.store(optr, x.to(OUT.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.jit

@@ -13,6 +13,7 @@ path traces under ``torch.compile(fullgraph=True)`` and replays in CUDA graphs):
   and its interleaved RoPE, so q/k leave the producer once, in FP8.
 * ``q8lib::attn_quant_v``: per-channel e4m3 v, written transposed (keys contiguous).
 * ``q8lib::fp8_attention_fwd``: the attention kernel.
+* ``q8lib::attn_norm_rope``: for SDPA attention, LTX's RMSNorm across heads + RoPE in one pass (float out).
 
 :func:`attention` is the backend op on ``[B, H, S, D]`` tensors; :func:`fused_attention_core` is
 what :func:`q8lib.attention.q8_attention_core` calls with the raw projections (``[B, S, H*D]``).
@@ -29,7 +30,7 @@ from .. import reference as ref
 from ..hadamard import hadamard_matrix
 from . import warn_fallback
 
-__all__ = ["attention", "fused_attention_core", "quant_qk", "quant_v", "attention_fwd", "unsupported_reason",
+__all__ = ["attention", "fused_attention_core", "quant_qk", "quant_v", "attention_fwd", "norm_rope", "unsupported_reason",
            "HEAD_DIMS", "SEQ_PAD"]
 
 HEAD_DIMS = (32, 64, 128)  # powers of two the kernels are built for (LTX: 64 for 2B, 128 for 13B)
@@ -115,32 +116,35 @@ def _num_programs(device, n_tiles: int, per_sm: int = 4) -> int:
     return min(n_tiles, per_sm * _NUM_SMS[key])
 
 
-def qk_kind(D: int, norm: bool, rope: bool) -> str:
-    """Tuning-table key of the q/k producer (see ``row_tune.json``): ``"qk/64/norm_rope"``, ..."""
-    return f"qk/{D}/{'norm' if norm else 'nonorm'}_{'rope' if rope else 'norope'}"
+def qk_kind(D: int, norm: bool, rope: bool, quant: bool = True) -> str:
+    """Tuning-table key of a q/k producer (see ``row_tune.json``): ``"qk/64/norm_rope"`` (FP8 producer),
+    ``"qkn/64/norm_rope"`` (norm + RoPE only, the SDPA path), ..."""
+    return f"{'qk' if quant else 'qkn'}/{D}/{'norm' if norm else 'nonorm'}_{'rope' if rope else 'norope'}"
 
 
-def _launch_quant_qk(x, weight, eps, cos, sin, out_scale, out, out_scale_t, tune=None):
-    """``x [B, S, H, D]`` -> fills ``out [B, H, Sp, D]`` e4m3 and ``out_scale_t [B, H, Sp]``.
+# Used where the table has no entry for a producer: near the best forms of both FP8-producer kinds on the H100.
+_QK_DEFAULT_TUNE = {"block_t": 2, "warps": 4, "stages": 1, "per_sm": 4}
 
-    ``tune`` (benchmarks) fixes ``block_t`` (tokens a tile), ``warps``, ``stages`` and ``per_sm``
-    (persistent programs per SM); else the measured table entry for this GPU, else the defaults below.
-    """
+
+def _qk_launch(x, weight, eps, cos, sin, s_pad, tune, quant):
+    """Common launch arguments of the q/k producers for ``x [B, S, H, D]``: ``(grid, args, n_tiles, meta)``.
+    ``s_pad``: the padded sequence the tiles cover (``None``: ``S`` rounded up to whole tiles)."""
     from .linear import _table_tune
 
     B, S, H, D = x.shape
-    s_pad = out.shape[2]
     hp = triton.next_power_of_2(H)
     has_rope = cos is not None
     if tune is None and not _interpreting(x):
-        tune = _table_tune(x.device, qk_kind(D, eps >= 0, has_rope))
-    tune = tune or {}
+        tune = _table_tune(x.device, qk_kind(D, eps >= 0, has_rope, quant))
+    tune = tune or ({} if quant else _QK_DEFAULT_TUNE)
     # default: ~64-128 (token, head) rows a tile (8192 elements) over 8 warps; with RoPE six [rows, D]
     # float32 tiles are live (x, its pair partner, cos, sin, weights), so half that
     per_tile = (4096 if has_rope else 8192) // D
     block_t = tune.get("block_t") or max(1, max(16, per_tile) // hp)
     if _interpreting(x):
         block_t = max(1, 32 // hp)
+    if s_pad is None:  # the norm-only producer: tiles cover whole blocks of tokens, the tail is masked
+        s_pad = -(-S // block_t) * block_t
     if s_pad % block_t:
         raise ValueError(f"block_t {block_t} must divide the padded sequence {s_pad}")
     if has_rope:
@@ -151,16 +155,32 @@ def _launch_quant_qk(x, weight, eps, cos, sin, out_scale, out, out_scale_t, tune
     n_tiles = B * (s_pad // block_t)
     per_sm = tune.get("per_sm", 4)
     progs = n_tiles if (per_sm == 0 and not _interpreting(x)) else _num_programs(x.device, n_tiles, per_sm or 4)
-    _k._qk_quant_kernel[(progs,)](
-        x, x.stride(0), x.stride(1), x.stride(2),
-        weight if weight is not None else x,
-        *cs,
-        _hadamard_pm1(D, x.device), out, out_scale_t,
-        S, s_pad, H, float(eps), float(out_scale) / math.sqrt(D), n_tiles,
-        D=D, HP=hp, BLOCK_T=block_t,
-        HAS_NORM=eps >= 0, HAS_WEIGHT=weight is not None, HAS_ROPE=has_rope, GRID_ROUND=_interpreting(x),
-        num_warps=tune.get("warps") or (4 if D * hp * block_t <= 2048 else 8), num_stages=tune.get("stages", 3),
+    args = (x, x.stride(0), x.stride(1), x.stride(2), weight if weight is not None else x, *cs)
+    meta = dict(D=D, HP=hp, BLOCK_T=block_t, HAS_NORM=eps >= 0, HAS_WEIGHT=weight is not None, HAS_ROPE=has_rope,
+                num_warps=tune.get("warps") or (4 if D * hp * block_t <= 2048 else 8), num_stages=tune.get("stages", 3))
+    return (progs,), args, n_tiles, meta
+
+
+def _launch_quant_qk(x, weight, eps, cos, sin, out_scale, out, out_scale_t, tune=None):
+    """``x [B, S, H, D]`` -> fills ``out [B, H, Sp, D]`` e4m3 and ``out_scale_t [B, H, Sp]``.
+
+    ``tune`` (benchmarks) fixes ``block_t`` (tokens a tile), ``warps``, ``stages`` and ``per_sm``
+    (persistent programs per SM); else the measured table entry for this GPU, else the defaults.
+    """
+    B, S, H, D = x.shape
+    grid, args, n_tiles, meta = _qk_launch(x, weight, eps, cos, sin, out.shape[2], tune, quant=True)
+    _k._qk_quant_kernel[grid](
+        *args, _hadamard_pm1(D, x.device), out, out_scale_t,
+        S, out.shape[2], H, float(eps), float(out_scale) / math.sqrt(D), n_tiles,
+        GRID_ROUND=_interpreting(x), **meta,
     )
+
+
+def _launch_norm_rope(x, weight, eps, cos, sin, out, tune=None):
+    """``x [B, S, H, D]`` -> fills ``out [B, S, H, D]`` (contiguous) with norm + RoPE rows."""
+    B, S, H, D = x.shape
+    grid, args, n_tiles, meta = _qk_launch(x, weight, eps, cos, sin, None, tune, quant=False)
+    _k._qk_norm_rope_kernel[grid](*args, out, S, H, float(eps), n_tiles, **meta)
 
 
 @torch.library.custom_op("q8lib::attn_quant_qk", mutates_args=())
@@ -184,6 +204,23 @@ def quant_qk(x: torch.Tensor, weight: torch.Tensor | None, eps: float, cos: torc
 def _(x, weight, eps, cos, sin, out_scale):
     B, S, H, D = x.shape
     return x.new_empty(B, H, _pad(S), D, dtype=FP8), x.new_empty(B, H, _pad(S), dtype=torch.float32)
+
+
+@torch.library.custom_op("q8lib::attn_norm_rope", mutates_args=())
+def norm_rope(x: torch.Tensor, weight: torch.Tensor | None, eps: float, cos: torch.Tensor | None,
+              sin: torch.Tensor | None) -> torch.Tensor:
+    """SDPA-path producer: ``x [B, S, H, D]`` (last stride 1) -> ``[B, S, H, D]`` contiguous in ``x.dtype``:
+    RMSNorm across all ``H*D`` channels of a token (``eps >= 0``; ``weight [H*D]`` or None), then LTX's
+    interleaved RoPE (``cos``/``sin [B|1, S, H, D]``), computed in float32 and rounded once."""
+    out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    if x.numel():
+        _launch_norm_rope(x, weight, eps, cos, sin, out)
+    return out
+
+
+@norm_rope.register_fake
+def _(x, weight, eps, cos, sin):
+    return x.new_empty(x.shape)
 
 
 def _launch_quant_v(v, out, vscale):
@@ -306,10 +343,11 @@ def _norm_params(norm):
     return None
 
 
-def fused_attention_core(attn, query, key, value, image_rotary_emb=None, key_lengths=None):
-    """``q8_attention_core`` for the triton backend: norm_q/norm_k + RoPE + Hadamard + scale + e4m3
-    in one producer per operand, then the FP8 kernel. ``[B, S, H*D]`` in, ``[B, Sq, H*D]`` out.
+def fused_attention_core(attn, query, key, value, image_rotary_emb=None, key_lengths=None, fp8=True):
+    """``q8_attention_core`` for the triton backend. ``[B, S, H*D]`` in, ``[B, Sq, H*D]`` out.
 
+    ``fp8``: norm_q/norm_k + RoPE + Hadamard + scale + e4m3 in one producer per operand, then the FP8
+    kernel. Else norm_q/norm_k + RoPE in one producer per operand (float rows), then SDPA.
     Returns ``None`` when this path cannot take the module/inputs (the caller runs the generic path).
     """
     heads = attn.heads
@@ -325,5 +363,10 @@ def fused_attention_core(attn, query, key, value, image_rotary_emb=None, key_len
         if cos.shape[-2:] != query.shape[-2:] or key.shape[1] != query.shape[1]:
             return None
         rope = tuple(_last_contiguous(t).unflatten(2, (heads, -1)) for t in (cos, sin))
-    out = _fp8_bshd(q, k, v, key_lengths, None, qn, kn, rope)
+    if fp8:
+        out = _fp8_bshd(q, k, v, key_lengths, None, qn, kn, rope)
+    else:
+        cos, sin = rope if rope is not None else (None, None)
+        q, k = norm_rope(q, qn[0], qn[1], cos, sin), norm_rope(k, kn[0], kn[1], cos, sin)
+        out = ref.sdpa_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_lengths).transpose(1, 2)
     return out.flatten(2, 3)
