@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .backends import resolve_backend
+from .quant import host_sync_allowed
 
 __all__ = ["Q8AttnProcessor", "q8_attention_core", "mask_to_key_lengths", "set_q8_attention", "restore_attention", "apply_rotary_emb"]
 
@@ -26,11 +27,6 @@ def apply_rotary_emb(x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor]) 
     return (x.float() * cos + x_rotated.float() * sin).to(x.dtype)
 
 
-def _capturing(t: torch.Tensor) -> bool:
-    """A CUDA graph is being captured on the current stream (no host syncs allowed)."""
-    return t.is_cuda and torch.cuda.is_current_stream_capturing()
-
-
 def mask_to_key_lengths(mask: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Additive-bias (``0``/negative) or boolean (``True`` = keep) key mask -> int32 lengths ``[B]``.
 
@@ -41,7 +37,7 @@ def mask_to_key_lengths(mask: torch.Tensor, batch_size: int) -> torch.Tensor:
     m = mask.reshape(batch_size, -1, mask.shape[-1])[:, 0]
     keep = m if m.dtype == torch.bool else m > -1.0
     lengths = keep.sum(-1, dtype=torch.int32)
-    if not (torch.compiler.is_compiling() or _capturing(keep)):  # the check syncs with the GPU
+    if host_sync_allowed(keep):  # the check syncs with the GPU
         prefix = torch.arange(keep.shape[-1], device=keep.device)[None] < lengths[:, None]
         if not bool((prefix == keep).all()):
             raise ValueError(

@@ -50,7 +50,7 @@ VARIANTS = {
     "q8lib_fp8attn_compile": ("q8lib", {"attention": "fp8"}, True),
 }
 # "<variant>_graph": the same, with the whole forward captured in one CUDA graph (q8lib.cudagraph),
-# which removes the host cost of launching ~200-400 kernels per forward. torch.compile's own
+# which removes the host cost of launching ~500 kernels per forward. torch.compile's own
 # mode="reduce-overhead" does not work with regional compilation: the 28 blocks share one compiled
 # region, and each replay overwrites the output the next block reads.
 VARIANTS.update({f"{k}_graph": v for k, v in list(VARIANTS.items())})

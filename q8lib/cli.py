@@ -246,10 +246,10 @@ def _generate(args) -> int:
     settings = _settings(args)  # every settings error before any model is loaded
     _check_run_args(args)
     device = resolve_device(args.device)
-    if args.cuda_graph and (device.type != "cuda" or args.offload != "none"):
-        from .pipeline import SettingsError
+    if args.cuda_graph:  # before loading anything
+        from .pipeline import check_cuda_graph
 
-        raise SettingsError("--cuda-graph needs --device cuda and no --offload (the graph holds fixed GPU buffers)")
+        check_cuda_graph(device, args.offload)
     q8_config = _q8_config(args, backend=args.backend, attention=args.attention)
     if args.precision == "q8" and q8_config.backend != "auto":  # a named backend must run: check before loading
         check_backend("q8", q8_config.backend, device)

@@ -1,8 +1,8 @@
 """Whole-forward CUDA graphs: capture a model's forward once per input signature, then replay it.
 
-Why: a compiled Q8 transformer forward is ~200 custom-op launches, and their Python cost (op
-dispatch, Triton's launcher) leaves the GPU waiting between kernels (measured on the H100: ~10 ms
-of a ~67 ms forward, see benchmarks/NOTES_linear.md). One graph replay launches them all at once.
+Why: a compiled Q8 transformer forward is ~500 custom-op launches, and their Python cost (op
+dispatch, Triton's launcher: ~56 ms of host work against ~50 ms of GPU work on the H100, see
+benchmarks/NOTES_linear.md) leaves the GPU waiting. One graph replay launches them all at once.
 ``torch.compile(mode="reduce-overhead")`` does this per compiled region, but with LTX's regional
 compilation all 28 blocks share one compiled region, and each replay overwrites the output the
 next block still reads; capturing the whole forward by hand avoids that.

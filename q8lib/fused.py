@@ -28,6 +28,7 @@ from torch import nn
 from .attention import mask_to_key_lengths, q8_attention_core
 from .backends import resolve_backend
 from .modules import Q8GELU, Q8Linear
+from .quant import host_sync_allowed
 
 __all__ = ["install_fused_blocks", "uninstall_fused_blocks", "fused_block_forward", "is_fused", "compact_rope_forward"]
 
@@ -94,8 +95,8 @@ def _key_lengths(mask, batch):
     the GPU, and diffusers passes the same mask object to every block of a forward."""
     if mask is None:
         return None
-    if torch.compiler.is_compiling() or (mask.is_cuda and torch.cuda.is_current_stream_capturing()):
-        # in the graph: no sync (the check is skipped there), and no cached tensor a replay would not refresh
+    if not host_sync_allowed(mask):
+        # in a graph: no sync (the check is skipped there), and no cached tensor a replay would not refresh
         return mask_to_key_lengths(mask, batch)
     version = -1 if mask.is_inference() else mask._version  # inference tensors keep no version counter
     cached = getattr(mask, "_q8lib_key_lengths", None)

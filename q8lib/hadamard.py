@@ -17,7 +17,7 @@ import math
 
 import torch
 
-__all__ = ["hadamard_matrix", "hadamard_transform", "check_hadamard_size"]
+__all__ = ["hadamard_matrix", "hadamard_signs", "hadamard_transform", "check_hadamard_size"]
 
 
 def _is_power_of_two(n: int) -> bool:
@@ -52,8 +52,9 @@ def hadamard_matrix(n: int, dtype: torch.dtype = torch.float32, device=None) -> 
 
 
 @functools.lru_cache(maxsize=64)
-def _signs(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Unnormalised ``[n, n]`` Sylvester matrix (entries ±1, exact in any float dtype)."""
+def hadamard_signs(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The unnormalised ``[n, n]`` Sylvester matrix (entries ±1, exact in any float dtype), cached per
+    size, dtype and device; ``hadamard_matrix(n) == hadamard_signs(n, ...) / sqrt(n)``."""
     return (_sylvester(n) * math.sqrt(n)).round().to(dtype=dtype, device=device)
 
 
@@ -77,7 +78,7 @@ def hadamard_transform(x: torch.Tensor, block_size: int | None = None) -> torch.
     A = 1 << (log_b // 2)
     B = b // A
     y = x.to(work).reshape(-1, A, B)
-    y = torch.matmul(torch.matmul(_signs(A, work, x.device), y), _signs(B, work, x.device))
+    y = torch.matmul(torch.matmul(hadamard_signs(A, work, x.device), y), hadamard_signs(B, work, x.device))
     return (y.reshape(x.shape) * (1.0 / math.sqrt(b))).to(x.dtype)
 
 

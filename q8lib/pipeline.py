@@ -324,6 +324,12 @@ def load_transformer(model: str, precision: str = "q8", checkpoint: str | None =
     return ltx.quantize_(transformer, q8_config) if precision == "q8" else transformer
 
 
+def check_cuda_graph(device: torch.device, offload: str = "none") -> None:
+    """Raise :class:`SettingsError` unless CUDA graphs can run the transformer here (before any loading)."""
+    if device.type != "cuda" or offload != "none":
+        raise SettingsError("--cuda-graph needs --device cuda and no --offload (the graph holds fixed GPU buffers)")
+
+
 def load_pipeline(
     model: str = TINY,
     *,
@@ -369,8 +375,8 @@ def load_pipeline(
         raise SettingsError(f"precision must be 'q8' or 'bf16', got {precision!r}")
     if offload not in ("none", "model"):
         raise SettingsError(f"offload must be 'none' or 'model', got {offload!r}")
-    if cuda_graph and (device.type != "cuda" or offload != "none"):
-        raise SettingsError("--cuda-graph needs --device cuda and no --offload (the graph holds fixed GPU buffers)")
+    if cuda_graph:
+        check_cuda_graph(device, offload)
     if offload == "model":
         if device.type != "cuda":
             raise SettingsError("--offload model moves components between the CPU and a GPU; it needs --device cuda")

@@ -37,10 +37,15 @@ def qdtype_name(dtype: torch.dtype) -> str:
     return "int8" if dtype == INT8 else "fp8_e4m3"
 
 
+def host_sync_allowed(t: torch.Tensor) -> bool:
+    """``False`` while torch.compile traces or a CUDA graph is captured on the current stream: then
+    checks that read ``t``'s values back to the host (a sync) must be skipped."""
+    return not (torch.compiler.is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing()))
+
+
 def check_finite(x: torch.Tensor, what: str = "input") -> None:
-    """Raise ``ValueError`` if ``x`` holds NaN/inf (skipped while torch.compile traces or a CUDA graph
-    is captured: the check needs a host sync)."""
-    if torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+    """Raise ``ValueError`` if ``x`` holds NaN/inf (skipped where :func:`host_sync_allowed` says no)."""
+    if not host_sync_allowed(x):
         return
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{what} contains NaN or inf; 8-bit quantization needs finite values.")

@@ -405,14 +405,6 @@ def test_add_quantize(seed, qd, norm):
                           test_utils=("test_schema", "test_faketensor"))
 
 
-def _tune_table():
-    import json
-    import os
-
-    with open(os.path.join(os.path.dirname(L.__file__), "row_tune.json")) as f:
-        return json.load(f)
-
-
 def test_row_kind_keys():
     assert L.row_kind(2048, True, False, False, 0) == "2048/norm/full"
     assert L.row_kind(2048, False, False, True, 0) == "2048/add/full"
@@ -422,10 +414,10 @@ def test_row_kind_keys():
     assert L.row_kind(512, False, False, False, -1) == "512/plain/none"
 
 
-@pytest.mark.parametrize("key", [k for k in _tune_table().get("sm_90", {}) if not k.startswith(("qk/", "qkn/"))])
+@pytest.mark.parametrize("key", [k for k in L._tune_table().get("sm_90", {}) if not k.startswith(("qk/", "qkn/"))])
 def test_committed_tuning_forms_compute_the_reference(seed, key):
     """Every launch form in the committed table (measured on the H100) computes the same quantization."""
-    form = _tune_table()["sm_90"][key]
+    form = L._tune_table()["sm_90"][key]
     assert set(form) == {"rows", "batched", "stages", "warps", "progs_per_sm"}
     K, kind, rot = key.split("/")
     K = int(K)

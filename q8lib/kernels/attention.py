@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import reference as ref
-from ..hadamard import hadamard_matrix
+from ..hadamard import hadamard_signs
 from . import warn_fallback
 
 __all__ = ["attention", "fused_attention_core", "quant_qk", "quant_v", "attention_fwd", "norm_rope", "unsupported_reason",
@@ -93,27 +93,10 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str
 # --------------------------------------------------------------------------------------------
 # producers
 # --------------------------------------------------------------------------------------------
-_HAD: dict = {}
-_NUM_SMS: dict = {}
-
-
-def _hadamard_pm1(d: int, device) -> torch.Tensor:
+def _hadamard_pm1(d: int, device: torch.device) -> torch.Tensor:
     """``[d, d]`` Sylvester Hadamard with entries +-1, exact in bf16 (float32 for the interpreter,
     whose bf16 dots are wrong); the producer scales by 1/sqrt(d)."""
-    key = (d, str(device))
-    if key not in _HAD:
-        dtype = torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
-        _HAD[key] = (hadamard_matrix(d, torch.float64) * math.sqrt(d)).round().to(device=device, dtype=dtype)
-    return _HAD[key]
-
-
-def _num_programs(device, n_tiles: int, per_sm: int = 4) -> int:
-    if device.type == "cpu":
-        return min(n_tiles, 4)  # interpreter: a few programs also exercise the persistent loop
-    key = str(device)
-    if key not in _NUM_SMS:
-        _NUM_SMS[key] = torch.cuda.get_device_properties(device).multi_processor_count
-    return min(n_tiles, per_sm * _NUM_SMS[key])
+    return hadamard_signs(d, torch.float32 if device.type == "cpu" else torch.bfloat16, device)
 
 
 def qk_kind(D: int, norm: bool, rope: bool, quant: bool = True) -> str:
@@ -122,14 +105,15 @@ def qk_kind(D: int, norm: bool, rope: bool, quant: bool = True) -> str:
     return f"{'qk' if quant else 'qkn'}/{D}/{'norm' if norm else 'nonorm'}_{'rope' if rope else 'norope'}"
 
 
-# Used where the table has no entry for a producer: near the best forms of both FP8-producer kinds on the H100.
+# The norm + RoPE producer's launch where the table has no entry (measured near-best for the q/k producers on
+# the H100); the FP8 producer keeps its tile-sized default there.
 _QK_DEFAULT_TUNE = {"block_t": 2, "warps": 4, "stages": 1, "per_sm": 4}
 
 
 def _qk_launch(x, weight, eps, cos, sin, s_pad, tune, quant):
     """Common launch arguments of the q/k producers for ``x [B, S, H, D]``: ``(grid, args, n_tiles, meta)``.
     ``s_pad``: the padded sequence the tiles cover (``None``: ``S`` rounded up to whole tiles)."""
-    from .linear import _table_tune
+    from .linear import _programs, _table_tune
 
     B, S, H, D = x.shape
     hp = triton.next_power_of_2(H)
@@ -153,8 +137,7 @@ def _qk_launch(x, weight, eps, cos, sin, s_pad, tune, quant):
     else:
         cs = (x, x, 0, 0, 0)
     n_tiles = B * (s_pad // block_t)
-    per_sm = tune.get("per_sm", 4)
-    progs = n_tiles if (per_sm == 0 and not _interpreting(x)) else _num_programs(x.device, n_tiles, per_sm or 4)
+    progs = _programs(x.device, n_tiles, tune.get("per_sm", 4))
     args = (x, x.stride(0), x.stride(1), x.stride(2), weight if weight is not None else x, *cs)
     meta = dict(D=D, HP=hp, BLOCK_T=block_t, HAS_NORM=eps >= 0, HAS_WEIGHT=weight is not None, HAS_ROPE=has_rope,
                 num_warps=tune.get("warps") or (4 if D * hp * block_t <= 2048 else 8), num_stages=tune.get("stages", 3))

@@ -103,32 +103,45 @@ def _as3(x: torch.Tensor) -> torch.Tensor:
     return x3 if x3.stride(-1) == 1 else x3.contiguous()
 
 
-_ROW_FIT: dict = {}  # kernel variant -> index of the first launch attempt that fits in shared memory
+_ROW_FIT: dict = {}  # kernel variant -> the launch (as in _ROW_DEFAULT_TUNE, plus "tile") that fitted
 # The default launch (v1 in benchmarks/NOTES_linear.md): persistent grid of 4 programs per SM, warps by tile size.
 _ROW_DEFAULT_TUNE = {"stages": 3, "warps": None, "progs_per_sm": 4, "batched": False}
 # Launch settings measured per GPU architecture and row-op kind: ``benchmarks/sweep_rows.py --table``
 # times every launch form on the device and writes the fastest per kind here. Kinds missing from the
 # table (other GPUs, other row lengths) use the default above.
 _TUNE_FILE = os.path.join(os.path.dirname(__file__), "row_tune.json")
-_TUNE_TABLE: dict = {}
+
+
+@functools.lru_cache(maxsize=1)
+def _tune_table() -> dict:
+    try:
+        with open(_TUNE_FILE) as f:
+            return json.load(f)
+    except FileNotFoundError:  # a trimmed install: every kind keeps the default launch
+        return {}
 
 
 def row_kind(K: int, norm: bool, gelu: bool, residual: bool, rot: int) -> str:
     """The tuning-table key of a row op: ``"2048/add_norm/full"``, ``"8192/gelu/full"``, ..."""
-    kind = ("add_" if residual else "") + ("norm" if norm else "gelu" if gelu else "plain")
-    return f"{K}/{kind.replace('add_plain', 'add')}/{'none' if rot < 0 else 'full' if rot == 0 else f'b{rot}'}"
+    kind = "norm" if norm else "gelu" if gelu else "plain"
+    if residual:
+        kind = "add_norm" if norm else "add"
+    return f"{K}/{kind}/{'none' if rot < 0 else 'full' if rot == 0 else f'b{rot}'}"
+
+
+def _programs(device: torch.device, n_tiles: int, per_sm: int) -> int:
+    """Programs of a tile grid: ``per_sm`` persistent programs per SM (each loops over tiles), or one
+    program per tile for ``per_sm == 0``; a few in Triton's CPU interpreter (still exercising the loop)."""
+    if device.type != "cuda":
+        return min(n_tiles, 4)
+    return n_tiles if per_sm == 0 else min(n_tiles, per_sm * _sm_count(device.index or 0))
 
 
 def _table_tune(device: torch.device, key: str):
+    """The measured launch form for ``key`` on this GPU's architecture, or ``None``."""
     if device.type != "cuda":
         return None
-    if not _TUNE_TABLE:
-        try:
-            with open(_TUNE_FILE) as f:
-                _TUNE_TABLE.update(json.load(f))
-        except FileNotFoundError:
-            _TUNE_TABLE["none"] = {}
-    return _TUNE_TABLE.get(f"sm_{_capability(device.index or 0)}", {}).get(key)
+    return _tune_table().get(f"sm_{_capability(device.index or 0)}", {}).get(key)
 
 
 def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_scale=None,
@@ -162,38 +175,29 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
     rs, rsb, rss = _bcast3(residual, x)
     g, gb, gs = _bcast3(gate, x)
     dummy = x3
-    # Shared memory depends on the tile, the pipelining depth and the input dtype; on "out of resource"
-    # retry with fewer stages, then half the tile (compiled once per shape: the cost is paid once).
-    # The first attempt that fits is remembered per kernel variant, so the failed compiles and the
-    # exceptions are paid once, not on every call (that host time showed up in the H100 timings).
+    # The launch: the form measured fastest for this GPU and op kind (row_tune.json) if there is one,
+    # then the default plan; on "out of resource" (shared memory depends on the tile, the pipelining
+    # depth and the input dtype) the next attempt: fewer stages, then half the tile. The launch that
+    # fitted is remembered per kernel variant, so the table lookup, failed compiles and exceptions are
+    # paid once, not on every call (that host time showed up in the H100 timings).
     tile = p[0] * K
     key = (K, tile, hb, rotate, norm, gelu, weight is not None, scale is not None, shift is not None,
            residual is not None, gate is not None, x.dtype, out.dtype, x.device.type)
-    attempts = [(tile, 3), (tile, 1)] + [(tile >> i, 1) for i in range(1, 8) if (tile >> i) >= K]
-    if key in _ROW_FIT:
-        attempts = attempts[_ROW_FIT[key]:]
-    start = _ROW_FIT.get(key, 0)
-    measured = None if tune else _table_tune(x.device, row_kind(K, norm, gelu, residual is not None, rot))
-    if measured and key not in _ROW_FIT:  # the measured form first; the default attempts if it does not fit
-        t = dict(_ROW_DEFAULT_TUNE, **measured)
-        try:
-            return launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_scale,
-                                    residual, gate, h_out, tune=t)
-        except OutOfResources:
-            pass
-    t = dict(_ROW_DEFAULT_TUNE, **(tune or {}))
-    if tune:
-        attempts = [(t["rows"] * K if "rows" in tune else tile, t["stages"])]
-    for n, (te, stages) in enumerate(attempts):
-        rows_per, A, B, left = plan(K, hb, rotate, te)
+    if tune is not None:
+        attempts = [dict(_ROW_DEFAULT_TUNE, tile=tune["rows"] * K if "rows" in tune else tile, **tune)]
+    elif key in _ROW_FIT:
+        attempts = [_ROW_FIT[key]]
+    else:
+        measured = _table_tune(x.device, row_kind(K, norm, gelu, residual is not None, rot))
+        attempts = [dict(_ROW_DEFAULT_TUNE, tile=measured["rows"] * K, **measured)] if measured else []
+        attempts += [dict(_ROW_DEFAULT_TUNE, tile=te, stages=st)
+                     for te, st in [(tile, 3), (tile, 1)] + [(tile >> i, 1) for i in range(1, 8) if (tile >> i) >= K]]
+    for n, t in enumerate(attempts):
+        rows_per, A, B, left = plan(K, hb, rotate, t["tile"])
         n_tiles = triton.cdiv(M, rows_per)
-        per_sm = t["progs_per_sm"]
-        if not x.is_cuda:
-            progs = min(n_tiles, 4)
-        else:
-            progs = n_tiles if per_sm == 0 else min(n_tiles, per_sm * _sm_count(x.device.index or 0))
+        progs = _programs(x.device, n_tiles, t["progs_per_sm"])
         elems = rows_per * K
-        warps = t.get("warps") or (4 if elems <= 2048 else (8 if elems <= 16384 else 16))
+        warps = t["warps"] or (4 if elems <= 2048 else (8 if elems <= 16384 else 16))
         try:
             _row_quant_kernel[(progs,)](
                 x3, x3.stride(0), x3.stride(1),
@@ -209,11 +213,10 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
                 GELU=gelu, ROTATE=rotate, LEFT=left, DOT_BF16=x.is_cuda,
                 QMODE=qmode, QMAX=QMAX.get(out.dtype, 1.0), SOFT_FP8=not x.is_cuda,
                 RESID=residual is not None, HAS_GATE=gate is not None, BATCHED=bool(t["batched"]),
-                num_warps=warps, num_stages=stages,
+                num_warps=warps, num_stages=t["stages"],
             )
-            if tune:
-                return out, out_scale
-            _ROW_FIT[key] = start + n
+            if tune is None:
+                _ROW_FIT[key] = t
             return out, out_scale
         except OutOfResources:
             if n == len(attempts) - 1:
