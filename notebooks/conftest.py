@@ -11,3 +11,10 @@ for _key in [k for k in os.environ if k.startswith("Q8_")]:
 os.environ["Q8_DEVICE"] = "cpu"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TQDM_DISABLE"] = "1"
+# Caches the notebooks may write (prompt embeddings, matplotlib's font cache) go to a temporary
+# folder, never to the home folder, where an earlier run's files could change an output.
+import tempfile as _tempfile
+
+_cache = _tempfile.mkdtemp(prefix="q8lib-notebooks-")
+os.environ["Q8LIB_CACHE"] = os.path.join(_cache, "q8lib")
+os.environ.setdefault("MPLCONFIGDIR", os.path.join(_cache, "matplotlib"))

@@ -4,6 +4,7 @@ import re
 import shlex
 import subprocess
 import sys
+
 import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -57,3 +58,28 @@ def test_readme_results_match_committed_json():
     import readme_results
 
     assert readme_results.main(["--check"]) == 0, "run: python benchmarks/readme_results.py"
+
+
+def test_supported_versions_match_pyproject():
+    from q8lib.versions import SUPPORTED
+
+    reqs = set(_pyproject()["project"]["dependencies"]) | set(_pyproject()["project"]["optional-dependencies"]["gpu"])
+    for name, (spec, why) in SUPPORTED.items():
+        assert f"{name}{spec}" in reqs, f"pyproject.toml should require {name}{spec} (q8lib/versions.py: {why})"
+
+
+def test_installed_versions_are_supported():
+    from q8lib.versions import check_versions
+
+    problems = check_versions()
+    assert not problems, "\n".join(problems)
+
+
+def test_version_check_names_the_package_the_range_and_the_fix():
+    from q8lib.versions import check_versions
+
+    problems = check_versions({"diffusers": "0.43.0", "torch": "2.13.0", "triton": "2.3.1", "transformers": "junk"})
+    text = "\n".join(problems)
+    assert len(problems) == 3 and "torch" not in text, text
+    assert "diffusers 0.43.0 is outside the supported range diffusers==0.42.1" in text
+    assert "pip install 'triton>=3.0'" in text and "transformers junk" in text

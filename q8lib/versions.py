@@ -1,0 +1,60 @@
+"""Which versions of the packages q8lib builds on are supported, and a check of the installed ones.
+
+The bounds below are the ones in ``pyproject.toml`` (a test keeps the two equal); each bound
+exists because of a known break, named beside it. Tested combinations: torch 2.13 (CPU) with
+triton 3.9 under the interpreter, and torch 2.11 (CUDA 13) with triton 3.6 on Hopper.
+"""
+from __future__ import annotations
+
+import warnings
+from importlib import metadata
+
+__all__ = ["SUPPORTED", "check_versions", "warn_unsupported"]
+
+# distribution -> (specifier, why that bound)
+SUPPORTED = {
+    "torch": (">=2.5", "torch.OutOfMemoryError, torch.library.custom_op with register_fake, float8_e4m3fn GEMMs"),
+    "diffusers": ("==0.42.1", "LTXAttention and its processor signature, LTXVideoTransformer3DModel's module "
+                              "names and compile_repeated_blocks are those of diffusers 0.42"),
+    "transformers": (">=4.46", "the T5 encoder and tokenizer classes diffusers 0.42's LTX pipelines load"),
+    "safetensors": (">=0.4", "metadata in safetensors headers (q8lib marks its checkpoints there)"),
+    "triton": (">=3.0", "tl.dot with float8 operands and tl.permute/tl.reshape in the kernels (GPU extra)"),
+}
+
+
+def check_versions(installed: dict[str, str | None] | None = None) -> list[str]:
+    """One sentence per installed package outside :data:`SUPPORTED`; empty when all are inside.
+
+    ``installed`` maps distribution names to versions (default: what ``importlib.metadata`` finds);
+    packages that are not installed are not reported here (their import fails with its own message).
+    """
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    problems = []
+    for name, (spec, why) in SUPPORTED.items():
+        if installed is not None:
+            version = installed.get(name)
+        else:
+            try:
+                version = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                version = None
+        if version is None:
+            continue
+        try:
+            ok = Version(version) in SpecifierSet(spec)
+        except InvalidVersion:
+            ok = False
+        if not ok:
+            problems.append(f"{name} {version} is outside the supported range {name}{spec} ({why}); "
+                            f"install a supported one: pip install '{name}{spec}'")
+    return problems
+
+
+def warn_unsupported() -> list[str]:
+    """Warn once per unsupported installed package (:func:`check_versions`); returns the sentences."""
+    problems = check_versions()
+    for p in problems:
+        warnings.warn(p, UserWarning, stacklevel=2)
+    return problems
