@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from .backends import resolve_backend
+from .errors import SettingsError
 from .quant import host_sync_allowed
 
-__all__ = ["Q8AttnProcessor", "q8_attention_core", "mask_to_key_lengths", "set_q8_attention", "restore_attention", "apply_rotary_emb"]
+__all__ = ["Q8AttnProcessor", "q8_attention_core", "mask_to_key_lengths", "check_fp8_attention", "set_q8_attention",
+           "restore_attention", "apply_rotary_emb"]
 
 
 def apply_rotary_emb(x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -40,7 +42,7 @@ def mask_to_key_lengths(mask: torch.Tensor, batch_size: int) -> torch.Tensor:
     if host_sync_allowed(keep):  # the check syncs with the GPU
         prefix = torch.arange(keep.shape[-1], device=keep.device)[None] < lengths[:, None]
         if not bool((prefix == keep).all()):
-            raise ValueError(
+            raise SettingsError(
                 "q8lib attention supports right-padded key masks only (a kept prefix per sample); "
                 "this mask keeps non-contiguous keys."
             )
@@ -105,14 +107,37 @@ def _attention_modules(model: nn.Module):
     return [(n, m) for n, m in model.named_modules() if hasattr(m, "set_processor") and hasattr(m, "processor")]
 
 
+def check_fp8_attention(model: nn.Module) -> None:
+    """Raise :class:`~q8lib.errors.SettingsError` unless FP8 attention can rotate every head of ``model``.
+
+    FP8 attention rotates q and k with a Hadamard matrix of the head size, which must be a power
+    of two. Works on meta-device models, so it runs before any weight is touched.
+    """
+    for name, m in _attention_modules(model):
+        heads = getattr(m, "heads", None)
+        width = getattr(getattr(m, "to_q", None), "out_features", None)
+        if not heads or not width:
+            continue
+        head_dim = width // heads
+        if head_dim < 1 or head_dim & (head_dim - 1):
+            raise SettingsError(
+                f"FP8 attention rotates q/k over the head size, which must be a power of two, but {name} has "
+                f"{heads} heads of {head_dim}; use attention='sdpa' (--attention sdpa: 8-bit linears, "
+                "bf16 attention) or 'keep'")
+
+
 def set_q8_attention(model: nn.Module, fp8: bool = True, backend: str = "auto") -> dict:
     """Install :class:`Q8AttnProcessor` on every attention module of ``model``.
 
     Returns the original processors (also kept on the model) so :func:`restore_attention` can undo it.
+    Raises :class:`~q8lib.errors.SettingsError` (before changing anything) if ``fp8`` and a head size
+    cannot be rotated (:func:`check_fp8_attention`).
     """
     mods = _attention_modules(model)
     if not mods:
-        raise ValueError(f"{type(model).__name__} has no attention modules with processors")
+        raise SettingsError(f"{type(model).__name__} has no attention modules with processors")
+    if fp8:
+        check_fp8_attention(model)
     originals = getattr(model, "_q8_original_processors", None) or {n: m.processor for n, m in mods}
     model._q8_original_processors = originals
     processor = Q8AttnProcessor(fp8=fp8, backend=backend)
@@ -125,7 +150,7 @@ def restore_attention(model: nn.Module) -> None:
     """Put back the processors that :func:`set_q8_attention` replaced."""
     originals = getattr(model, "_q8_original_processors", None)
     if not originals:
-        raise ValueError("restore_attention: no Q8 attention processors were installed on this model")
+        raise SettingsError("restore_attention: no Q8 attention processors were installed on this model")
     for name, m in _attention_modules(model):
         m.set_processor(originals[name])
     del model._q8_original_processors

@@ -10,12 +10,9 @@ from __future__ import annotations
 import torch
 
 from . import reference as ref
+from .errors import BackendUnavailableError
 
 __all__ = ["Backend", "BackendUnavailableError", "register_backend", "get_backend", "resolve_backend", "list_backends"]
-
-
-class BackendUnavailableError(RuntimeError):
-    """The requested backend cannot run here; the message says what is missing."""
 
 
 class Backend:

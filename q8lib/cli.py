@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 import time
 import warnings
 from pathlib import Path
 
-__all__ = ["main", "build_parser", "MissingPackageError"]
+from .errors import MissingPackageError, Q8Error, Q8Warning, SettingsError
+from .outputs import check_output_dir, check_output_file, write_json
+from .versions import check_versions
 
-
-class MissingPackageError(RuntimeError):
-    """An optional package that the requested feature needs is not installed."""
+__all__ = ["main", "build_parser", "MissingPackageError"]  # MissingPackageError: q8lib.errors, re-exported
 
 
 # ------------------------------------------------------------------------------------------------
@@ -145,15 +144,11 @@ def _settings(args):
                         frame_rate=args.fps)
 
 
-def _check_run_args(args) -> None:
-    from .pipeline import SettingsError
-
+def _check_run_args(args) -> Path:
+    """Every check of a generate/compare run that needs no model; returns the output path."""
     if args.warmup < 0 or args.repeats < 1:
         raise SettingsError(f"--warmup must be >= 0 and --repeats >= 1, got {args.warmup} and {args.repeats}")
-    if args.image is not None and "://" not in args.image and not Path(args.image).is_file():
-        raise SettingsError(f"--image {args.image!r} is not a file")
-    if Path(args.output).suffix.lower() != ".mp4":
-        raise SettingsError(f"--output must end in .mp4, got {args.output!r}")
+    out = check_output_file(args.output, (".mp4",), "--output")
     if not args.no_video:
         try:
             import imageio  # noqa: F401
@@ -161,6 +156,7 @@ def _check_run_args(args) -> None:
         except ImportError as e:
             raise MissingPackageError(f"writing mp4 needs imageio and imageio-ffmpeg ({e}): "
                                       "pip install imageio imageio-ffmpeg, or pass --no-video") from e
+    return out
 
 
 def _wandb_start(args, job: str, config: dict):
@@ -190,9 +186,18 @@ def _q8_config(args, **kw):
 
 
 def _prompt_cache(args):
+    """The prompt cache, or ``None`` (with a warning) when its folder cannot be used: the run goes on without it."""
     from .pipeline import PromptCache
 
-    return None if args.no_prompt_cache else PromptCache(args.prompt_cache)
+    if args.no_prompt_cache:
+        return None
+    cache = PromptCache(args.prompt_cache)
+    try:
+        check_output_dir(cache.root, "--prompt-cache")
+    except SettingsError as e:
+        warnings.warn(Q8Warning(f"{e}; running without the prompt cache"), stacklevel=2)
+        return None
+    return cache
 
 
 def _needs_text_encoder(args, settings, cache) -> bool:
@@ -209,11 +214,30 @@ def _needs_text_encoder(args, settings, cache) -> bool:
 
 
 def _load_image(path):
+    """The ``--image`` as a PIL image, read before any model loads; :class:`SettingsError` if it cannot be."""
     if path is None:
         return None
-    from diffusers.utils import load_image
+    from PIL import Image
 
-    return load_image(path)
+    if "://" in path:
+        if not path.startswith(("http://", "https://")):
+            raise SettingsError(f"--image {path!r}: give a local file or an http(s) URL")
+        from diffusers.utils import load_image
+
+        try:
+            return load_image(path)
+        except Exception as e:  # no network, HTTP error, not an image: all the user's to fix
+            raise SettingsError(f"--image: could not load {path} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                                "check the URL and the network, or download the image and pass the file") from None
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise SettingsError(f"--image {path!r} is not a file")
+    try:
+        with Image.open(p) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise SettingsError(f"--image {path!r} is not an image Pillow can read ({type(e).__name__}); "
+                            "pass a PNG, JPEG or WebP file") from None
 
 
 def _median_timings(runs: list) -> dict:
@@ -234,43 +258,50 @@ def _shape(pipe, settings) -> dict:
     return settings.shape(pipe.vae_spatial_compression_ratio, pipe.vae_temporal_compression_ratio)
 
 
-def _write_json(path: Path, report: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+def _prepare(args, precision: str) -> argparse.Namespace:
+    """Every check of a generate/compare run, in the order a user can fix them, before any model loads:
+    settings, output path, device, dtype, backend, CUDA graph, checkpoint, image, prompt cache."""
+    from .pipeline import check_backend, check_cuda_graph, resolve_device, resolve_dtype
+
+    settings = _settings(args)
+    out = _check_run_args(args)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    if getattr(args, "cuda_graph", False):
+        check_cuda_graph(device, args.offload)
+    q8_config = _q8_config(args, backend=args.backend, attention=args.attention)
+    # A named backend must run here; "auto" warns once, where the model is built (compare builds bf16 first).
+    backend = (check_backend("q8", q8_config.backend, device)
+               if (precision == "q8" and q8_config.backend != "auto") or args.command == "compare" else None)
+    if args.checkpoint is not None:
+        from .ltx import check_checkpoint_source
+
+        check_checkpoint_source(args.checkpoint, args.checkpoint_subfolder)
+    image = _load_image(args.image)
+    cache = _prompt_cache(args)
+    return argparse.Namespace(settings=settings, out=out, device=device, dtype=dtype, q8_config=q8_config,
+                              backend=backend, image=image, cache=cache)
 
 
 def _generate(args) -> int:
-    from .pipeline import check_backend, environment, free_text_encoder, load_pipeline, resolve_device
+    from .pipeline import encode_prompts, environment, free_text_encoder, load_pipeline
     from .video import write_video
 
-    settings = _settings(args)  # every settings error before any model is loaded
-    _check_run_args(args)
-    device = resolve_device(args.device)
-    if args.cuda_graph:  # before loading anything
-        from .pipeline import check_cuda_graph
-
-        check_cuda_graph(device, args.offload)
-    q8_config = _q8_config(args, backend=args.backend, attention=args.attention)
-    if args.precision == "q8" and q8_config.backend != "auto":  # a named backend must run: check before loading
-        check_backend("q8", q8_config.backend, device)
-    cache = _prompt_cache(args)
+    run = _prepare(args, args.precision)
+    settings, device, image, cache, out = run.settings, run.device, run.image, run.cache, run.out
     wb = _wandb_start(args, "generate", dict(dataclasses.asdict(settings), model=args.model,
                                              precision=args.precision)) if args.wandb else None
-    image = _load_image(args.image)
     start = time.perf_counter()
     pipe = load_pipeline(args.model, precision=args.precision, checkpoint=args.checkpoint,
                          checkpoint_subfolder=args.checkpoint_subfolder, image_to_video=image is not None,
-                         device=device, dtype=args.dtype, q8_config=q8_config,
+                         device=device, dtype=run.dtype, q8_config=run.q8_config,
                          load_text_encoder=_needs_text_encoder(args, settings, cache), offload=args.offload,
                          vae_tiling=args.vae_tiling, compile=args.compile, cuda_graph=args.cuda_graph)
     load_s = time.perf_counter() - start
-    from .pipeline import encode_prompts
-
     embeds, enc = encode_prompts(pipe, settings, pipe.q8lib_info["model"], cache)
     if not args.keep_text_encoder:
         free_text_encoder(pipe)
     runs = _run(pipe, settings, embeds, image, args)
-    out = Path(args.output)
     videos = runs[-1]["frames"]
     paths = [] if args.no_video else [out if i == 0 else out.with_name(f"{out.stem}_{i}{out.suffix}")
                                       for i in range(len(videos))]
@@ -281,9 +312,9 @@ def _generate(args) -> int:
                                warmup_runs=args.warmup),
                   outputs=[str(p) for p in paths])
     sidecar = out.with_suffix(".json")
-    _write_json(sidecar, report)  # before the video, so the measurements survive a failed write
-    for v, p in zip(videos, paths):
+    for v, p in zip(videos, paths):  # each file is written whole or not at all (q8lib.outputs)
         write_video(v, p, settings.frame_rate)
+    write_json(sidecar, report)
     t = report["results"]["timings"]
     mem = runs[-1]["memory"].get("peak_gib")
     print(f"wrote {' '.join(map(str, paths + [sidecar]))} ({settings.num_frames} frames, "
@@ -302,23 +333,20 @@ def _compare(args) -> int:
     import torch
 
     from . import ltx
-    from .pipeline import (check_backend, encode_prompts, environment, free_text_encoder, load_pipeline,
-                           load_transformer, resolve_device, resolve_dtype)
+    from .pipeline import encode_prompts, environment, free_text_encoder, load_pipeline, load_transformer
     from .video import plot_metrics, psnr, side_by_side, ssim, write_video
 
-    settings = _settings(args)
-    _check_run_args(args)
-    device = resolve_device(args.device)
-    q8_config = _q8_config(args, backend=args.backend, attention=args.attention)
-    backend = check_backend("q8", q8_config.backend, device)  # fail before loading if it cannot run
-    cache = _prompt_cache(args)
+    run = _prepare(args, "q8")
+    settings, device, image, cache, out = run.settings, run.device, run.image, run.cache, run.out
+    q8_config, backend = run.q8_config, run.backend
     wb = _wandb_start(args, "compare", dict(dataclasses.asdict(settings), model=args.model)) if args.wandb else None
-    image = _load_image(args.image)
     start = time.perf_counter()
     pipe = load_pipeline(args.model, precision="bf16", image_to_video=image is not None, device=device,
-                         dtype=args.dtype, q8_config=q8_config,
+                         dtype=run.dtype, q8_config=q8_config,
                          load_text_encoder=_needs_text_encoder(args, settings, cache),
                          offload=args.offload, vae_tiling=args.vae_tiling)
+    if not args.checkpoint:  # the Q8 conversion must be possible before the unquantized run, not after it
+        ltx.check_q8_config(dict(pipe.transformer.config), q8_config)
     load_s = time.perf_counter() - start
     embeds, enc = encode_prompts(pipe, settings, pipe.q8lib_info["model"], cache)
     if not args.keep_text_encoder:
@@ -328,9 +356,8 @@ def _compare(args) -> int:
     if args.checkpoint:
         pipe.register_modules(transformer=None)
         gc.collect()
-        dtype = resolve_dtype(args.dtype, device)
         pipe.register_modules(transformer=load_transformer(
-            pipe.q8lib_info["model"], "q8", args.checkpoint, args.checkpoint_subfolder, q8_config, device, dtype))
+            pipe.q8lib_info["model"], "q8", args.checkpoint, args.checkpoint_subfolder, q8_config, device, run.dtype))
     else:
         ltx.quantize_(pipe.transformer, q8_config, progress=not args.quiet)
     if torch.cuda.is_available():
@@ -338,7 +365,6 @@ def _compare(args) -> int:
     q8_runs = _run(pipe, settings, embeds, image, args)
     ref, q8 = ref_runs[-1]["frames"][0], q8_runs[-1]["frames"][0]
     p, s = psnr(ref, q8), ssim(ref, q8)
-    out = Path(args.output)
     per_frame = dict(psnr_db=[float(v) for v in p], ssim=[float(v) for v in s])
     plot = plot_metrics(per_frame, out.with_suffix(".png"),
                         title=f"{pipe.q8lib_info['model']}: {pipe.q8lib_info['dtype']} vs Q8 ({q8_config.weight_dtype})")
@@ -361,9 +387,9 @@ def _compare(args) -> int:
                                warmup_runs=args.warmup, repeats=args.repeats),
                   outputs=dict(video=None if args.no_video else str(out), plot=str(plot) if plot else None))
     sidecar = out.with_suffix(".json")
-    _write_json(sidecar, report)  # before the video, so the measurements survive a failed write
-    if not args.no_video:
+    if not args.no_video:  # each file is written whole or not at all (q8lib.outputs)
         write_video(side_by_side(ref, q8), out, settings.frame_rate)
+    write_json(sidecar, report)
     rt, qt = report["results"]["reference"]["timings"], report["results"]["q8"]["timings"]
     video_note = "" if args.no_video else f"{out} (left: {pipe.q8lib_info['dtype']}, right: Q8), "
     print(f"wrote {video_note}{sidecar}" + (f" and {plot}" if plot else ""))
@@ -384,6 +410,9 @@ def _convert(args) -> int:
     from .pipeline import convert_checkpoint, resolve_device
 
     q8_config = _q8_config(args, hadamard_block=args.hadamard_block)
+    check_output_dir(args.output, "output folder")
+    if args.report:
+        check_output_file(args.report, (".json",), "--report")
     rep = convert_checkpoint(args.source, args.output, subfolder=args.subfolder or None, q8_config=q8_config,
                              device=resolve_device(args.device))
     mb = 1e6
@@ -393,7 +422,7 @@ def _convert(args) -> int:
     print(f"  bf16 weights    {rep['bf16_bytes'] / mb:>12.2f} MB")
     print(f"  q8lib weights   {rep['q8_bytes'] / mb:>12.2f} MB  ({rep['ratio']:.1%} of bf16)")
     if args.report:
-        _write_json(Path(args.report), rep)
+        write_json(Path(args.report), rep)
     return 0
 
 
@@ -417,6 +446,10 @@ def _bench(args) -> int:
 def _memory(args) -> int:
     from .pipeline import MODEL_ALIASES, environment, resolve_device, transformer_memory
 
+    if args.output:
+        check_output_file(args.output, (".json",), "--output")
+    if args.limit_gib is not None and not args.limit_gib > 0:
+        raise SettingsError(f"--limit-gib must be a positive number of GiB, got {args.limit_gib}")
     device = resolve_device(args.device)
     rep = transformer_memory(MODEL_ALIASES.get(args.model, args.model), args.frames, args.height, args.width,
                              args.batch, repeats=args.repeats, precision=args.precision,
@@ -432,7 +465,7 @@ def _memory(args) -> int:
           f"{args.batch}: {peak}, forward {rep['forward_ms_median']:.1f} ms"
           + (f", fits {args.limit_gib} GiB: {rep['fits']}" if "fits" in rep else ""))
     if args.output:
-        _write_json(Path(args.output), report)
+        write_json(Path(args.output), report)
     return 0
 
 
@@ -445,6 +478,8 @@ def _demo(args) -> int:
     from . import Q8Config, inspect_transformer, quantize_
     from .pipeline import default_pipeline
 
+    if args.batch < 1 or args.seed < 0:
+        raise SettingsError(f"--batch must be >= 1 and --seed >= 0, got {args.batch} and {args.seed}")
     torch.manual_seed(args.seed)
     model = default_pipeline(args.seed).transformer
     cfg = model.config
@@ -479,16 +514,15 @@ def _demo(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-def _expected_errors():
-    import torch
-
-    from .backends import BackendUnavailableError
-    from .ltx import Q8CheckpointError
-    from .pipeline import GPUOutOfMemoryError, ModelUnavailableError, SettingsError
-    from .tiny import TinyDefaultMissingError
-
-    return (SettingsError, TinyDefaultMissingError, ModelUnavailableError, GPUOutOfMemoryError, BackendUnavailableError, Q8CheckpointError,
-            MissingPackageError, torch.OutOfMemoryError)
+def _quiet_library_logs() -> None:
+    """diffusers' and transformers' info/warning logs (loading notes, accelerate hints) are not the CLI's
+    output: keep their errors only. Python warnings, q8lib's own among them, still print."""
+    for name in ("diffusers", "transformers"):
+        try:
+            logging_module = __import__(f"{name}.utils.logging", fromlist=["set_verbosity_error"])
+            logging_module.set_verbosity_error()
+        except ImportError:  # pragma: no cover
+            pass
 
 
 def main(argv=None) -> int:
@@ -499,21 +533,21 @@ def main(argv=None) -> int:
         args = argparse.Namespace(command="bench", bench_args=argv[1:], func=_bench)
     else:
         args = parser.parse_args(argv)
-    expected = _expected_errors()
-    from .pipeline import Q8FallbackWarning
+    import torch
 
     old_format = warnings.formatwarning
 
     def short_format(msg, cat, *a, **k):  # q8lib's own warnings as one line; others as Python prints them
-        return f"q8lib: warning: {msg}\n" if issubclass(cat, Q8FallbackWarning) else old_format(msg, cat, *a, **k)
+        return f"q8lib: warning: {msg}\n" if issubclass(cat, Q8Warning) else old_format(msg, cat, *a, **k)
 
     warnings.formatwarning = short_format
+    _quiet_library_logs()
     try:
+        for problem in check_versions():  # an unsupported install is worth one line, not a refusal
+            warnings.warn(Q8Warning(problem), stacklevel=1)
         return args.func(args) or 0
-    except expected as e:
-        import torch
-
-        msg = str(e)
+    except (Q8Error, torch.OutOfMemoryError) as e:
+        msg = " ".join(str(e).split())  # one line, whatever the message held
         if isinstance(e, torch.OutOfMemoryError):
             from .pipeline import oom_message
 

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import nn
 
+from .errors import SettingsError
 from .modules import Q8GELU, Q8Linear, Q8RMSNorm
 
 __all__ = ["sqnr_db", "converted_layers", "layer_outputs", "layer_sqnr"]
@@ -71,7 +72,7 @@ def layer_outputs(ref_model: nn.Module, q8_model: nn.Module, run, isolated: bool
     """
     names = converted_layers(q8_model)
     if not names:
-        raise ValueError("q8_model has no Q8 modules; quantize it first (q8lib.quantize_)")
+        raise SettingsError("q8_model has no Q8 modules; quantize it first (q8lib.quantize_)")
     ref = _capture(ref_model, names, run)
     q8_mods = dict(q8_model.named_modules())
     if isolated:

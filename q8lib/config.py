@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from .errors import SettingsError
 from .quant import qdtype_from_name, qdtype_name
 
 FORMAT_VERSION = 1
@@ -53,12 +54,23 @@ class Q8Config:
     keep_high_precision: tuple[str, ...] = field(default_factory=lambda: KEEP_HIGH_PRECISION)
 
     def __post_init__(self):
-        self.weight_dtype = qdtype_name(qdtype_from_name(self.weight_dtype))
-        if self.attention not in ("fp8", "sdpa", "keep"):
-            raise ValueError(f"attention must be 'fp8', 'sdpa' or 'keep', got {self.attention!r}")
-        if self.hadamard_block is not None and (self.hadamard_block < 1 or self.hadamard_block & (self.hadamard_block - 1)):
-            raise ValueError(f"hadamard_block must be a power of two or None, got {self.hadamard_block}")
-        self.keep_high_precision = tuple(self.keep_high_precision)
+        try:
+            self.weight_dtype = qdtype_name(qdtype_from_name(self.weight_dtype))
+        except ValueError as e:
+            raise SettingsError(f"weight_dtype: {e}") from None
+        if not isinstance(self.attention, str) or self.attention not in ("fp8", "sdpa", "keep"):
+            raise SettingsError(f"attention must be 'fp8', 'sdpa' or 'keep', got {self.attention!r}")
+        b = self.hadamard_block
+        if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 1 or b & (b - 1)):
+            raise SettingsError(f"hadamard_block (--hadamard-block) must be a power of two (1, 2, 4, ..., 256, ...) "
+                                f"or None for the full width, got {b!r}")
+        if not isinstance(self.backend, str) or not self.backend:
+            raise SettingsError(f"backend must be a name such as 'auto', 'reference' or 'triton', got {self.backend!r}")
+        keep = self.keep_high_precision
+        if isinstance(keep, str) or not all(isinstance(k, str) for k in keep):
+            raise SettingsError("keep_high_precision must be a list of module names such as ['proj_in', 'proj_out'], "
+                                f"got {keep!r}")
+        self.keep_high_precision = tuple(keep)
 
     @property
     def qdtype(self):
@@ -74,15 +86,28 @@ class Q8Config:
 
     @classmethod
     def from_metadata(cls, meta: dict, **runtime) -> "Q8Config":
+        """Inverse of :meth:`to_metadata`; raises :class:`SettingsError` naming the key that is wrong."""
+        if not isinstance(meta, dict):
+            raise SettingsError(f"expected a JSON object, got {type(meta).__name__}")
         if meta.get("format") != "q8lib":
-            raise ValueError(f"not a q8lib metadata file (format={meta.get('format')!r})")
+            raise SettingsError(f"not a q8lib metadata file (key 'format' is {meta.get('format')!r}, expected 'q8lib')")
         version = meta.get("format_version")
         if version != FORMAT_VERSION:
-            raise ValueError(
-                f"q8lib checkpoint format_version {version!r} is not supported by this q8lib "
-                f"(expects {FORMAT_VERSION}); upgrade q8lib or re-convert the checkpoint."
+            raise SettingsError(
+                f"key 'format_version' is {version!r}, which this q8lib does not read "
+                f"(it reads {FORMAT_VERSION}); upgrade q8lib or re-convert the checkpoint."
             )
-        fields = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in meta.items() if k in fields}
+        stored = {"weight_dtype", "hadamard_block", "keep_high_precision"}
+        missing = sorted(stored - set(meta))
+        if missing:
+            raise SettingsError(f"keys {missing} are missing")
+        kwargs = {k: meta[k] for k in stored}
+        if not isinstance(kwargs["keep_high_precision"], list):
+            raise SettingsError(f"key 'keep_high_precision' must be a list of names, got {kwargs['keep_high_precision']!r}")
+        for k in ("weight_dtype", "hadamard_block", "keep_high_precision"):
+            try:
+                cls(**{k: kwargs[k]})
+            except SettingsError as e:
+                raise SettingsError(f"key {k!r}: {e}") from None
         kwargs.update(runtime)
         return cls(**kwargs)

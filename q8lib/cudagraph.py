@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 from torch.utils import _pytree as pytree
 
+from .errors import BackendUnavailableError, SettingsError
+
 __all__ = ["CUDAGraphForward", "enable_cuda_graphs", "disable_cuda_graphs"]
 
 
@@ -45,7 +47,7 @@ class CUDAGraphForward:
 
     def __init__(self, module, warmup: int = 2, clone_outputs: bool = True, max_graphs: int = 8):
         if not torch.cuda.is_available():
-            raise RuntimeError("CUDAGraphForward needs a CUDA GPU")
+            raise BackendUnavailableError("CUDAGraphForward needs a CUDA GPU; use it on a model on --device cuda")
         self.module = module
         self.warmup = max(1, int(warmup))
         self.clone_outputs = clone_outputs
@@ -55,11 +57,11 @@ class CUDAGraphForward:
 
     def _capture(self, flat, spec):
         if len(self.graphs) >= self.max_graphs:
-            raise RuntimeError(f"CUDAGraphForward: more than {self.max_graphs} input signatures captured; "
+            raise SettingsError(f"CUDAGraphForward: more than {self.max_graphs} input signatures captured; "
                                "pad inputs to fixed shapes or raise max_graphs")
         static = [a.clone() if isinstance(a, torch.Tensor) else a for a in flat]
         if any(isinstance(a, torch.Tensor) and not a.is_cuda for a in static):
-            raise ValueError("CUDAGraphForward: every tensor argument must be on the GPU")
+            raise SettingsError("CUDAGraphForward: every tensor argument must be on the GPU")
         args, kwargs = pytree.tree_unflatten(static, spec)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

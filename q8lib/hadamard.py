@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from .errors import SettingsError
+
 __all__ = ["hadamard_matrix", "hadamard_signs", "hadamard_transform", "check_hadamard_size"]
 
 
@@ -28,12 +30,12 @@ def check_hadamard_size(n: int, block_size: int | None = None) -> int:
     """Return the rotation size used for a last dim of ``n``; raise ``ValueError`` if unsupported."""
     size = n if block_size is None else block_size
     if not _is_power_of_two(size):
-        raise ValueError(
+        raise SettingsError(
             f"Hadamard rotation needs a power-of-two size, got {size} "
             f"(last dim {n}, block_size {block_size}). Pick a power-of-two block_size that divides {n}."
         )
     if n % size:
-        raise ValueError(f"Hadamard block_size {size} does not divide the last dim {n}.")
+        raise SettingsError(f"Hadamard block_size {size} does not divide the last dim {n}.")
     return size
 
 

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from .errors import SettingsError
 from .shapes import DIRECTIONS, PALETTE, Caption
 
 __all__ = ["Judgement", "judge_video", "agreement", "psnr", "ssim", "to_frames", "generate_videos", "evaluate_q8"]
@@ -62,11 +63,11 @@ def to_frames(video) -> np.ndarray:
     tensor/array -> float32 numpy ``[F, H, W, 3]``."""
     v = video.detach().float().cpu().numpy() if isinstance(video, torch.Tensor) else np.asarray(video, np.float32)
     if v.ndim != 4:
-        raise ValueError(f"expected one clip [F, H, W, 3] or [3, F, H, W], got shape {v.shape}")
+        raise SettingsError(f"expected one clip [F, H, W, 3] or [3, F, H, W], got shape {v.shape}")
     if v.shape[-1] != 3 and v.shape[0] == 3:
         v = v.transpose(1, 2, 3, 0)
     if v.shape[-1] != 3:
-        raise ValueError(f"expected 3 colour channels, got shape {v.shape}")
+        raise SettingsError(f"expected 3 colour channels, got shape {v.shape}")
     return v.astype(np.float32)
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .attention import set_q8_attention
+from .attention import check_fp8_attention, set_q8_attention
 from .config import Q8Config
+from .errors import Q8CheckpointError, SettingsError, UnsupportedModelError
 from .modules import Q8GELU, Q8Linear, Q8RMSNorm, quantize_weight
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "is_quantized",
     "build_q8_skeleton",
     "activate_q8",
+    "check_q8_config",
+    "check_checkpoint_source",
 ]
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -38,10 +41,6 @@ META_NAME = "q8lib.json"
 CONFIG_NAME = "config.json"
 # The earlier public Q8 checkpoint: int8 Q(W H) with H over the full input dim, fp32 `scales`.
 LEGACY_CONFIG = dict(weight_dtype="int8", hadamard_block=None)
-
-
-class Q8CheckpointError(ValueError):
-    """A checkpoint or model does not match what q8lib expects; the message names what differs."""
 
 
 def _ltx_classes():
@@ -53,10 +52,11 @@ def _ltx_classes():
 
 
 def check_ltx_transformer(model: nn.Module) -> None:
-    """Raise ``TypeError`` unless ``model`` is a diffusers ``LTXVideoTransformer3DModel``."""
+    """Raise :class:`UnsupportedModelError` (a ``TypeError``) unless ``model`` is a diffusers ``LTXVideoTransformer3DModel``."""
     cls = _ltx_classes()[0]
     if not isinstance(model, cls):
-        raise TypeError(f"q8lib converts diffusers LTXVideoTransformer3DModel only, got {type(model).__name__}")
+        raise UnsupportedModelError(f"q8lib converts diffusers LTXVideoTransformer3DModel only, got {type(model).__name__}; "
+                                    "pass pipe.transformer of an LTXPipeline")
 
 
 def is_quantized(model: nn.Module) -> bool:
@@ -105,8 +105,20 @@ def _skeleton(m: nn.Module, kind: str, config: Q8Config) -> nn.Module:
 def _skeleton_named(name, m, kind, config):
     try:
         return _skeleton(m, kind, config)
+    except Q8CheckpointError:
+        raise
     except ValueError as e:
-        raise ValueError(f"cannot convert {name} ({type(m).__name__}): {e}") from e
+        raise SettingsError(f"cannot convert {name} ({type(m).__name__}) with hadamard_block={config.hadamard_block}: "
+                            f"{e}") from None
+
+
+def check_q8_config(transformer_config: dict, config: Q8Config) -> None:
+    """Raise :class:`SettingsError` if ``config`` cannot convert a transformer with ``transformer_config``
+    (a rotation block that does not divide a width, a head size FP8 attention cannot rotate).
+
+    Builds the model on the meta device only: no memory, no weights, milliseconds.
+    """
+    build_q8_skeleton(transformer_config, config)
 
 
 def _quantize_linear_state(prefix: str, linear: nn.Linear, config: Q8Config, out: dict) -> None:
@@ -127,8 +139,12 @@ def quantize_(model: nn.Module, config: Q8Config | None = None, progress: bool =
     """
     check_ltx_transformer(model)
     if is_quantized(model):
-        raise ValueError("model is already quantized")
+        raise SettingsError("model is already quantized; quantize_ takes the unquantized transformer")
     config = config or Q8Config()
+    if not isinstance(config, Q8Config):
+        raise SettingsError(f"config must be a q8lib.Q8Config, got {type(config).__name__}")
+    if config.attention == "fp8":
+        check_fp8_attention(model)
     targets = _targets(model, config)
     from tqdm.auto import tqdm
 
@@ -157,6 +173,8 @@ def build_q8_skeleton(transformer_config: dict, config: Q8Config | None = None) 
     config = config or Q8Config()
     with torch.device("meta"):
         model = _ltx_classes()[0].from_config(_plain_config(transformer_config))
+        if config.attention == "fp8":
+            check_fp8_attention(model)
         for name, m, kind in _targets(model, config):
             _set_submodule(model, name, _skeleton_named(name, m, kind, config))
     return model
@@ -224,25 +242,33 @@ def save_q8(model: nn.Module, path: str | os.PathLike) -> Path:
     check_ltx_transformer(model)
     config = getattr(model, "_q8_config", None)
     if config is None or not is_quantized(model):
-        raise ValueError("save_q8 needs a model quantized by q8lib (quantize_ or load_q8)")
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_config(path)
+        raise SettingsError("save_q8 needs a model quantized by q8lib (quantize_ or load_q8)")
+    from .outputs import atomic_path, check_output_dir
+
+    path = check_output_dir(path, "save_q8 folder")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, path / WEIGHTS_NAME, metadata={"format": "pt", "producer": "q8lib"})
-    (path / META_NAME).write_text(json.dumps(config.to_metadata(), indent=2) + "\n")
+    # Each file is written under a temporary name and renamed into place; q8lib.json goes last, so a
+    # folder with it is complete, and the weights say who wrote them even without it (load_q8 checks).
+    with atomic_path(path / CONFIG_NAME) as tmp:
+        tmp.write_text(model.to_json_string())  # what diffusers' save_config writes
+    with atomic_path(path / WEIGHTS_NAME) as tmp:
+        save_file(state, tmp, metadata={"format": "pt", "producer": "q8lib"})
+    with atomic_path(path / META_NAME) as tmp:
+        tmp.write_text(json.dumps(config.to_metadata(), indent=2) + "\n")
     return path
 
 
 def _resolve_dir(path_or_repo: str | os.PathLike, subfolder: str | None, local_files_only: bool | None) -> Path:
-    local = Path(path_or_repo)
+    local = Path(path_or_repo).expanduser()
     if local.is_dir():
         d = local / subfolder if subfolder else local
         if not d.is_dir():
-            raise Q8CheckpointError(f"{d} does not exist")
+            raise Q8CheckpointError(f"{d} does not exist (checkpoint subfolder {subfolder!r})")
         return d
     repo = str(path_or_repo)
-    if repo.count("/") != 1 or repo.startswith((".", "/")):
+    if local.exists():
+        raise Q8CheckpointError(f"{repo!r} is a file; a Q8 checkpoint is a folder (config.json, safetensors, q8lib.json)")
+    if repo.count("/") != 1 or repo.startswith((".", "/", "~")):
         raise Q8CheckpointError(f"{repo!r} is neither a local directory nor a hub repo id like 'owner/name'")
     from huggingface_hub import snapshot_download
 
@@ -252,34 +278,98 @@ def _resolve_dir(path_or_repo: str | os.PathLike, subfolder: str | None, local_f
         root = snapshot_download(repo, allow_patterns=patterns, local_files_only=bool(local_files_only))
     except Exception as e:  # offline, not found, gated ...
         raise Q8CheckpointError(
-            f"Could not fetch {repo!r} from the Hugging Face Hub ({type(e).__name__}: {e}). "
+            f"Could not fetch {repo!r} from the Hugging Face Hub ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}). "
             "Check the repo id and your network (HF_HUB_OFFLINE must be unset to download), or pass a "
             "local directory. Offline, use the embedded tiny default (q8lib.tiny)."
-        ) from e
+        ) from None
     return Path(root) / subfolder if subfolder else Path(root)
 
 
-def _read_safetensors(d: Path) -> dict:
-    from safetensors.torch import load_file
+def check_checkpoint_source(path_or_repo: str | os.PathLike, subfolder: str | None = None) -> None:
+    """Cheap checks of a checkpoint argument before anything else loads: a local folder must exist and
+    hold ``config.json``; anything else must look like a hub id (``owner/name``). Raises :class:`Q8CheckpointError`."""
+    local = Path(path_or_repo).expanduser()
+    if local.is_dir():  # read every header (not the tensors): a broken file fails here, not after other loading
+        d = _resolve_dir(local, subfolder, True)
+        if not (d / CONFIG_NAME).is_file():
+            raise Q8CheckpointError(f"no {CONFIG_NAME} in {d}: not a Q8 checkpoint folder")
+        _read_json(d / CONFIG_NAME)
+        if (d / META_NAME).exists():
+            _read_q8_config(d, {}, {})
+        for f in _safetensors_files(d):
+            _load_safetensors(f, tensors=False)
+        return
+    repo = str(path_or_repo)
+    if local.exists() or repo.count("/") != 1 or repo.startswith((".", "/", "~")):
+        _resolve_dir(path_or_repo, subfolder, True)  # raises with the reason
 
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise Q8CheckpointError(f"{path}: not readable JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise Q8CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _load_safetensors(f: Path, tensors: bool = True) -> tuple[dict, dict]:
+    """Tensors (unless ``tensors=False``: the header alone) and header metadata of one safetensors file;
+    :class:`Q8CheckpointError` naming it if unreadable."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(f, framework="pt") as fh:
+            meta = fh.metadata() or {}
+            return ({k: fh.get_tensor(k) for k in fh.keys()} if tensors else {}), meta
+    except Exception as e:  # truncated, not safetensors, unknown dtype ...: safetensors raises several types
+        raise Q8CheckpointError(f"{f}: not a readable safetensors file ({type(e).__name__}: {e}); "
+                                "the file may be truncated: download or convert it again") from None
+
+
+def _read_safetensors(d: Path) -> tuple[dict, dict, list[Path]]:
+    """``(state, metadata of the first file, files)`` of a folder's single or sharded safetensors weights."""
+    files = _safetensors_files(d)
+    state, first_meta = {}, None
+    for f in files:
+        tensors, meta = _load_safetensors(f)
+        state.update(tensors)
+        first_meta = meta if first_meta is None else first_meta
+    return state, first_meta or {}, files
+
+
+def _safetensors_files(d: Path) -> list[Path]:
+    """The weight files of a folder: the single file, or the shards its index names (checked to exist)."""
     if (d / WEIGHTS_NAME).exists():
-        return load_file(d / WEIGHTS_NAME)
-    if (d / INDEX_NAME).exists():
-        files = sorted(set(json.loads((d / INDEX_NAME).read_text())["weight_map"].values()))
-        state = {}
+        files = [d / WEIGHTS_NAME]
+    elif (d / INDEX_NAME).exists():
+        index = _read_json(d / INDEX_NAME)
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise Q8CheckpointError(f"{d / INDEX_NAME}: key 'weight_map' must map tensor names to file names")
+        files = [d / f for f in sorted(set(weight_map.values()))]
         for f in files:
-            state.update(load_file(d / f))
-        return state
-    raise Q8CheckpointError(f"no {WEIGHTS_NAME} (or sharded index) in {d}")
+            if not f.is_file():
+                raise Q8CheckpointError(f"{d / INDEX_NAME} names {f.name}, which is not in {d}")
+    else:
+        raise Q8CheckpointError(f"no {WEIGHTS_NAME} (or sharded index) in {d}")
+    return files
 
 
-def _read_q8_config(d: Path, state: dict, **runtime) -> tuple[Q8Config, bool]:
+def _read_q8_config(d: Path, state: dict, header: dict, **runtime) -> tuple[Q8Config, bool]:
     """The checkpoint's Q8Config and whether it is the earlier public (legacy) layout."""
     if (d / META_NAME).exists():
         try:
-            return Q8Config.from_metadata(json.loads((d / META_NAME).read_text()), **runtime), False
-        except ValueError as e:
-            raise Q8CheckpointError(f"{d / META_NAME}: {e}") from e
+            return Q8Config.from_metadata(_read_json(d / META_NAME), **runtime), False
+        except SettingsError as e:
+            raise Q8CheckpointError(f"{d / META_NAME}: {e}") from None
+    if header.get("producer") == "q8lib":
+        # Written by q8lib, whose layout (rotation block, 8-bit type) only q8lib.json records: guessing
+        # the earlier public layout here would load silently wrong weights.
+        raise Q8CheckpointError(
+            f"{d} was written by q8lib but its {META_NAME} is missing (an interrupted copy?); copy it from the "
+            "original folder, or convert the checkpoint again")
     if any(k.endswith(".scales") for k in state):
         return Q8Config(**LEGACY_CONFIG, **runtime), True
     raise Q8CheckpointError(
@@ -303,28 +393,50 @@ def load_q8(
     ``path_or_repo`` is a local directory or a hub repo id (e.g. ``"sayakpaul/q8-ltx-video"``).
     The model is built on the meta device, swapped to Q8 modules and filled with
     ``load_state_dict(assign=True)``. High-precision tensors are cast to ``torch_dtype``; 8-bit
-    weights, scales and biases keep their dtypes. Raises :class:`Q8CheckpointError` on any mismatch.
+    weights, scales and biases keep their dtypes. Raises :class:`Q8CheckpointError` naming the
+    file and the key on any mismatch (unreadable or truncated files, malformed JSON, wrong shapes
+    or dtypes, non-finite scales).
     """
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SettingsError(f"device {device!r} names no device; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point or torch_dtype.itemsize < 2:
+        raise SettingsError(f"torch_dtype must be torch.bfloat16, torch.float16 or torch.float32, got {torch_dtype!r}")
     d = _resolve_dir(path_or_repo, subfolder, local_files_only)
     if not (d / CONFIG_NAME).exists():
         raise Q8CheckpointError(f"no {CONFIG_NAME} in {d}")
-    cfg = json.loads((d / CONFIG_NAME).read_text())
+    cfg = _read_json(d / CONFIG_NAME)
     if cfg.get("_class_name", "LTXVideoTransformer3DModel") != "LTXVideoTransformer3DModel":
-        raise Q8CheckpointError(f"{d} holds a {cfg['_class_name']}, not an LTXVideoTransformer3DModel")
-    state = _read_safetensors(d)
-    config, _legacy = _read_q8_config(d, state, backend=backend, attention=attention)
-    model = build_q8_skeleton(cfg, config)
+        raise Q8CheckpointError(f"{d / CONFIG_NAME}: holds a {cfg['_class_name']}, not an LTXVideoTransformer3DModel")
+    state, header, files = _read_safetensors(d)
+    config, _ = _read_q8_config(d, state, header, backend=backend, attention=attention)
+    try:
+        model = build_q8_skeleton(cfg, config)
+    except SettingsError as e:
+        if "attention" in str(e):
+            raise
+        raise Q8CheckpointError(f"{d / CONFIG_NAME} and {d / META_NAME} do not fit together: {e}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise Q8CheckpointError(f"{d / CONFIG_NAME}: not a valid LTX transformer config ({type(e).__name__}: {e})") from None
+    where = files[0] if len(files) == 1 else d
     expected = model.state_dict()
-    _check_keys(set(expected), set(state), f"checkpoint {d}")
+    _check_keys(set(expected), set(state), f"checkpoint {where}")
     q8_keys = _q8_buffer_keys(model)
     for k, want in expected.items():
         got = state[k]
         if tuple(got.shape) != tuple(want.shape):
-            raise Q8CheckpointError(f"{k}: checkpoint shape {tuple(got.shape)} != model shape {tuple(want.shape)}")
+            raise Q8CheckpointError(f"{where}: {k} has shape {tuple(got.shape)}, the model needs {tuple(want.shape)}")
         if k in q8_keys:
             if got.dtype != want.dtype:
-                raise Q8CheckpointError(f"{k}: checkpoint dtype {got.dtype}, expected {want.dtype} for {config.weight_dtype}")
-        elif got.is_floating_point():
+                raise Q8CheckpointError(f"{where}: {k} is stored as {got.dtype}, expected {want.dtype} for "
+                                        f"{config.weight_dtype}")
+            if k.endswith(".scales") and not bool(torch.isfinite(got).all() and (got >= 0).all()):
+                raise Q8CheckpointError(f"{where}: {k} holds negative, NaN or infinite scales")
+        elif not got.is_floating_point():
+            raise Q8CheckpointError(f"{where}: {k} is stored as {got.dtype}, but it is a high-precision tensor "
+                                    "(floating point expected)")
+        else:
             state[k] = got.to(torch_dtype)
     model.load_state_dict(state, strict=True, assign=True)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]

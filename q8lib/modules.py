@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .backends import resolve_backend
+from .errors import SettingsError
 from .hadamard import check_hadamard_size, hadamard_transform
 from .quant import QMAX, qdtype_from_name, quantize_rowwise
 
@@ -94,13 +95,13 @@ class Q8GELU(nn.Module):
     def __init__(self, proj: Q8Linear):
         super().__init__()
         if proj.activation != "gelu_tanh":
-            raise ValueError("Q8GELU needs a Q8Linear with activation='gelu_tanh'")
+            raise SettingsError("Q8GELU needs a Q8Linear with activation='gelu_tanh'")
         self.proj = proj
 
     @classmethod
     def from_gelu(cls, gelu, qdtype="int8", hadamard_block=None, backend="auto"):
         if getattr(gelu, "approximate", None) != "tanh":
-            raise ValueError(f"only tanh-approximate GELU is supported, got approximate={gelu.approximate!r}")
+            raise SettingsError(f"only tanh-approximate GELU is supported, got approximate={gelu.approximate!r}")
         return cls(Q8Linear.from_linear(gelu.proj, qdtype, hadamard_block, "gelu_tanh", backend))
 
     def forward(self, x):
@@ -113,7 +114,7 @@ class Q8RMSNorm(nn.Module):
     def __init__(self, dim, eps=1e-6, elementwise_affine=False, backend="auto", device=None):
         super().__init__()
         if eps <= 0:
-            raise ValueError(f"RMSNorm eps must be > 0, got {eps}")
+            raise SettingsError(f"RMSNorm eps must be > 0, got {eps}")
         self.dim, self.eps, self.backend = dim, eps, backend
         self.weight = nn.Parameter(torch.ones(dim, device=device)) if elementwise_affine else None
 

@@ -14,6 +14,8 @@ log-sum-exp, which the FP8 kernel does not return: it raises a clear error.
 """
 from __future__ import annotations
 
+from .errors import SettingsError
+
 __all__ = ["context_parallel_attention"]
 
 
@@ -41,7 +43,7 @@ def context_parallel_attention(query, key, value, key_lengths, parallel_config, 
         )
     heads = query.shape[1]
     if heads % cp.ulysses_degree:
-        raise ValueError(f"{heads} attention heads cannot be split over ulysses_degree={cp.ulysses_degree}")
+        raise SettingsError(f"{heads} attention heads cannot be split over ulysses_degree={cp.ulysses_degree}")
     if key_lengths is not None:
         key_lengths = key_lengths.clone()
         dist.all_reduce(key_lengths, group=cp._ulysses_mesh.get_group())

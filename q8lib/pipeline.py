@@ -17,6 +17,7 @@ end to end, peak memory).
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import json
@@ -32,8 +33,16 @@ from pathlib import Path
 
 import torch
 
-from .backends import BackendUnavailableError, get_backend, list_backends, resolve_backend
+from .backends import get_backend, list_backends, resolve_backend
 from .config import Q8Config
+from .errors import (
+    BackendUnavailableError,
+    GPUOutOfMemoryError,
+    ModelUnavailableError,
+    Q8FallbackWarning,
+    Q8Warning,
+    SettingsError,
+)
 
 __all__ = [
     "TINY", "RANDOM_MODELS", "MODEL_ALIASES", "DEFAULT_NEGATIVE_PROMPT",
@@ -51,22 +60,6 @@ DEFAULT_NEGATIVE_PROMPT = "worst quality, inconsistent motion, blurry, jittery, 
 # Settings of the full-size models (the project's shape of record is 81 frames at 480x704).
 FULL_SIZE_SETTINGS = dict(num_frames=81, height=480, width=704, num_inference_steps=50, guidance_scale=3.0,
                           negative_prompt=DEFAULT_NEGATIVE_PROMPT)
-
-
-class SettingsError(ValueError):
-    """Generation settings that no LTX model accepts (raised before any model is loaded)."""
-
-
-class ModelUnavailableError(RuntimeError):
-    """The requested model cannot be loaded here; the message says how to get it."""
-
-
-class GPUOutOfMemoryError(RuntimeError):
-    """CUDA ran out of memory; the message lists the memory options."""
-
-
-class Q8FallbackWarning(UserWarning):
-    """The Q8 transformer runs on the reference math because no fast backend can run here."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -111,6 +104,21 @@ class GenerationSettings:
         errors = []
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             errors.append("the prompt is empty: pass --prompt 'a description of the video'")
+        if not isinstance(self.negative_prompt, str):
+            errors.append(f"the negative prompt must be text, got {type(self.negative_prompt).__name__}")
+        ints = ("num_frames", "height", "width", "num_inference_steps", "seed", "frame_rate", "num_videos_per_prompt",
+                "max_sequence_length")
+        wrong = [f"{k}={getattr(self, k)!r}" for k in ints
+                 if not isinstance(getattr(self, k), int) or isinstance(getattr(self, k), bool)]
+        if isinstance(self.guidance_scale, bool) or not isinstance(self.guidance_scale, (int, float)):
+            wrong.append(f"guidance_scale={self.guidance_scale!r}")
+        if wrong:  # the range checks below need numbers
+            raise SettingsError("invalid generation settings: these must be numbers (whole numbers except "
+                                f"guidance_scale): {', '.join(wrong)}.")
+        if not 0 <= self.seed < 2**63:
+            errors.append(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
+        if self.max_sequence_length < 1:
+            errors.append(f"max_sequence_length must be >= 1, got {self.max_sequence_length}")
         if self.num_frames < 1 or (self.num_frames - 1) % 8:
             k = max(0, round((self.num_frames - 1) / 8))
             errors.append(f"frames must be 8k+1 (1, 9, 17, ..., 81, 121, 161), got {self.num_frames}; "
@@ -147,32 +155,57 @@ class GenerationSettings:
 def settings_for(model: str, prompt: str, **overrides) -> GenerationSettings:
     """Settings with the model's defaults (tiny or full size) where ``overrides`` give ``None``; validated."""
     base = default_settings() if model == TINY else dict(FULL_SIZE_SETTINGS)
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(GenerationSettings)})
+    if unknown:
+        raise SettingsError(f"unknown generation settings {unknown}; known: "
+                            f"{[f.name for f in dataclasses.fields(GenerationSettings) if f.name != 'prompt']}")
     base.update({k: v for k, v in overrides.items() if v is not None})
     return GenerationSettings(prompt=prompt, **base).validate()
 
 
 # ------------------------------------------------------------------------------------------------
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/``"auto"`` -> ``cuda`` when a GPU is visible, else ``cpu``; an explicit CUDA request without one fails."""
-    if device in (None, "auto"):
+    """``None``/``"auto"`` -> ``cuda`` when a GPU is visible, else ``cpu``.
+
+    Raises :class:`SettingsError` for a string that names no device or a device q8lib does not run on
+    (anything but ``cpu`` and ``cuda[:N]``), and :class:`BackendUnavailableError` for a CUDA device
+    that is not visible here.
+    """
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailableError("--device cuda was requested but no CUDA GPU is visible to PyTorch "
-                                      f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}).")
-    return device
+    if not isinstance(device, (str, torch.device)):
+        raise SettingsError(f"device must be a string such as 'cpu', 'cuda' or 'cuda:1', got {type(device).__name__}")
+    try:
+        dev = torch.device(device.strip() if isinstance(device, str) else device)
+    except RuntimeError:
+        raise SettingsError(f"--device {str(device)!r} names no device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise SettingsError(f"--device {str(device)!r}: q8lib runs on cpu and cuda devices only; use auto, cpu, cuda or cuda:N")
+    if dev.type == "cpu" and dev.index not in (None, 0):
+        raise SettingsError(f"--device {str(device)!r}: there is one CPU device; use cpu")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError(f"--device {device} was requested but no CUDA GPU is visible to PyTorch "
+                                          f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
+                                          "use --device cpu or auto.")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise SettingsError(f"--device {device}: only {count} CUDA device(s) are visible (cuda:0 to cuda:{count - 1})")
+    return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """``None`` -> bfloat16 on GPUs, float32 on CPUs (CPU bf16 matmuls are slow)."""
     if dtype is None or dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
     names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
              "fp32": torch.float32, "float32": torch.float32}
+    if isinstance(dtype, torch.dtype):
+        if dtype not in names.values():
+            raise SettingsError(f"dtype {dtype} cannot hold the high-precision parts of the model; use bf16, fp16 or fp32")
+        return dtype
     if dtype not in names:
-        raise SettingsError(f"unknown dtype {dtype!r}; choose one of {sorted(names)}")
+        raise SettingsError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(sorted(names))}")
     return names[dtype]
 
 
@@ -298,6 +331,25 @@ def _ltx_scheduler():
                                            base_image_seq_len=1024, max_image_seq_len=4096, shift_terminal=0.1)
 
 
+def transformer_config(model: str, subfolder: str | None = "transformer", local_files_only: bool | None = None) -> dict:
+    """The transformer's ``config.json`` of ``model`` (tiny, random-*, hub id or folder) without loading weights."""
+    from . import tiny
+
+    model = MODEL_ALIASES.get(model, model)
+    if model == TINY:
+        if not tiny.has_default_pipeline():
+            default_pipeline()  # raises TinyDefaultMissingError, which says what to do
+        return json.loads((tiny.SHAPES_DIR / "transformer" / "config.json").read_text())
+    if model in RANDOM_MODELS:
+        return dict(getattr(tiny, RANDOM_MODELS[model][0]))
+    if Path(model).is_dir() and (Path(model) / "config.json").exists() and not (Path(model) / "model_index.json").exists():
+        subfolder = None
+    try:
+        return dict(_ltx().load_config(model, subfolder=subfolder, local_files_only=local_files_only))
+    except OSError as e:
+        raise _not_available(model, e) from None
+
+
 def load_transformer(model: str, precision: str = "q8", checkpoint: str | None = None,
                      checkpoint_subfolder: str | None = None, q8_config: Q8Config | None = None,
                      device="cpu", dtype=torch.bfloat16, local_files_only: bool | None = None, seed: int = 0):
@@ -386,6 +438,8 @@ def load_pipeline(
             raise ModelUnavailableError("--offload model needs the 'accelerate' package: pip install accelerate") from e
     q8_config = q8_config or Q8Config()
     backend = check_backend(precision, q8_config.backend, device)
+    if precision == "q8" and checkpoint is None:  # a conversion that cannot work fails before any download
+        ltx.check_q8_config(transformer_config(model, local_files_only=local_files_only), q8_config)
     cls = _pipeline_class(image_to_video)
     build_device = "cpu" if offload == "model" else device
 
@@ -491,20 +545,35 @@ class PromptCache:
         return self.root / f"{key}.safetensors"
 
     def load(self, key: str) -> dict | None:
+        """The cached tensors, or ``None`` on a miss; an unreadable file warns and counts as a miss."""
         from safetensors.torch import load_file
 
         p = self.path(key)
-        return load_file(p) if p.exists() else None
+        if not p.exists():
+            return None
+        try:
+            return load_file(p)
+        except Exception as e:  # truncated or foreign file: encode again (and overwrite it on save)
+            warnings.warn(Q8Warning(f"prompt cache file {p} is unreadable ({type(e).__name__}); encoding the prompt "
+                                    "again"), stacklevel=2)
+            return None
 
-    def save(self, key: str, tensors: dict, info: dict | None = None) -> Path:
+    def save(self, key: str, tensors: dict, info: dict | None = None) -> Path | None:
+        """Store ``tensors`` (atomically: a concurrent reader never sees half a file); a failure warns and
+        returns ``None``, since a cache must never stop a run."""
         from safetensors.torch import save_file
 
-        self.root.mkdir(parents=True, exist_ok=True)
+        from .outputs import atomic_path
+
         p = self.path(key)
-        tmp = p.with_suffix(".tmp")
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
-                  metadata={k: str(v) for k, v in (info or {}).items()})
-        tmp.replace(p)  # atomic: a concurrent reader never sees half a file
+        try:
+            with atomic_path(p) as tmp:
+                save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
+                          metadata={k: str(v) for k, v in (info or {}).items()})
+        except OSError as e:
+            warnings.warn(Q8Warning(f"could not write the prompt cache {p} ({e.strerror or e}); continuing without "
+                                    "caching"), stacklevel=2)
+            return None
         return p
 
 
@@ -728,17 +797,20 @@ def convert_checkpoint(source: str, output: str | os.PathLike, subfolder: str | 
     safetensors, parameter counts of converted and kept tensors.
     """
     from . import ltx
+    from .outputs import check_output_dir
 
     q8_config = q8_config or Q8Config()
     source = MODEL_ALIASES.get(source, source)
+    check_output_dir(output, "output folder")
+    if Path(source).is_dir() and (Path(source) / "config.json").exists():
+        subfolder = None
+    ltx.check_q8_config(transformer_config(source, subfolder, local_files_only), q8_config)
     start = time.perf_counter()
     if source == TINY:
         model = _to(default_pipeline(seed).transformer, None, torch.bfloat16)  # as hub checkpoints are stored
     elif source in RANDOM_MODELS:
         model = _random_components(source, "bf16", q8_config, device, torch.bfloat16, seed, need_vae=False)[1]
     else:
-        if Path(source).is_dir() and (Path(source) / "config.json").exists():
-            subfolder = None
         try:
             model = _ltx().from_pretrained(source, subfolder=subfolder, torch_dtype=torch.bfloat16,
                                            local_files_only=local_files_only)
@@ -765,6 +837,11 @@ def transformer_memory(model: str = "random-13b", num_frames: int = 81, height: 
     ``torch.cuda.max_memory_allocated`` over model build and ``repeats`` forwards; forward
     times are CUDA-event medians after one warm-up forward. On CPU no peak is reported.
     """
+    for name, v in (("batch", batch), ("repeats", repeats), ("text_tokens", text_tokens)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise SettingsError(f"{name} must be a whole number >= 1, got {v!r}")
+    if precision not in ("q8", "bf16"):
+        raise SettingsError(f"precision must be 'q8' or 'bf16', got {precision!r}")
     device = resolve_device(device)
     dtype = resolve_dtype(None, device)
     q8_config = q8_config or Q8Config()

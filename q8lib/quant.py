@@ -8,16 +8,27 @@
 
 ``amax`` is the max of ``|x|`` over the last dim, computed in float32. An all-zero row gets
 ``scale = 0`` and ``q = 0`` (never NaN). Non-finite input raises ``ValueError``.
+
+Rows whose ``amax`` is below ``2**-64`` (down to float32's smallest subnormal, ~1e-45) are first
+multiplied by ``2**64``, which is exact in binary floating point: ``qmax / amax`` would otherwise
+overflow to ``inf`` (from ``amax`` ~1e-36 on) and turn the row's zeros into NaN. Every kernel does the
+same, so the codes of ordinary rows are unchanged and tiny rows keep their full relative precision.
 """
 from __future__ import annotations
 
 import torch
 
-__all__ = ["INT8", "FP8", "QMAX", "qdtype_from_name", "quantize_rowwise", "dequantize_rowwise", "check_finite"]
+from .errors import SettingsError
+
+__all__ = ["INT8", "FP8", "QMAX", "TINY_AMAX", "TINY_UPSCALE", "qdtype_from_name", "quantize_rowwise", "dequantize_rowwise", "check_finite"]
 
 INT8 = torch.int8
 FP8 = torch.float8_e4m3fn
 QMAX = {INT8: 127.0, FP8: 448.0}
+# Rows with amax below TINY_AMAX are scaled up by TINY_UPSCALE (a power of two: exact) before the
+# reciprocal, so qmax / amax stays finite (see the module docstring). Kernels use the same constants.
+TINY_AMAX = 2.0**-64
+TINY_UPSCALE = 2.0**64
 _NAMES = {"int8": INT8, "fp8": FP8, "fp8_e4m3": FP8, "float8_e4m3fn": FP8}
 
 
@@ -26,11 +37,11 @@ def qdtype_from_name(name) -> torch.dtype:
     if isinstance(name, torch.dtype):
         if name in QMAX:
             return name
-        raise ValueError(f"Unsupported 8-bit dtype {name}; use torch.int8 or torch.float8_e4m3fn.")
+        raise SettingsError(f"Unsupported 8-bit dtype {name}; use torch.int8 or torch.float8_e4m3fn.")
     try:
         return _NAMES[str(name).lower()]
     except KeyError:
-        raise ValueError(f"Unknown 8-bit dtype {name!r}; choose one of {sorted(_NAMES)}.") from None
+        raise SettingsError(f"Unknown 8-bit dtype {name!r}; choose one of {sorted(_NAMES)}.") from None
 
 
 def qdtype_name(dtype: torch.dtype) -> str:
@@ -48,20 +59,24 @@ def check_finite(x: torch.Tensor, what: str = "input") -> None:
     if not host_sync_allowed(x):
         return
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{what} contains NaN or inf; 8-bit quantization needs finite values.")
+        raise SettingsError(f"{what} contains NaN or inf; 8-bit quantization needs finite values.")
 
 
 def quantize_rowwise(x: torch.Tensor, qdtype=INT8, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize ``x`` (shape ``[..., K]``) per row; returns ``q [..., K]`` and float32 ``scale [...]``."""
     qdtype = qdtype_from_name(qdtype)
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1 or x.shape[-1] < 1:
+        what = f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise SettingsError(f"quantize_rowwise needs a floating-point tensor [..., K] with K >= 1, got {what}")
     if check:
         check_finite(x)
     qmax = QMAX[qdtype]
     xf = x.float()
     amax = xf.abs().amax(dim=-1)
     scale = amax / qmax
-    inv = torch.where(amax > 0, qmax / amax, torch.zeros_like(amax))
-    y = (xf * inv[..., None]).clamp_(-qmax, qmax)
+    up = torch.where(amax < TINY_AMAX, TINY_UPSCALE, 1.0)
+    inv = torch.where(amax > 0, qmax / (amax * up), torch.zeros_like(amax))
+    y = ((xf * up[..., None]) * inv[..., None]).clamp_(-qmax, qmax)
     q = torch.round(y).to(INT8) if qdtype == INT8 else y.to(FP8)
     return q, scale
 

@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .errors import SettingsError
 from .hadamard import hadamard_transform
 from .quant import FP8, INT8, QMAX, dequantize_rowwise, quantize_rowwise
 
@@ -52,11 +53,11 @@ def q8_matmul_ref(
     float32 elsewhere; scales, bias and GELU are applied in float32.
     """
     if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        raise SettingsError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if x_q.dtype != w_q.dtype:
         raise TypeError(f"activation dtype {x_q.dtype} and weight dtype {w_q.dtype} differ")
     if x_q.shape[-1] != w_q.shape[-1]:
-        raise ValueError(f"inner dims differ: activations {tuple(x_q.shape)}, weight {tuple(w_q.shape)}")
+        raise SettingsError(f"inner dims differ: activations {tuple(x_q.shape)}, weight {tuple(w_q.shape)}")
     acc_dtype = torch.float64 if x_q.device.type == "cpu" else torch.float32
     acc = x_q.to(acc_dtype) @ w_q.to(acc_dtype).T
     y = acc.float() * x_scale.float()[..., None] * w_scale.float()
@@ -95,7 +96,7 @@ def rms_norm_ref(
     ``[B, 1, D]`` per sample or ``[B, S, D]`` per token).
     """
     if eps <= 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+        raise SettingsError(f"eps must be > 0, got {eps}")
     xf = x.float()
     y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     if weight is not None:

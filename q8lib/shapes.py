@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import SettingsError
+
 __all__ = ["PALETTE", "BACKGROUND", "SHAPES", "DIRECTIONS", "SPEEDS", "VOCAB", "Caption", "caption_text",
            "parse_caption", "ALL_TRIPLES", "HELDOUT_TRIPLES", "TRAIN_TRIPLES", "all_captions", "sample_captions",
            "heldout_captions", "render"]
@@ -71,7 +73,7 @@ def parse_caption(text: str) -> Caption:
         if not found:
             if default is not None:
                 return default
-            raise ValueError(f"caption {text!r} names no {what} (one of {sorted(o for o in options if o)})")
+            raise SettingsError(f"caption {text!r} names no {what} (one of {sorted(o for o in options if o)})")
         return found[0]
 
     return Caption(pick(PALETTE, "colour"), pick(SHAPES, "shape"), pick(DIRECTIONS, "direction"),
@@ -126,7 +128,7 @@ def render(captions: list[Caption], num_frames: int = 17, size: int = 32, genera
     """
     b = len(captions)
     if b == 0:
-        raise ValueError("render needs at least one caption")
+        raise SettingsError("render needs at least one caption")
     g = generator
     half = (0.13 + 0.07 * torch.rand(b, generator=g)) * size
     travel = torch.tensor([SPEEDS[c.speed] for c in captions]) * size

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import TinyDefaultMissingError
+
 __all__ = ["TINY_TRANSFORMER_CONFIG", "make_tiny_transformer", "make_tiny_tokenizer", "make_tiny_text_encoder",
            "make_tiny_vae", "make_tiny_pipeline", "LTX_2B_CONFIG", "LTX_13B_CONFIG",
            "SHAPES_DIR", "SHAPES_TRANSFORMER_CONFIG", "SHAPES_VAE_CONFIG", "SHAPES_T5_CONFIG", "SHAPES_GENERATION",
@@ -142,10 +144,6 @@ def make_shapes_components(seed: int = 0, transformer_overrides: dict | None = N
         transformer=make_tiny_transformer(seed, **{**SHAPES_TRANSFORMER_CONFIG, **(transformer_overrides or {})}),
         scheduler=FlowMatchEulerDiscreteScheduler(**SHAPES_SCHEDULER_CONFIG),
     )
-
-
-class TinyDefaultMissingError(FileNotFoundError):
-    """The trained tiny model is not in the package (say, a source checkout without its assets)."""
 
 
 def has_default_pipeline(path: str | Path | None = None) -> bool:

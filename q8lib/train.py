@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from . import shapes
+from .errors import Q8CheckpointError
 from .tiny import SHAPES_GENERATION, make_shapes_components
 
 __all__ = ["TrainConfig", "SMOKE", "train", "main"]
@@ -169,7 +170,16 @@ class Trainer:
             self._save()
 
     def _load(self, path: Path):
-        ck = torch.load(path, map_location=self.device, weights_only=False)
+        # weights_only: tensors, numbers, strings and containers only; a checkpoint that holds any other
+        # object (code that would run on unpickling) is refused, never executed.
+        try:
+            ck = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:  # UnpicklingError for foreign objects, RuntimeError/EOFError for broken files
+            raise Q8CheckpointError(f"{path}: cannot resume from it ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                                    "it is not a q8lib training checkpoint, or it holds objects other than tensors "
+                                    "and plain data. Delete it or start without --resume.") from None
+        if not isinstance(ck, dict) or not {"state", "models", "vae_opt", "tr_opt", "ema"} <= set(ck):
+            raise Q8CheckpointError(f"{path}: not a q8lib training checkpoint (keys state, models, vae_opt, tr_opt, ema)")
         self.state = ck["state"]
         for k, sd in ck["models"].items():
             self.c[k].load_state_dict(sd)

@@ -12,20 +12,23 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .errors import SettingsError
+from .outputs import atomic_path
+
 __all__ = ["psnr", "ssim", "side_by_side", "write_video", "plot_metrics", "check_video"]
 
 
 def check_video(v: torch.Tensor, what: str = "video") -> torch.Tensor:
     """Validate ``[F, C, H, W]`` and return it as float32."""
     if v.ndim != 4:
-        raise ValueError(f"{what} must be [frames, channels, height, width], got shape {tuple(v.shape)}")
+        raise SettingsError(f"{what} must be [frames, channels, height, width], got shape {tuple(v.shape)}")
     return v.float()
 
 
 def _pair(a: torch.Tensor, b: torch.Tensor):
     a, b = check_video(a, "first video"), check_video(b, "second video")
     if a.shape != b.shape:
-        raise ValueError(f"videos differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+        raise SettingsError(f"videos differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
     return a, b
 
 
@@ -72,10 +75,10 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, window: int 
 def side_by_side(*videos: torch.Tensor, gap: int = 4) -> torch.Tensor:
     """Concatenate ``[F, C, H, W]`` videos left to right with a white ``gap``-pixel bar -> ``[F, C, H, W']``."""
     if not videos:
-        raise ValueError("side_by_side needs at least one video")
+        raise SettingsError("side_by_side needs at least one video")
     vs = [check_video(v) for v in videos]
     if len({tuple(v.shape[:3]) for v in vs}) != 1:
-        raise ValueError(f"videos need equal frames/channels/height, got {[tuple(v.shape) for v in vs]}")
+        raise SettingsError(f"videos need equal frames/channels/height, got {[tuple(v.shape) for v in vs]}")
     bar = torch.ones(*vs[0].shape[:3], gap)
     parts = []
     for i, v in enumerate(vs):
@@ -98,9 +101,9 @@ def write_video(frames: torch.Tensor, path: str | Path, fps: int = 25) -> Path:
     if ph or pw:
         frames = F.pad(frames, (0, pw, 0, ph), mode="replicate")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = [f.permute(1, 2, 0).numpy() for f in frames]
-    export_to_video(arrays, str(path), fps=fps)
+    with atomic_path(path) as tmp:  # a failed or interrupted write leaves no half-written mp4
+        export_to_video(arrays, str(tmp), fps=fps)
     return path
 
 
@@ -128,7 +131,9 @@ def plot_metrics(metrics: dict, path: str | Path, title: str = "") -> Path | Non
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
     return path

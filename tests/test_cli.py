@@ -164,7 +164,7 @@ def test_bad_checkpoints_are_named(tmp_path, capsys):
     meta = json.loads((ck / "q8lib.json").read_text())
     (ck / "q8lib.json").write_text(json.dumps(dict(meta, format_version=99)))
     assert _gen(tmp_path, "--checkpoint", str(ck)) == 2
-    assert "format_version 99" in capsys.readouterr().err
+    assert "key 'format_version' is 99" in capsys.readouterr().err
     (ck / "q8lib.json").write_text(json.dumps(meta))
     from safetensors.torch import load_file, save_file
 

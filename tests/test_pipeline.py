@@ -138,9 +138,13 @@ def test_legacy_q8_checkpoint_from_hub_layout(tmp_path, monkeypatch):
     """The earlier public layout (no q8lib.json) loads from a hub id into the pipeline."""
     q8 = quantize_(default_pipeline().transformer, Q8Config(), progress=False)
 
-    def write(d):
+    def write(d):  # the earlier layout: the same tensors, with neither q8lib.json nor q8lib's producer mark
+        from safetensors.torch import load_file, save_file
+
         save_q8(q8, d)
         (d / "q8lib.json").unlink()
+        f = d / "diffusion_pytorch_model.safetensors"
+        save_file(load_file(f), f, metadata={"format": "pt"})
 
     _fake_hub(tmp_path, monkeypatch, "sayakpaul/q8-ltx-video", write)
     pipe = load_pipeline(device="cpu", model="tiny", checkpoint="sayakpaul/q8-ltx-video", dtype="fp32")

@@ -124,8 +124,9 @@ def _qk_quant_kernel(
             y = tl.dot(x_hi, hmat)
             y = tl.dot(x_lo, hmat, y) * out_scale
         amax = tl.max(tl.abs(y), axis=1)
-        inv = tl.where(amax > 0, 448.0 / amax, 0.0)
-        q = _to_e4m3(tl.minimum(tl.maximum(y * inv[:, None], -448.0), 448.0), GRID_ROUND)
+        up = tl.where(amax < 5.421010862427522e-20, 1.8446744073709552e19, 1.0)  # tiny rows: q8lib.quant.TINY_*
+        inv = tl.where(amax > 0, 448.0 / (amax * up), 0.0)
+        q = _to_e4m3(tl.minimum(tl.maximum((y * up[:, None]) * inv[:, None], -448.0), 448.0), GRID_ROUND)
         obase = (b * H + head).to(tl.int64) * S_PAD + tok
         tl.store(OUT + obase[:, None] * D + d[None, :], q, mask=head_ok[:, None])
         tl.store(OUTS + obase, amax / 448.0, mask=head_ok)
@@ -195,8 +196,9 @@ def _v_quant_kernel(
     v = tl.load(V + b.to(tl.int64) * svb + k.to(tl.int64)[:, None] * svs + h * svh + d[None, :],
                 mask=(k < S)[:, None], other=0.0).to(tl.float32)
     amax = tl.load(AMAX + bh * D + d)
-    inv = tl.where(amax > 0, 448.0 / amax, 0.0)
-    q = _to_e4m3(tl.minimum(tl.maximum(v * inv[None, :], -448.0), 448.0), GRID_ROUND)
+    up = tl.where(amax < 5.421010862427522e-20, 1.8446744073709552e19, 1.0)  # tiny channels: q8lib.quant.TINY_*
+    inv = tl.where(amax > 0, 448.0 / (amax * up), 0.0)
+    q = _to_e4m3(tl.minimum(tl.maximum((v * up[None, :]) * inv[None, :], -448.0), 448.0), GRID_ROUND)
     optr = OUT + (bh * D + d).to(tl.int64)[:, None] * S_PAD + k[None, :]
     tl.store(optr, tl.trans(q), mask=(k < S_PAD)[None, :])
     if pid_k == 0:

@@ -153,8 +153,9 @@ def _row_quant_kernel(
             tl.store(optr, x.to(OUT.dtype.element_ty), mask=m2)
         else:
             amax = tl.max(tl.abs(x), axis=1)
-            inv = tl.where(amax > 0, QMAX / amax, 0.0)
-            v = x * inv[:, None]
+            up = tl.where(amax < 5.421010862427522e-20, 1.8446744073709552e19, 1.0)  # q8lib.quant.TINY_*
+            inv = tl.where(amax > 0, QMAX / (amax * up), 0.0)
+            v = (x * up[:, None]) * inv[:, None]
             v = tl.minimum(tl.maximum(v, -QMAX), QMAX)  # saturate: never NaN/inf in e4m3
             if QMODE == 1:
                 # round half to even (as torch.round): adding 1.5*2^23 leaves the integer part in fp32
