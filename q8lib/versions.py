@@ -13,7 +13,8 @@ __all__ = ["SUPPORTED", "check_versions", "warn_unsupported"]
 
 # distribution -> (specifier, why that bound)
 SUPPORTED = {
-    "torch": (">=2.5", "torch.OutOfMemoryError, torch.library.custom_op with register_fake, float8_e4m3fn GEMMs"),
+    "torch": (">=2.6", "torch.library.triton_op and wrap_triton (the CUDA row ops), torch.OutOfMemoryError, "
+                      "custom_op with register_fake, float8_e4m3fn GEMMs"),
     "diffusers": ("==0.42.1", "LTXAttention and its processor signature, LTXVideoTransformer3DModel's module "
                               "names and compile_repeated_blocks are those of diffusers 0.42"),
     "transformers": (">=4.46", "the T5 encoder and tokenizer classes diffusers 0.42's LTX pipelines load"),

@@ -341,3 +341,14 @@ def test_gpu_processor_compiled_fullgraph(seed):
         eager = attn(x, ctx, attention_mask=mask)
         compiled = torch.compile(attn, fullgraph=True)(x, ctx, attention_mask=mask)
     assert rel_err(eager, compiled) < 1e-2  # same kernels; bf16 rounding of the compiled projections
+
+
+@pytest.mark.gpu
+def test_gpu_norm_rope_op_traces_its_launcher(seed):
+    """The SDPA path's q/k producer is a triton_op on CUDA (torch.compile traces its launcher): its traced
+    fake implementation and schema hold. The FP8 ops stay opaque custom ops (tested above)."""
+    B, S, H, D = 2, 200, 4, 64
+    x = torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16)
+    w = torch.rand(H * D, device="cuda", dtype=torch.bfloat16) + 0.5
+    cos, sin = torch.rand(1, S, H, D, device="cuda", dtype=torch.bfloat16), torch.rand(1, S, H, D, device="cuda", dtype=torch.bfloat16)
+    torch.library.opcheck(ka.norm_rope.visible, (x, w, 1e-6, cos, sin), test_utils=("test_schema", "test_faketensor"))

@@ -207,6 +207,17 @@ def test_compile_fullgraph_traces_ops(seed):
 
 # ------------------------------------------------------------------------------------------------ GPU
 @pytest.mark.gpu
+def test_gpu_triton_ops_trace_their_launchers(seed):
+    """The CUDA row ops are triton_ops: their fake implementation is the launcher traced with fake tensors."""
+    x = torch.randn(2, 3, 256, device="cuda", dtype=torch.bfloat16)
+    sc = torch.randn(2, 1, 256, device="cuda", dtype=torch.bfloat16)
+    torch.library.opcheck(torch.ops.q8lib.row_quant_cuda.default, (x, None, sc, sc, 1e-6, True, False, 0, 2),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.q8lib.add_row_quant_cuda.default, (x, x, sc, None, sc, sc, 1e-6, True, 0, 2),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("K", [2048, 4096, 8192, 16384])
 @pytest.mark.parametrize("qd", QDTYPES)
 def test_gpu_row_kernels_ltx_shapes_bf16(seed, K, qd):

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from .. import reference as ref
 from ..hadamard import hadamard_signs
 from . import warn_fallback
+from ._library import dual_op, launchable, opaque_op
 
 __all__ = ["attention", "fused_attention_core", "quant_qk", "quant_v", "attention_fwd", "norm_rope", "unsupported_reason",
            "HEAD_DIMS", "SEQ_PAD"]
@@ -163,11 +164,10 @@ def _launch_norm_rope(x, weight, eps, cos, sin, out, tune=None):
     """``x [B, S, H, D]`` -> fills ``out [B, S, H, D]`` (contiguous) with norm + RoPE rows."""
     B, S, H, D = x.shape
     grid, args, n_tiles, meta = _qk_launch(x, weight, eps, cos, sin, None, tune, quant=False)
-    _k._qk_norm_rope_kernel[grid](*args, out, S, H, float(eps), n_tiles, **meta)
+    launchable(_k._qk_norm_rope_kernel, x)[grid](*args, out, S, H, float(eps), n_tiles, **meta)
 
 
-@torch.library.custom_op("q8lib::attn_quant_qk", mutates_args=())
-def quant_qk(x: torch.Tensor, weight: torch.Tensor | None, eps: float, cos: torch.Tensor | None,
+def _quant_qk_impl(x: torch.Tensor, weight: torch.Tensor | None, eps: float, cos: torch.Tensor | None,
              sin: torch.Tensor | None, out_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """q/k producer: ``x [B, S, H, D]`` (last stride 1) -> ``(x8 [B, H, Sp, D] e4m3, scale [B, H, Sp] fp32)``.
 
@@ -183,14 +183,17 @@ def quant_qk(x: torch.Tensor, weight: torch.Tensor | None, eps: float, cos: torc
     return out, scale
 
 
-@quant_qk.register_fake
-def _(x, weight, eps, cos, sin, out_scale):
+def _quant_qk_fake(x, weight, eps, cos, sin, out_scale):
     B, S, H, D = x.shape
     return x.new_empty(B, H, _pad(S), D, dtype=FP8), x.new_empty(B, H, _pad(S), dtype=torch.float32)
 
 
-@torch.library.custom_op("q8lib::attn_norm_rope", mutates_args=())
-def norm_rope(x: torch.Tensor, weight: torch.Tensor | None, eps: float, cos: torch.Tensor | None,
+# The FP8 attention ops stay opaque custom ops: inductor failed to compile _qk_quant_kernel when it was
+# a triton_op (triton 3.6 on the H200: "PassManager::run failed"); see benchmarks/NOTES_linear.md.
+quant_qk = opaque_op("attn_quant_qk", _quant_qk_impl, _quant_qk_fake)
+
+
+def _norm_rope_impl(x: torch.Tensor, weight: torch.Tensor | None, eps: float, cos: torch.Tensor | None,
               sin: torch.Tensor | None) -> torch.Tensor:
     """SDPA-path producer: ``x [B, S, H, D]`` (last stride 1) -> ``[B, S, H, D]`` contiguous in ``x.dtype``:
     RMSNorm across all ``H*D`` channels of a token (``eps >= 0``; ``weight [H*D]`` or None), then LTX's
@@ -201,9 +204,11 @@ def norm_rope(x: torch.Tensor, weight: torch.Tensor | None, eps: float, cos: tor
     return out
 
 
-@norm_rope.register_fake
-def _(x, weight, eps, cos, sin):
+def _norm_rope_fake(x, weight, eps, cos, sin):
     return x.new_empty(x.shape)
+
+
+norm_rope = dual_op("attn_norm_rope", _norm_rope_impl, _norm_rope_fake)
 
 
 def _launch_quant_v(v, out, vscale):
@@ -225,8 +230,7 @@ def _launch_quant_v(v, out, vscale):
     )
 
 
-@torch.library.custom_op("q8lib::attn_quant_v", mutates_args=())
-def quant_v(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _quant_v_impl(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """v producer: ``v [B, S, H, D]`` -> ``(vt8 [B, H, D, Sp] e4m3, scale [B, H, D] fp32)``, per channel."""
     B, S, H, D = v.shape
     out = torch.empty(B, H, D, _pad(S), device=v.device, dtype=FP8)
@@ -235,10 +239,12 @@ def quant_v(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out, scale
 
 
-@quant_v.register_fake
-def _(v):
+def _quant_v_fake(v):
     B, S, H, D = v.shape
     return v.new_empty(B, H, D, _pad(S), dtype=FP8), v.new_empty(B, H, D, dtype=torch.float32)
+
+
+quant_v = opaque_op("attn_quant_v", _quant_v_impl, _quant_v_fake)
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,8 +270,7 @@ def _launch_fwd(q8, qs, k8, ks, vt8, vs, key_lengths, sk, out, config=None):
     )
 
 
-@torch.library.custom_op("q8lib::fp8_attention_fwd", mutates_args=())
-def attention_fwd(q8: torch.Tensor, qs: torch.Tensor, k8: torch.Tensor, ks: torch.Tensor, vt8: torch.Tensor,
+def _attention_fwd_impl(q8: torch.Tensor, qs: torch.Tensor, k8: torch.Tensor, ks: torch.Tensor, vt8: torch.Tensor,
                   vs: torch.Tensor, key_lengths: torch.Tensor | None, sq: int, sk: int,
                   out_dtype: torch.dtype) -> torch.Tensor:
     """FP8 attention of producer outputs -> ``[B, Sq, H, D]`` in ``out_dtype``.
@@ -280,10 +285,12 @@ def attention_fwd(q8: torch.Tensor, qs: torch.Tensor, k8: torch.Tensor, ks: torc
     return out
 
 
-@attention_fwd.register_fake
-def _(q8, qs, k8, ks, vt8, vs, key_lengths, sq, sk, out_dtype):
+def _attention_fwd_fake(q8, qs, k8, ks, vt8, vs, key_lengths, sq, sk, out_dtype):
     B, H, _, D = q8.shape
     return q8.new_empty(B, sq, H, D, dtype=out_dtype)
+
+
+attention_fwd = opaque_op("fp8_attention_fwd", _attention_fwd_impl, _attention_fwd_fake)
 
 
 def _fp8_bshd(q, k, v, key_lengths, sm_scale, qnorm=None, knorm=None, rope=None):

@@ -9,8 +9,11 @@
   here), go to the Triton GEMM in ``_gemm.py``. ``Q8LIB_GEMM=triton|scaled_mm|int_mm`` (or
   :func:`set_gemm_impl`) overrides the choice (benchmarks).
 
-Every kernel is a ``torch.library`` custom op (namespace ``q8lib``) with a fake implementation,
-so ``torch.compile(fullgraph=True)`` and CUDA graphs see opaque, shape-known nodes. Inputs the
+Every kernel is a ``torch.library`` op (namespace ``q8lib``). The row ops are registered by
+:func:`~q8lib.kernels._library.dual_op`: on CUDA a ``triton_op`` whose launcher torch.compile traces,
+so inductor launches the kernel from its own code instead of calling back into Python for every
+launch; elsewhere an opaque custom op with a fake implementation. The Triton GEMM op is an opaque
+``custom_op`` with a fake implementation. Inputs the
 kernels cannot take (row length not a power of two, too long, odd dtypes, non-CUDA tensors
 outside the Triton interpreter) fall back to the reference math with a one-time warning.
 Unlike the reference, the kernels do not check inputs for NaN/inf (that needs a host sync).
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 
 from .. import reference as ref
 from ..quant import FP8, INT8, QMAX, qdtype_from_name
+from ._library import dual_op, launchable, tracing
 from ._rowquant import FP8_OUT, FLOAT_OUT, INT8_OUT, plan
 
 __all__ = ["quantize_activation", "rms_norm", "rms_norm_quantize", "gelu_quantize", "add_quantize", "matmul",
@@ -160,6 +164,11 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
 
     from ._rowquant import _row_quant_kernel
 
+    # torch.compile traces this launcher with fake tensors (the ops below are triton_ops): the kernel is
+    # then recorded through wrap_triton, and launched later from inductor's code, so nothing can fail here
+    # and the launch form is decided now (the one that fitted in eager runs, else the first attempt).
+    traced = tracing(x)
+    kernel = launchable(_row_quant_kernel, x)
     K = x.shape[-1]
     hb, rotate = (None if rot <= 0 else rot), rot >= 0
     p = plan(K, hb, rotate)
@@ -192,6 +201,8 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
         attempts = [dict(_ROW_DEFAULT_TUNE, tile=measured["rows"] * K, **measured)] if measured else []
         attempts += [dict(_ROW_DEFAULT_TUNE, tile=te, stages=st)
                      for te, st in [(tile, 3), (tile, 1)] + [(tile >> i, 1) for i in range(1, 8) if (tile >> i) >= K]]
+    if traced:
+        attempts = attempts[:1]
     for n, t in enumerate(attempts):
         rows_per, A, B, left = plan(K, hb, rotate, t["tile"])
         n_tiles = triton.cdiv(M, rows_per)
@@ -199,7 +210,7 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
         elems = rows_per * K
         warps = t["warps"] or (4 if elems <= 2048 else (8 if elems <= 16384 else 16))
         try:
-            _row_quant_kernel[(progs,)](
+            kernel[(progs,)](
                 x3, x3.stride(0), x3.stride(1),
                 weight if weight is not None else dummy,
                 sc if sc is not None else dummy, sscb, scs,
@@ -215,7 +226,7 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
                 RESID=residual is not None, HAS_GATE=gate is not None, BATCHED=bool(t["batched"]),
                 num_warps=warps, num_stages=t["stages"],
             )
-            if tune is None:
+            if tune is None and not traced:
                 _ROW_FIT[key] = t
             return out, out_scale
         except OutOfResources:
@@ -228,8 +239,7 @@ def _qdtype_of(qmode: int):
     return {INT8_OUT: INT8, FP8_OUT: FP8}.get(qmode)
 
 
-@torch.library.custom_op("q8lib::row_quant", mutates_args=())
-def _row_quant_op(x: torch.Tensor, weight: Optional[torch.Tensor], scale: Optional[torch.Tensor],
+def _row_quant_impl(x: torch.Tensor, weight: Optional[torch.Tensor], scale: Optional[torch.Tensor],
                   shift: Optional[torch.Tensor], eps: float, norm: bool, gelu: bool, rot: int,
                   qmode: int) -> tuple[torch.Tensor, torch.Tensor]:
     qdtype = _qdtype_of(qmode)
@@ -249,6 +259,16 @@ def _row_quant_op(x: torch.Tensor, weight: Optional[torch.Tensor], scale: Option
     return out.view(x.shape), out_scale.view(x.shape[:-1] if qdtype is not None else (0,))
 
 
+def _row_quant_fake(x, weight, scale, shift, eps, norm, gelu, rot, qmode):
+    qdtype = _qdtype_of(qmode)
+    out = x.new_empty(x.shape, dtype=qdtype or x.dtype)
+    out_scale = x.new_empty(x.shape[:-1] if qdtype is not None else (0,), dtype=torch.float32)
+    return out, out_scale
+
+
+row_quant_op = dual_op("row_quant", _row_quant_impl, _row_quant_fake)
+
+
 def _row_ref(x, weight, scale, shift, eps, norm, gelu, rot, qdtype):
     """The row op in reference math (same outputs as the kernel)."""
     y = ref.rms_norm_ref(x, weight, eps, scale, shift) if norm else x
@@ -259,16 +279,7 @@ def _row_ref(x, weight, scale, shift, eps, norm, gelu, rot, qdtype):
     return ref.quantize_activation_ref(y, qdtype, None if rot <= 0 else rot, rotate=rot >= 0)
 
 
-@_row_quant_op.register_fake
-def _(x, weight, scale, shift, eps, norm, gelu, rot, qmode):
-    qdtype = _qdtype_of(qmode)
-    out = x.new_empty(x.shape, dtype=qdtype or x.dtype)
-    out_scale = x.new_empty(x.shape[:-1] if qdtype is not None else (0,), dtype=torch.float32)
-    return out, out_scale
-
-
-@torch.library.custom_op("q8lib::add_row_quant", mutates_args=())
-def _add_row_quant_op(x: torch.Tensor, residual: torch.Tensor, gate: Optional[torch.Tensor],
+def _add_row_quant_impl(x: torch.Tensor, residual: torch.Tensor, gate: Optional[torch.Tensor],
                       weight: Optional[torch.Tensor], scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
                       eps: float, norm: bool, rot: int, qmode: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     qdtype = _qdtype_of(qmode)
@@ -290,10 +301,12 @@ def _add_row_quant_op(x: torch.Tensor, residual: torch.Tensor, gate: Optional[to
     return h.view(x.shape), out.view(x.shape), out_scale.view(x.shape[:-1])
 
 
-@_add_row_quant_op.register_fake
-def _(x, residual, gate, weight, scale, shift, eps, norm, rot, qmode):
+def _add_row_quant_fake(x, residual, gate, weight, scale, shift, eps, norm, rot, qmode):
     return (x.new_empty(x.shape), x.new_empty(x.shape, dtype=_qdtype_of(qmode)),
             x.new_empty(x.shape[:-1], dtype=torch.float32))
+
+
+add_row_quant_op = dual_op("add_row_quant", _add_row_quant_impl, _add_row_quant_fake)
 
 
 def _add_ref(x, residual, gate):
@@ -313,8 +326,7 @@ def _row_reason(x: torch.Tensor, hadamard_block, rotate=True) -> str | None:
 def _row(op, x, weight, scale, shift, eps, norm, gelu, qdtype, hadamard_block, rotate=True):
     q = qdtype_from_name(qdtype) if qdtype is not None else None
     qmode = {INT8: INT8_OUT, FP8: FP8_OUT}.get(q, FLOAT_OUT)
-    return torch.ops.q8lib.row_quant(x, weight, scale, shift, float(eps), norm, gelu,
-                                     _rot_code(rotate, hadamard_block), qmode)
+    return row_quant_op(x, weight, scale, shift, float(eps), norm, gelu, _rot_code(rotate, hadamard_block), qmode)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -382,8 +394,8 @@ def add_quantize(x, residual, gate, qdtype, hadamard_block=None, norm=False, wei
             return (h,) + tuple(rms_norm_quantize(h, weight, eps, scale, shift, qdtype, hadamard_block))
         return (h,) + tuple(quantize_activation(h, qdtype, hadamard_block))
     q = qdtype_from_name(qdtype)
-    return torch.ops.q8lib.add_row_quant(x, residual, gate, weight, scale, shift, float(eps), norm,
-                                         _rot_code(True, hadamard_block), INT8_OUT if q == INT8 else FP8_OUT)
+    return add_row_quant_op(x, residual, gate, weight, scale, shift, float(eps), norm, _rot_code(True, hadamard_block),
+                            INT8_OUT if q == INT8 else FP8_OUT)
 
 
 # ------------------------------------------------------------------------------------------------
