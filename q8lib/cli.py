@@ -333,20 +333,21 @@ def _compare(args) -> int:
     import torch
 
     from . import ltx
-    from .pipeline import encode_prompts, environment, free_text_encoder, load_pipeline, load_transformer
+    from .pipeline import (encode_prompts, environment, free_text_encoder, load_pipeline, load_transformer,
+                           transformer_config)
     from .video import plot_metrics, psnr, side_by_side, ssim, write_video
 
     run = _prepare(args, "q8")
     settings, device, image, cache, out = run.settings, run.device, run.image, run.cache, run.out
     q8_config, backend = run.q8_config, run.backend
+    if not args.checkpoint:  # the Q8 conversion must be possible before anything loads, not after the bf16 run
+        ltx.check_q8_config(transformer_config(args.model), q8_config)
     wb = _wandb_start(args, "compare", dict(dataclasses.asdict(settings), model=args.model)) if args.wandb else None
     start = time.perf_counter()
     pipe = load_pipeline(args.model, precision="bf16", image_to_video=image is not None, device=device,
                          dtype=run.dtype, q8_config=q8_config,
                          load_text_encoder=_needs_text_encoder(args, settings, cache),
                          offload=args.offload, vae_tiling=args.vae_tiling)
-    if not args.checkpoint:  # the Q8 conversion must be possible before the unquantized run, not after it
-        ltx.check_q8_config(dict(pipe.transformer.config), q8_config)
     load_s = time.perf_counter() - start
     embeds, enc = encode_prompts(pipe, settings, pipe.q8lib_info["model"], cache)
     if not args.keep_text_encoder:

@@ -134,6 +134,9 @@ def test_cli_fp8_attention_head_size_is_refused_before_loading(tmp_path):
                          "--output", str(tmp_path / "o" / "v.mp4"), "--attention", "fp8"]}, tmp_path)["x"]
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "FP8 attention rotates q/k over the head size" in r.stderr and "--attention sdpa" in r.stderr
+    r = _cli_many({"x": ["compare", "--prompt", "a red ball", "--model", str(tmp_path / "pipe"), *SMALL,
+                         "--output", str(tmp_path / "o" / "c.mp4"), "--attention", "fp8"]}, tmp_path)["x"]
+    assert r.returncode == 2 and "FP8 attention rotates q/k" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert _files(tmp_path) == before
 
 
