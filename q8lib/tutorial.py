@@ -73,22 +73,15 @@ def quiet() -> None:
 
 
 def transformer_config(model: str) -> dict:
-    """The transformer's ``config.json`` as a dict (``"tiny"``: the tiny default's), without loading weights."""
-    from diffusers import LTXVideoTransformer3DModel
+    """The transformer's ``config.json`` as a dict (``"tiny"``: the tiny default's), without loading weights
+    (:func:`q8lib.pipeline.transformer_config`)."""
+    from .errors import ModelUnavailableError
+    from .pipeline import transformer_config as _config
 
-    from .pipeline import MODEL_ALIASES, ModelUnavailableError
-
-    if model == TINY:
-        return dict(load_transformer(TINY).config)
-    model = MODEL_ALIASES.get(model, model)
     try:
-        return dict(LTXVideoTransformer3DModel.load_config(model, subfolder="transformer"))
-    except OSError as e:
-        raise ModelUnavailableError(
-            f"could not read the transformer config of {model!r} ({type(e).__name__}: {str(e).splitlines()[0][:300]}). "
-            "Downloading needs network access with HF_HUB_OFFLINE unset; or pass a local directory; "
-            "or use Q8_MODEL=tiny (the embedded default, offline)."
-        ) from e
+        return _config(model)
+    except ModelUnavailableError as e:  # in a notebook the model comes from Q8_MODEL
+        raise ModelUnavailableError(f"{e} In the notebooks: Q8_MODEL=tiny (the embedded default, offline).") from None
 
 
 def load_transformer(model: str = TINY, device="cpu", dtype: torch.dtype = torch.float32):
