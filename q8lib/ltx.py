@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -411,14 +411,14 @@ def load_q8(
         raise Q8CheckpointError(f"{d / CONFIG_NAME}: holds a {cfg['_class_name']}, not an LTXVideoTransformer3DModel")
     state, header, files = _read_safetensors(d)
     config, _ = _read_q8_config(d, state, header, backend=backend, attention=attention)
-    try:
-        model = build_q8_skeleton(cfg, config)
+    try:  # what the files say must fit together; the attention is the caller's runtime choice, checked after
+        model = build_q8_skeleton(cfg, replace(config, attention="keep"))
     except SettingsError as e:
-        if "attention" in str(e):
-            raise
         raise Q8CheckpointError(f"{d / CONFIG_NAME} and {d / META_NAME} do not fit together: {e}") from None
     except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise Q8CheckpointError(f"{d / CONFIG_NAME}: not a valid LTX transformer config ({type(e).__name__}: {e})") from None
+    if config.attention == "fp8":
+        check_fp8_attention(model)  # SettingsError: use attention="sdpa"
     where = files[0] if len(files) == 1 else d
     expected = model.state_dict()
     _check_keys(set(expected), set(state), f"checkpoint {where}")

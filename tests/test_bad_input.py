@@ -75,7 +75,7 @@ def test_cli_rejects_bad_input_before_any_work_and_writes_nothing(workdir):
         "image url without network": (gen + out + ["--image", "http://127.0.0.1:9/first.png"], "could not load http://127.0.0.1:9"),
         "image unknown scheme": (gen + out + ["--image", "ftp://example.org/x.png"], "local file or an http\\(s\\) URL"),
         # devices and dtypes
-        "device names nothing": (gen + out[:0] + ["--device", "gpu0"] + out, "--device 'gpu0' names no device"),
+        "device names nothing": (gen + ["--device", "gpu0"] + out, "--device 'gpu0' names no device"),
         "device q8lib does not run on": (gen + ["--device", "mps"] + out, "cpu and cuda devices only"),
         "device index out of range": (gen + ["--device", "cuda:64"] + out, "cuda:64"),
         "dtype unknown": (gen + out + ["--dtype", "int8"], "unknown dtype 'int8'"),
