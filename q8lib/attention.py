@@ -16,17 +16,10 @@ from torch import nn
 from .backends import resolve_backend
 from .errors import SettingsError
 from .quant import host_sync_allowed
+from .reference import apply_rotary_emb, attention_inputs
 
 __all__ = ["Q8AttnProcessor", "q8_attention_core", "mask_to_key_lengths", "check_fp8_attention", "set_q8_attention",
            "restore_attention", "apply_rotary_emb"]
-
-
-def apply_rotary_emb(x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """LTX's interleaved RoPE on ``x [B, S, H*D]`` with ``(cos, sin) [B, S, H*D]`` (same math as diffusers)."""
-    cos, sin = freqs
-    x_real, x_imag = x.unflatten(2, (-1, 2)).unbind(-1)
-    x_rotated = torch.stack([-x_imag, x_real], dim=-1).flatten(2)
-    return (x.float() * cos + x_rotated.float() * sin).to(x.dtype)
 
 
 def mask_to_key_lengths(mask: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -53,32 +46,21 @@ def q8_attention_core(attn, query, key, value, image_rotary_emb=None, key_length
     """Everything between the projections and ``to_out``: ``norm_q``/``norm_k``, RoPE, attention.
 
     ``query [B, Sq, H*D]``, ``key``/``value [B, Sk, H*D]`` are the raw projection outputs;
-    ``key_lengths [B]`` int32 right-padding lengths or ``None``. Returns ``[B, Sq, H*D]``.
-    The triton backend fuses norm + RoPE (+ rotation + quantization for FP8) of q and k into one producer each.
+    ``key_lengths [B]`` int32 right-padding lengths or ``None``. Returns ``[B, Sq, H*D]`` in ``value.dtype``.
+    Runs the backend's ``attention_core`` (the triton backend fuses norm + RoPE, + rotation and
+    quantization for FP8, into one producer per operand); under diffusers' context parallelism the
+    backend's ``attention`` runs inside q8lib's ring/all-to-all exchange instead.
     """
     be = resolve_backend(backend, query.device)
     # Set by diffusers' enable_parallelism(ContextParallelConfig(...)) on processors that declare it.
     parallel = getattr(getattr(attn, "processor", None), "_parallel_config", None)
-    if be.name == "triton" and parallel is None:
-        from .kernels.attention import fused_attention_core
+    if parallel is None:
+        return be.attention_core(attn, query, key, value, image_rotary_emb, key_lengths, fp8).to(value.dtype)
+    from .parallel import context_parallel_attention
 
-        out = fused_attention_core(attn, query, key, value, image_rotary_emb, key_lengths, fp8=fp8)
-        if out is not None:
-            return out.to(value.dtype)
-    query = attn.norm_q(query)
-    key = attn.norm_k(key)
-    if image_rotary_emb is not None:
-        query = apply_rotary_emb(query, image_rotary_emb)
-        key = apply_rotary_emb(key, image_rotary_emb)
-    # [B, S, H*D] -> [B, H, S, D]
-    query, key, value = (t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (query, key, value))
-    if parallel is not None:
-        from .parallel import context_parallel_attention
-
-        out = context_parallel_attention(query, key, value, key_lengths, parallel,
-                                         lambda q, k, v, lengths: be.attention(q, k, v, lengths, None, fp8=fp8))
-    else:
-        out = be.attention(query, key, value, key_lengths, None, fp8=fp8)
+    q, k, v = attention_inputs(attn, query, key, value, image_rotary_emb)
+    out = context_parallel_attention(q, k, v, key_lengths, parallel,
+                                     lambda q, k, v, lengths: be.attention(q, k, v, lengths, None, fp8=fp8))
     return out.transpose(1, 2).flatten(2, 3).to(value.dtype)
 
 

@@ -1,9 +1,15 @@
-"""Backend registry: who computes the Q8 ops.
+"""Backend registry: who computes the Q8 ops, and the one interface every caller goes through.
 
-A backend implements the five ops below on some devices. ``reference`` (pure PyTorch, every
-device) always exists; faster ones (``triton``, ``q8_kernels``) register themselves when their
-module is imported and report why they are unavailable otherwise. Modules ask for a backend by
-name; ``"auto"`` picks the fastest one that supports the tensor's device.
+A backend implements the ops of :class:`Backend` on some devices. The Q8 modules
+(:mod:`q8lib.modules`), the fused block forward (:mod:`q8lib.fused`) and the attention processor
+(:mod:`q8lib.attention`) call a resolved backend's methods and nothing else: no probing for
+optional methods, no imports of kernel modules. ``reference`` (pure PyTorch, every device) always
+exists and defines the math; faster ones (``triton``, ``q8_kernels``) register themselves when
+their module is imported and report why they are unavailable otherwise. ``"auto"`` picks the
+fastest one that supports the tensor's device.
+
+Shapes: ``M`` tokens (leading dims flattened), ``K`` input / ``N`` output features, ``B, H, S, D``
+batch, heads, sequence, head dim. 8-bit codes are int8 or float8_e4m3fn with float32 scales.
 """
 from __future__ import annotations
 
@@ -16,10 +22,14 @@ __all__ = ["Backend", "BackendUnavailableError", "register_backend", "get_backen
 
 
 class Backend:
-    """Base class; the default methods are the reference math. Subclasses override what they speed up."""
+    """The op interface, with the reference math as its implementation. Subclasses override what
+    they compute faster; an op they do not override still runs, through the ops they do."""
 
     name = "reference"
     priority = 0  # "auto" tries higher priorities first
+    #: whether :mod:`q8lib.fused` should give LTX blocks its fused forward on this backend (it is
+    #: correct everywhere; it pays where the fused ops below are single kernels)
+    fused_blocks = False
 
     def unavailable_reason(self) -> str | None:
         """``None`` if usable in this process, else a sentence naming what is missing."""
@@ -28,7 +38,7 @@ class Backend:
     def supports_device(self, device: torch.device) -> bool:
         return True
 
-    # --- ops --------------------------------------------------------------------------------
+    # --- linear ops ------------------------------------------------------------------------------
     def quantize_activation(self, x, qdtype, hadamard_block=None):
         """``x [..., K]`` -> rotated, per-token quantized ``(q [..., K], scale [...] fp32)``."""
         return ref.quantize_activation_ref(x, qdtype, hadamard_block)
@@ -36,6 +46,16 @@ class Backend:
     def matmul(self, x_q, x_scale, w_q, w_scale, bias=None, activation=None, out_dtype=torch.bfloat16):
         """8-bit GEMM with the scale/bias/activation epilogue: ``[..., K] x [N, K] -> [..., N]``."""
         return ref.q8_matmul_ref(x_q, x_scale, w_q, w_scale, bias, activation, out_dtype)
+
+    def gemm_fuses_gelu(self, qdtype: torch.dtype, device: torch.device) -> bool:
+        """Whether ``matmul(..., activation="gelu_tanh")`` applies the GELU inside the GEMM for this
+        dtype and device. If not, the fused block applies it in the next quantizer
+        (:meth:`gelu_quantize`) rather than in a pass of its own."""
+        return True
+
+    def gelu_quantize(self, x, qdtype, hadamard_block=None):
+        """tanh-GELU + rotation + quantization of ``x [..., K]`` (the FFN hidden) -> ``(q, scale)``."""
+        return ref.gelu_quantize_ref(x, qdtype, hadamard_block)
 
     def rms_norm(self, x, weight=None, eps=1e-6, scale=None, shift=None):
         """RMSNorm with optional affine weight and AdaLN modulation ``* (1 + scale) + shift``."""
@@ -45,11 +65,29 @@ class Backend:
         """Fused RMSNorm + modulation + rotation + quantization -> ``(q, scale)``."""
         return self.quantize_activation(self.rms_norm(x, weight, eps, scale, shift), qdtype, hadamard_block)
 
+    def add_quantize(self, x, residual, gate, qdtype, hadamard_block=None, norm=False, weight=None, eps=1e-6,
+                     scale=None, shift=None):
+        """Gated residual add + the next quantizer: ``h = x + residual * gate`` (``gate`` optional), then
+        ``h`` (``norm=False``) or ``RMSNorm(h) * (1 + scale) + shift`` rotated and quantized.
+        Returns ``(h [..., K] in x.dtype, q [..., K], scale [...])``."""
+        h = x + residual * gate if gate is not None else x + residual
+        if norm:
+            return (h, *self.rms_norm_quantize(h, weight, eps, scale, shift, qdtype, hadamard_block))
+        return (h, *self.quantize_activation(h, qdtype, hadamard_block))
+
+    # --- attention ops ---------------------------------------------------------------------------
     def attention(self, q, k, v, key_lengths=None, sm_scale=None, fp8=True):
         """``[B, H, S, D]`` attention; FP8 with Hadamard-rotated q/k when ``fp8``, else SDPA."""
         if fp8:
             return ref.fp8_attention_ref(q, k, v, key_lengths, sm_scale)
         return ref.sdpa_attention(q, k, v, key_lengths, sm_scale)
+
+    def attention_core(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, fp8=True):
+        """Everything between an ``LTXAttention``'s projections and its ``to_out``: ``norm_q``/``norm_k``,
+        RoPE (``(cos, sin) [B, S, H*D]``), :meth:`attention`. ``query [B, Sq, H*D]``, ``key``/``value
+        [B, Sk, H*D]``, ``key_lengths [B]`` int32 or ``None`` -> ``[B, Sq, H*D]``."""
+        q, k, v = ref.attention_inputs(attn, query, key, value, image_rotary_emb)
+        return self.attention(q, k, v, key_lengths, None, fp8=fp8).transpose(1, 2).flatten(2, 3)
 
     def __repr__(self) -> str:
         return f"<q8lib backend {self.name!r}>"

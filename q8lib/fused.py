@@ -6,11 +6,14 @@ read and written as few times as possible:
 * ``norm1``/``norm2`` + AdaLN modulation + Hadamard rotation + quantization in one row pass
   (``rms_norm_quantize``); the quantized rows are shared by ``to_q``/``to_k``/``to_v``.
 * cross-attention quantizes the hidden states once for ``to_q`` and the text once for ``to_k``/``to_v``.
-* the FFN up-projection's GELU feeds the down-projection's quantizer directly (on the ``triton``
-  backend with cuBLAS fp8: one GELU+rotate+quantize pass; with the Triton GEMM: GELU in its epilogue).
+* the FFN up-projection's GELU runs in the GEMM's epilogue where the backend's GEMM has one
+  (``gemm_fuses_gelu``), else in the down-projection's quantizer (cuBLAS fp8: one
+  GELU+rotate+quantize pass).
 * attention goes through :func:`q8lib.attention.q8_attention_core` (norm_q/k, RoPE, FP8 or SDPA).
 * the gated residual adds after attn1 and attn2 are fused into the next quantizer (``add_quantize``:
   the new hidden states are written once and not read back); the FFN's stays a PyTorch op.
+* every op goes through the resolved backend (:mod:`q8lib.backends`), so the reference backend runs
+  the same forward on any device and tests check it against the unfused one.
 * the model's RoPE tables come in the model dtype, computed once for the batch when the samples
   share coordinates (:func:`compact_rope_forward`): every block's q/k path reads them.
 
@@ -62,16 +65,6 @@ def _bias(lin: Q8Linear, dtype):
     return b if b is not None and b.dtype == dtype else lin.bias
 
 
-def _linear_ops(be):
-    """The object whose ``quantize_activation``/``rms_norm_quantize``/``matmul`` the block calls: the
-    triton backend's kernel module directly (same signatures; no per-call module lookup to trace)."""
-    if be.name == "triton":
-        from .kernels import linear as kl
-
-        return kl
-    return be
-
-
 def _linear(be, lin: Q8Linear, x_q, x_s, out_dtype, activation=None):
     return be.matmul(x_q, x_s, lin.weight, lin.scales, _bias(lin, out_dtype), activation, out_dtype)
 
@@ -80,13 +73,11 @@ def _ffn(be, ff, x_q, x_s, out_dtype):
     """Up-projection + tanh-GELU + down-projection from quantized rows ``x_q``."""
     up, down = ff.net[0].proj, ff.net[2]
     qd, hb = down.qdtype, down.hadamard_block
-    # cuBLAS (fp8 on Hopper) has no GELU epilogue: fuse the GELU into the down-projection's quantizer
-    if hasattr(be, "gelu_quantize") and be.gemm_impl(qd, x_q.device) == "scaled_mm":
-        h = _linear(be, up, x_q, x_s, out_dtype)
-        h_q, h_s = be.gelu_quantize(h, qd, hb)
-        return _linear(be, down, h_q, h_s, out_dtype)
-    h = _linear(be, up, x_q, x_s, out_dtype, "gelu_tanh")
-    h_q, h_s = be.quantize_activation(h, qd, hb)
+    if be.gemm_fuses_gelu(qd, x_q.device):  # GELU in the up-projection's epilogue
+        h = _linear(be, up, x_q, x_s, out_dtype, "gelu_tanh")
+        h_q, h_s = be.quantize_activation(h, qd, hb)
+    else:  # a GEMM without that epilogue (cuBLAS): GELU in the down-projection's quantizer instead
+        h_q, h_s = be.gelu_quantize(_linear(be, up, x_q, x_s, out_dtype), qd, hb)
     return _linear(be, down, h_q, h_s, out_dtype)
 
 
@@ -107,15 +98,10 @@ def _key_lengths(mask, batch):
 
 
 def _add_quantize(be, h, r, gate, qd, hb, norm=None, scale=None, shift=None):
-    """``h + r * gate`` and its quantization (after ``norm`` + modulation if given): one fused pass on
-    the triton backend, the two steps elsewhere. Returns ``(h, q, scale)``."""
-    if hasattr(be, "add_quantize"):
-        return be.add_quantize(h, r, gate, qd, hb, norm is not None, None if norm is None else norm.weight,
-                               1e-6 if norm is None else norm.eps, scale, shift)
-    h = h + r * gate if gate is not None else h + r
-    if norm is None:
-        return (h, *be.quantize_activation(h, qd, hb))
-    return (h, *be.rms_norm_quantize(h, norm.weight, norm.eps, scale, shift, qd, hb))
+    """``h + r * gate`` and its quantization (after ``norm`` + modulation if given): the backend's
+    ``add_quantize`` (one pass on the triton backend). Returns ``(h, q, scale)``."""
+    return be.add_quantize(h, r, gate, qd, hb, norm is not None, None if norm is None else norm.weight,
+                           1e-6 if norm is None else norm.eps, scale, shift)
 
 
 def fused_block_forward(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb=None,
@@ -126,7 +112,7 @@ def fused_block_forward(self, hidden_states, encoder_hidden_states, temb, image_
     ``image_rotary_emb`` ``(cos, sin) [B, S, D]``, ``encoder_attention_mask`` additive ``[B, 1, T]``.
     """
     st = self._q8_fused
-    be = _linear_ops(resolve_backend(st["backend"], hidden_states.device))
+    be = resolve_backend(st["backend"], hidden_states.device)
     a1, a2 = self.attn1, self.attn2
     qd, hb = a1.to_q.qdtype, a1.to_q.hadamard_block
     dt = hidden_states.dtype
@@ -241,14 +227,12 @@ def uninstall_fused_blocks(model: nn.Module) -> int:
 
 def install_if_fast(model: nn.Module, config) -> int:
     """The hook of ``quantize_``/``load_q8``: install the fused forward when ``config.backend``
-    resolves to ``triton`` for the model's device (the reference path keeps diffusers' forward)."""
+    resolves, for the model's device, to a backend whose fused ops are single kernels
+    (``Backend.fused_blocks``: the triton backend); elsewhere diffusers' forward stays."""
     if config.attention == "keep":  # the fused forward runs q8lib's attention core; "keep" means diffusers'
         return 0
     p = next(iter(model.parameters()), None)
-    if p is None or resolve_backend(config.backend, p.device).name != "triton":
+    if p is None or not resolve_backend(config.backend, p.device).fused_blocks:
         return 0
-    from .kernels import _ops
-
-    _ops("linear"), _ops("attention")  # import now, outside any torch.compile trace
     return install_fused_blocks(model, fp8=config.attention == "fp8", backend=config.backend,
                                 bias_dtype=getattr(model, "dtype", torch.bfloat16))

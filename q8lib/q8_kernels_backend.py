@@ -87,8 +87,21 @@ class Q8KernelsBackend(Backend):
     def rms_norm_quantize(self, x, weight, eps, scale, shift, qdtype, hadamard_block=None):
         return self._other().rms_norm_quantize(x, weight, eps, scale, shift, qdtype, hadamard_block)
 
+    def gelu_quantize(self, x, qdtype, hadamard_block=None):
+        return self._other().gelu_quantize(x, qdtype, hadamard_block)
+
+    def add_quantize(self, x, residual, gate, qdtype, hadamard_block=None, norm=False, weight=None, eps=1e-6,
+                     scale=None, shift=None):
+        return self._other().add_quantize(x, residual, gate, qdtype, hadamard_block, norm, weight, eps, scale, shift)
+
     def attention(self, q, k, v, key_lengths=None, sm_scale=None, fp8=True):
         return self._other().attention(q, k, v, key_lengths, sm_scale, fp8)
+
+    def attention_core(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, fp8=True):
+        return self._other().attention_core(attn, query, key, value, image_rotary_emb, key_lengths, fp8)
+
+    def gemm_fuses_gelu(self, qdtype, device):
+        return qdtype == INT8 or self._other().gemm_fuses_gelu(qdtype, device)
 
     def matmul(self, x_q, x_scale, w_q, w_scale, bias=None, activation=None, out_dtype=torch.bfloat16):
         """int8 operands go to the package's GEMM (after the one-time agreement check); fp8 to q8lib's."""

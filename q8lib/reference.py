@@ -23,6 +23,10 @@ __all__ = [
     "fp8_attention_ref",
     "sdpa_attention",
     "key_lengths_to_mask",
+    "apply_rotary_emb",
+    "attention_inputs",
+    "gelu_quantize_ref",
+    "add_quantize_ref",
 ]
 
 ACTIVATIONS = (None, "gelu_tanh")
@@ -106,6 +110,38 @@ def rms_norm_ref(
     if shift is not None:
         y = y + shift.float()
     return y.to(x.dtype)
+
+
+def gelu_quantize_ref(x: torch.Tensor, qdtype=INT8, hadamard_block: int | None = None):
+    """tanh-GELU of ``x [..., K]`` (rounded to ``x.dtype``, as an unfused GEMM would store it), then
+    :func:`quantize_activation_ref` -> ``(q [..., K], scale [...])``."""
+    return quantize_activation_ref(F.gelu(x.float(), approximate="tanh").to(x.dtype), qdtype, hadamard_block)
+
+
+def add_quantize_ref(x, residual, gate, qdtype=INT8, hadamard_block=None, norm=False, weight=None, eps=1e-6,
+                     scale=None, shift=None):
+    """``h = x + residual * gate`` (``gate`` optional), then ``h`` or ``rms_norm_ref(h, weight, eps, scale,
+    shift)`` rotated and quantized. Returns ``(h [..., K] in x.dtype, q [..., K], scale [...])``."""
+    h = x + residual * gate if gate is not None else x + residual
+    y = rms_norm_ref(h, weight, eps, scale, shift) if norm else h
+    return (h, *quantize_activation_ref(y, qdtype, hadamard_block))
+
+
+def apply_rotary_emb(x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """LTX's interleaved RoPE on ``x [B, S, H*D]`` with ``(cos, sin) [B, S, H*D]`` (same math as diffusers)."""
+    cos, sin = freqs
+    x_real, x_imag = x.unflatten(2, (-1, 2)).unbind(-1)
+    x_rotated = torch.stack([-x_imag, x_real], dim=-1).flatten(2)
+    return (x.float() * cos + x_rotated.float() * sin).to(x.dtype)
+
+
+def attention_inputs(attn, query, key, value, image_rotary_emb=None):
+    """``norm_q``/``norm_k`` and RoPE as diffusers' LTX processor applies them, then heads split:
+    ``[B, S, H*D]`` projections -> ``q, k, v [B, H, S, D]``."""
+    query, key = attn.norm_q(query), attn.norm_k(key)
+    if image_rotary_emb is not None:
+        query, key = apply_rotary_emb(query, image_rotary_emb), apply_rotary_emb(key, image_rotary_emb)
+    return tuple(t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (query, key, value))
 
 
 def key_lengths_to_mask(key_lengths: torch.Tensor, sk: int) -> torch.Tensor:

@@ -13,25 +13,32 @@ import q8lib
 from helpers import rel_err
 from q8lib.backends import Backend, register_backend
 from q8lib.fused import install_fused_blocks, install_if_fast, is_fused, uninstall_fused_blocks
+from q8lib.kernels import TritonBackend
 from q8lib.kernels import linear as kl
 from q8lib.tiny import make_tiny_transformer
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 
-class _InterpBackend(Backend):
-    """The Triton linear kernels on whatever device the tensors are (CPU: the interpreter)."""
+class _InterpBackend(TritonBackend):
+    """The triton backend's linear ops on whatever device the tensors are (CPU: the interpreter);
+    attention stays the reference math."""
 
     name = "test_triton_linear"
+    priority = -1  # never picked by "auto"
 
-    def quantize_activation(self, x, qdtype, hadamard_block=None):
-        return kl.quantize_activation(x, qdtype, hadamard_block)
+    def __init__(self):
+        super().__init__()
+        self._linear = kl
 
-    def matmul(self, *args, **kwargs):
-        return kl.matmul(*args, **kwargs)
+    def unavailable_reason(self):
+        return None
 
-    def rms_norm_quantize(self, *args):
-        return kl.rms_norm_quantize(*args)
+    def supports_device(self, device):
+        return True
+
+    attention = Backend.attention
+    attention_core = Backend.attention_core
 
 
 register_backend(_InterpBackend())
@@ -93,7 +100,6 @@ def test_gelu_quantize_branch(seed, monkeypatch):
     q = q8lib.quantize_(model, q8lib.Q8Config(weight_dtype="fp8_e4m3", backend="reference"), progress=False)
     install_fused_blocks(q, backend="test_triton_linear")
     base = _run(q, args, kw)
-    monkeypatch.setattr(_InterpBackend, "name", "triton")
     monkeypatch.setattr(kl, "gemm_impl", lambda qd, dev: "scaled_mm")  # route _ffn to gelu_quantize
     calls = []
     real = kl.gelu_quantize
@@ -144,12 +150,11 @@ def test_gpu_default_install_and_compile(seed, weight_dtype):
 
 
 def test_fused_block_compiles_fullgraph_cpu(seed, monkeypatch):
-    """The fused forward on the triton code path (kernel module called directly) traces into one graph."""
+    """The fused forward on the triton backend's code path traces into one graph."""
     model = make_tiny_transformer(seed=seed % 1000)
     args, kw = _inputs(model.config)
     q = q8lib.quantize_(model, q8lib.Q8Config(weight_dtype="fp8_e4m3", attention="sdpa", backend="reference"),
                         progress=False)
-    monkeypatch.setattr(_InterpBackend, "name", "triton")  # -> q8lib.kernels.linear ops, as on the GPU
     install_fused_blocks(q, fp8=False, backend="test_triton_linear")
     eager = _run(q, args, kw)
     torch._dynamo.reset()

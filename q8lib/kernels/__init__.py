@@ -1,12 +1,12 @@
 """The ``triton`` backend: Triton kernels for NVIDIA GPUs (Hopper sm_90 natively; Ada sm_89 by design).
 
 Ops live in ``q8lib.kernels.linear`` (quantization, 8-bit GEMMs, fused norms) and
-``q8lib.kernels.attention`` (FP8 attention). Each op falls back to the reference math, with a
-one-time warning naming the op and the reason, when a shape or dtype is not supported.
+``q8lib.kernels.attention`` (FP8 attention); :class:`TritonBackend` binds them to the backend
+interface of :mod:`q8lib.backends`. Each op falls back to the reference math, with a one-time
+warning naming the op and the reason, when a shape or dtype is not supported.
 """
 from __future__ import annotations
 
-import importlib
 import warnings
 
 import torch
@@ -36,52 +36,60 @@ def _triton_reason() -> str | None:
     return None
 
 
-_MODS: dict = {}  # imported op modules: a plain dict lookup is traceable by torch.compile, importlib is not
-
-
-def _ops(name):
-    if name not in _MODS:
-        try:
-            _MODS[name] = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise
-            _MODS[name] = None
-    return _MODS[name]
-
-
 class TritonBackend(Backend):
+    """Each op is the function of the same name in :mod:`q8lib.kernels.linear` or
+    :mod:`q8lib.kernels.attention`, imported once when the backend is first resolved (not inside a
+    torch.compile trace, where an import would break the graph)."""
+
     name = "triton"
     priority = 10
+    fused_blocks = True
+
+    def __init__(self):
+        self._linear = self._attention = None
 
     def unavailable_reason(self):
-        return _triton_reason()
+        reason = _triton_reason()
+        if reason is None and self._linear is None:
+            from . import attention, linear
+
+            self._linear, self._attention = linear, attention
+        return reason
 
     def supports_device(self, device):
         return device.type == "cuda"
 
-    def _call(self, module, op, *args, **kwargs):
-        mod = _ops(module)
-        fn = getattr(mod, op, None) if mod is not None else None
-        if fn is None:
-            warn_fallback(op, "no Triton kernel for this op yet")
-            return getattr(super(), op)(*args, **kwargs)
-        return fn(*args, **kwargs)
-
     def quantize_activation(self, x, qdtype, hadamard_block=None):
-        return self._call("linear", "quantize_activation", x, qdtype, hadamard_block)
+        return self._linear.quantize_activation(x, qdtype, hadamard_block)
 
     def matmul(self, x_q, x_scale, w_q, w_scale, bias=None, activation=None, out_dtype=torch.bfloat16):
-        return self._call("linear", "matmul", x_q, x_scale, w_q, w_scale, bias, activation, out_dtype)
+        return self._linear.matmul(x_q, x_scale, w_q, w_scale, bias, activation, out_dtype)
+
+    def gemm_fuses_gelu(self, qdtype, device):
+        # cuBLAS (fp8 on Hopper) and torch._int_mm have no GELU epilogue; the Triton GEMM has
+        return self._linear.gemm_impl(qdtype, device) == "triton"
+
+    def gelu_quantize(self, x, qdtype, hadamard_block=None):
+        return self._linear.gelu_quantize(x, qdtype, hadamard_block)
 
     def rms_norm(self, x, weight=None, eps=1e-6, scale=None, shift=None):
-        return self._call("linear", "rms_norm", x, weight, eps, scale, shift)
+        return self._linear.rms_norm(x, weight, eps, scale, shift)
 
     def rms_norm_quantize(self, x, weight, eps, scale, shift, qdtype, hadamard_block=None):
-        return self._call("linear", "rms_norm_quantize", x, weight, eps, scale, shift, qdtype, hadamard_block)
+        return self._linear.rms_norm_quantize(x, weight, eps, scale, shift, qdtype, hadamard_block)
+
+    def add_quantize(self, x, residual, gate, qdtype, hadamard_block=None, norm=False, weight=None, eps=1e-6,
+                     scale=None, shift=None):
+        return self._linear.add_quantize(x, residual, gate, qdtype, hadamard_block, norm, weight, eps, scale, shift)
 
     def attention(self, q, k, v, key_lengths=None, sm_scale=None, fp8=True):
-        return self._call("attention", "attention", q, k, v, key_lengths, sm_scale, fp8)
+        return self._attention.attention(q, k, v, key_lengths, sm_scale, fp8)
+
+    def attention_core(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, fp8=True):
+        out = self._attention.fused_attention_core(attn, query, key, value, image_rotary_emb, key_lengths, fp8)
+        if out is None:  # a module layout the producers do not take: torch norm + RoPE, then the same kernel
+            return super().attention_core(attn, query, key, value, image_rotary_emb, key_lengths, fp8)
+        return out
 
 
 register_backend(TritonBackend())
