@@ -70,7 +70,13 @@ _FWD_CONFIG_ADA = (64, 64, 4, 2, False, False, False)  # sm_89: ~100 KB shared m
 def fwd_config(d: int, device: torch.device):
     if device.type == "cpu":
         return _FWD_CONFIG_CPU
-    if torch.cuda.get_device_capability(device) < (9, 0):
+    major, minor = torch.cuda.get_device_capability(device)
+    return fwd_config_for(d, major * 10 + minor)
+
+
+def fwd_config_for(d: int, capability: int):
+    """The attention kernel's tile config for head dim ``d`` on GPUs of compute capability ``capability`` (89: sm_89)."""
+    if capability < 90:
         return _FWD_CONFIG_ADA
     return _FWD_CONFIG.get(d, (64, 64, 4, 3, False, False, False))
 
@@ -114,20 +120,15 @@ _QK_DEFAULT_TUNE = {"block_t": 2, "warps": 4, "stages": 1, "per_sm": 4}
 def _qk_launch(x, weight, eps, cos, sin, s_pad, tune, quant):
     """Common launch arguments of the q/k producers for ``x [B, S, H, D]``: ``(grid, args, n_tiles, meta)``.
     ``s_pad``: the padded sequence the tiles cover (``None``: ``S`` rounded up to whole tiles)."""
-    from .linear import _programs, _table_tune
+    from .linear import _capability, _programs, _table_tune
 
     B, S, H, D = x.shape
-    hp = triton.next_power_of_2(H)
     has_rope = cos is not None
     if tune is None and not _interpreting(x):
         tune = _table_tune(x.device, qk_kind(D, eps >= 0, has_rope, quant))
-    tune = tune or ({} if quant else _QK_DEFAULT_TUNE)
-    # default: ~64-128 (token, head) rows a tile (8192 elements) over 8 warps; with RoPE six [rows, D]
-    # float32 tiles are live (x, its pair partner, cos, sin, weights), so half that
-    per_tile = (4096 if has_rope else 8192) // D
-    block_t = tune.get("block_t") or max(1, max(16, per_tile) // hp)
-    if _interpreting(x):
-        block_t = max(1, 32 // hp)
+    cap = _capability(x.device.index or 0) if x.is_cuda else 90
+    meta, per_sm = qk_meta(D, H, eps >= 0, weight is not None, has_rope, quant, tune, _interpreting(x), cap)
+    block_t = meta["BLOCK_T"]
     if s_pad is None:  # the norm-only producer: tiles cover whole blocks of tokens, the tail is masked
         s_pad = -(-S // block_t) * block_t
     if s_pad % block_t:
@@ -138,11 +139,30 @@ def _qk_launch(x, weight, eps, cos, sin, s_pad, tune, quant):
     else:
         cs = (x, x, 0, 0, 0)
     n_tiles = B * (s_pad // block_t)
-    progs = _programs(x.device, n_tiles, tune.get("per_sm", 4))
+    progs = _programs(x.device, n_tiles, per_sm)
     args = (x, x.stride(0), x.stride(1), x.stride(2), weight if weight is not None else x, *cs)
-    meta = dict(D=D, HP=hp, BLOCK_T=block_t, HAS_NORM=eps >= 0, HAS_WEIGHT=weight is not None, HAS_ROPE=has_rope,
-                num_warps=tune.get("warps") or (4 if D * hp * block_t <= 2048 else 8), num_stages=tune.get("stages", 3))
     return (progs,), args, n_tiles, meta
+
+
+def qk_meta(D: int, H: int, norm: bool, weight: bool, rope: bool, quant: bool, tune: dict | None,
+            interpret: bool = False, capability: int = 90):
+    """``(meta, per_sm)`` of a q/k producer for ``H`` heads of ``D``: its constexprs, ``num_warps`` and
+    ``num_stages``, and persistent programs per SM. ``tune``: a fixed launch or the table entry
+    (``None``: the defaults; below sm_90 one pipeline stage, as with 3 the D=64 cross-attention and the
+    D=128 producers need 106-180 KB of shared memory, over Ada's 99 KB). What :func:`_qk_launch`
+    launches (``q8lib.kernels.targets`` compiles it too)."""
+    hp = triton.next_power_of_2(H)
+    tune = tune or ({} if quant else _QK_DEFAULT_TUNE)
+    # default: ~64-128 (token, head) rows a tile (8192 elements) over 8 warps; with RoPE six [rows, D]
+    # float32 tiles are live (x, its pair partner, cos, sin, weights), so half that
+    per_tile = (4096 if rope else 8192) // D
+    block_t = tune.get("block_t") or max(1, max(16, per_tile) // hp)
+    if interpret:
+        block_t = max(1, 32 // hp)
+    meta = {"D": D, "HP": hp, "BLOCK_T": block_t, "HAS_NORM": norm, "HAS_WEIGHT": weight, "HAS_ROPE": rope,
+            "num_warps": tune.get("warps") or (4 if D * hp * block_t <= 2048 else 8),
+            "num_stages": tune.get("stages", 3 if capability >= 90 else 1)}
+    return meta, tune.get("per_sm", 4)
 
 
 def _launch_quant_qk(x, weight, eps, cos, sin, out_scale, out, out_scale_t, tune=None):
@@ -218,16 +238,21 @@ def _launch_quant_v(v, out, vscale):
     interp = _interpreting(v)
     # amax over all keys (as the reference), in chunks of keys: enough programs to fill the GPU
     amax = torch.zeros(B, H, D, device=v.device, dtype=torch.float32)
-    chunk = 256 if interp else 512
+    chunk, block_k, warps = v_tiles(interp)
     _k._v_amax_kernel[(triton.cdiv(S, chunk), B * H)](
-        v, v.stride(0), v.stride(1), v.stride(2), amax, S, H, D=D, BLOCK_K=32 if interp else 64, CHUNK=chunk,
-        num_warps=4,
+        v, v.stride(0), v.stride(1), v.stride(2), amax, S, H, D=D, BLOCK_K=block_k, CHUNK=chunk,
+        num_warps=warps,
     )
-    block_k = 32 if interp else 64
     _k._v_quant_kernel[(s_pad // block_k, B * H)](
         v, v.stride(0), v.stride(1), v.stride(2), amax, out, vscale, S, s_pad, H,
-        D=D, BLOCK_K=block_k, GRID_ROUND=interp, num_warps=4,
+        D=D, BLOCK_K=block_k, GRID_ROUND=interp, num_warps=warps,
     )
+
+
+def v_tiles(interpret: bool = False) -> tuple[int, int, int]:
+    """``(CHUNK, BLOCK_K, num_warps)`` of the v producers: keys a ``_v_amax_kernel`` program folds, keys a
+    tile (both kernels), warps (both); smaller in the interpreter."""
+    return (256, 32, 4) if interpret else (512, 64, 4)
 
 
 def _quant_v_impl(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -55,10 +55,12 @@ def _interpret() -> bool:
 
 
 def set_gemm_impl(name: str) -> str:
-    """Force the GEMM route (``"auto"``, ``"triton"``, ``"scaled_mm"``, ``"int_mm"``); returns the previous one."""
+    """Force the GEMM route (``"auto"``, ``"triton"``, ``"triton_tma"``, ``"scaled_mm"``, ``"int_mm"``); returns
+    the previous one. ``"triton_tma"``: the Triton GEMM, as Hopper's persistent TMA kernel on sm_90+ (opt-in:
+    faster kernels, but ~130 us of host time a call without a CUDA graph; benchmarks/NOTES_linear.md)."""
     global GEMM_IMPL
-    if name not in ("auto", "triton", "scaled_mm", "int_mm"):
-        raise ValueError(f"GEMM implementation must be auto, triton, scaled_mm or int_mm, got {name!r}")
+    if name not in ("auto", "triton", "triton_tma", "scaled_mm", "int_mm"):
+        raise ValueError(f"GEMM implementation must be auto, triton, triton_tma, scaled_mm or int_mm, got {name!r}")
     prev, GEMM_IMPL = GEMM_IMPL, name
     return prev
 
@@ -145,7 +147,38 @@ def _table_tune(device: torch.device, key: str):
     """The measured launch form for ``key`` on this GPU's architecture, or ``None``."""
     if device.type != "cuda":
         return None
-    return _tune_table().get(f"sm_{_capability(device.index or 0)}", {}).get(key)
+    return table_entry(_capability(device.index or 0), key)
+
+
+def table_entry(capability: int, key: str):
+    """The measured launch form for ``key`` on GPUs of compute capability ``capability`` (90: sm_90), or ``None``."""
+    return _tune_table().get(f"sm_{capability}", {}).get(key)
+
+
+def row_attempts(K: int, tile: int, measured: dict | None) -> list:
+    """The launch forms :func:`launch_row_quant` tries in order for rows of ``K`` (``tile``: the default
+    plan's elements a tile): the ``measured`` one (row_tune.json) if any, then the default plan with 3
+    stages, 1 stage, then halved tiles. torch.compile launches only the first."""
+    attempts = [dict(_ROW_DEFAULT_TUNE, tile=measured["rows"] * K, **measured)] if measured else []
+    return attempts + [dict(_ROW_DEFAULT_TUNE, tile=te, stages=st)
+                       for te, st in [(tile, 3), (tile, 1)] + [(tile >> i, 1) for i in range(1, 8) if (tile >> i) >= K]]
+
+
+def row_meta(K: int, hadamard_block: int | None, rotate: bool, t: dict, *, norm: bool, gelu: bool, has_weight: bool,
+             has_scale: bool, has_shift: bool, residual: bool, gate: bool, out_dtype: torch.dtype,
+             cuda: bool = True) -> dict:
+    """The row kernel's constexprs, ``num_warps`` and ``num_stages`` for the launch form ``t`` (one of
+    :func:`row_attempts`): what :func:`launch_row_quant` passes (``q8lib.kernels.targets`` compiles it too)."""
+    rows_per, A, B, left = plan(K, hadamard_block, rotate, t["tile"])
+    elems = rows_per * K
+    return {
+        "K": K, "ROWS": rows_per, "A": A, "LOGA": A.bit_length() - 1, "B": B, "LOGB": B.bit_length() - 1,
+        "NORM": norm, "HAS_W": has_weight, "HAS_SCALE": has_scale, "HAS_SHIFT": has_shift,
+        "GELU": gelu, "ROTATE": rotate, "LEFT": left, "DOT_BF16": cuda,
+        "QMODE": {INT8: INT8_OUT, FP8: FP8_OUT}.get(out_dtype, FLOAT_OUT), "QMAX": QMAX.get(out_dtype, 1.0),
+        "SOFT_FP8": not cuda, "RESID": residual, "HAS_GATE": gate, "BATCHED": bool(t["batched"]),
+        "num_warps": t["warps"] or (4 if elems <= 2048 else (8 if elems <= 16384 else 16)), "num_stages": t["stages"],
+    }
 
 
 def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_scale=None,
@@ -178,7 +211,6 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
     M, S = x3.shape[0] * x3.shape[1], x3.shape[1]
     if M == 0:
         return out, out_scale
-    qmode = {INT8: INT8_OUT, FP8: FP8_OUT}.get(out.dtype, FLOAT_OUT)
     sc, sscb, scs = _bcast3(scale, x)
     sh, sshb, shs = _bcast3(shift, x)
     rs, rsb, rss = _bcast3(residual, x)
@@ -197,18 +229,14 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
     elif key in _ROW_FIT:
         attempts = [_ROW_FIT[key]]
     else:
-        measured = _table_tune(x.device, row_kind(K, norm, gelu, residual is not None, rot))
-        attempts = [dict(_ROW_DEFAULT_TUNE, tile=measured["rows"] * K, **measured)] if measured else []
-        attempts += [dict(_ROW_DEFAULT_TUNE, tile=te, stages=st)
-                     for te, st in [(tile, 3), (tile, 1)] + [(tile >> i, 1) for i in range(1, 8) if (tile >> i) >= K]]
+        attempts = row_attempts(K, tile, _table_tune(x.device, row_kind(K, norm, gelu, residual is not None, rot)))
     if traced:
         attempts = attempts[:1]
     for n, t in enumerate(attempts):
-        rows_per, A, B, left = plan(K, hb, rotate, t["tile"])
-        n_tiles = triton.cdiv(M, rows_per)
-        progs = _programs(x.device, n_tiles, t["progs_per_sm"])
-        elems = rows_per * K
-        warps = t["warps"] or (4 if elems <= 2048 else (8 if elems <= 16384 else 16))
+        meta = row_meta(K, hb, rotate, t, norm=norm, gelu=gelu, has_weight=weight is not None,
+                        has_scale=scale is not None, has_shift=shift is not None, residual=residual is not None,
+                        gate=gate is not None, out_dtype=out.dtype, cuda=x.is_cuda)
+        progs = _programs(x.device, triton.cdiv(M, meta["ROWS"]), t["progs_per_sm"])
         try:
             kernel[(progs,)](
                 x3, x3.stride(0), x3.stride(1),
@@ -218,13 +246,7 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
                 out, out_scale if out_scale is not None else out,
                 M, S, float(eps),
                 rs if rs is not None else dummy, rsb, rss, g if g is not None else dummy, gb, gs,
-                h_out if h_out is not None else dummy,
-                K=K, ROWS=rows_per, A=A, LOGA=A.bit_length() - 1, B=B, LOGB=B.bit_length() - 1,
-                NORM=norm, HAS_W=weight is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
-                GELU=gelu, ROTATE=rotate, LEFT=left, DOT_BF16=x.is_cuda,
-                QMODE=qmode, QMAX=QMAX.get(out.dtype, 1.0), SOFT_FP8=not x.is_cuda,
-                RESID=residual is not None, HAS_GATE=gate is not None, BATCHED=bool(t["batched"]),
-                num_warps=warps, num_stages=t["stages"],
+                h_out if h_out is not None else dummy, **meta,
             )
             if tune is None and not traced:
                 _ROW_FIT[key] = t
@@ -416,10 +438,28 @@ def gemm_impl(qdtype: torch.dtype, device: torch.device) -> str:
     return "triton"
 
 
+def _tma_fits(x_q: torch.Tensor, w_q: torch.Tensor) -> bool:
+    """Whether the persistent TMA GEMM runs: chosen (``set_gemm_impl("triton_tma")``), a Hopper-or-newer
+    GPU (the copy engine; Ada keeps the pointer kernel), row-major 8-bit operands with 16-byte aligned
+    rows and bases, and a Triton that has host tensor descriptors."""
+    if GEMM_IMPL != "triton_tma" or not (x_q.is_cuda and _capability(x_q.device.index or 0) >= 90):
+        return False
+    if x_q.stride(-1) != 1 or w_q.stride(-1) != 1 or x_q.stride(0) % 16 or w_q.stride(0) % 16:
+        return False
+    if x_q.data_ptr() % 16 or w_q.data_ptr() % 16:
+        return False
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def launch_gemm(x_q, x_scale, w_q, w_scale, bias, gelu, out, tiles=None):
     """Triton GEMM of ``x_q [M, K]`` by ``w_q [N, K]`` into preallocated ``out [M, N]``.
 
-    ``tiles=(BM, BN, BK)`` fixes the tiles (interpreter/tests); ``None`` autotunes (GPU).
+    With ``set_gemm_impl("triton_tma")`` on sm_90+ the persistent TMA kernel (fixed tiles,
+    ``_gemm.TMA_CONFIG``); otherwise the pointer kernel: ``tiles=(BM, BN, BK)`` fixes its tiles (interpreter/tests), ``None`` autotunes (GPU).
     """
     import triton
 
@@ -430,6 +470,18 @@ def launch_gemm(x_q, x_scale, w_q, w_scale, bias, gelu, out, tiles=None):
     if M == 0 or N == 0:
         return out
     common = dict(HAS_BIAS=bias is not None, GELU=gelu, IS_INT=x_q.dtype == INT8)
+    if tiles is None and _tma_fits(x_q, w_q):
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        from ._gemm import TMA_CONFIG, _q8_gemm_tma_kernel
+
+        bm, bn, bk, warps, stages = TMA_CONFIG
+        progs = min(triton.cdiv(M, bm) * triton.cdiv(N, bn), _sm_count(x_q.device.index or 0))
+        _q8_gemm_tma_kernel[(progs,)](
+            TensorDescriptor.from_tensor(x_q, [bm, bk]), TensorDescriptor.from_tensor(w_q, [bn, bk]),
+            x_scale, w_scale, bias if bias is not None else w_scale, out, M, N, K, out.stride(0),
+            BM=bm, BN=bn, BK=bk, GROUP_M=8, NUM_PROGS=progs, num_warps=warps, num_stages=stages, **common)
+        return out
     args = (x_q, x_scale, w_q, w_scale, bias if bias is not None else w_scale, out, M, N, K,
             x_q.stride(0), w_q.stride(0), out.stride(0))
     if tiles is None and x_q.is_cuda:

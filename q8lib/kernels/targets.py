@@ -1,0 +1,457 @@
+"""Compile every q8lib Triton kernel for Ada (sm_89) and Hopper (sm_90) without a GPU, and read what it needs.
+
+The kernels must run on Ada by design, but CI has no GPU. Triton compiles for any target on any machine:
+``triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", 89, 32))``
+runs the whole pipeline down to a cubin with the ``ptxas`` bundled in the triton wheel. So this module
+
+* enumerates the compile specs (:class:`Spec`: kernel, argument types, constexprs, ``num_warps``,
+  ``num_stages``) that q8lib's launchers use on a GPU of a given compute capability, at LTX-Video's
+  shapes, taking every choice from the launchers' own decision functions and tables
+  (:func:`~q8lib.kernels.linear.row_attempts`, :func:`~q8lib.kernels.linear.row_meta`,
+  ``row_tune.json`` through :func:`~q8lib.kernels.linear.table_entry`, ``_gemm._configs()`` and its
+  ``EVEN_K`` heuristic, :func:`~q8lib.kernels.attention.qk_meta`,
+  :func:`~q8lib.kernels.attention.v_tiles`, :func:`~q8lib.kernels.attention.fwd_config_for`);
+* compiles one (:func:`compile_spec`) and reports its shared memory (Triton's metadata: the dynamic
+  shared memory a launch asks for), registers and spills (``ptxas -v``'s log of that very compile,
+  :func:`resources`), and which tensor-core instructions its PTX uses (``mma.sync`` / ``wgmma``).
+
+``tests/test_kernel_targets.py`` checks the results: shared memory within the opt-in maximum per block
+(sm_89: 99 KB = 101376 bytes, sm_90: 227 KB = 232448 bytes), no spills, ``wgmma`` on sm_90 and ``mma``
+on sm_89. ``python -m q8lib.kernels.targets`` prints the table (``--json`` writes it).
+
+Triton's interpreter (``TRITON_INTERPRET=1``, the CPU tests) turns ``@triton.jit`` functions into
+interpreted ones that cannot be compiled, so compile in a process without it (the test runs this module
+as a subprocess). Needs triton >= 3.3 (``ASTSource(fn, signature, constexprs, attrs)`` with constexprs
+in the signature; checked on 3.6 and 3.9). On an H200 (triton 3.6) the shared memory and registers of these
+offline compiles equal those of the kernels q8lib's launchers JIT-compile there, for every row, attention
+and GEMM form compared.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import importlib
+import inspect
+import io
+import json
+import os
+import re
+import sys
+import time
+import warnings
+
+import torch
+
+from ..quant import FP8, INT8
+from . import attention as _attn
+from . import linear as _lin
+from ._rowquant import plan
+
+__all__ = ["LTX_MODELS", "SHARED_LIMIT", "Spec", "compile_spec", "measure", "measure_all", "resources", "signature",
+           "spec", "specs", "supported"]
+
+# Opt-in maximum of shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin): what a kernel may ask for.
+SHARED_LIMIT = {89: 99 * 1024, 90: 227 * 1024}
+
+# LTX-Video's transformer widths: hidden size, heads x head dim, feed-forward inner width (4x hidden).
+LTX_MODELS = {"2b": {"dim": 2048, "heads": 32, "head_dim": 64, "ffn": 8192},
+              "13b": {"dim": 4096, "heads": 32, "head_dim": 128, "ffn": 16384}}
+# Representative runtime sizes (they only decide argument types and 16-divisibility): 2 samples (CFG) of
+# 6144 video tokens (768x512, 121 frames), 128 text tokens.
+_BATCH, _TOKENS, _TEXT = 2, 6144, 128
+_PTR = {torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float16: "*fp16", INT8: "*i8", FP8: "*fp8e4nv"}
+_NAME = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16", INT8: "i8", FP8: "e4m3"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One kernel launch form to compile.
+
+    ``args``: the runtime (non-constexpr) arguments in kernel order, pointers as Triton pointer types
+    (``"*bf16"``; torch allocations are 16-byte aligned) and integers/floats as representative values, from
+    which :func:`signature` derives types and divisibility as Triton's JIT does. ``source``: where the launch
+    form comes from (table entry, default, autotune config). ``autotuned``: one of several autotune configs
+    (one that does not fit is skipped by the autotuner, not launched). ``dots``: the kernel issues ``tl.dot``
+    at these constexprs; ``wgmma``: its sm_90 PTX is expected to use ``wgmma`` (else ``mma.sync``).
+    """
+    label: str
+    kernel: str  # "module:function"
+    args: dict
+    constexprs: dict
+    num_warps: int
+    num_stages: int | None  # None: Triton's default (3), as a launch without num_stages
+    source: str
+    dots: bool = False
+    wgmma: bool = False
+    autotuned: bool = False
+
+
+def supported() -> str | None:
+    """Why :func:`compile_spec` cannot run here (``None``: it can)."""
+    try:
+        from triton.compiler import ASTSource
+    except ImportError:
+        return "triton is not installed"
+    if "constexprs" not in inspect.signature(ASTSource).parameters:  # the format before triton 3.3
+        return "triton < 3.3 (ASTSource takes constants, not constexprs)"
+    try:
+        from triton.backends.nvidia import compiler  # noqa: F401
+    except ImportError:
+        return "triton has no NVIDIA backend"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Specs
+def _row_specs(cap: int, attempt: int = 0) -> list[Spec]:
+    """The row kernel as the fused LTX block launches it (``fused.py``): norm+modulation (``rms_norm_quantize``),
+    plain quantization (attention outputs, the text, the FFN hidden when the GEMM fuses GELU), the gated
+    residual add (``add_quantize``), the add + norm + modulation before the FFN, GELU + quantization (the FFN
+    hidden under cuBLAS GEMMs), and ``rms_norm`` (float rows, no rotation). Full-row rotation and 128-blocks;
+    bf16 rows to int8 and e4m3, fp32 rows to int8. The launch form is the launcher's first attempt (the table
+    entry for this architecture, else the default plan with 3 stages): the only one torch.compile launches
+    (``attempt`` > 0: the eager launcher's later attempts after "out of resources", for investigations)."""
+    out = []
+    dims = sorted({m["dim"] for m in LTX_MODELS.values()})
+    ffns = sorted({m["ffn"] for m in LTX_MODELS.values()})
+    # mode -> (widths, norm, gelu, residual, gate, scale/shift)
+    modes = {"norm": (dims, True, False, False, False, True), "plain": (dims + ffns, False, False, False, False, False),
+             "add": (dims, False, False, True, True, False), "add_norm": (dims, True, False, True, False, True),
+             "gelu": (ffns, False, True, False, False, False)}
+    io_pairs = [(torch.bfloat16, INT8), (torch.bfloat16, FP8), (torch.float32, INT8)]
+    for mode, (widths, norm, gelu, resid, gate, mod) in modes.items():
+        for K in widths:
+            for hb in (None, 128):
+                for xd, qd in io_pairs:
+                    out.append(_row_spec(cap, mode, K, hb, True, xd, qd, norm=norm, gelu=gelu, resid=resid,
+                                         gate=gate, mod=mod, weight=False, attempt=attempt))
+    for K in dims:  # rms_norm: float rows out, no rotation, with an affine weight
+        for xd in (torch.bfloat16, torch.float32):
+            out.append(_row_spec(cap, "rms_norm", K, None, False, xd, xd, norm=True, gelu=False, resid=False,
+                                 gate=False, mod=True, weight=True, attempt=attempt))
+    return [s for s in out if s is not None]
+
+
+def _row_spec(cap, mode, K, hb, rotate, xd, od, *, norm, gelu, resid, gate, mod, weight, attempt=0) -> Spec | None:
+    rot = -1 if not rotate else (0 if hb is None else hb)
+    kind = _lin.row_kind(K, norm, gelu, resid, rot)
+    measured = _lin.table_entry(cap, kind)
+    tile = plan(K, hb, rotate)[0] * K
+    attempts = _lin.row_attempts(K, tile, measured)
+    if attempt >= len(attempts):
+        return None
+    t = attempts[attempt]
+    meta = _lin.row_meta(K, hb, rotate, t, norm=norm, gelu=gelu, has_weight=weight, has_scale=mod, has_shift=mod,
+                         residual=resid, gate=gate, out_dtype=od, cuda=True)
+    warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
+    x = _PTR[xd]
+    ada = 6 * K  # AdaLN modulations are views of temb [B, 1, 6, K]: batch stride 6K, token stride 0
+    args = {"X": x, "sxb": _TOKENS * K, "sxs": K, "W": x,
+            "SC": x, "sscb": ada if mod else 0, "scs": 0, "SH": x, "sshb": ada if mod else 0, "shs": 0,
+            "OUT": _PTR[od], "QS": "*fp32" if od in (INT8, FP8) else _PTR[od],
+            "M": _BATCH * _TOKENS, "S": _TOKENS, "eps": 1e-6,
+            "RS": x, "rsb": _TOKENS * K if resid else 0, "rss": K if resid else 0,
+            "G": x, "gb": ada if gate else 0, "gs": 0, "HOUT": x}
+    rname = "none" if not rotate else ("full" if hb is None else f"b{hb}")
+    src = f"row_tune.json sm_{cap} {kind}" if measured else "default plan"
+    src += f", attempt {attempt + 1}" if attempt else ", first attempt"
+    tag = f"@{attempt + 1}" if attempt else ""
+    return Spec(f"row/{mode}/{K}/{rname}/{_NAME[xd]}->{_NAME[od]}{tag}", "q8lib.kernels._rowquant:_row_quant_kernel",
+                args, meta, warps, stages, src, dots=rotate, wgmma=_row_wgmma(meta, warps))
+
+
+def _row_wgmma(meta: dict, warps: int) -> bool:
+    """Whether Triton lowers the row kernel's rotation to ``wgmma`` on sm_90: its ``[ROWS*K/B, B] @ H_B``
+    product has M = ROWS*K/B rows, and Triton uses wgmma for 2-D dots with M a multiple of 64 and warps a
+    multiple of 4 (and falls back to ``mma.sync`` otherwise, e.g. H_A's 32-row product or batched 3-D dots)."""
+    m = meta["ROWS"] * meta["K"] // meta["B"]
+    return m % 64 == 0 and warps % 4 == 0
+
+
+def _gemm_specs(cap: int) -> list[Spec]:
+    """Every autotune config of the 8-bit GEMM (``_gemm._configs()``), int8 and e4m3, bias + GELU epilogue, bf16
+    out, K a multiple of every BK (LTX's widths; ``EVEN_K`` from the autotuned kernel's own heuristic). On sm_90
+    e4m3 goes to cuBLAS unless ``Q8LIB_GEMM=triton``; compiled anyway (the override is supported)."""
+    from . import _gemm
+
+    heur = _gemm._q8_gemm_autotuned.fn.values  # triton.heuristics on the autotuned kernel
+    out = []
+    M, N, K = _BATCH * _TOKENS, 2048, 2048
+    for qd in (INT8, FP8):
+        for cfg in _gemm._configs():
+            kw = dict(cfg.kwargs)
+            ce = {**kw, "HAS_BIAS": True, "GELU": True, "IS_INT": qd == INT8}
+            for name, fn in heur.items():
+                ce[name] = fn({"M": M, "N": N, "K": K, **ce})
+            args = {"XQ": _PTR[qd], "XS": "*fp32", "WQ": _PTR[qd], "WS": "*fp32", "BIAS": "*bf16", "OUT": "*bf16",
+                    "M": M, "N": N, "K": K, "sxm": K, "swn": K, "som": N}
+            tag = f"BM{kw['BM']}-BN{kw['BN']}-BK{kw['BK']}-s{cfg.num_stages}-w{cfg.num_warps}"
+            out.append(Spec(f"gemm/{_NAME[qd]}/{tag}", "q8lib.kernels._gemm:_q8_gemm_kernel", args, ce,
+                            cfg.num_warps, cfg.num_stages, "_gemm._configs() autotune", dots=True, wgmma=True,
+                            autotuned=True))
+    if cap >= 90:  # Hopper's persistent TMA GEMM (launch_gemm takes it on sm_90+, when Q8LIB_GEMM=triton_tma)
+        bm, bn, bk, warps, stages = _gemm.TMA_CONFIG
+        for qd in (INT8, FP8):
+            dt = _PTR[qd][1:]
+            args = {"x_desc": f"tensordesc<{dt}[{bm}, {bk}]>", "w_desc": f"tensordesc<{dt}[{bn}, {bk}]>",
+                    "XS": "*fp32", "WS": "*fp32", "BIAS": "*bf16", "OUT": "*bf16", "M": M, "N": N, "K": K, "som": N}
+            ce = {"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "NUM_PROGS": 132, "HAS_BIAS": True, "GELU": True,
+                  "IS_INT": qd == INT8}
+            out.append(Spec(f"gemm_tma/{_NAME[qd]}/BM{bm}-BN{bn}-BK{bk}-s{stages}-w{warps}",
+                            "q8lib.kernels._gemm:_q8_gemm_tma_kernel", args, ce, warps, stages, "_gemm.TMA_CONFIG",
+                            dots=True, wgmma=True))
+    return out
+
+
+# kernels launched on sm_90+ only (no spec for Ada)
+HOPPER_ONLY = frozenset({"q8lib.kernels._gemm:_q8_gemm_tma_kernel"})
+
+
+def _attn_specs(cap: int) -> list[Spec]:
+    """The FP8 attention path at LTX's head dims (64: 2B, 128: 13B; 32 heads): the q/k producer for self-attention
+    (norm across heads + RoPE), cross-attention (norm, no RoPE) and the plain ``attention`` op (neither), bf16
+    and fp32 rows; the SDPA path's norm + RoPE producer; the v amax and quantization kernels; the attention
+    kernel without key lengths (self) and with them (cross, 128 text tokens)."""
+    out = []
+    for m in LTX_MODELS.values():
+        D, H = m["head_dim"], m["heads"]
+        x = {"sxb": _TOKENS * H * D, "sxs": H * D, "sxh": D}
+        for quant in (True, False):
+            forms = [(True, True), (True, False)] + ([(False, False)] if quant else [])
+            for norm, rope in forms:
+                for xd in (torch.bfloat16, torch.float32) if quant and norm and rope else (torch.bfloat16,):
+                    kind = _attn.qk_kind(D, norm, rope, quant)
+                    measured = _lin.table_entry(cap, kind)
+                    meta, _ = _attn.qk_meta(D, H, norm, norm, rope, quant, measured, capability=cap)
+                    warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
+                    p = _PTR[xd]
+                    rope_args = {"COS": p, "SIN": p, "scb": 0, "scs": H * D, "sch": D} if rope else \
+                        {"COS": p, "SIN": p, "scb": 0, "scs": 0, "sch": 0}
+                    args = {"X": p, **x, "W": p, **rope_args}
+                    if quant:
+                        args |= {"HAD": "*bf16", "OUT": "*fp8e4nv", "OUTS": "*fp32", "S": _TOKENS, "S_PAD": _TOKENS,
+                                 "H": H, "eps": 1e-5, "out_scale": 0.18, "n_tiles": 1000}
+                        meta["GRID_ROUND"] = False
+                    else:
+                        args |= {"OUT": p, "S": _TOKENS, "H": H, "eps": 1e-5, "n_tiles": 1000}
+                    name = "qk_quant" if quant else "norm_rope"
+                    kernel = "_qk_quant_kernel" if quant else "_qk_norm_rope_kernel"
+                    src = f"row_tune.json sm_{cap} {kind}" if measured else "default"
+                    out.append(Spec(f"attn/{name}/D{D}/{kind.rsplit('/', 1)[1]}/{_NAME[xd]}",
+                                    f"q8lib.kernels._attn_triton:{kernel}", args, meta, warps, stages, src,
+                                    dots=quant, wgmma=quant and meta["BLOCK_T"] * meta["HP"] % 64 == 0))
+        chunk, block_k, warps = _attn.v_tiles()
+        v = {"V": "*bf16", "svb": _TOKENS * H * D, "svs": H * D, "svh": D}
+        out.append(Spec(f"attn/v_amax/D{D}", "q8lib.kernels._attn_triton:_v_amax_kernel",
+                        {**v, "AMAX": "*fp32", "S": _TOKENS, "H": H}, {"D": D, "BLOCK_K": block_k, "CHUNK": chunk},
+                        warps, None, "v_tiles()"))
+        out.append(Spec(f"attn/v_quant/D{D}", "q8lib.kernels._attn_triton:_v_quant_kernel",
+                        {**v, "AMAX": "*fp32", "OUT": "*fp8e4nv", "OUTS": "*fp32", "S": _TOKENS, "S_PAD": _TOKENS,
+                         "H": H}, {"D": D, "BLOCK_K": block_k, "GRID_ROUND": False}, warps, None, "v_tiles()"))
+        bm, bn, warps, stages, fast_exp, warp_spec, split = _attn.fwd_config_for(D, cap)
+        for lens, sk in ((False, _TOKENS), (True, _TEXT)):
+            args = {"Q": "*fp8e4nv", "QS": "*fp32", "K": "*fp8e4nv", "KS": "*fp32", "VT": "*fp8e4nv", "VS": "*fp32",
+                    "LENS": "*i32" if lens else "*fp32", "O": "*bf16", "sob": _TOKENS * H * D, "sos": H * D, "soh": D,
+                    "H": H, "SQ": _TOKENS, "SQ_PAD": _TOKENS, "SK": sk, "SK_PAD": sk}
+            ce = {"D": D, "BLOCK_M": bm, "BLOCK_N": bn, "HAS_LENS": lens, "FAST_EXP": fast_exp, "GRID_ROUND": False,
+                  "WARP_SPEC": warp_spec, "SPLIT": split}
+            out.append(Spec(f"attn/fwd/D{D}/{'cross' if lens else 'self'}", "q8lib.kernels._attn_triton:_attn_fwd_kernel",
+                            args, ce, warps, stages, f"fwd_config_for({D}, {cap})", dots=True, wgmma=True))
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def specs(capability: int, row_attempt: int = 0) -> tuple[Spec, ...]:
+    """Every compile spec q8lib launches on a GPU of compute capability ``capability`` (89: Ada, 90: Hopper).
+    ``row_attempt`` > 0: only the row kernel, at the eager launcher's later attempt (labels end in ``@<n>``)."""
+    if row_attempt:
+        return tuple(_row_specs(capability, row_attempt))
+    return tuple(_row_specs(capability) + _gemm_specs(capability) + _attn_specs(capability))
+
+
+def spec(capability: int, label: str) -> Spec:
+    """The spec called ``label`` among :func:`specs` of ``capability``."""
+    attempt = int(label.rsplit("@", 1)[1]) - 1 if "@" in label else 0
+    for s in specs(capability, attempt):
+        if s.label == label:
+            return s
+    raise KeyError(f"no spec {label!r} for sm_{capability}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Compilation
+def signature(fn_args: list[str], args: dict, constexprs: dict) -> tuple[dict, dict, dict]:
+    """``(signature, constexprs, attrs)`` for ``ASTSource`` as Triton's JIT specializes a launch: pointers
+    (``"*bf16"``) are 16-byte aligned (``tt.divisibility``), integers are ``i32``/``i64`` and marked divisible
+    by 16 when they are, an integer 1 becomes a constexpr, floats are ``fp32``, bools ``u1``."""
+    sig, ce, attrs = {}, dict(constexprs), {}
+    for i, name in enumerate(fn_args):
+        if name in constexprs:
+            sig[name] = "constexpr"
+            continue
+        v = args[name]
+        if isinstance(v, str):  # a pointer ("*bf16", 16-byte aligned) or a TMA descriptor ("tensordesc<...>")
+            sig[name], div = v, v.startswith("*")
+        elif isinstance(v, bool):
+            sig[name], div = "u1", False
+        elif isinstance(v, int):
+            if v == 1:
+                sig[name], ce[name] = "constexpr", 1
+                continue
+            sig[name], div = ("i32" if -2**31 <= v < 2**31 else "i64"), v % 16 == 0
+        elif isinstance(v, float):
+            sig[name], div = "fp32", False
+        else:
+            raise TypeError(f"argument {name}: unsupported representative value {v!r}")
+        if div:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    missing = set(args) - set(fn_args)
+    if missing:
+        raise TypeError(f"arguments {sorted(missing)} are not parameters of the kernel")
+    return sig, ce, attrs
+
+
+def _kernel(path: str):
+    from triton.runtime.jit import JITFunction
+
+    module, name = path.split(":")
+    fn = getattr(importlib.import_module(module), name)
+    if not isinstance(fn, JITFunction):
+        raise TypeError(f"{path} is a {type(fn).__name__}, not a JITFunction: compile in a process without "
+                           "TRITON_INTERPRET=1 (python -m q8lib.kernels.targets)")
+    return fn
+
+
+def compile_spec(spec: Spec, capability: int):
+    """Compile ``spec`` for ``sm_<capability>`` (89, 90) -> Triton's ``CompiledKernel``, with the ``ptxas -v``
+    log of this compile attached as ``ptxas_log`` (Triton runs ptxas with ``-v``; its log is printed when
+    ``knobs.nvidia.dump_ptxas_log`` is set, and the compile is forced past Triton's cache so there is one)."""
+    import triton
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = _kernel(spec.kernel)
+    sig, ce, attrs = signature(fn.arg_names, spec.args, spec.constexprs)
+    options = {"num_warps": spec.num_warps}
+    if spec.num_stages is not None:
+        options["num_stages"] = spec.num_stages
+    log = io.StringIO()
+    saved = knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile
+    try:
+        knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = True, True
+        with contextlib.redirect_stdout(log), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # triton 3.9's TRITON_DEFAULT_FP_FUSION notice (launches use the same default)
+            compiled = triton.compile(ASTSource(fn, sig, ce, attrs), target=GPUTarget("cuda", capability, 32),
+                                      options=options)
+    finally:
+        knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = saved
+    compiled.ptxas_log = log.getvalue()
+    return compiled
+
+
+def resources(compiled) -> dict:
+    """What a compiled kernel needs: ``shared`` (bytes of dynamic shared memory a launch requests, from Triton's
+    metadata), ``regs`` (registers a thread), ``spill_stores``/``spill_loads``/``stack`` (bytes; from the
+    ``ptxas -v`` log attached by :func:`compile_spec`), and ``mma``/``wgmma``: the PTX uses ``mma.sync`` /
+    ``wgmma.mma_async`` tensor-core instructions."""
+    log = getattr(compiled, "ptxas_log", "")
+    regs = re.search(r"Used (\d+) registers", log)
+    spill = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    if not (regs and spill):
+        raise RuntimeError(f"no ptxas -v report in the compile log (compile with compile_spec): {log[-500:]!r}")
+    ptx = compiled.asm["ptx"]
+    return {"shared": int(compiled.metadata.shared), "regs": int(regs.group(1)), "stack": int(spill.group(1)),
+            "spill_stores": int(spill.group(2)), "spill_loads": int(spill.group(3)),
+            "mma": "mma.sync" in ptx, "wgmma": "wgmma.mma_async" in ptx}
+
+
+def measure(capability: int, label: str) -> dict:
+    """Compile the spec ``label`` for ``capability`` -> :func:`resources` plus ``seconds``, or ``error``."""
+    t0 = time.perf_counter()
+    try:
+        res = resources(compile_spec(spec(capability, label), capability))
+    except Exception as e:  # noqa: BLE001 - reported per spec; the caller asserts
+        res = {"error": f"{type(e).__name__}: {e}"[-3000:]}
+    return {"capability": capability, "label": label, **res, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _measure_pair(pair):
+    return measure(*pair)
+
+
+def measure_all(pairs, jobs: int | None = None) -> list[dict]:
+    """:func:`measure` every ``(capability, label)`` in ``jobs`` processes (default: one per CPU)."""
+    pairs = list(pairs)
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(pairs)))
+    if jobs == 1:
+        return [measure(*p) for p in pairs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    # longest first (GEMM, big rows) so no worker is left with a long compile at the end
+    order = sorted(pairs, key=lambda p: (not p[1].startswith("gemm"), -len(p[1])))
+    with ProcessPoolExecutor(jobs, mp_context=ctx) as ex:
+        done = dict(zip(order, ex.map(_measure_pair, order)))
+    return [done[p] for p in pairs]
+
+
+def _table(rows: list[dict]) -> str:
+    lines = [f"{'kernel / config':58s} {'cap':>4s} {'smem':>7s} {'regs':>4s} {'spill':>5s} {'tc':>5s} {'s':>5s}"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['label']:58s} {r['capability']:>4d} ERROR {r['error'].splitlines()[0][:80]}")
+            continue
+        tc = "wgmma" if r["wgmma"] else "mma" if r["mma"] else "-"
+        s = spec(r["capability"], r["label"])
+        over = "!" if r["shared"] > SHARED_LIMIT[r["capability"]] else " "
+        lines.append(f"{r['label']:58s} {r['capability']:>4d} {r['shared']:>6d}{over} {r['regs']:>4d} "
+                     f"{r['spill_stores']:>5d} {tc:>5s} {r['seconds']:>5.1f}  w{s.num_warps} s{s.num_stages or 3}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m q8lib.kernels.targets", description=__doc__.split("\n")[0])
+    p.add_argument("--cap", type=int, action="append", choices=sorted(SHARED_LIMIT), help="capability (repeat)")
+    p.add_argument("--only", action="append", default=[], help="labels containing this text (repeat)")
+    p.add_argument("--row-attempt", type=int, default=1,
+                   help="row kernel only, at the eager launcher's n-th attempt (default 1: every kernel, first attempt)")
+    p.add_argument("--pairs", help="JSON file of [capability, label] pairs to compile (instead of --cap/--only)")
+    p.add_argument("--jobs", type=int, default=None, help="compile processes (default: one per CPU)")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--list", action="store_true", help="list the specs, compile nothing")
+    a = p.parse_args(argv)
+    why = supported()
+    if why:
+        print(f"cannot compile: {why}", file=sys.stderr)
+        return 2
+    if a.pairs:
+        with open(a.pairs) as f:
+            pairs = [tuple(x) for x in json.load(f)]
+    else:
+        pairs = [(c, s.label) for c in a.cap or sorted(SHARED_LIMIT) for s in specs(c, a.row_attempt - 1)
+                 if not a.only or any(o in s.label for o in a.only)]
+    if a.list:
+        print("\n".join(f"sm_{c} {lbl}" for c, lbl in pairs))
+        return 0
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("cannot compile under TRITON_INTERPRET=1 (unset it)", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    rows = measure_all(pairs, a.jobs)
+    import triton
+
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"triton": triton.__version__, "seconds": round(time.perf_counter() - t0, 1), "results": rows},
+                      f, indent=1)
+    print(_table(rows))
+    print(f"{len(rows)} compiles in {time.perf_counter() - t0:.0f} s (triton {triton.__version__})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
