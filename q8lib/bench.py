@@ -245,6 +245,58 @@ def micro(cfg, batch, tokens, text, device):
 
 
 # ------------------------------------------------------------------------------------------------
+# Kernel families for the profile split, first match wins (inductor names its kernels after the ops it
+# fuses, e.g. "triton_per_fused__scaled_dot_product_cudnn_attention_...", so it is matched before "attention").
+KERNEL_FAMILIES = [
+    ("glue", ("_row_quant_kernel", "_qk_quant_kernel", "_qk_norm_rope_kernel", "_v_amax_kernel", "_v_quant_kernel")),
+    ("attention", ("_attn_fwd",)),
+    ("glue", ("triton_poi", "triton_red", "triton_per")),
+    ("attention", ("flash", "fmha", "cudnn", "sdpa", "attention")),
+    ("gemm", ("_q8_gemm", "_gemm_", "gemm", "nvjet", "cutlass", "xmma", "scaled_mm", "Kernel2", "int_mm")),
+]
+
+
+def kernel_family(name: str) -> str:
+    """``"gemm"``, ``"attention"`` or ``"glue"`` (everything else: quantizers, norms, copies, memsets)."""
+    low = name.lower()
+    for fam, keys in KERNEL_FAMILIES:
+        if any(k.lower() in low for k in keys):
+            return fam
+    return "glue"
+
+
+def profile_split(fwd, iters: int = 3) -> dict:
+    """Where one forward's time goes, from ``torch.profiler`` over ``iters`` forwards: kernel time per
+    family (GEMM / attention / glue) and launches per forward; ``host_gap_ms`` is the CUDA-event time of
+    an unprofiled forward minus all kernel time (the GPU idle, waiting for the host)."""
+    import collections
+
+    fwd()
+    torch.cuda.synchronize()
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(iters):
+            fwd()
+        torch.cuda.synchronize()
+    ms, n = collections.defaultdict(float), collections.defaultdict(int)
+    top = collections.defaultdict(float)
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            fam = kernel_family(ev.name)
+            ms[fam] += ev.device_time_total / 1e3 / iters
+            n[fam] += 1
+            top[ev.name] += ev.device_time_total / 1e3 / iters
+    fwd_ms = statistics.median(time_ms(fwd, 5, 1))
+    out = {f"{f}_ms": ms.get(f, 0.0) for f in ("gemm", "attention", "glue")}
+    out.update({f"{f}_launches": n.get(f, 0) / iters for f in ("gemm", "attention", "glue")})
+    out["kernel_ms"] = sum(ms.values())
+    out["fwd_ms"] = fwd_ms
+    out["host_gap_ms"] = fwd_ms - out["kernel_ms"]
+    out["top_kernels"] = [{"name": k[:120], "ms": v, "family": kernel_family(k)}
+                          for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:12]]
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m q8lib.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma list from {sorted(VARIANTS)}")
@@ -259,6 +311,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--micro", action="store_true", help="also time the GEMMs and row kernels alone")
     ap.add_argument("--no-fp32", action="store_true", help="skip the fp32 reference forward")
+    ap.add_argument("--profile", action="store_true",
+                    help="also record each variant's profile split (GEMM / attention / glue / host gaps)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/transformer_<gpu>.json)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available() and args.config != "tiny":
@@ -363,6 +417,8 @@ def main(argv=None) -> int:
                 res["linear_tflops_effective"] = all_flops / res["fwd_ms"] / 1e9
                 for rname, r in refs.items():
                     res[f"rel_err_vs_{rname}"], res[f"cos_vs_{rname}"] = _err(y, r)
+                if args.profile and device.type == "cuda":
+                    res["profile"] = profile_split(fwd)
                 del model, y, fwd
             except Exception as e:  # noqa: BLE001 - one broken variant must not lose the others
                 res["error"] = traceback.format_exc()[-3000:]
