@@ -37,11 +37,7 @@ FAMILIES = [  # (family, substrings of the kernel name), first match wins
 
 
 def family(name: str) -> str:
-    low = name.lower()
-    for fam, keys in FAMILIES:
-        if any(k.lower() in low for k in keys):
-            return fam
-    return "other"
+    return bench.classify(name, FAMILIES, "other")
 
 
 def profile_variant(name, cfg, inputs, kw, iters):

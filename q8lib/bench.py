@@ -256,13 +256,15 @@ KERNEL_FAMILIES = [
 ]
 
 
+def classify(name: str, families, default: str) -> str:
+    """The first family of ``families`` (``[(family, name substrings)]``) matching kernel ``name``, else ``default``."""
+    low = name.lower()
+    return next((fam for fam, keys in families if any(k.lower() in low for k in keys)), default)
+
+
 def kernel_family(name: str) -> str:
     """``"gemm"``, ``"attention"`` or ``"glue"`` (everything else: quantizers, norms, copies, memsets)."""
-    low = name.lower()
-    for fam, keys in KERNEL_FAMILIES:
-        if any(k.lower() in low for k in keys):
-            return fam
-    return "glue"
+    return classify(name, KERNEL_FAMILIES, "glue")
 
 
 def profile_split(fwd, iters: int = 3) -> dict:
