@@ -33,7 +33,7 @@ import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from q8lib.kernels._rowquant import _gelu_tanh  # noqa: E402
+from q8lib.kernels._gemm import channel_epilogue  # noqa: E402
 
 INT8, FP8 = torch.int8, torch.float8_e4m3fn
 QMAX = {INT8: 127.0, FP8: 448.0}
@@ -52,8 +52,7 @@ def _tile_ids(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 def _gemm_tma_kernel(x_desc, w_desc, XS, WS, BIAS, RES, GATE, OUT, QOUT, QSCALE, M, N, K, sgate,
                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
                      NUM_PROGS: tl.constexpr, IS_INT: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
-                     RESID: tl.constexpr, QUANT_OUT: tl.constexpr, QMAX: tl.constexpr, A_BLOCK: tl.constexpr,
-                     WS_LOOP: tl.constexpr):
+                     RESID: tl.constexpr, QUANT_OUT: tl.constexpr, QMAX: tl.constexpr, A_BLOCK: tl.constexpr):
     """Persistent: program p takes tiles p, p + NUM_PROGS, ...; operands through TMA descriptors."""
     num_pid_m = tl.cdiv(M, BM)
     num_pid_n = tl.cdiv(N, BN)
@@ -74,23 +73,13 @@ def _gemm_tma_kernel(x_desc, w_desc, XS, WS, BIAS, RES, GATE, OUT, QOUT, QSCALE,
             y = acc
         else:
             acc = tl.zeros((BM, BN), dtype=tl.int32 if IS_INT else tl.float32)
-            if WS_LOOP:  # the compiler's warp specialization (newer Triton), if it takes this loop
-                for ki in tl.range(0, k_tiles, warp_specialize=True):
-                    a = x_desc.load([om, ki * BK])
-                    b = w_desc.load([on, ki * BK])
-                    acc = tl.dot(a, b.T, acc, out_dtype=tl.int32 if IS_INT else tl.float32)
-            else:
-                for ki in range(0, k_tiles):
-                    a = x_desc.load([om, ki * BK])
-                    b = w_desc.load([on, ki * BK])
-                    acc = tl.dot(a, b.T, acc, out_dtype=tl.int32 if IS_INT else tl.float32)
+            for ki in range(0, k_tiles):
+                a = x_desc.load([om, ki * BK])
+                b = w_desc.load([on, ki * BK])
+                acc = tl.dot(a, b.T, acc, out_dtype=tl.int32 if IS_INT else tl.float32)
             xs = tl.load(XS + rm, mask=rm < M, other=0.0)
             y = acc.to(tl.float32) * xs[:, None]
-        y = y * tl.load(WS + rn, mask=rn < N, other=0.0)[None, :]
-        if HAS_BIAS:
-            y += tl.load(BIAS + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-        if GELU:
-            y = _gelu_tanh(y)
+        y = channel_epilogue(y, WS, BIAS, rn, N, HAS_BIAS, GELU)
         mask = (rm[:, None] < M) & (rn[None, :] < N)
         offs = rm[:, None].to(tl.int64) * N + rn[None, :]
         if RESID:  # h = residual + gate * y (gate per sample and channel: [B, N] rows of stride sgate)
@@ -116,8 +105,7 @@ def _alloc(size: int, align: int, stream):  # scratch for device-side descriptor
     return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
-def tma_gemm(xq, xs, wq, ws, bias, cfg, gelu=False, resid=None, gate=None, quant_out=False, a_block=False,
-             ws_loop=False):
+def tma_gemm(xq, xs, wq, ws, bias, cfg, gelu=False, resid=None, gate=None, quant_out=False, a_block=False):
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     M, K = xq.shape
@@ -138,7 +126,7 @@ def tma_gemm(xq, xs, wq, ws, bias, cfg, gelu=False, resid=None, gate=None, quant
         M // gate.shape[0] if gate is not None else 1,
         BM=bm, BN=bn, BK=bk, GROUP_M=8, NUM_PROGS=progs, IS_INT=xq.dtype == INT8, HAS_BIAS=bias is not None,
         GELU=gelu, RESID=resid is not None, QUANT_OUT=quant_out, QMAX=QMAX[xq.dtype], A_BLOCK=a_block,
-        WS_LOOP=ws_loop, num_warps=warps, num_stages=stages)
+        num_warps=warps, num_stages=stages)
     return (qout, qscale) if quant_out else out
 
 
@@ -239,8 +227,8 @@ def main(argv=None):
                 continue
             cfg = best[0]
             r[f"{qn}_tma_best"] = list(cfg)
-            # (ws_loop=True, Triton's automatic warp specialization, failed to compile on triton 3.6:
-            # "PassManager::run failed" in ConvertTritonGPUToLLVM; not timed)
+            # (Triton's automatic warp specialization, tl.range(..., warp_specialize=True), failed to compile
+            # on triton 3.6: "PassManager::run failed" in ConvertTritonGPUToLLVM; not timed)
             gref = torch.nn.functional.gelu(ref, approximate="tanh")
             rec(f"{qn}_tma_best_gelu", lambda: tma_gemm(xq, xs, wq, wsc, b, cfg, gelu=True),
                 lambda y: y.float() + ref - gref)

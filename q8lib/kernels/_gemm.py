@@ -81,6 +81,18 @@ TMA_CONFIG = (128, 256, 128, 8, 3)  # BM, BN, BK, warps, stages (H200 sweep, ben
 
 
 @triton.jit
+def channel_epilogue(y, WS, BIAS, rn, N, HAS_BIAS: tl.constexpr, GELU: tl.constexpr):
+    """Per-output-channel part of the Q8 epilogue on a float32 tile ``y [BM, BN]`` (columns ``rn``): weight
+    scales, bias, tanh-GELU."""
+    y = y * tl.load(WS + rn, mask=rn < N, other=0.0)[None, :]
+    if HAS_BIAS:
+        y += tl.load(BIAS + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    if GELU:
+        y = _gelu_tanh(y)
+    return y
+
+
+@triton.jit
 def _q8_gemm_tma_kernel(x_desc, w_desc, XS, WS, BIAS, OUT, M, N, K, som,
                         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
                         NUM_PROGS: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, IS_INT: tl.constexpr):
@@ -105,10 +117,6 @@ def _q8_gemm_tma_kernel(x_desc, w_desc, XS, WS, BIAS, OUT, M, N, K, som,
         rm = pid_m * BM + tl.arange(0, BM)
         rn = pid_n * BN + tl.arange(0, BN)
         y = acc.to(tl.float32) * tl.load(XS + rm, mask=rm < M, other=0.0)[:, None]
-        y = y * tl.load(WS + rn, mask=rn < N, other=0.0)[None, :]
-        if HAS_BIAS:
-            y += tl.load(BIAS + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-        if GELU:
-            y = _gelu_tanh(y)
+        y = channel_epilogue(y, WS, BIAS, rn, N, HAS_BIAS, GELU)
         mask = (rm[:, None] < M) & (rn[None, :] < N)
         tl.store(OUT + rm[:, None].to(tl.int64) * som + rn[None, :], y.to(OUT.dtype.element_ty), mask=mask)
