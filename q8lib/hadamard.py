@@ -53,10 +53,22 @@ def hadamard_matrix(n: int, dtype: torch.dtype = torch.float32, device=None) -> 
     return _sylvester(n).to(dtype=dtype, device=device)
 
 
-@functools.lru_cache(maxsize=64)
 def hadamard_signs(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The unnormalised ``[n, n]`` Sylvester matrix (entries ±1, exact in any float dtype), cached per
-    size, dtype and device; ``hadamard_matrix(n) == hadamard_signs(n, ...) / sqrt(n)``."""
+    size, dtype and device; ``hadamard_matrix(n) == hadamard_signs(n, ...) / sqrt(n)``.
+
+    Not cached while torch.compile traces with fake tensors (a ``triton_op``'s launcher): the cache would keep
+    a fake tensor that later eager calls cannot read."""
+    from torch._guards import detect_fake_mode
+
+    if detect_fake_mode() is not None:  # from Python numbers: no cached tensor is created under the fake mode
+        return torch.tensor([[1.0 - 2.0 * (bin(i & j).count("1") & 1) for j in range(n)] for i in range(n)],
+                            dtype=dtype, device=device)
+    return _cached_signs(n, dtype, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_signs(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return (_sylvester(n) * math.sqrt(n)).round().to(dtype=dtype, device=device)
 
 
@@ -73,6 +85,8 @@ def hadamard_transform(x: torch.Tensor, block_size: int | None = None) -> torch.
     """
     n = x.shape[-1]
     b = check_hadamard_size(n, block_size)
+    if b == 1:  # H_1 = [1]: no rotation (hadamard_block=1)
+        return x.clone()
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
     if x.is_cuda and work == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
         return _butterfly(x, b, work)

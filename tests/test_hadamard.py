@@ -44,3 +44,18 @@ def test_float32_and_bf16_keep_dtype(seed):
 def test_unsupported_sizes_raise(n, block):
     with pytest.raises(ValueError, match="power-of-two|does not divide"):
         hadamard_transform(torch.randn(2, n), block)
+
+
+def test_signs_under_fake_tensors_do_not_poison_the_cache():
+    """torch.compile traces a triton_op's launcher with fake tensors; the ±1 matrix it builds then must not be
+    cached, or later eager calls would get a tensor without data."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    from q8lib.hadamard import hadamard_signs
+
+    with FakeTensorMode():
+        fake = hadamard_signs(32, torch.float32, torch.device("cpu"))
+    assert isinstance(fake, FakeTensor) and fake.shape == (32, 32)
+    real = hadamard_signs(32, torch.float32, torch.device("cpu"))
+    assert not isinstance(real, FakeTensor)
+    assert torch.equal(real, hadamard_matrix(32, torch.float64).mul(32 ** 0.5).round().float())

@@ -102,6 +102,8 @@ def _qk_quant_kernel(
     HAS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROPE: tl.constexpr, GRID_ROUND: tl.constexpr,
 ):
     """Persistent: each program loads the Hadamard matrix once and walks tiles of BLOCK_T tokens."""
+    # float arguments arrive as fp64 when inductor launches the kernel; fp64 has no conversion to e4m3
+    eps, out_scale = tl.cast(eps, tl.float32), tl.cast(out_scale, tl.float32)
     R: tl.constexpr = BLOCK_T * HP  # rows of a tile: (token, head) pairs, heads padded to HP
     r = tl.arange(0, R)
     head = r % HP
@@ -142,6 +144,7 @@ def _qk_norm_rope_kernel(
     HAS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROPE: tl.constexpr,
 ):
     """norm_q/norm_k + RoPE for the SDPA path in one pass (the float rows, no rotation or quantization)."""
+    eps = tl.cast(eps, tl.float32)  # fp64 when inductor launches the kernel
     R: tl.constexpr = BLOCK_T * HP
     r = tl.arange(0, R)
     head = r % HP

@@ -1,4 +1,4 @@
-"""How q8lib's Triton launchers become ``torch.library`` ops that ``torch.compile`` can see into.
+r"""How q8lib's Triton launchers become ``torch.library`` ops that ``torch.compile`` can see into.
 
 Each op is registered twice from one implementation (its launcher):
 
@@ -9,8 +9,8 @@ Each op is registered twice from one implementation (its launcher):
   torch.compile the launcher itself is traced once with fake tensors, its kernels recorded through
   :func:`launchable`, and inductor launches them from its generated code. On the H200 that cut the
   compiled 2B forward without a CUDA graph from 114.8 to 53.3 ms (benchmarks/NOTES_linear.md).
-  Used for the row kernels and the SDPA path's q/k norm + RoPE; the FP8 attention ops stay
-  :func:`opaque_op`\s for now (inductor failed to compile their producer kernel).
+  Used for every kernel but the Triton GEMM. Inductor passes Python floats to these kernels as fp64 (Triton's JIT:
+  fp32), so kernels cast float arguments to fp32 before they meet an e4m3 conversion.
 
 :func:`dual_op` returns a caller that picks the registration by the device of the first tensor.
 """

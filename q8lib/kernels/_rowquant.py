@@ -85,6 +85,9 @@ def _row_quant_kernel(
     Several rows per tile amortise the per-iteration latency chain and the staging of the ±1 matrices."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
+    # float arguments arrive as fp64 when inductor launches the kernel (torch.compile); fp64 rows would
+    # have no conversion to e4m3 ("Unsupported conversion from f64 to f8E4M3FN" on triton 3.6)
+    eps = tl.cast(eps, tl.float32)
     cols = tl.arange(0, K)
     if ROTATE:
         hb = _sign_matrix(B, LOGB)
@@ -171,7 +174,7 @@ def _row_quant_kernel(
 def plan(K: int, hadamard_block: int | None, rotate: bool = True, tile_elems: int | None = None):
     """Tile plan ``(ROWS, A, B, LEFT)`` for a row of ``K``, or a string saying why the kernel can't.
 
-    Full rotations of ``K > 256`` use the two-product factorisation (``A·B = K``, ``B >= A``);
+    ``hadamard_block=1`` (or ``rotate=False``): no rotation. Full rotations of ``K > 256`` use the two-product factorisation (``A·B = K``, ``B >= A``);
     rotation blocks of ``<= 128`` (and ``K <= 128``) use one product. ``ROWS`` rows per tile.
     """
     if K < 16 or K & (K - 1):
@@ -179,7 +182,7 @@ def plan(K: int, hadamard_block: int | None, rotate: bool = True, tile_elems: in
     if K > MAX_TILE:
         return f"row length {K} > {MAX_TILE}"
     rows = max(1, min(tile_elems or TILE_ELEMS, MAX_TILE) // K)
-    if not rotate:
+    if not rotate or hadamard_block == 1:  # H_1 = [1]: a block size of 1 means no rotation
         return rows, 1, 16, False
     b = K if hadamard_block is None else hadamard_block
     if b < 16 or b & (b - 1) or K % b:

@@ -6,8 +6,9 @@ Hadamard matrix along the head dim, the softmax scale (times log2(e), so the ker
 over key blocks with ``P * 448`` cast to e4m3 for ``P @ V`` and the row sum kept in float32 from the
 unquantized ``P``. Keys at positions ``>= key_lengths[b]`` (clamped to ``[1, Sk]``) are masked.
 
-Three ``torch.library`` custom ops (namespace ``q8lib``, with fake implementations, so the whole
-path traces under ``torch.compile(fullgraph=True)`` and replays in CUDA graphs):
+``torch.library`` ops (namespace ``q8lib``, with fake implementations; on CUDA ``triton_op``\s that inductor
+launches from its own code, see :mod:`q8lib.kernels._library`), so the whole path traces under
+``torch.compile(fullgraph=True)`` and replays in CUDA graphs:
 
 * ``q8lib::attn_quant_qk``: producer for q or k, optionally fused with LTX's RMSNorm across heads
   and its interleaved RoPE, so q/k leave the producer once, in FP8.
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from .. import reference as ref
 from ..hadamard import hadamard_signs
 from . import warn_fallback
-from ._library import dual_op, launchable, opaque_op
+from ._library import dual_op, launchable
 
 __all__ = ["attention", "fused_attention_core", "quant_qk", "quant_v", "attention_fwd", "norm_rope", "unsupported_reason",
            "HEAD_DIMS", "SEQ_PAD"]
@@ -173,7 +174,7 @@ def _launch_quant_qk(x, weight, eps, cos, sin, out_scale, out, out_scale_t, tune
     """
     B, S, H, D = x.shape
     grid, args, n_tiles, meta = _qk_launch(x, weight, eps, cos, sin, out.shape[2], tune, quant=True)
-    _k._qk_quant_kernel[grid](
+    launchable(_k._qk_quant_kernel, x)[grid](
         *args, _hadamard_pm1(D, x.device), out, out_scale_t,
         S, out.shape[2], H, float(eps), float(out_scale) / math.sqrt(D), n_tiles,
         GRID_ROUND=_interpreting(x), **meta,
@@ -208,9 +209,10 @@ def _quant_qk_fake(x, weight, eps, cos, sin, out_scale):
     return x.new_empty(B, H, _pad(S), D, dtype=FP8), x.new_empty(B, H, _pad(S), dtype=torch.float32)
 
 
-# The FP8 attention ops stay opaque custom ops: inductor failed to compile _qk_quant_kernel when it was
-# a triton_op (triton 3.6 on the H200: "PassManager::run failed"); see benchmarks/NOTES_linear.md.
-quant_qk = opaque_op("attn_quant_qk", _quant_qk_impl, _quant_qk_fake)
+# triton_ops on CUDA like the row kernels (inductor launches them from its own code). They were opaque custom ops
+# until the kernels cast their float arguments to fp32: inductor passes floats as fp64, and an fp64 value cast
+# to e4m3 does not compile (triton 3.6, "Unsupported conversion from f64 to f8E4M3FN").
+quant_qk = dual_op("attn_quant_qk", _quant_qk_impl, _quant_qk_fake)
 
 
 def _norm_rope_impl(x: torch.Tensor, weight: torch.Tensor | None, eps: float, cos: torch.Tensor | None,
@@ -239,11 +241,11 @@ def _launch_quant_v(v, out, vscale):
     # amax over all keys (as the reference), in chunks of keys: enough programs to fill the GPU
     amax = torch.zeros(B, H, D, device=v.device, dtype=torch.float32)
     chunk, block_k, warps = v_tiles(interp)
-    _k._v_amax_kernel[(triton.cdiv(S, chunk), B * H)](
+    launchable(_k._v_amax_kernel, v)[(triton.cdiv(S, chunk), B * H)](
         v, v.stride(0), v.stride(1), v.stride(2), amax, S, H, D=D, BLOCK_K=block_k, CHUNK=chunk,
         num_warps=warps,
     )
-    _k._v_quant_kernel[(s_pad // block_k, B * H)](
+    launchable(_k._v_quant_kernel, v)[(s_pad // block_k, B * H)](
         v, v.stride(0), v.stride(1), v.stride(2), amax, out, vscale, S, s_pad, H,
         D=D, BLOCK_K=block_k, GRID_ROUND=interp, num_warps=warps,
     )
@@ -269,7 +271,7 @@ def _quant_v_fake(v):
     return v.new_empty(B, H, D, _pad(S), dtype=FP8), v.new_empty(B, H, D, dtype=torch.float32)
 
 
-quant_v = opaque_op("attn_quant_v", _quant_v_impl, _quant_v_fake)
+quant_v = dual_op("attn_quant_v", _quant_v_impl, _quant_v_fake)
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,7 +288,7 @@ def _launch_fwd(q8, qs, k8, ks, vt8, vs, key_lengths, sk, out, config=None):
         raise ValueError(f"attention tile config {config} needs tiles dividing the sequence padding {SEQ_PAD}")
     grid = (triton.cdiv(sq, rows), B * H)
     lens = key_lengths if key_lengths is not None else qs  # dummy pointer when unused
-    return _k._attn_fwd_kernel[grid](
+    return launchable(_k._attn_fwd_kernel, q8)[grid](
         q8, qs, k8, ks, vt8, vs, lens,
         out, out.stride(0), out.stride(1), out.stride(2),
         H, sq, sq_pad, sk, sk_pad,
@@ -315,7 +317,7 @@ def _attention_fwd_fake(q8, qs, k8, ks, vt8, vs, key_lengths, sq, sk, out_dtype)
     return q8.new_empty(B, sq, H, D, dtype=out_dtype)
 
 
-attention_fwd = opaque_op("fp8_attention_fwd", _attention_fwd_impl, _attention_fwd_fake)
+attention_fwd = dual_op("fp8_attention_fwd", _attention_fwd_impl, _attention_fwd_fake)
 
 
 def _fp8_bshd(q, k, v, key_lengths, sm_scale, qnorm=None, knorm=None, rope=None):

@@ -12,8 +12,7 @@
 Every kernel is a ``torch.library`` op (namespace ``q8lib``). The row ops are registered by
 :func:`~q8lib.kernels._library.dual_op`: on CUDA a ``triton_op`` whose launcher torch.compile traces,
 so inductor launches the kernel from its own code instead of calling back into Python for every
-launch; elsewhere an opaque custom op with a fake implementation. The Triton GEMM op is an opaque
-``custom_op`` with a fake implementation. Inputs the
+launch; elsewhere an opaque custom op with a fake implementation. The Triton GEMM is registered the same way. Inputs the
 kernels cannot take (row length not a power of two, too long, odd dtypes, non-CUDA tensors
 outside the Triton interpreter) fall back to the reference math with a one-time warning.
 Unlike the reference, the kernels do not check inputs for NaN/inf (that needs a host sync).
@@ -88,8 +87,9 @@ def _capability(index: int) -> int:
 # ------------------------------------------------------------------------------------------------
 # Row kernel: launcher, custom op, fake
 def _rot_code(rotate: bool, hadamard_block: int | None) -> int:
-    """custom-op encoding of the rotation: -1 none, 0 full row, b > 0 block-diagonal."""
-    return -1 if not rotate else (0 if hadamard_block is None else int(hadamard_block))
+    """custom-op encoding of the rotation: -1 none (also ``hadamard_block=1``: ``H_1 = [1]``), 0 full row,
+    b > 1 block-diagonal."""
+    return -1 if not rotate or hadamard_block == 1 else (0 if hadamard_block is None else int(hadamard_block))
 
 
 def _bcast3(t: torch.Tensor | None, x: torch.Tensor):
@@ -446,7 +446,9 @@ def _tma_fits(x_q: torch.Tensor, w_q: torch.Tensor) -> bool:
         return False
     if x_q.stride(-1) != 1 or w_q.stride(-1) != 1 or x_q.stride(0) % 16 or w_q.stride(0) % 16:
         return False
-    if x_q.data_ptr() % 16 or w_q.data_ptr() % 16:
+    # base alignment from the storage offset (torch allocations are 256-byte aligned): fake tensors under
+    # torch.compile have no data pointer
+    if (x_q.storage_offset() * x_q.element_size()) % 16 or (w_q.storage_offset() * w_q.element_size()) % 16:
         return False
     try:
         from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
@@ -477,7 +479,7 @@ def launch_gemm(x_q, x_scale, w_q, w_scale, bias, gelu, out, tiles=None):
 
         bm, bn, bk, warps, stages = TMA_CONFIG
         progs = min(triton.cdiv(M, bm) * triton.cdiv(N, bn), _sm_count(x_q.device.index or 0))
-        _q8_gemm_tma_kernel[(progs,)](
+        launchable(_q8_gemm_tma_kernel, x_q)[(progs,)](
             TensorDescriptor.from_tensor(x_q, [bm, bk]), TensorDescriptor.from_tensor(w_q, [bn, bk]),
             x_scale, w_scale, bias if bias is not None else w_scale, out, M, N, K, out.stride(0),
             BM=bm, BN=bn, BK=bk, GROUP_M=8, NUM_PROGS=progs, num_warps=warps, num_stages=stages, **common)
@@ -486,24 +488,25 @@ def launch_gemm(x_q, x_scale, w_q, w_scale, bias, gelu, out, tiles=None):
             x_q.stride(0), w_q.stride(0), out.stride(0))
     if tiles is None and x_q.is_cuda:
         grid = lambda meta: (triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"]),)  # noqa: E731
-        _q8_gemm_autotuned[grid](*args, **common)
+        launchable(_q8_gemm_autotuned, x_q)[grid](*args, **common)
     else:
         bm, bn, bk = tiles or (32, 32, 32)
         grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
-        _q8_gemm_kernel[grid](*args, BM=bm, BN=bn, BK=bk, GROUP_M=8, EVEN_K=K % bk == 0, **common)
+        launchable(_q8_gemm_kernel, x_q)[grid](*args, BM=bm, BN=bn, BK=bk, GROUP_M=8, EVEN_K=K % bk == 0, **common)
     return out
 
 
-@torch.library.custom_op("q8lib::q8_gemm", mutates_args=())
-def _gemm_op(x_q: torch.Tensor, x_scale: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
-             bias: Optional[torch.Tensor], gelu: bool, out_dtype: torch.dtype) -> torch.Tensor:
+def _gemm_impl(x_q: torch.Tensor, x_scale: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
+               bias: Optional[torch.Tensor], gelu: bool, out_dtype: torch.dtype) -> torch.Tensor:
     out = torch.empty(x_q.shape[0], w_q.shape[0], device=x_q.device, dtype=out_dtype)
     return launch_gemm(x_q, x_scale, w_q, w_scale, bias, gelu, out)
 
 
-@_gemm_op.register_fake
-def _(x_q, x_scale, w_q, w_scale, bias, gelu, out_dtype):
+def _gemm_fake(x_q, x_scale, w_q, w_scale, bias, gelu, out_dtype):
     return x_q.new_empty(x_q.shape[0], w_q.shape[0], dtype=out_dtype)
+
+
+gemm_op = dual_op("q8_gemm", _gemm_impl, _gemm_fake)
 
 
 def _gemm_reason(x_q, w_q, w_scale, bias, out_dtype) -> str | None:
@@ -556,5 +559,5 @@ def matmul(x_q, x_scale, w_q, w_scale, bias=None, activation=None, out_dtype=tor
             y = y + bias.float()
         y = (F.gelu(y, approximate="tanh") if gelu else y).to(out_dtype)
     else:
-        y = torch.ops.q8lib.q8_gemm(x2, xs, w_q, w_scale, bias, gelu, out_dtype)
+        y = gemm_op(x2, xs, w_q, w_scale, bias, gelu, out_dtype)
     return y.reshape(*lead, N)

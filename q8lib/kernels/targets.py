@@ -110,6 +110,7 @@ def _row_specs(cap: int, attempt: int = 0) -> list[Spec]:
     plain quantization (attention outputs, the text, the FFN hidden when the GEMM fuses GELU), the gated
     residual add (``add_quantize``), the add + norm + modulation before the FFN, GELU + quantization (the FFN
     hidden under cuBLAS GEMMs), and ``rms_norm`` (float rows, no rotation). Full-row rotation and 128-blocks;
+    No rotation too (``hadamard_block=1``).
     bf16 rows to int8 and e4m3, fp32 rows to int8. The launch form is the launcher's first attempt (the table
     entry for this architecture, else the default plan with 3 stages): the only one torch.compile launches
     (``attempt`` > 0: the eager launcher's later attempts after "out of resources", for investigations)."""
@@ -123,9 +124,9 @@ def _row_specs(cap: int, attempt: int = 0) -> list[Spec]:
     io_pairs = [(torch.bfloat16, INT8), (torch.bfloat16, FP8), (torch.float32, INT8)]
     for mode, (widths, norm, gelu, resid, gate, mod) in modes.items():
         for K in widths:
-            for hb in (None, 128):
+            for hb, rotate in ((None, True), (128, True), (None, False)):  # full, 128-blocks, none (hadamard_block=1)
                 for xd, qd in io_pairs:
-                    out.append(_row_spec(cap, mode, K, hb, True, xd, qd, norm=norm, gelu=gelu, resid=resid,
+                    out.append(_row_spec(cap, mode, K, hb, rotate, xd, qd, norm=norm, gelu=gelu, resid=resid,
                                          gate=gate, mod=mod, weight=False, attempt=attempt))
     for K in dims:  # rms_norm: float rows out, no rotation, with an affine weight
         for xd in (torch.bfloat16, torch.float32):
@@ -282,10 +283,11 @@ def spec(capability: int, label: str) -> Spec:
 
 # ------------------------------------------------------------------------------------------------
 # Compilation
-def signature(fn_args: list[str], args: dict, constexprs: dict) -> tuple[dict, dict, dict]:
+def signature(fn_args: list[str], args: dict, constexprs: dict, float_type: str = "fp32") -> tuple[dict, dict, dict]:
     """``(signature, constexprs, attrs)`` for ``ASTSource`` as Triton's JIT specializes a launch: pointers
     (``"*bf16"``) are 16-byte aligned (``tt.divisibility``), integers are ``i32``/``i64`` and marked divisible
-    by 16 when they are, an integer 1 becomes a constexpr, floats are ``fp32``, bools ``u1``."""
+    by 16 when they are, an integer 1 becomes a constexpr, floats are ``float_type`` (``fp32`` as Triton's JIT;
+    inductor launches a ``triton_op``'s kernels with ``fp64`` floats), bools ``u1``."""
     sig, ce, attrs = {}, dict(constexprs), {}
     for i, name in enumerate(fn_args):
         if name in constexprs:
@@ -302,7 +304,7 @@ def signature(fn_args: list[str], args: dict, constexprs: dict) -> tuple[dict, d
                 continue
             sig[name], div = ("i32" if -2**31 <= v < 2**31 else "i64"), v % 16 == 0
         elif isinstance(v, float):
-            sig[name], div = "fp32", False
+            sig[name], div = float_type, False
         else:
             raise TypeError(f"argument {name}: unsupported representative value {v!r}")
         if div:
@@ -324,7 +326,7 @@ def _kernel(path: str):
     return fn
 
 
-def compile_spec(spec: Spec, capability: int):
+def compile_spec(spec: Spec, capability: int, float_type: str = "fp32"):
     """Compile ``spec`` for ``sm_<capability>`` (89, 90) -> Triton's ``CompiledKernel``, with the ``ptxas -v``
     log of this compile attached as ``ptxas_log`` (Triton runs ptxas with ``-v``; its log is printed when
     ``knobs.nvidia.dump_ptxas_log`` is set, and the compile is forced past Triton's cache so there is one)."""
@@ -334,7 +336,7 @@ def compile_spec(spec: Spec, capability: int):
     from triton.compiler import ASTSource
 
     fn = _kernel(spec.kernel)
-    sig, ce, attrs = signature(fn.arg_names, spec.args, spec.constexprs)
+    sig, ce, attrs = signature(fn.arg_names, spec.args, spec.constexprs, float_type)
     options = {"num_warps": spec.num_warps}
     if spec.num_stages is not None:
         options["num_stages"] = spec.num_stages
@@ -368,14 +370,16 @@ def resources(compiled) -> dict:
             "mma": "mma.sync" in ptx, "wgmma": "wgmma.mma_async" in ptx}
 
 
-def measure(capability: int, label: str) -> dict:
-    """Compile the spec ``label`` for ``capability`` -> :func:`resources` plus ``seconds``, or ``error``."""
+def measure(capability: int, label: str, float_type: str = "fp32") -> dict:
+    """Compile the spec ``label`` for ``capability`` (float arguments as ``float_type``) -> :func:`resources` plus
+    ``seconds``, or ``error``."""
     t0 = time.perf_counter()
     try:
-        res = resources(compile_spec(spec(capability, label), capability))
+        res = resources(compile_spec(spec(capability, label), capability, float_type))
     except Exception as e:  # noqa: BLE001 - reported per spec; the caller asserts
         res = {"error": f"{type(e).__name__}: {e}"[-3000:]}
-    return {"capability": capability, "label": label, **res, "seconds": round(time.perf_counter() - t0, 2)}
+    return {"capability": capability, "label": label, "float_type": float_type, **res,
+            "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _measure_pair(pair):
@@ -383,7 +387,7 @@ def _measure_pair(pair):
 
 
 def measure_all(pairs, jobs: int | None = None) -> list[dict]:
-    """:func:`measure` every ``(capability, label)`` in ``jobs`` processes (default: one per CPU)."""
+    """:func:`measure` every ``(capability, label[, float_type])`` in ``jobs`` processes (default: one per CPU)."""
     pairs = list(pairs)
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(pairs)))
     if jobs == 1:
@@ -419,7 +423,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", action="append", default=[], help="labels containing this text (repeat)")
     p.add_argument("--row-attempt", type=int, default=1,
                    help="row kernel only, at the eager launcher's n-th attempt (default 1: every kernel, first attempt)")
-    p.add_argument("--pairs", help="JSON file of [capability, label] pairs to compile (instead of --cap/--only)")
+    p.add_argument("--pairs", help="JSON file of [capability, label] (or [capability, label, float_type]) to compile "
+                                   "(instead of --cap/--only)")
     p.add_argument("--jobs", type=int, default=None, help="compile processes (default: one per CPU)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--list", action="store_true", help="list the specs, compile nothing")
