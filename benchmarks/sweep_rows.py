@@ -39,6 +39,8 @@ def main(argv=None):
     ap.add_argument("--big", action="store_true", help="also the 13B widths (4096, FFN 16384)")
     ap.add_argument("--blocks", action="store_true", help="also a block-diagonal (128) rotation")
     ap.add_argument("--only", default=None, help="'rows' or 'qk': sweep only those ops")
+    ap.add_argument("--rotations", default="full",
+                    help="comma list of 'full' (Hadamard over the row) and 'none' (hadamard_block=1): the row ops' rotation")
     ap.add_argument("--table", default=None, help="merge the fastest form per op into this tuning table (JSON)")
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
@@ -63,13 +65,15 @@ def main(argv=None):
         return K, L.row_kind(K, norm, gelu, add, rot), call, nbytes, rot
 
     widths = [(2048, 8192)] + ([(4096, 16384)] if args.big else [])
+    rots = {"full": 0, "none": -1}
     ops = {}
-    for D, F in widths:
-        for kind in ("norm", "plain", "add", "add_norm"):
-            op = row_op(D, kind)
+    for rot in (rots[r.strip()] for r in args.rotations.split(",")):
+        for D, F in widths:
+            for kind in ("norm", "plain", "add", "add_norm"):
+                op = row_op(D, kind, rot)
+                ops[op[1]] = op
+            op = row_op(F, "gelu", rot)
             ops[op[1]] = op
-        op = row_op(F, "gelu")
-        ops[op[1]] = op
     if args.blocks:
         op = row_op(2048, "norm", 128)
         ops[op[1]] = op

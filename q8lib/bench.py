@@ -46,6 +46,9 @@ VARIANTS = {
     "q8lib_fp8_compile": ("q8lib", {"weight_dtype": "fp8_e4m3", "attention": "sdpa"}, True),
     "q8lib_int8": ("q8lib", {"weight_dtype": "int8", "attention": "sdpa"}, False),
     "q8lib_int8_compile": ("q8lib", {"weight_dtype": "int8", "attention": "sdpa"}, True),
+    # no Hadamard rotation (hadamard_block=1): issue #13 asks whether the e4m3 path should rotate at all
+    "q8lib_norot": ("q8lib", {"hadamard_block": 1, "attention": "sdpa"}, False),
+    "q8lib_norot_compile": ("q8lib", {"hadamard_block": 1, "attention": "sdpa"}, True),
     "q8lib_fp8attn": ("q8lib", {"attention": "fp8"}, False),
     "q8lib_fp8attn_compile": ("q8lib", {"attention": "fp8"}, True),
 }
