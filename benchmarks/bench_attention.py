@@ -171,6 +171,7 @@ def main():
 
     from q8lib import reference as ref
     from q8lib.kernels import attention as ka
+    from q8lib.kernels import fp8_attention as FA
 
     dev = torch.device("cuda")
     props = torch.cuda.get_device_properties(dev)
@@ -192,13 +193,13 @@ def main():
         "device": props.name, "sm": f"{props.major}{props.minor}", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "versions": {"torch": torch.__version__, "triton": triton.__version__, "diffusers": dver,
                      "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()},
-        "default_config": {str(k): str(v) for k, v in ka._FWD_CONFIG.items()},
+        "default_config": {str(k): str(v) for k, v in FA._FWD_CONFIG.items()},
         "shapes": {}, "sweep": {}, "notes": "tflops = 4*B*H*Sq*Sk*D / time (cross: Sk = padded text length)",
     }
     table = []
 
     def dump():  # after every measurement: a run cut short by its time limit still leaves its numbers
-        result["chosen_config"] = {str(k): str(v) for k, v in ka._FWD_CONFIG.items()}
+        result["chosen_config"] = {str(k): str(v) for k, v in FA._FWD_CONFIG.items()}
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
@@ -263,10 +264,10 @@ def main():
             for cfg in SWEEP:
                 try:
                     ob = torch.full((B, Sq, H, D), float("nan"), device=dev, dtype=torch.bfloat16)
-                    ck = ka._launch_fwd(q8, qs, k8, ks, vt8, vs, kl, Sk, ob, config=cfg)
+                    ck = FA.launch_fwd(q8, qs, k8, ks, vt8, vs, kl, Sk, ob, config=cfg)
                     assert not ob.isnan().any(), "unwritten outputs"
                     err = rel_err(ob.transpose(1, 2), ref_out)
-                    ms, _ = bench(lambda: ka._launch_fwd(q8, qs, k8, ks, vt8, vs, kl, Sk, ob, config=cfg))
+                    ms, _ = bench(lambda: FA.launch_fwd(q8, qs, k8, ks, vt8, vs, kl, Sk, ob, config=cfg))
                     st = sass_stats(ck)
                     sass = st.pop("_sass", "")
                     sw[str(cfg)] = {"ms": ms, "tflops": flops / ms / 1e9, "rel_err": err, **st}
@@ -284,12 +285,12 @@ def main():
             ok = {c: r["ms"] for c, r in zip(SWEEP, sw.values()) if "ms" in r}
             if ok:
                 best = min(ok, key=ok.get)
-                ka._FWD_CONFIG[D] = best
+                FA._FWD_CONFIG[D] = best
                 sw["best"] = str(best)
             result["sweep"][name] = sw
-        res["config"] = str(ka.fwd_config(D, dev))
+        res["config"] = str(FA.fwd_config(D, dev))
         out_buf = torch.full((B, Sq, H, D), float("nan"), device=dev, dtype=torch.bfloat16)  # poisoned
-        ka._launch_fwd(q8, qs, k8, ks, vt8, vs, kl, Sk, out_buf)
+        FA.launch_fwd(q8, qs, k8, ks, vt8, vs, kl, Sk, out_buf)
         assert not out_buf.isnan().any(), "kernel left unwritten (NaN) outputs"
         record("q8_fp8_kernel", lambda: ka.attention_fwd(q8, qs, k8, ks, vt8, vs, kl, Sq, Sk, torch.bfloat16),
                out_buf.transpose(1, 2))
@@ -299,7 +300,7 @@ def main():
         record("q8_quant_q", lambda: ka.quant_qk(qt, None, -1.0, None, None, 1.0))
         record("q8_quant_v", lambda: ka.quant_v(vt))
         # FP8 reference math on two heads (float32 on the GPU), to separate kernel bugs from FP8 error
-        bn = ka.fwd_config(D, dev)[1]
+        bn = FA.fwd_config(D, dev)[1]
         r8 = ref.fp8_attention_ref(q[:, :2].float(), k[:, :2].float(), v[:, :2].float(), kl, block_n=bn)
         res["q8_fp8_kernel"]["rel_err_vs_fp8_ref_2heads"] = rel_err(op_out[:, :2], r8)
         res["fp8_ref_2heads_rel_err"] = rel_err(r8, ref_out[:, :2])

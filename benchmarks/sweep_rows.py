@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from q8lib import bench  # noqa: E402
-from q8lib.kernels import linear as L  # noqa: E402
+from q8lib.kernels import row_quant as L  # noqa: E402
 from q8lib.quant import FP8  # noqa: E402
 
 
@@ -82,7 +82,7 @@ def main(argv=None):
     def bench_fn(fn):
         return tt.do_bench(fn, warmup=10, rep=40, return_mode="median")
 
-    from q8lib.kernels import attention as KA
+    from q8lib.kernels import attn_producers as KA
 
     def qk_op(rope, quant):
         """A q/k producer at LTX-2B self-attention: norm across heads [+ RoPE] (+ Hadamard + e4m3 if ``quant``)."""
@@ -91,12 +91,12 @@ def main(argv=None):
         w = torch.rand(H * D, device=dev, dtype=torch.bfloat16) + 0.5
         ang = torch.rand(1, S, H * D, device=dev) * 6.28  # the compact RoPE tables: bf16, one sample
         cos, sin = (f(ang).to(torch.bfloat16).expand(B, -1, -1).unflatten(2, (H, D)) for f in (torch.cos, torch.sin))
-        sp = KA._pad(S)
+        sp = KA.pad_seq(S)
 
         tables = (cos, sin) if rope else (None, None)
         if not quant:  # the SDPA path's norm + RoPE producer: bf16 rows out (a dummy "scale" for sweep())
             def call(o, t):
-                return KA._launch_norm_rope(x, w, 1e-5, *tables, o[0], tune=t)
+                return KA.launch_norm_rope(x, w, 1e-5, *tables, o[0], tune=t)
 
             def outs():
                 return torch.empty(B, S, H, D, device=dev, dtype=torch.bfloat16), torch.ones(1, device=dev)
@@ -104,7 +104,7 @@ def main(argv=None):
             return KA.qk_kind(D, True, rope, quant=False), call, outs, M * H * D * 4
 
         def call(o, t):
-            return KA._launch_quant_qk(x, w, 1e-5, *tables, 0.18, o[0], o[1], tune=t)
+            return KA.launch_quant_qk(x, w, 1e-5, *tables, 0.18, o[0], o[1], tune=t)
 
         def outs():
             return torch.empty(B, H, sp, D, device=dev, dtype=FP8), torch.empty(B, H, sp, device=dev)

@@ -234,7 +234,7 @@ def micro(cfg, batch, tokens, text, device):
                 ms = bench(fn)
                 out["rows"][f"{rname}_{tag}"] = {"ms": ms, "GBps": nbytes / ms / 1e6}
     out["rows"]["bf16_copy_same_bytes_as_quantize"] = {"ms": bench(lambda: x.clone())}
-    from .kernels import _rowquant
+    from .kernels import row_quant as _rowquant
 
     default_te = _rowquant.TILE_ELEMS
     try:  # tile size sweep (elements per program step = rows x K)

@@ -16,9 +16,10 @@ from q8lib.attention import apply_rotary_emb, q8_attention_core
 from q8lib.hadamard import hadamard_transform
 from q8lib.quant import FP8, quantize_rowwise
 
+pytest.importorskip("triton")
 ka = pytest.importorskip("q8lib.kernels.attention")
-if ka.triton is None:
-    pytest.skip("triton is not installed", allow_module_level=True)
+from q8lib.kernels import attn_producers as P  # noqa: E402
+from q8lib.kernels import fp8_attention as FA  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 GPU = DEV == "cuda"
@@ -31,15 +32,15 @@ def _nan_fp8(*shape):
 def _quant_qk(x, weight=None, eps=-1.0, cos=None, sin=None, scale=1.0):
     """The producer with poisoned outputs; ``x [B, S, H, D]``."""
     B, S, H, D = x.shape
-    out, sc = _nan_fp8(B, H, ka._pad(S), D), torch.full((B, H, ka._pad(S)), math.nan, device=DEV)
-    ka._launch_quant_qk(x, weight, eps, cos, sin, scale, out, sc)
+    out, sc = _nan_fp8(B, H, P.pad_seq(S), D), torch.full((B, H, P.pad_seq(S)), math.nan, device=DEV)
+    P.launch_quant_qk(x, weight, eps, cos, sin, scale, out, sc)
     return out, sc
 
 
 def _quant_v(v):
     B, S, H, D = v.shape
-    out, sc = _nan_fp8(B, H, D, ka._pad(S)), torch.full((B, H, D), math.nan, device=DEV)
-    ka._launch_quant_v(v, out, sc)
+    out, sc = _nan_fp8(B, H, D, P.pad_seq(S)), torch.full((B, H, D), math.nan, device=DEV)
+    P.launch_quant_v(v, out, sc)
     return out, sc
 
 
@@ -51,7 +52,7 @@ def _fp8_attention(q, k, v, lens=None, sm_scale=None):
     k8, ks = _quant_qk(k.transpose(1, 2))
     vt8, vs = _quant_v(v.transpose(1, 2))
     out = torch.full((q.shape[0], q.shape[2], q.shape[1], D), math.nan, device=DEV, dtype=v.dtype)
-    ka._launch_fwd(q8, qs, k8, ks, vt8, vs, lens, k.shape[2], out)
+    FA.launch_fwd(q8, qs, k8, ks, vt8, vs, lens, k.shape[2], out)
     return out.transpose(1, 2)
 
 
@@ -105,7 +106,7 @@ def test_norm_rope_producer(seed, rope, weight):
     cos, sin = ang.cos(), ang.sin()
     out = torch.full((B, S, H, D), math.nan, device=DEV)
     tables = (cos.unflatten(2, (H, D)), sin.unflatten(2, (H, D))) if rope else (None, None)
-    ka._launch_norm_rope(x.unflatten(2, (H, D)), w, 1e-5, *tables, out)
+    P.launch_norm_rope(x.unflatten(2, (H, D)), w, 1e-5, *tables, out)
     y = torch.nn.functional.rms_norm(x.double(), (H * D,), None if w is None else w.double(), 1e-5)
     if rope:
         y = apply_rotary_emb(y, (cos.double().expand(B, -1, -1), sin.double().expand(B, -1, -1)))
@@ -141,7 +142,7 @@ def test_kernel_matches_fp8_reference_and_sdpa(seed, B, D, Sq, Sk, lens):
     kl = None if lens is None else torch.tensor(lens, dtype=torch.int32, device=DEV)
     out = _fp8_attention(q, k, v, kl)
     assert not out.isnan().any()
-    bn = ka.fwd_config(D, q.device)[1]
+    bn = FA.fwd_config(D, q.device)[1]
     r8 = ref.fp8_attention_ref(q, k, v, kl, block_n=bn)
     exact = ref.sdpa_attention(q.double(), k.double(), v.double(), kl)
     # same math as the reference: float32 rounding only (measured 3e-6 on CPU; up to 1.5e-3 over
@@ -174,7 +175,7 @@ def test_saturation_and_zero_rows(seed):
     assert torch.isfinite(out).all()
     exact = ref.sdpa_attention(q.double(), k.double(), v.double(), sm_scale=sm)
     assert rel_err(exact[0, 0, 3], out[0, 0, 3]) < 0.05  # uniform weights: the mean of v
-    r8 = ref.fp8_attention_ref(q, k, v, sm_scale=sm, block_n=ka.fwd_config(D, q.device)[1])
+    r8 = ref.fp8_attention_ref(q, k, v, sm_scale=sm, block_n=FA.fwd_config(D, q.device)[1])
     assert rel_err(r8, out) < (5e-3 if not GPU else 0.02)
     assert rel_err(exact, out) < 0.08
 
@@ -260,7 +261,7 @@ def test_gpu_kernel_vs_references(seed, D, B, Sq, Sk, lens):
     kl = None if lens is None else torch.tensor(lens, dtype=torch.int32, device="cuda")
     out = _fp8_attention(q, k, v, kl)
     assert not out.isnan().any()
-    r8 = ref.fp8_attention_ref(q.float(), k.float(), v.float(), kl, block_n=ka.fwd_config(D, q.device)[1])
+    r8 = ref.fp8_attention_ref(q.float(), k.float(), v.float(), kl, block_n=FA.fwd_config(D, q.device)[1])
     exact = ref.sdpa_attention(q.float(), k.float(), v.float(), kl)
     # bf16 output rounding + FP8 accumulation: measured 0.0046-0.0058 at 3630/14520 tokens (NOTES)
     assert rel_err(r8, out) < 0.02
@@ -352,3 +353,31 @@ def test_gpu_norm_rope_op_traces_its_launcher(seed):
     w = torch.rand(H * D, device="cuda", dtype=torch.bfloat16) + 0.5
     cos, sin = torch.rand(1, S, H, D, device="cuda", dtype=torch.bfloat16), torch.rand(1, S, H, D, device="cuda", dtype=torch.bfloat16)
     torch.library.opcheck(ka.norm_rope.visible, (x, w, 1e-6, cos, sin), test_utils=("test_schema", "test_faketensor"))
+
+
+def test_kernels_match_their_reference_twins(seed):
+    """Each kernel file's reference twin computes what its op computes (producers and the attention kernel),
+    on padded sequences and with a key-length mask."""
+    B, S, H, D = 1, 40, 2, 64
+    x = torch.randn(B, S, H, D, device=DEV) * 2
+    w = torch.rand(H * D, device=DEV) + 0.5
+    ang = torch.rand(1, S, H, D, device=DEV) * 6.28
+    cos, sin = torch.cos(ang), torch.sin(ang)
+
+    def deq(q, s):
+        return q.float() * s[..., None]
+
+    q8, qs = P.quant_qk(x, w, 1e-5, cos, sin, 0.3)
+    r8, rs = P.quant_qk_ref(x, w, 1e-5, cos, sin, 0.3)
+    assert q8.shape == r8.shape and qs.shape == rs.shape
+    assert rel_err(deq(r8, rs), deq(q8, qs)) < 0.01 and torch.all(qs[:, :, S:] == 0)
+    assert rel_err(P.norm_rope_ref(x, w, 1e-5, cos, sin), P.norm_rope(x, w, 1e-5, cos, sin)) < 1e-5
+    v = torch.randn(B, S, H, D, device=DEV)
+    vt8, vs = P.quant_v(v)
+    rt8, rvs = P.quant_v_ref(v)
+    assert rel_err(rt8.float() * rvs[..., None], vt8.float() * vs[..., None]) < 0.01
+    k8, ks = P.quant_qk(x.flip(1), w, 1e-5, None, None, 1.0)
+    lens = torch.tensor([S - 7], device=DEV, dtype=torch.int32)
+    out = FA.attention_fwd(q8, qs, k8, ks, vt8, vs, lens, S, S, torch.float32)
+    want = FA.attention_fwd_ref(q8, qs, k8, ks, vt8, vs, lens, S, S, torch.float32)
+    assert out.shape == (B, S, H, D) and rel_err(want, out) < 0.02

@@ -16,7 +16,10 @@ from helpers import outlier_heavy, rel_err, sqnr_db
 from q8lib import reference as R
 from q8lib.hadamard import hadamard_transform
 from q8lib.kernels import _WARNED
+from q8lib.kernels import gemm as G
 from q8lib.kernels import linear as L
+from q8lib.kernels import row_quant as RQ
+from q8lib.kernels._library import tune_table
 from q8lib.quant import FP8, INT8, quantize_rowwise
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -47,7 +50,7 @@ def _deq(q, s):
 def _row_case(x, qd, hb, norm=False, gelu=False, weight=None, scale=None, shift=None, eps=1e-6):
     M, K = x.numel() // x.shape[-1], x.shape[-1]
     q, s = _poisoned((M, K), qd), torch.full((M,), float("nan"), device=DEV)
-    L.launch_row_quant(x, weight, scale, shift, eps, norm, gelu, L._rot_code(True, hb), q, s)
+    RQ.launch_row_quant(x, weight, scale, shift, eps, norm, gelu, RQ.rot_code(True, hb), q, s)
     _check_written(q)
     assert torch.isfinite(s).all()
     return q.view(x.shape), s.view(x.shape[:-1])
@@ -106,7 +109,7 @@ def test_rms_norm_float_output(seed):
     x = torch.randn(3, 5, 512, device=DEV)
     w, scale, shift = torch.rand(512, device=DEV), torch.randn(3, 1, 512, device=DEV), torch.randn(3, 1, 512, device=DEV)
     out = torch.full_like(x.view(-1, 512), float("nan"))
-    L.launch_row_quant(x, w, scale, shift, 1e-5, True, False, -1, out)
+    RQ.launch_row_quant(x, w, scale, shift, 1e-5, True, False, -1, out)
     ref = R.rms_norm_ref(x.double(), w.double(), 1e-5, scale.double(), shift.double())
     assert rel_err(ref, out.view_as(x)) < 1e-6  # fp32 arithmetic: measured 4e-8
     assert rel_err(ref, L.rms_norm(x, w, 1e-5, scale, shift)) < 1e-6
@@ -141,7 +144,7 @@ def test_gemm_kernel_matches_reference(seed, qd, M, N, K, act, with_bias):
     xq, xs, wq, ws, b = _gemm_operands(M, N, K, qd)
     b = b if with_bias else None
     out = torch.full((M, N), float("nan"), device=DEV)
-    L.launch_gemm(xq, xs, wq, ws, b, act == "gelu_tanh", out, tiles=(32, 32, 32))
+    G.launch_gemm(xq, xs, wq, ws, b, act == "gelu_tanh", out, tiles=(32, 32, 32))
     assert not torch.isnan(out).any()
     ref = R.q8_matmul_ref(xq.cpu(), xs.cpu(), wq.cpu(), ws.cpu(), None if b is None else b.cpu(), act, torch.float64)
     assert rel_err(ref, out.cpu()) < 1e-5  # exact products, fp32 epilogue: measured < 3e-8
@@ -285,9 +288,7 @@ def test_row_kernel_shrinks_tile_then_falls_back(seed, monkeypatch):
     """Out of shared memory: fewer stages, then smaller tiles; if nothing fits, the reference (warned)."""
     from triton.runtime.errors import OutOfResources
 
-    from q8lib.kernels import _rowquant
-
-    real, seen = _rowquant._row_quant_kernel, []
+    real, seen = RQ._row_quant_kernel, []
 
     class Launcher:
         def __init__(self, limit_rows):
@@ -302,8 +303,8 @@ def test_row_kernel_shrinks_tile_then_falls_back(seed, monkeypatch):
             return run
 
     x = torch.randn(9, 512, device=DEV)
-    monkeypatch.setattr(L, "_ROW_FIT", {})
-    monkeypatch.setattr(_rowquant, "_row_quant_kernel", Launcher(limit_rows=1))
+    monkeypatch.setattr(RQ, "_ROW_FIT", {})
+    monkeypatch.setattr(RQ, "_row_quant_kernel", Launcher(limit_rows=1))
     q, s = _row_case(x, INT8, None)
     assert seen[0][0] > 1 and seen[-1] == (1, 1)
     n_first = len(seen)
@@ -312,7 +313,7 @@ def test_row_kernel_shrinks_tile_then_falls_back(seed, monkeypatch):
     q_ref, s_ref = R.quantize_activation_ref(x, INT8)
     assert (q != q_ref).float().mean() < 1e-3
     _WARNED.clear()
-    monkeypatch.setattr(_rowquant, "_row_quant_kernel", Launcher(limit_rows=0))
+    monkeypatch.setattr(RQ, "_row_quant_kernel", Launcher(limit_rows=0))
     with pytest.warns(UserWarning, match="does not fit"):
         q, s = L.quantize_activation(x, INT8)
     assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
@@ -358,9 +359,7 @@ def test_q8_kernels_adapter(seed, monkeypatch):
 
 @pytest.mark.parametrize("tile", [1024, 4096])  # one row per step (H_A @ Y) and 4 rows (permuted product)
 def test_left_rotation_forms_agree(seed, monkeypatch, tile):
-    from q8lib.kernels import _rowquant
-
-    monkeypatch.setattr(_rowquant, "TILE_ELEMS", tile)
+    monkeypatch.setattr(RQ, "TILE_ELEMS", tile)
     x = outlier_heavy(5, 1024).to(DEV)
     q, s = _row_case(x, FP8, None)
     q_ref, s_ref = R.quantize_activation_ref(x, FP8)
@@ -380,7 +379,7 @@ def test_row_launch_forms_agree(seed, tune, qd):
     x = outlier_heavy(7, 1024).to(DEV)
     M, K = x.shape
     q, s = _poisoned((M, K), qd), torch.full((M,), float("nan"), device=DEV)
-    L.launch_row_quant(x, None, None, None, 1e-6, False, False, 0, q, s, tune=tune)
+    RQ.launch_row_quant(x, None, None, None, 1e-6, False, False, 0, q, s, tune=tune)
     _check_written(q)
     q_ref, s_ref = R.quantize_activation_ref(x, qd)
     torch.testing.assert_close(s, s_ref, rtol=SCALE_RTOL, atol=0)
@@ -399,7 +398,7 @@ def test_add_quantize(seed, qd, norm):
     sc, sh = torch.randn(B, 1, K, device=DEV) * 0.2, torch.randn(B, 1, K, device=DEV)
     M = B * S
     h_out, q, s = torch.full((M, K), float("nan"), device=DEV), _poisoned((M, K), qd), torch.full((M,), float("nan"), device=DEV)
-    L.launch_row_quant(x, w if norm else None, sc if norm else None, sh if norm else None, 1e-6, norm, False, 0,
+    RQ.launch_row_quant(x, w if norm else None, sc if norm else None, sh if norm else None, 1e-6, norm, False, 0,
                        q, s, residual=r, gate=gate, h_out=h_out)
     _check_written(q)
     h_ref = x.double() + r.double() * (gate.double() if gate is not None else 1)
@@ -418,19 +417,19 @@ def test_add_quantize(seed, qd, norm):
 
 
 def test_row_kind_keys():
-    assert L.row_kind(2048, True, False, False, 0) == "2048/norm/full"
-    assert L.row_kind(2048, False, False, True, 0) == "2048/add/full"
-    assert L.row_kind(2048, True, False, True, 0) == "2048/add_norm/full"
-    assert L.row_kind(8192, False, True, False, 0) == "8192/gelu/full"
-    assert L.row_kind(4096, False, False, False, 128) == "4096/plain/b128"
-    assert L.row_kind(512, False, False, False, -1) == "512/plain/none"
+    assert RQ.row_kind(2048, True, False, False, 0) == "2048/norm/full"
+    assert RQ.row_kind(2048, False, False, True, 0) == "2048/add/full"
+    assert RQ.row_kind(2048, True, False, True, 0) == "2048/add_norm/full"
+    assert RQ.row_kind(8192, False, True, False, 0) == "8192/gelu/full"
+    assert RQ.row_kind(4096, False, False, False, 128) == "4096/plain/b128"
+    assert RQ.row_kind(512, False, False, False, -1) == "512/plain/none"
 
 
-@pytest.mark.parametrize("key", [k for k in L._tune_table().get("sm_90", {}) if not k.startswith(("qk/", "qkn/"))])
+@pytest.mark.parametrize("key", [k for k in tune_table().get("sm_90", {}) if not k.startswith(("qk/", "qkn/"))])
 def test_committed_tuning_forms_compute_the_reference(seed, key):
     """Every launch form in the committed table (measured on the H200) computes the same quantization, with the
     full-row rotation or none (``hadamard_block=1``)."""
-    form = L._tune_table()["sm_90"][key]
+    form = tune_table()["sm_90"][key]
     assert set(form) == {"rows", "batched", "stages", "warps", "progs_per_sm"}
     K, kind, rot = key.split("/")
     K = int(K)
@@ -443,7 +442,7 @@ def test_committed_tuning_forms_compute_the_reference(seed, key):
     q, s = _poisoned((M, K), FP8), torch.full((M,), float("nan"), device=DEV)
     h = torch.full((M, K), float("nan"), device=DEV) if r is not None else None
     code = 0 if rot == "full" else -1
-    L.launch_row_quant(x, None, None, None, 1e-6, norm, gelu, code, q, s, residual=r, gate=gate, h_out=h, tune=form)
+    RQ.launch_row_quant(x, None, None, None, 1e-6, norm, gelu, code, q, s, residual=r, gate=gate, h_out=h, tune=form)
     _check_written(q)
     y = x.double() + (r.double() * (gate.double() if gate is not None else 1) if r is not None else 0)
     if h is not None:
@@ -465,7 +464,7 @@ def test_tma_gemm_kernel_in_interpreter(seed, qd, gelu):
         from triton.tools.tensor_descriptor import TensorDescriptor
     except ImportError:
         pytest.skip("this triton has no host tensor descriptors")
-    from q8lib.kernels._gemm import _q8_gemm_tma_kernel
+    from q8lib.kernels.gemm import _q8_gemm_tma_kernel
 
     M, N, K, bm, bn, bk, progs = 70, 80, 80, 32, 32, 32, 4
     xq, xs = quantize_rowwise(torch.randn(M, K), qd)

@@ -1,26 +1,19 @@
 """The ``triton`` backend: Triton kernels for NVIDIA GPUs (Hopper sm_90 natively; Ada sm_89 by design).
 
-Ops live in ``q8lib.kernels.linear`` (quantization, 8-bit GEMMs, fused norms) and
-``q8lib.kernels.attention`` (FP8 attention); :class:`TritonBackend` binds them to the backend
-interface of :mod:`q8lib.backends`. Each op falls back to the reference math, with a one-time
+One file per kernel, each with its launcher, its ``torch.library`` op + fake and its reference twin:
+``row_quant.py`` (norm/GELU/residual + Hadamard + 8-bit quantization of rows), ``gemm.py`` (8-bit GEMMs),
+``attn_producers.py`` (q/k/v producers of FP8 attention and the SDPA path's norm + RoPE),
+``fp8_attention.py`` (the attention kernel); shared device functions in ``_jit.py``, op registration and launch
+plumbing in ``_library.py``. The backend ops with their input checks are ``linear.py`` and ``attention.py``;
+:class:`TritonBackend` binds them to the backend interface of :mod:`q8lib.backends`. Each op falls back to the reference math, with a one-time
 warning naming the op and the reason, when a shape or dtype is not supported.
 """
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from ..backends import Backend, register_backend
-
-_WARNED: set = set()
-
-
-def warn_fallback(op: str, reason: str) -> None:
-    """One warning per (op, reason): the kernel cannot take this input, the reference runs instead."""
-    if (op, reason) not in _WARNED:
-        _WARNED.add((op, reason))
-        warnings.warn(f"q8lib triton backend: {op} falls back to the reference math ({reason})", stacklevel=3)
+from ._library import _WARNED, warn_fallback  # noqa: F401  (re-exported: tests reset the one-time warnings)
 
 
 def _triton_reason() -> str | None:

@@ -7,10 +7,10 @@ runs the whole pipeline down to a cubin with the ``ptxas`` bundled in the triton
 * enumerates the compile specs (:class:`Spec`: kernel, argument types, constexprs, ``num_warps``,
   ``num_stages``) that q8lib's launchers use on a GPU of a given compute capability, at LTX-Video's
   shapes, taking every choice from the launchers' own decision functions and tables
-  (:func:`~q8lib.kernels.linear.row_attempts`, :func:`~q8lib.kernels.linear.row_meta`,
-  ``row_tune.json`` through :func:`~q8lib.kernels.linear.table_entry`, ``_gemm._configs()`` and its
-  ``EVEN_K`` heuristic, :func:`~q8lib.kernels.attention.qk_meta`,
-  :func:`~q8lib.kernels.attention.v_tiles`, :func:`~q8lib.kernels.attention.fwd_config_for`);
+  (:func:`~q8lib.kernels.row_quant.row_attempts`, :func:`~q8lib.kernels.row_quant.row_meta`,
+  ``row_tune.json`` through :func:`~q8lib.kernels._library.table_entry`, ``gemm._configs()`` and its
+  ``EVEN_K`` heuristic, :func:`~q8lib.kernels.attn_producers.qk_meta`,
+  :func:`~q8lib.kernels.attn_producers.v_tiles`, :func:`~q8lib.kernels.fp8_attention.fwd_config_for`);
 * compiles one (:func:`compile_spec`) and reports its shared memory (Triton's metadata: the dynamic
   shared memory a launch asks for), registers and spills (``ptxas -v``'s log of that very compile,
   :func:`resources`), and which tensor-core instructions its PTX uses (``mma.sync`` / ``wgmma``).
@@ -45,9 +45,11 @@ import warnings
 import torch
 
 from ..quant import FP8, INT8
-from . import attention as _attn
-from . import linear as _lin
-from ._rowquant import plan
+from . import attn_producers as _prod
+from . import fp8_attention as _fa
+from . import gemm as _gemm
+from . import row_quant as _rq
+from ._library import table_entry
 
 __all__ = ["LTX_MODELS", "SHARED_LIMIT", "Spec", "compile_spec", "measure", "measure_all", "resources", "signature",
            "spec", "specs", "supported"]
@@ -137,14 +139,14 @@ def _row_specs(cap: int, attempt: int = 0) -> list[Spec]:
 
 def _row_spec(cap, mode, K, hb, rotate, xd, od, *, norm, gelu, resid, gate, mod, weight, attempt=0) -> Spec | None:
     rot = -1 if not rotate else (0 if hb is None else hb)
-    kind = _lin.row_kind(K, norm, gelu, resid, rot)
-    measured = _lin.table_entry(cap, kind)
-    tile = plan(K, hb, rotate)[0] * K
-    attempts = _lin.row_attempts(K, tile, measured)
+    kind = _rq.row_kind(K, norm, gelu, resid, rot)
+    measured = table_entry(cap, kind)
+    tile = _rq.plan(K, hb, rotate)[0] * K
+    attempts = _rq.row_attempts(K, tile, measured)
     if attempt >= len(attempts):
         return None
     t = attempts[attempt]
-    meta = _lin.row_meta(K, hb, rotate, t, norm=norm, gelu=gelu, has_weight=weight, has_scale=mod, has_shift=mod,
+    meta = _rq.row_meta(K, hb, rotate, t, norm=norm, gelu=gelu, has_weight=weight, has_scale=mod, has_shift=mod,
                          residual=resid, gate=gate, out_dtype=od, cuda=True)
     warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
     x = _PTR[xd]
@@ -159,7 +161,7 @@ def _row_spec(cap, mode, K, hb, rotate, xd, od, *, norm, gelu, resid, gate, mod,
     src = f"row_tune.json sm_{cap} {kind}" if measured else "default plan"
     src += f", attempt {attempt + 1}" if attempt else ", first attempt"
     tag = f"@{attempt + 1}" if attempt else ""
-    return Spec(f"row/{mode}/{K}/{rname}/{_NAME[xd]}->{_NAME[od]}{tag}", "q8lib.kernels._rowquant:_row_quant_kernel",
+    return Spec(f"row/{mode}/{K}/{rname}/{_NAME[xd]}->{_NAME[od]}{tag}", "q8lib.kernels.row_quant:_row_quant_kernel",
                 args, meta, warps, stages, src, dots=rotate, wgmma=_row_wgmma(meta, warps))
 
 
@@ -172,11 +174,9 @@ def _row_wgmma(meta: dict, warps: int) -> bool:
 
 
 def _gemm_specs(cap: int) -> list[Spec]:
-    """Every autotune config of the 8-bit GEMM (``_gemm._configs()``), int8 and e4m3, bias + GELU epilogue, bf16
+    """Every autotune config of the 8-bit GEMM (``gemm._configs()``), int8 and e4m3, bias + GELU epilogue, bf16
     out, K a multiple of every BK (LTX's widths; ``EVEN_K`` from the autotuned kernel's own heuristic). On sm_90
     e4m3 goes to cuBLAS unless ``Q8LIB_GEMM=triton``; compiled anyway (the override is supported)."""
-    from . import _gemm
-
     heur = _gemm._q8_gemm_autotuned.fn.values  # triton.heuristics on the autotuned kernel
     out = []
     M, N, K = _BATCH * _TOKENS, 2048, 2048
@@ -189,8 +189,8 @@ def _gemm_specs(cap: int) -> list[Spec]:
             args = {"XQ": _PTR[qd], "XS": "*fp32", "WQ": _PTR[qd], "WS": "*fp32", "BIAS": "*bf16", "OUT": "*bf16",
                     "M": M, "N": N, "K": K, "sxm": K, "swn": K, "som": N}
             tag = f"BM{kw['BM']}-BN{kw['BN']}-BK{kw['BK']}-s{cfg.num_stages}-w{cfg.num_warps}"
-            out.append(Spec(f"gemm/{_NAME[qd]}/{tag}", "q8lib.kernels._gemm:_q8_gemm_kernel", args, ce,
-                            cfg.num_warps, cfg.num_stages, "_gemm._configs() autotune", dots=True, wgmma=True,
+            out.append(Spec(f"gemm/{_NAME[qd]}/{tag}", "q8lib.kernels.gemm:_q8_gemm_kernel", args, ce,
+                            cfg.num_warps, cfg.num_stages, "gemm._configs() autotune", dots=True, wgmma=True,
                             autotuned=True))
     if cap >= 90:  # Hopper's persistent TMA GEMM (launch_gemm takes it on sm_90+, when Q8LIB_GEMM=triton_tma)
         bm, bn, bk, warps, stages = _gemm.TMA_CONFIG
@@ -201,13 +201,13 @@ def _gemm_specs(cap: int) -> list[Spec]:
             ce = {"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "NUM_PROGS": 132, "HAS_BIAS": True, "GELU": True,
                   "IS_INT": qd == INT8}
             out.append(Spec(f"gemm_tma/{_NAME[qd]}/BM{bm}-BN{bn}-BK{bk}-s{stages}-w{warps}",
-                            "q8lib.kernels._gemm:_q8_gemm_tma_kernel", args, ce, warps, stages, "_gemm.TMA_CONFIG",
+                            "q8lib.kernels.gemm:_q8_gemm_tma_kernel", args, ce, warps, stages, "gemm.TMA_CONFIG",
                             dots=True, wgmma=True))
     return out
 
 
 # kernels launched on sm_90+ only (no spec for Ada)
-HOPPER_ONLY = frozenset({"q8lib.kernels._gemm:_q8_gemm_tma_kernel"})
+HOPPER_ONLY = frozenset({"q8lib.kernels.gemm:_q8_gemm_tma_kernel"})
 
 
 def _attn_specs(cap: int) -> list[Spec]:
@@ -223,9 +223,9 @@ def _attn_specs(cap: int) -> list[Spec]:
             forms = [(True, True), (True, False)] + ([(False, False)] if quant else [])
             for norm, rope in forms:
                 for xd in (torch.bfloat16, torch.float32) if quant and norm and rope else (torch.bfloat16,):
-                    kind = _attn.qk_kind(D, norm, rope, quant)
-                    measured = _lin.table_entry(cap, kind)
-                    meta, _ = _attn.qk_meta(D, H, norm, norm, rope, quant, measured, capability=cap)
+                    kind = _prod.qk_kind(D, norm, rope, quant)
+                    measured = table_entry(cap, kind)
+                    meta, _ = _prod.qk_meta(D, H, norm, norm, rope, quant, measured, capability=cap)
                     warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
                     p = _PTR[xd]
                     rope_args = {"COS": p, "SIN": p, "scb": 0, "scs": H * D, "sch": D} if rope else \
@@ -241,24 +241,24 @@ def _attn_specs(cap: int) -> list[Spec]:
                     kernel = "_qk_quant_kernel" if quant else "_qk_norm_rope_kernel"
                     src = f"row_tune.json sm_{cap} {kind}" if measured else "default"
                     out.append(Spec(f"attn/{name}/D{D}/{kind.rsplit('/', 1)[1]}/{_NAME[xd]}",
-                                    f"q8lib.kernels._attn_triton:{kernel}", args, meta, warps, stages, src,
+                                    f"q8lib.kernels.attn_producers:{kernel}", args, meta, warps, stages, src,
                                     dots=quant, wgmma=quant and meta["BLOCK_T"] * meta["HP"] % 64 == 0))
-        chunk, block_k, warps = _attn.v_tiles()
+        chunk, block_k, warps = _prod.v_tiles()
         v = {"V": "*bf16", "svb": _TOKENS * H * D, "svs": H * D, "svh": D}
-        out.append(Spec(f"attn/v_amax/D{D}", "q8lib.kernels._attn_triton:_v_amax_kernel",
+        out.append(Spec(f"attn/v_amax/D{D}", "q8lib.kernels.attn_producers:_v_amax_kernel",
                         {**v, "AMAX": "*fp32", "S": _TOKENS, "H": H}, {"D": D, "BLOCK_K": block_k, "CHUNK": chunk},
                         warps, None, "v_tiles()"))
-        out.append(Spec(f"attn/v_quant/D{D}", "q8lib.kernels._attn_triton:_v_quant_kernel",
+        out.append(Spec(f"attn/v_quant/D{D}", "q8lib.kernels.attn_producers:_v_quant_kernel",
                         {**v, "AMAX": "*fp32", "OUT": "*fp8e4nv", "OUTS": "*fp32", "S": _TOKENS, "S_PAD": _TOKENS,
                          "H": H}, {"D": D, "BLOCK_K": block_k, "GRID_ROUND": False}, warps, None, "v_tiles()"))
-        bm, bn, warps, stages, fast_exp, warp_spec, split = _attn.fwd_config_for(D, cap)
+        bm, bn, warps, stages, fast_exp, warp_spec, split = _fa.fwd_config_for(D, cap)
         for lens, sk in ((False, _TOKENS), (True, _TEXT)):
             args = {"Q": "*fp8e4nv", "QS": "*fp32", "K": "*fp8e4nv", "KS": "*fp32", "VT": "*fp8e4nv", "VS": "*fp32",
                     "LENS": "*i32" if lens else "*fp32", "O": "*bf16", "sob": _TOKENS * H * D, "sos": H * D, "soh": D,
                     "H": H, "SQ": _TOKENS, "SQ_PAD": _TOKENS, "SK": sk, "SK_PAD": sk}
             ce = {"D": D, "BLOCK_M": bm, "BLOCK_N": bn, "HAS_LENS": lens, "FAST_EXP": fast_exp, "GRID_ROUND": False,
                   "WARP_SPEC": warp_spec, "SPLIT": split}
-            out.append(Spec(f"attn/fwd/D{D}/{'cross' if lens else 'self'}", "q8lib.kernels._attn_triton:_attn_fwd_kernel",
+            out.append(Spec(f"attn/fwd/D{D}/{'cross' if lens else 'self'}", "q8lib.kernels.fp8_attention:_attn_fwd_kernel",
                             args, ce, warps, stages, f"fwd_config_for({D}, {cap})", dots=True, wgmma=True))
     return out
 
