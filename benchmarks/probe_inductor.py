@@ -7,11 +7,11 @@ Each case compiles one op with ``torch.compile(fullgraph=True)`` and compares it
 session 5 found the fp64-float-argument bug (benchmarks/NOTES_linear.md).
 """
 import sys
-import traceback
 
 import torch
 from torch.library import triton_op
-from q8lib.kernels import linear as L, attention as KA
+from q8lib.kernels import attn_producers as KA
+from q8lib.kernels import linear as L
 from q8lib.quant import FP8, INT8
 dev = "cuda"
 torch.manual_seed(0)
