@@ -18,7 +18,7 @@ from torch import nn
 
 from .attention import check_fp8_attention
 from .config import Q8Config, Q8Runtime
-from .convert import (_check_keys, _ltx_classes, activate_q8, build_q8_skeleton, check_ltx_transformer, is_quantized,
+from .convert import (activate_q8, build_q8_skeleton, check_ltx_transformer, check_state_keys, is_quantized, ltx_classes,
                       quantize_)
 from .errors import Q8CheckpointError, SettingsError
 from .modules import Q8Linear
@@ -216,7 +216,7 @@ def load_q8(
         check_fp8_attention(model)  # SettingsError: use attention="sdpa"
     where = files[0] if len(files) == 1 else d
     expected = model.state_dict()
-    _check_keys(set(expected), set(state), f"checkpoint {where}")
+    check_state_keys(set(expected), set(state), f"checkpoint {where}")
     q8_keys = _q8_buffer_keys(model)
     for k, want in expected.items():
         got = state[k]
@@ -267,7 +267,7 @@ def quantize_pretrained(
 
     The conversion runs on ``device`` (a GPU converts the 2B model in seconds).
     """
-    LTX = _ltx_classes()[0]
+    LTX = ltx_classes()[0]
     try:
         model = LTX.from_pretrained(repo_or_path, subfolder=subfolder, torch_dtype=torch_dtype, **from_pretrained_kwargs)
     except OSError as e:

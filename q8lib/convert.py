@@ -26,12 +26,16 @@ __all__ = [
     "activate_q8",
     "check_q8_config",
     "convertible_modules",
+    "modules_to_convert",
+    "check_state_keys",
+    "ltx_classes",
 ]
 
 FilterFn = Callable[[nn.Module, str], bool]
 
 
-def _ltx_classes():
+def ltx_classes():
+    """diffusers' ``(LTXVideoTransformer3DModel, GELU, RMSNorm)``, imported on first use (diffusers loads slowly)."""
     from diffusers import LTXVideoTransformer3DModel
     from diffusers.models.activations import GELU
     from diffusers.models.normalization import RMSNorm
@@ -41,7 +45,7 @@ def _ltx_classes():
 
 def check_ltx_transformer(model: nn.Module) -> None:
     """Raise :class:`UnsupportedModelError` (a ``TypeError``) unless ``model`` is a diffusers ``LTXVideoTransformer3DModel``."""
-    cls = _ltx_classes()[0]
+    cls = ltx_classes()[0]
     if not isinstance(model, cls):
         raise UnsupportedModelError(f"q8lib converts diffusers LTXVideoTransformer3DModel only, got {type(model).__name__}; "
                                     "pass pipe.transformer of an LTXPipeline")
@@ -59,7 +63,7 @@ def _kept(name: str, config: Q8Config) -> bool:
 def convertible_modules(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
     """``(dotted name, module, kind)`` of every module of the transformer blocks q8lib can make Q8:
     kind ``"linear"`` (``nn.Linear``), ``"gelu"`` (diffusers' GELU with its ``proj``) or ``"norm"`` (RMSNorm)."""
-    _, GELU, RMSNorm = _ltx_classes()
+    _, GELU, RMSNorm = ltx_classes()
     out = []
     for name, m in model.named_modules():
         if not name.startswith("transformer_blocks."):
@@ -73,8 +77,8 @@ def convertible_modules(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
     return out
 
 
-def _targets(model: nn.Module, config: Q8Config):
-    """``(dotted name, module, kind)`` for every module inside the blocks that becomes Q8."""
+def modules_to_convert(model: nn.Module, config: Q8Config) -> list[tuple[str, nn.Module, str]]:
+    """``(dotted name, module, kind)`` for every module inside the blocks that becomes Q8 under ``config``."""
     return [t for t in convertible_modules(model) if not _kept(t[0], config)]
 
 
@@ -151,12 +155,12 @@ def quantize_(model: nn.Module, config: Q8Config | None = None, filter_fn: Filte
     runtime = config.runtime(backend, attention)
     if runtime.attention == "fp8":
         check_fp8_attention(model)
-    targets = _targets(model, config)
+    targets = modules_to_convert(model, config)
     if filter_fn is not None:
         left_out = tuple(name for name, m, _ in targets if not filter_fn(m, name))
         config = Q8Config(weight_dtype=config.weight_dtype, hadamard_block=config.hadamard_block,
                           keep_high_precision=config.keep_high_precision + left_out)
-        targets = _targets(model, config)
+        targets = modules_to_convert(model, config)
     from tqdm.auto import tqdm
 
     # Build every (meta-device) skeleton first: an unsupported shape fails before anything changes.
@@ -187,10 +191,10 @@ def build_q8_skeleton(transformer_config: dict, config: Q8Config | None = None,
     config = config or Q8Config()
     runtime = runtime or config.runtime()
     with torch.device("meta"):
-        model = _ltx_classes()[0].from_config(_plain_config(transformer_config))
+        model = ltx_classes()[0].from_config(_plain_config(transformer_config))
         if runtime.attention == "fp8":
             check_fp8_attention(model)
-        for name, m, kind in _targets(model, config):
+        for name, m, kind in modules_to_convert(model, config):
             _set_submodule(model, name, _skeleton_named(name, m, kind, config, runtime.backend))
     return model
 
@@ -213,12 +217,12 @@ def convert_state_dict(state_dict: dict, transformer_config: dict, config: Q8Con
     naming missing or unexpected keys.
     """
     config = config or Q8Config()
-    LTX = _ltx_classes()[0]
+    LTX = ltx_classes()[0]
     with torch.device("meta"):
         model = LTX.from_config(_plain_config(transformer_config))
-    _check_keys(set(model.state_dict()), set(state_dict), "bf16 LTX state dict")
+    check_state_keys(set(model.state_dict()), set(state_dict), "bf16 LTX state dict")
     out = dict(state_dict)
-    for name, m, kind in _targets(model, config):
+    for name, m, kind in modules_to_convert(model, config):
         if kind == "norm":
             continue
         lin_name = name + ".proj" if kind == "gelu" else name
@@ -236,7 +240,8 @@ def _plain_config(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if not k.startswith("_")}
 
 
-def _check_keys(expected: set, found: set, what: str) -> None:
+def check_state_keys(expected: set, found: set, what: str) -> None:
+    """Raise :class:`Q8CheckpointError` naming missing and unexpected keys of ``what``."""
     missing, unexpected = sorted(expected - found), sorted(found - expected)
     if missing or unexpected:
         def show(keys):

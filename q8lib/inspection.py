@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .config import Q8Config
-from .convert import _targets, check_ltx_transformer
+from .convert import check_ltx_transformer, modules_to_convert
 from .modules import Q8GELU, Q8Linear, Q8RMSNorm
 
 __all__ = ["InspectReport", "inspect_transformer"]
@@ -51,7 +51,7 @@ def inspect_transformer(model: nn.Module, num_tokens: int = 3630, text_tokens: i
     check_ltx_transformer(model)
     config = config or Q8Config()
     rep = InspectReport(shape=dict(num_tokens=num_tokens, text_tokens=text_tokens, batch=batch))
-    converted = {n for n, _, _ in _targets(model, config)}
+    converted = {n for n, _, _ in modules_to_convert(model, config)}
     converted |= {n for n, m in model.named_modules() if isinstance(m, (Q8Linear, Q8GELU, Q8RMSNorm))}
     for name, m in model.named_modules():
         kind = _kind(name, m)

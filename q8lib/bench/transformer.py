@@ -32,7 +32,6 @@ import traceback
 from pathlib import Path
 
 import torch
-from diffusers import LTXVideoTransformer3DModel
 
 from ..config import Q8Config, Q8Runtime
 from ..convert import quantize_
@@ -80,6 +79,8 @@ def bench_inputs(cfg: dict, batch: int, frames: int, height: int, width: int, te
 
 def build_transformer(cfg: dict, device, dtype, seed: int = 0):
     """The transformer with seeded default-init weights, built on ``device`` (fp32 init, cast to ``dtype``)."""
+    from diffusers import LTXVideoTransformer3DModel  # diffusers loads slowly: only when a model is built
+
     torch.manual_seed(seed)
     with torch.device(device):
         model = LTXVideoTransformer3DModel(**cfg)
@@ -126,6 +127,8 @@ def _mem(what):
 
 def linear_flops(cfg, batch, tokens, text):
     """FLOPs of the block linears (the 8-bit ones) and of all linears per forward."""
+    from diffusers import LTXVideoTransformer3DModel
+
     with torch.device("meta"):
         m = LTXVideoTransformer3DModel(**cfg)
     rep = inspect_transformer(m, num_tokens=tokens, text_tokens=text, batch=batch)
