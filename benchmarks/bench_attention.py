@@ -24,14 +24,12 @@ import math
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from q8lib.bench import time_ms  # noqa: E402 (after the repo root is on the path)
+from q8lib.timing import time_ms
 
 SHAPES = [  # (name, B, H, Sq, Sk, D, key_lengths)
     ("self_2x32x3630x64", 2, 32, 3630, 3630, 64, None),

@@ -22,6 +22,11 @@ import sys
 import torch
 import torch.distributed as dist
 
+import q8lib
+from q8lib.models import LTX_2B_CONFIG, dummy_inputs
+from q8lib.tiny import make_tiny_transformer
+from q8lib.timing import time_ms
+
 # Multicast must stay off on the lent multi-GPU machines (see the device tool's KINDS.md).
 for _k, _v in dict(NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1", NVSHMEM_DISABLE_NVLS="1").items():
     os.environ.setdefault(_k, _v)
@@ -36,9 +41,6 @@ def _shape(args):
 
 
 def _build(args, device, variant):
-    import q8lib
-    from q8lib.tiny import LTX_2B_CONFIG, make_tiny_transformer
-
     torch.manual_seed(0)
     if args.smoke:
         model = make_tiny_transformer(seed=0)
@@ -50,27 +52,19 @@ def _build(args, device, variant):
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     model = model.to(device=device, dtype=dtype).eval()
     if variant == "q8":
-        q8lib.quantize_(model, q8lib.Q8Config(weight_dtype=args.weight_dtype, attention="fp8"), progress=False)
+        q8lib.quantize_(model, q8lib.Q8Config(weight_dtype=args.weight_dtype), attention="fp8", progress=False)
     else:
         q8lib.set_q8_attention(model, fp8=False)
     return model, dtype
 
 
 def _inputs(shape, cfg, device, dtype):
-    g = torch.Generator(device="cpu").manual_seed(1)
-    b, n = shape["batch"], shape["frames"] * shape["height"] * shape["width"]
-    x = torch.randn(b, n, cfg.in_channels, generator=g).to(device, dtype)
-    enc = torch.randn(b, shape["text"], cfg.caption_channels, generator=g).to(device, dtype)
-    mask = torch.ones(b, shape["text"], device=device)
-    mask[-1, shape["text"] // 2:] = 0  # right-padded prompt on the last sample
-    t = torch.full((b,), 500, device=device)
-    kw = dict(num_frames=shape["frames"], height=shape["height"], width=shape["width"], return_dict=False)
-    return (x, enc, t, mask), kw
+    """Seeded inputs with a right-padded prompt on the last sample (q8lib.models.dummy_inputs)."""
+    return dummy_inputs(dict(cfg), shape["batch"], shape["frames"], shape["height"], shape["width"], shape["text"],
+                        seed=1, device=device, dtype=dtype)
 
 
 def _median_ms(fn, warmup, iters):
-    from q8lib.bench import time_ms
-
     return statistics.median(time_ms(fn, iters, warmup))
 
 
@@ -106,16 +100,16 @@ def main(argv=None) -> int:
     results, ok = {}, True
     for variant in args.variants.split(","):
         model, dtype = _build(args, device, variant)
-        inputs, kw = _inputs(shape, model.config, device, dtype)
+        inputs = dict(_inputs(shape, model.config, device, dtype), return_dict=False)
         with torch.no_grad():
-            ref = model(*inputs, **kw)[0]
-            t1 = _median_ms(lambda: model(*inputs, **kw), args.warmup, args.iters)
+            ref = model(**inputs)[0]
+            t1 = _median_ms(lambda: model(**inputs), args.warmup, args.iters)
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             if world > 1:
                 model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
-            out = model(*inputs, **kw)[0]
-            tn = _median_ms(lambda: model(*inputs, **kw), args.warmup, args.iters)
+            out = model(**inputs)[0]
+            tn = _median_ms(lambda: model(**inputs), args.warmup, args.iters)
         rel = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
         ok &= rel <= args.tol
         results[variant] = dict(rel_err_cp_vs_single=rel, fwd_ms_single=t1, fwd_ms_cp=tn,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -31,9 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from q8lib.kernels.gemm import channel_epilogue  # noqa: E402
+from q8lib.kernels.gemm import channel_epilogue
 
 INT8, FP8 = torch.int8, torch.float8_e4m3fn
 QMAX = {INT8: 127.0, FP8: 448.0}

@@ -15,14 +15,15 @@ import collections
 import gc
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from q8lib import bench  # noqa: E402
+from q8lib import bench
+from q8lib.cudagraph import CUDAGraphForward
+from q8lib.models import LTX_2B_CONFIG
+from q8lib.versions import package_versions
 
 FAMILIES = [  # (family, substrings of the kernel name), first match wins
     ("row_quant", ("_row_quant_kernel",)),
@@ -40,19 +41,17 @@ def family(name: str) -> str:
     return bench.classify(name, FAMILIES, "other")
 
 
-def profile_variant(name, cfg, inputs, kw, iters):
-    model, comp = bench._prepare(name, cfg, torch.device("cuda"))
+def profile_variant(name, cfg, inputs, iters):
+    model, comp = bench.prepare_variant(name, cfg, torch.device("cuda"))
     with torch.inference_mode():
-        model(*inputs, **kw)
+        model(**inputs)
         if comp:
-            bench._compile(model, comp)
-            model(*inputs, **kw)
-        fwd = lambda: model(*inputs, **kw)  # noqa: E731
+            bench.compile_blocks(model, comp)
+            model(**inputs)
+        fwd = lambda: model(**inputs)  # noqa: E731
         if name.endswith("_graph"):
-            from q8lib.cudagraph import CUDAGraphForward
-
             runner = CUDAGraphForward(model)
-            fwd = lambda: runner(*inputs, **kw)  # noqa: E731
+            fwd = lambda: runner(**inputs)  # noqa: E731
         times = bench.time_ms(fwd, iters, warmup=2)
         acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
         with torch.profiler.profile(activities=acts) as prof:
@@ -93,16 +92,14 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--out", default="benchmarks/results/kernels/profile_h100.json")
     args = ap.parse_args(argv)
-    from q8lib.tiny import LTX_2B_CONFIG
-
     cfg = dict(LTX_2B_CONFIG, num_layers=args.layers)
     dev = torch.device("cuda")
-    inputs, kw = bench._inputs(cfg, 2, 11, 15, 22, 128, dev, torch.bfloat16)
-    report = {"device": torch.cuda.get_device_name(), "versions": bench._versions(), "layers": args.layers,
+    inputs = bench.bench_inputs(cfg, 2, 11, 15, 22, 128, dev)
+    report = {"device": torch.cuda.get_device_name(), "versions": package_versions("triton", "diffusers", "torchao"), "layers": args.layers,
               "shape": {"batch": 2, "latent": [11, 15, 22], "text_tokens": 128}, "results": {}}
     for name in args.variants.split(","):
         try:
-            report["results"][name] = r = profile_variant(name, cfg, inputs, kw, args.iters)
+            report["results"][name] = r = profile_variant(name, cfg, inputs, args.iters)
             print(f"{name}: fwd {r['fwd_ms_median']:.2f} ms, kernels {r['kernel_ms_per_forward']:.2f} ms, "
                   f"families {json.dumps({k: round(v, 2) for k, v in r['families_ms'].items()})}", flush=True)
             for t in r["top_kernels"][:12]:

@@ -13,14 +13,15 @@ import json
 import sys
 from pathlib import Path
 
+from q8lib.bench.results import load_result
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BEGIN, END = "<!-- results -->", "<!-- /results -->"
 
 
 def _load(name):
-    p = RESULTS / name
-    return json.loads(p.read_text()) if p.exists() else None
+    return load_result(RESULTS / name)
 
 
 def _f(v, fmt):

@@ -14,16 +14,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from q8lib import bench  # noqa: E402
-from q8lib.kernels import row_quant as L  # noqa: E402
-from q8lib.quant import FP8  # noqa: E402
+from q8lib.kernels import row_quant as L
+from q8lib.quant import FP8
+from q8lib.versions import package_versions
 
 
 FORM_KEYS = ("rows", "batched", "stages", "warps", "progs_per_sm")  # row kernel launch forms
@@ -116,7 +114,7 @@ def main(argv=None):
     if args.only == "qk":
         ops = {}
 
-    report = {"device": torch.cuda.get_device_name(), "versions": bench._versions(), "shape": [B, S],
+    report = {"device": torch.cuda.get_device_name(), "versions": package_versions("triton", "diffusers", "torchao"), "shape": [B, S],
               "copy_bf16_2048_ms": bench_fn(lambda: x.clone()), "ops": {}}
     report["copy_GBps"] = x.numel() * 4 / report["copy_bf16_2048_ms"] / 1e6
     print(f"bf16 copy of [{M}, 2048]: {report['copy_bf16_2048_ms'] * 1e3:.1f} us ({report['copy_GBps']:.0f} GB/s)", flush=True)

@@ -2,17 +2,34 @@
 
 Hadamard-rotated 8-bit linears (per-token x per-channel scales), fused RMSNorm/GELU/quantization
 and FP8 attention, with a pure-PyTorch reference that runs anywhere and faster GPU backends.
+
+The inference library is this package's top level (math: ``reference``, ``quant``, ``hadamard``;
+``backends`` + ``kernels``; ``modules``, ``config``; LTX integration: ``convert``, ``checkpoint``,
+``attention``, ``fused``, ``parallel``, ``cudagraph``). Layers above it, each importing only downward:
+:mod:`q8lib.tiny` (the trained toy default), :mod:`q8lib.app` (generate/compare/memory and the CLI),
+:mod:`q8lib.bench` (benchmarks), :mod:`q8lib.tutorial` (notebook helpers). The modules ``pipeline``, ``ltx``,
+``cli``, ``video``, ``viz``, ``patching``, ``judge``, ``shapes`` and ``train`` at this level only re-export the
+names of earlier versions from their new places, with a ``FutureWarning``.
 """
 from .attention import Q8AttnProcessor, mask_to_key_lengths, restore_attention, set_q8_attention
 from .backends import Backend, get_backend, list_backends, register_backend, resolve_backend
-from .config import KEEP_HIGH_PRECISION, Q8Config
+from .checkpoint import load_q8, quantize_pretrained, save_q8
+from .config import KEEP_HIGH_PRECISION, Q8Config, Q8Runtime
+from .convert import activate_q8, build_q8_skeleton, convert_state_dict, is_quantized, quantize_
 from .cudagraph import CUDAGraphForward, disable_cuda_graphs, enable_cuda_graphs
 from .errors import (BackendUnavailableError, ModelUnavailableError, Q8CheckpointError, Q8Error,
                      Q8FallbackWarning, Q8Warning, SettingsError, UnsupportedModelError)
 from .hadamard import hadamard_matrix, hadamard_transform
-from .ltx import (activate_q8, build_q8_skeleton, convert_state_dict, inspect_transformer,
-                  is_quantized, load_q8, quantize_, quantize_pretrained, save_q8)
+from .inspection import inspect_transformer
 from .modules import Q8GELU, Q8Linear, Q8RMSNorm, quantize_weight
 from .quant import dequantize_rowwise, quantize_rowwise
 
 __version__ = "0.1.0"
+__all__ = ["Q8AttnProcessor", "mask_to_key_lengths", "restore_attention", "set_q8_attention", "Backend", "get_backend",
+           "list_backends", "register_backend", "resolve_backend", "load_q8", "quantize_pretrained", "save_q8",
+           "KEEP_HIGH_PRECISION", "Q8Config", "Q8Runtime", "activate_q8", "build_q8_skeleton", "convert_state_dict",
+           "is_quantized", "quantize_", "CUDAGraphForward", "disable_cuda_graphs", "enable_cuda_graphs",
+           "BackendUnavailableError", "ModelUnavailableError", "Q8CheckpointError", "Q8Error", "Q8FallbackWarning",
+           "Q8Warning", "SettingsError", "UnsupportedModelError", "hadamard_matrix", "hadamard_transform",
+           "inspect_transformer", "Q8GELU", "Q8Linear", "Q8RMSNorm", "quantize_weight", "dequantize_rowwise",
+           "quantize_rowwise"]

@@ -5,7 +5,7 @@
   either on the reference model's own inputs to that layer (``isolated=True``: the error this layer
   adds) or inside the running Q8 model (``isolated=False``: the error accumulated up to it).
 
-Video-level metrics (PSNR/SSIM) live in :mod:`q8lib.video`.
+Video-level metrics (PSNR/SSIM) and relative error live in :mod:`q8lib.metrics`.
 """
 from __future__ import annotations
 

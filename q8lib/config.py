@@ -1,7 +1,12 @@
-"""What to quantize and how: one small config object, saved beside every Q8 checkpoint."""
+"""What a Q8 checkpoint is (:class:`Q8Config`, saved as ``q8lib.json``) and how it runs (:class:`Q8Runtime`).
+
+Split as in torchao: the config describes the weights; the runtime choices (backend, attention)
+are arguments of :func:`q8lib.quantize_` / :func:`q8lib.load_q8`, since the same weights run on any of them.
+"""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 
 from .errors import SettingsError
@@ -32,45 +37,85 @@ def default_weight_dtype() -> str:
     return "int8"
 
 
+RUNTIME_DEFAULTS = dict(backend="auto", attention="fp8")
+
+
+@dataclass(frozen=True)
+class Q8Runtime:
+    """How a Q8 model runs: choices made at load time, never saved with the weights.
+
+    Args:
+        backend: ``"auto"`` (fastest available for the device), ``"reference"``, ``"triton"``, ...
+        attention: ``"fp8"`` (FP8 attention with Hadamard-rotated q/k), ``"sdpa"`` (bf16 SDPA
+            through the Q8 processor) or ``"keep"`` (leave diffusers' processors alone).
+
+    :func:`q8lib.quantize_` and :func:`q8lib.load_q8` take these as keyword arguments
+    (``backend=``, ``attention=``); this object is what they record on the model (``model._q8_runtime``).
+    """
+
+    backend: str = "auto"
+    attention: str = "fp8"
+
+    def __post_init__(self):
+        if not isinstance(self.attention, str) or self.attention not in ("fp8", "sdpa", "keep"):
+            raise SettingsError(f"attention must be 'fp8', 'sdpa' or 'keep', got {self.attention!r}")
+        if not isinstance(self.backend, str) or not self.backend:
+            raise SettingsError(f"backend must be a name such as 'auto', 'reference' or 'triton', got {self.backend!r}")
+
+
 @dataclass
 class Q8Config:
-    """How to quantize an LTX-Video transformer.
+    """The weight format of a Q8 LTX-Video transformer: everything ``q8lib.json`` records beside the weights.
 
     Args:
         weight_dtype: ``"int8"`` or ``"fp8_e4m3"``; activations use the same 8-bit type. Default:
             :func:`default_weight_dtype` (fp8 where a Hopper GPU is visible, else int8).
         hadamard_block: rotation block size; ``None`` rotates over each linear's full input dim
             (the layout of the earlier public Q8 checkpoint).
-        backend: ``"auto"`` (fastest available for the device), ``"reference"``, ``"triton"``, ...
-        attention: ``"fp8"`` (FP8 attention with Hadamard-rotated q/k), ``"sdpa"`` (bf16 SDPA
-            through the Q8 processor) or ``"keep"`` (leave diffusers' processors alone).
-        keep_high_precision: module names (matched on any dotted component) left unconverted.
+        keep_high_precision: module names left unconverted, matched on any dotted component
+            (``"proj_in"``) or as a whole dotted name (``"transformer_blocks.0.attn1.to_q"``).
+
+    Runtime choices are not part of the format: pass ``backend=`` / ``attention=`` to
+    :func:`q8lib.quantize_` or :func:`q8lib.load_q8` (see :class:`Q8Runtime`). The keyword arguments
+    ``Q8Config(backend=..., attention=...)`` of earlier versions still work, with a ``FutureWarning``
+    naming the new place; they are used when ``quantize_`` is not given its own.
     """
 
     weight_dtype: str = field(default_factory=default_weight_dtype)
     hadamard_block: int | None = None
-    backend: str = "auto"
-    attention: str = "fp8"
     keep_high_precision: tuple[str, ...] = field(default_factory=lambda: KEEP_HIGH_PRECISION)
+    backend: dataclasses.InitVar[str | None] = None
+    attention: dataclasses.InitVar[str | None] = None
 
-    def __post_init__(self):
+    def __post_init__(self, backend, attention):
         try:
             self.weight_dtype = qdtype_name(qdtype_from_name(self.weight_dtype))
         except ValueError as e:
             raise SettingsError(f"weight_dtype: {e}") from None
-        if not isinstance(self.attention, str) or self.attention not in ("fp8", "sdpa", "keep"):
-            raise SettingsError(f"attention must be 'fp8', 'sdpa' or 'keep', got {self.attention!r}")
         b = self.hadamard_block
         if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 1 or b & (b - 1)):
             raise SettingsError(f"hadamard_block (--hadamard-block) must be a power of two (1, 2, 4, ..., 256, ...) "
                                 f"or None for the full width, got {b!r}")
-        if not isinstance(self.backend, str) or not self.backend:
-            raise SettingsError(f"backend must be a name such as 'auto', 'reference' or 'triton', got {self.backend!r}")
         keep = self.keep_high_precision
         if isinstance(keep, str) or not all(isinstance(k, str) for k in keep):
             raise SettingsError("keep_high_precision must be a list of module names such as ['proj_in', 'proj_out'], "
                                 f"got {keep!r}")
         self.keep_high_precision = tuple(keep)
+        given = {k: v for k, v in (("backend", backend), ("attention", attention)) if v is not None}
+        if given:
+            warnings.warn(f"Q8Config({', '.join(f'{k}={v!r}' for k, v in given.items())}): runtime choices are no "
+                          "longer part of Q8Config; pass them to q8lib.quantize_(model, config, "
+                          + ", ".join(f"{k}={v!r}" for k, v in given.items()) + ") or q8lib.load_q8(...)",
+                          FutureWarning, stacklevel=3)
+        # Earlier versions' runtime keyword arguments, used by quantize_ when it is given none of its own.
+        self._legacy_runtime = Q8Runtime(**{**RUNTIME_DEFAULTS, **given}) if given else None
+
+    def runtime(self, backend: str | None = None, attention: str | None = None) -> Q8Runtime:
+        """The :class:`Q8Runtime` from explicit choices, else the earlier ``Q8Config(backend=, attention=)``
+        keyword arguments, else the defaults (``backend="auto"``, ``attention="fp8"``)."""
+        base = self._legacy_runtime or Q8Runtime()
+        return Q8Runtime(backend=base.backend if backend is None else backend,
+                         attention=base.attention if attention is None else attention)
 
     @property
     def qdtype(self):
@@ -80,12 +125,10 @@ class Q8Config:
         """The JSON written as ``q8lib.json`` beside the weights."""
         d = dataclasses.asdict(self)
         d["keep_high_precision"] = list(self.keep_high_precision)
-        d.pop("backend")  # a runtime choice, not a property of the weights
-        d.pop("attention")
         return {"format": "q8lib", "format_version": FORMAT_VERSION, **d}
 
     @classmethod
-    def from_metadata(cls, meta: dict, **runtime) -> "Q8Config":
+    def from_metadata(cls, meta: dict) -> "Q8Config":
         """Inverse of :meth:`to_metadata`; raises :class:`SettingsError` naming the key that is wrong."""
         if not isinstance(meta, dict):
             raise SettingsError(f"expected a JSON object, got {type(meta).__name__}")
@@ -109,5 +152,9 @@ class Q8Config:
                 cls(**{k: kwargs[k]})
             except SettingsError as e:
                 raise SettingsError(f"key {k!r}: {e}") from None
-        kwargs.update(runtime)
         return cls(**kwargs)
+
+
+# Read access for code written against earlier versions (``config.backend``): what quantize_ would use.
+Q8Config.backend = property(lambda self: self.runtime().backend, doc="Deprecated: see :meth:`Q8Config.runtime`.")
+Q8Config.attention = property(lambda self: self.runtime().attention, doc="Deprecated: see :meth:`Q8Config.runtime`.")

@@ -6,10 +6,11 @@ triton 3.9 under the interpreter, and torch 2.11 (CUDA 13) with triton 3.6 on Ho
 """
 from __future__ import annotations
 
+import platform
 import warnings
 from importlib import metadata
 
-__all__ = ["SUPPORTED", "check_versions", "warn_unsupported"]
+__all__ = ["SUPPORTED", "check_versions", "warn_unsupported", "package_versions"]
 
 # distribution -> (specifier, why that bound)
 SUPPORTED = {
@@ -59,3 +60,17 @@ def warn_unsupported() -> list[str]:
     for p in problems:
         warnings.warn(p, UserWarning, stacklevel=2)
     return problems
+
+
+def package_versions(*names: str) -> dict[str, str | None]:
+    """``{"python": ..., "torch": ..., "cuda": ...}`` plus the installed version of each distribution in
+    ``names`` (``None`` when not installed): the version block of every results JSON q8lib writes."""
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out

@@ -2,6 +2,18 @@
 import torch
 
 from q8lib.compare import sqnr_db  # noqa: F401 (re-exported for the tests)
+from q8lib.models import dummy_inputs
+from q8lib.tiny import TINY_TRANSFORMER_CONFIG
+
+
+def tiny_inputs(batch: int = 2, dtype=torch.bfloat16, seed: int = 0) -> dict:
+    """One forward's inputs for the random tiny transformer: 3x4x4 latents, 16 text tokens, last sample padded."""
+    return dummy_inputs(TINY_TRANSFORMER_CONFIG, batch, 3, 4, 4, 16, seed=seed, dtype=dtype)
+
+
+@torch.no_grad()
+def forward(model, inputs: dict) -> torch.Tensor:
+    return model(**inputs).sample
 
 
 def rel_err(ref: torch.Tensor, x: torch.Tensor) -> float:

@@ -40,7 +40,7 @@ def _files(root: Path) -> set[str]:
 
 
 def _saved_tiny_checkpoint(folder: Path) -> Path:
-    model = q8lib.quantize_(q8lib.tutorial.load_transformer("tiny"), q8lib.Q8Config(weight_dtype="int8", attention="sdpa"),
+    model = q8lib.quantize_(q8lib.tutorial.load_transformer("tiny"), q8lib.Q8Config(weight_dtype="int8"), attention="sdpa",
                             progress=False)
     return q8lib.save_q8(model, folder)
 
@@ -125,9 +125,11 @@ def test_cli_rejects_bad_input_before_any_work_and_writes_nothing(workdir):
 
 def test_cli_fp8_attention_head_size_is_refused_before_loading(tmp_path):
     """A pipeline whose heads are 48 wide: FP8 attention cannot rotate them; the CLI says so at once."""
-    from q8lib.tiny import make_tiny_pipeline, make_tiny_transformer
+    from diffusers import LTXPipeline
 
-    pipe = make_tiny_pipeline(transformer=make_tiny_transformer(attention_head_dim=48, cross_attention_dim=96))
+    from q8lib.tiny import make_shapes_components
+
+    pipe = LTXPipeline(**make_shapes_components(transformer_overrides=dict(attention_head_dim=48, cross_attention_dim=192)))
     pipe.save_pretrained(tmp_path / "pipe")
     before = _files(tmp_path)
     r = _cli_many({"x": ["generate", "--prompt", "a red ball", "--model", str(tmp_path / "pipe"), *SMALL,
@@ -151,7 +153,7 @@ def test_unusable_prompt_cache_warns_and_the_run_goes_on(tmp_path):
 
 
 def test_corrupt_prompt_cache_file_is_a_miss(tmp_path):
-    from q8lib.pipeline import PromptCache
+    from q8lib.app import PromptCache
 
     cache = PromptCache(tmp_path)
     cache.path("k").write_bytes(b"\x00garbage")
@@ -240,13 +242,13 @@ def test_save_q8_refuses_a_file_and_leaves_nothing_half_written(tmp_path, monkey
     (tmp_path / "f").write_text("x")
     with pytest.raises(SettingsError, match="is a file; give a folder"):
         q8lib.save_q8(model, tmp_path / "f")
-    import safetensors.torch
+    from q8lib import checkpoint
 
     def broken(state, filename, metadata=None):
         Path(filename).write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    monkeypatch.setattr(checkpoint, "save_file", broken)
     with pytest.raises(OSError):
         q8lib.save_q8(model, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json"]  # no weights, no q8lib.json
@@ -255,7 +257,7 @@ def test_save_q8_refuses_a_file_and_leaves_nothing_half_written(tmp_path, monkey
 def test_failed_video_write_leaves_no_file(tmp_path, monkeypatch):
     import diffusers.utils
 
-    from q8lib.video import write_video
+    from q8lib.app.video import write_video
 
     def broken(frames, path, fps):
         Path(path).write_bytes(b"half an mp4")
@@ -274,14 +276,30 @@ def test_failed_video_write_leaves_no_file(tmp_path, monkeypatch):
     (dict(weight_dtype=torch.float16), "weight_dtype"),
     (dict(hadamard_block=48), "power of two"), (dict(hadamard_block=0), "power of two"),
     (dict(hadamard_block="64"), "power of two"), (dict(hadamard_block=True), "power of two"),
-    (dict(hadamard_block=64.0), "power of two"), (dict(attention="flash"), "attention must be"),
-    (dict(attention=None), "attention must be"), (dict(backend=""), "backend must be a name"),
-    (dict(backend=3), "backend must be a name"), (dict(keep_high_precision="proj_in"), "list of module names"),
+    (dict(hadamard_block=64.0), "power of two"), (dict(keep_high_precision="proj_in"), "list of module names"),
     (dict(keep_high_precision=[1, 2]), "list of module names"),
+    (dict(attention="flash"), "attention must be"), (dict(backend=""), "backend must be a name"),  # earlier keywords
 ])
 def test_q8config_rejects_bad_values(kwargs, pattern):
     with pytest.raises(SettingsError, match=pattern):
         q8lib.Q8Config(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(attention="flash"), "attention must be"), (dict(attention=None), "attention must be"),
+    (dict(backend=""), "backend must be a name"), (dict(backend=3), "backend must be a name"),
+    (dict(backend=None), "backend must be a name"),
+])
+def test_q8runtime_rejects_bad_values(kwargs, pattern):
+    from q8lib.tiny import make_tiny_transformer
+
+    with pytest.raises(SettingsError, match=pattern):
+        q8lib.Q8Runtime(**kwargs)
+    if None not in kwargs.values():  # None is "not given" to quantize_
+        model = make_tiny_transformer()
+        with pytest.raises(SettingsError, match=pattern):
+            q8lib.quantize_(model, q8lib.Q8Config(), progress=False, **kwargs)
+        assert not q8lib.is_quantized(model)
 
 
 def test_quantize_checks_everything_before_changing_the_model():
@@ -289,13 +307,13 @@ def test_quantize_checks_everything_before_changing_the_model():
 
     model = make_tiny_transformer(attention_head_dim=48, cross_attention_dim=96)
     with pytest.raises(SettingsError, match="FP8 attention rotates q/k over the head size.*48.*attention='sdpa'"):
-        q8lib.quantize_(model, q8lib.Q8Config(attention="fp8"), progress=False)
+        q8lib.quantize_(model, q8lib.Q8Config(), attention="fp8", progress=False)
     assert not q8lib.is_quantized(model)
     with pytest.raises(SettingsError, match="hadamard_block=256"):
-        q8lib.quantize_(make_tiny_transformer(), q8lib.Q8Config(hadamard_block=256, attention="sdpa"), progress=False)
-    q8lib.quantize_(model, q8lib.Q8Config(attention="sdpa", hadamard_block=32), progress=False)  # bf16 attention: fine
+        q8lib.quantize_(make_tiny_transformer(), q8lib.Q8Config(hadamard_block=256), attention="sdpa", progress=False)
+    q8lib.quantize_(model, q8lib.Q8Config(hadamard_block=32), attention="sdpa", progress=False)  # bf16 attention: fine
     with pytest.raises(SettingsError, match="already quantized"):
-        q8lib.quantize_(model, q8lib.Q8Config(attention="sdpa"))
+        q8lib.quantize_(model, q8lib.Q8Config(), attention="sdpa")
     with pytest.raises(errors.UnsupportedModelError, match="LTXVideoTransformer3DModel only") as e:
         q8lib.quantize_(torch.nn.Linear(4, 4))
     assert isinstance(e.value, TypeError)
@@ -338,7 +356,7 @@ def test_tiny_rows_in_the_triton_row_kernel():
     ("cpu:3", "one CPU device"), ("", "names no device"), (3, "must be a string"),
 ])
 def test_resolve_device_rejects(device, pattern):
-    from q8lib.pipeline import resolve_device
+    from q8lib.app import resolve_device
 
     with pytest.raises(SettingsError, match=pattern):
         resolve_device(device)
@@ -350,7 +368,7 @@ def test_resolve_device_rejects(device, pattern):
     (dict(negative_prompt=None), "negative prompt must be text"), (dict(max_sequence_length=0), "max_sequence_length"),
 ])
 def test_generation_settings_reject_wrong_types(change, pattern):
-    from q8lib.pipeline import GenerationSettings
+    from q8lib.app import GenerationSettings
 
     with pytest.raises(SettingsError, match=pattern):
         GenerationSettings(prompt="a red ball", **change).validate()
@@ -379,7 +397,7 @@ class _Exploit:
 
 
 def test_trainer_resume_never_unpickles_code(tmp_path, monkeypatch):
-    from q8lib.train import SMOKE, Trainer
+    from q8lib.tiny.train import SMOKE, Trainer
 
     marker = tmp_path / "pwned"
     monkeypatch.setenv("Q8LIB_EXPLOIT_MARKER", str(marker))
@@ -407,7 +425,7 @@ def test_load_q8_checks_device_and_dtype_before_reading(tmp_path):
 
 
 def test_settings_for_names_unknown_settings():
-    from q8lib.pipeline import settings_for
+    from q8lib.app import settings_for
 
     with pytest.raises(SettingsError, match="unknown generation settings \\['num_frame'\\]"):
         settings_for("tiny", "a red ball", num_frame=17)

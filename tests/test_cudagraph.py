@@ -33,7 +33,7 @@ def test_needs_cuda_on_cpu_machines():
 @pytest.mark.parametrize("compiled", [False, True])
 def test_graph_replays_match_eager(seed, attention, compiled):
     model = make_tiny_transformer(seed=seed % 1000, dtype=torch.bfloat16).cuda()
-    q = q8lib.quantize_(copy.deepcopy(model), q8lib.Q8Config(attention=attention), progress=False)
+    q = q8lib.quantize_(copy.deepcopy(model), q8lib.Q8Config(), attention=attention, progress=False)
     torch._dynamo.reset()
     if compiled:
         q.compile_repeated_blocks(fullgraph=True)

@@ -117,7 +117,7 @@ def test_read_params(monkeypatch):
 
 def test_hub_model_offline_gives_a_clear_message(monkeypatch, tmp_path):
     from q8lib import tutorial
-    from q8lib.pipeline import ModelUnavailableError
+    from q8lib.errors import ModelUnavailableError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
@@ -161,7 +161,7 @@ def test_layer_sqnr_on_the_tiny_transformer():
 
 
 def test_load_results_and_tables(tmp_path):
-    from q8lib import viz
+    from q8lib.tutorial import viz
 
     (tmp_path / "transformer_x.json").write_text(json.dumps({
         "device": "GPU", "date": "d", "versions": {"torch": "2"}, "shape": {"tokens": 3},
@@ -187,16 +187,8 @@ def test_load_results_and_tables(tmp_path):
     assert viz.load_results(tmp_path / "missing") == []
 
 
-def test_quoted_reference_is_labelled():
-    from q8lib import viz
-
-    ref = viz.EARLIER_WORK_RTX4090
-    assert "RTX 4090" in ref["device"] and "sayakpaul/q8-ltx-video" in ref["source"] and "quoted" in ref["note"]
-    assert ref["results"]["bf16 (non-Q8)"]["time_s"] == 16.192 and ref["results"]["Q8 (q8_kernels)"]["time_s"] == 9.572
-
-
 def test_video_helpers():
-    from q8lib import viz
+    from q8lib.tutorial import viz
 
     v = torch.rand(5, 3, 8, 12)
     u = viz.to_uint8(v)
@@ -205,7 +197,7 @@ def test_video_helpers():
 
 
 def test_versus_baseline():
-    from q8lib import viz
+    from q8lib.tutorial import viz
 
     rows = viz.result_tables({"results": {"bf16": {"fwd_ms": 10.0, "peak_mb": 100.0},
                                           "bf16_compile": {"fwd_ms": 8.0, "peak_mb": 90.0},
@@ -216,7 +208,7 @@ def test_versus_baseline():
 
 
 def test_pipeline_run_summary():
-    from q8lib import viz
+    from q8lib.tutorial import viz
 
     run = {"timings": {"end_to_end_s": 5.0, "transformer_s": 4.5, "transformer_forward_ms": 90.0},
            "memory": {"peak_gib": 7.0, "transformer_weights_gib": 3.5}}

@@ -41,8 +41,8 @@ def test_notebook_outputs_hold_on_another_cpu_instruction_set(tmp_path):
 def test_recipe_fingerprint(weight_dtype, attention, low, high):
     model = tut.load_transformer("tiny", dtype=torch.float32)
     inputs = tut.example_inputs(model.config, seed=0, frames=3, height=8, width=8)
-    config = q8lib.Q8Config(weight_dtype=weight_dtype, attention=attention, backend="reference")
-    q8 = q8lib.quantize_(copy.deepcopy(model), config, progress=False)
+    config = q8lib.Q8Config(weight_dtype=weight_dtype)
+    q8 = q8lib.quantize_(copy.deepcopy(model), config, attention=attention, backend="reference", progress=False)
     with torch.no_grad():
         err = rel_err(model(**inputs).sample, q8(**inputs).sample)
     assert low <= err <= high, f"{weight_dtype}/{attention}: relative error {err:.5f} outside [{low}, {high}]"

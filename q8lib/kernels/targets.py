@@ -1,30 +1,20 @@
 """Compile every q8lib Triton kernel for Ada (sm_89) and Hopper (sm_90) without a GPU, and read what it needs.
 
-The kernels must run on Ada by design, but CI has no GPU. Triton compiles for any target on any machine:
-``triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", 89, 32))``
-runs the whole pipeline down to a cubin with the ``ptxas`` bundled in the triton wheel. So this module
+CI has no GPU, but Triton compiles for any target on any machine: ``triton.compile(ASTSource(kernel,
+signature, constexprs, attrs), target=GPUTarget("cuda", 89, 32))`` runs down to a cubin with the ``ptxas``
+bundled in the triton wheel. This module enumerates the compile specs (:class:`Spec`) that q8lib's launchers use
+on a GPU of a given compute capability at LTX-Video's shapes, taking every choice from the launchers' own
+decision functions and tables (``row_quant.row_attempts``/``row_meta``, ``row_tune.json`` via
+``_library.table_entry``, ``gemm._configs()`` and its ``EVEN_K`` heuristic, ``attn_producers.qk_meta``/``v_tiles``,
+``fp8_attention.fwd_config_for``); compiles one (:func:`compile_spec`) and reports its shared memory (Triton's
+metadata), registers and spills (``ptxas -v``'s log of that compile) and tensor-core instructions (``mma.sync`` /
+``wgmma``) (:func:`resources`). ``tests/test_kernel_targets.py`` checks them: shared memory within the opt-in
+maximum per block (sm_89: 101376 bytes, sm_90: 232448), no spills, ``wgmma`` on sm_90, ``mma`` on sm_89.
+``python -m q8lib.kernels.targets`` prints the table (``--json`` writes it).
 
-* enumerates the compile specs (:class:`Spec`: kernel, argument types, constexprs, ``num_warps``,
-  ``num_stages``) that q8lib's launchers use on a GPU of a given compute capability, at LTX-Video's
-  shapes, taking every choice from the launchers' own decision functions and tables
-  (:func:`~q8lib.kernels.row_quant.row_attempts`, :func:`~q8lib.kernels.row_quant.row_meta`,
-  ``row_tune.json`` through :func:`~q8lib.kernels._library.table_entry`, ``gemm._configs()`` and its
-  ``EVEN_K`` heuristic, :func:`~q8lib.kernels.attn_producers.qk_meta`,
-  :func:`~q8lib.kernels.attn_producers.v_tiles`, :func:`~q8lib.kernels.fp8_attention.fwd_config_for`);
-* compiles one (:func:`compile_spec`) and reports its shared memory (Triton's metadata: the dynamic
-  shared memory a launch asks for), registers and spills (``ptxas -v``'s log of that very compile,
-  :func:`resources`), and which tensor-core instructions its PTX uses (``mma.sync`` / ``wgmma``).
-
-``tests/test_kernel_targets.py`` checks the results: shared memory within the opt-in maximum per block
-(sm_89: 99 KB = 101376 bytes, sm_90: 227 KB = 232448 bytes), no spills, ``wgmma`` on sm_90 and ``mma``
-on sm_89. ``python -m q8lib.kernels.targets`` prints the table (``--json`` writes it).
-
-Triton's interpreter (``TRITON_INTERPRET=1``, the CPU tests) turns ``@triton.jit`` functions into
-interpreted ones that cannot be compiled, so compile in a process without it (the test runs this module
-as a subprocess). Needs triton >= 3.3 (``ASTSource(fn, signature, constexprs, attrs)`` with constexprs
-in the signature; checked on 3.6 and 3.9). On an H200 (triton 3.6) the shared memory and registers of these
-offline compiles equal those of the kernels q8lib's launchers JIT-compile there, for every row, attention
-and GEMM form compared.
+Run it in a process without ``TRITON_INTERPRET=1`` (interpreted kernels cannot be compiled; the test uses a
+subprocess). Needs triton >= 3.3 (checked on 3.6 and 3.9). On an H200 (triton 3.6) the shared memory and
+registers of these offline compiles equal those of the kernels q8lib's launchers JIT-compile there.
 """
 from __future__ import annotations
 
@@ -382,10 +372,6 @@ def measure(capability: int, label: str, float_type: str = "fp32") -> dict:
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def _measure_pair(pair):
-    return measure(*pair)
-
-
 def measure_all(pairs, jobs: int | None = None) -> list[dict]:
     """:func:`measure` every ``(capability, label[, float_type])`` in ``jobs`` processes (default: one per CPU)."""
     pairs = list(pairs)
@@ -399,7 +385,8 @@ def measure_all(pairs, jobs: int | None = None) -> list[dict]:
     # longest first (GEMM, big rows) so no worker is left with a long compile at the end
     order = sorted(pairs, key=lambda p: (not p[1].startswith("gemm"), -len(p[1])))
     with ProcessPoolExecutor(jobs, mp_context=ctx) as ex:
-        done = dict(zip(order, ex.map(_measure_pair, order)))
+        full = [tuple(p) + ("fp32",) * (3 - len(p)) for p in order]  # (cap, label, float_type)
+        done = dict(zip(order, ex.map(measure, *zip(*full))))
     return [done[p] for p in pairs]
 
 

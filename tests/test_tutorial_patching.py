@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from q8lib import patching
+from q8lib.tutorial import patching
 
 PATCHES = patching.list_patches()
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from q8lib import shapes
-from q8lib.judge import agreement, judge_video, psnr, ssim, to_frames
+from q8lib.tiny import shapes
+from q8lib.tiny.judge import agreement, judge_video, psnr, ssim, to_frames
 
 
 def test_judge_agrees_with_ground_truth():

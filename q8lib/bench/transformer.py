@@ -1,6 +1,6 @@
 """``python -m q8lib.bench``: the LTX-Video transformer benchmark (GPU; not a test).
 
-Builds the LTX-Video 2B transformer (:data:`q8lib.tiny.LTX_2B_CONFIG`) with seeded random weights
+Builds the LTX-Video 2B transformer (:data:`q8lib.models.LTX_2B_CONFIG`) with seeded random weights
 directly on the GPU and times one transformer forward at the shape of record (81 frames at
 480x704 -> an 11x15x22 latent = 3630 tokens, batch 2 = the CFG pair, 128 text tokens) for each
 variant, all in the same run:
@@ -25,8 +25,6 @@ import datetime
 import functools
 import gc
 import json
-import math
-import os
 import statistics
 import sys
 import time
@@ -34,6 +32,21 @@ import traceback
 from pathlib import Path
 
 import torch
+
+from ..config import Q8Config, Q8Runtime
+from ..convert import quantize_
+from ..cudagraph import CUDAGraphForward
+from ..inspection import inspect_transformer
+from ..metrics import cosine, relative_error
+from ..models import LTX_2B_CONFIG, LTX_13B_CONFIG, dummy_inputs
+from ..timing import time_ms
+from ..tiny.components import TINY_TRANSFORMER_CONFIG
+from ..versions import package_versions
+from .micro import micro
+from .profile import profile_split
+
+__all__ = ["VARIANTS", "DEFAULT_VARIANTS", "build_transformer", "compile_blocks", "prepare_variant", "linear_flops",
+           "bench_inputs", "main"]
 
 VARIANTS = {
     # name: (kind, options, compile)
@@ -61,31 +74,15 @@ DEFAULT_VARIANTS = ("bf16,bf16_compile,bf16_compile_graph,torchao_fp8_compile,q8
                     "q8lib_fp8attn_compile_graph,q8lib_int8_compile")
 
 
-def _versions():
-    import importlib.metadata as md
-
-    out = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda}
-    for pkg in ("triton", "diffusers", "torchao"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
+def bench_inputs(cfg: dict, batch: int, frames: int, height: int, width: int, text: int, device,
+                 dtype=torch.bfloat16) -> dict:
+    """The benchmark's transformer inputs (:func:`q8lib.models.dummy_inputs`, seed 1, no text padding)."""
+    return dummy_inputs(cfg, batch, frames, height, width, text, seed=1, device=device, dtype=dtype, text_kept=text)
 
 
-def _inputs(cfg, batch, frames, height, width, text, device, dtype, seed=1):
-    g = torch.Generator(device=device).manual_seed(seed)
-    tokens = frames * height * width
-    x = torch.randn(batch, tokens, cfg["in_channels"], generator=g, device=device, dtype=dtype)
-    enc = torch.randn(batch, text, cfg["caption_channels"], generator=g, device=device, dtype=dtype)
-    mask = torch.ones(batch, text, device=device, dtype=dtype)
-    t = torch.full((batch,), 500.0, device=device)
-    return (x, enc, t, mask), dict(num_frames=frames, height=height, width=width)
-
-
-def _build(cfg, device, dtype, seed=0):
+def build_transformer(cfg: dict, device, dtype, seed: int = 0):
     """The transformer with seeded default-init weights, built on ``device`` (fp32 init, cast to ``dtype``)."""
-    from diffusers import LTXVideoTransformer3DModel
+    from diffusers import LTXVideoTransformer3DModel  # diffusers loads slowly: only when a model is built
 
     torch.manual_seed(seed)
     with torch.device(device):
@@ -93,7 +90,8 @@ def _build(cfg, device, dtype, seed=0):
     return model.to(dtype).eval()
 
 
-def _compile(model, mode=True):
+def compile_blocks(model, mode=True) -> None:
+    """Regional ``torch.compile`` (fullgraph) of the repeated transformer block, with ``mode`` if one is given."""
     kw = {"fullgraph": True} if mode is True else {"fullgraph": True, "mode": mode}
     try:
         model.compile_repeated_blocks(**kw)
@@ -102,12 +100,10 @@ def _compile(model, mode=True):
             b.compile(**kw)
 
 
-def _prepare(name, cfg, device):
-    from .config import Q8Config
-    from .ltx import quantize_
-
+def prepare_variant(name: str, cfg: dict, device):
+    """The model of benchmark variant ``name`` (see :data:`VARIANTS`), not yet compiled: ``(model, compile)``."""
     kind, opts, comp = VARIANTS[name]
-    model = _build(cfg, device, torch.bfloat16)
+    model = build_transformer(cfg, device, torch.bfloat16)
     if kind == "torchao":
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
         from torchao.quantization import quantize_ as ao_quantize
@@ -115,34 +111,12 @@ def _prepare(name, cfg, device):
         ao_quantize(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
                     filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn.startswith("transformer_blocks."))
     elif kind == "q8lib":
-        quantize_(model, Q8Config(**opts), progress=False)
+        fmt = {k: v for k, v in opts.items() if k in ("weight_dtype", "hadamard_block")}  # the weight format
+        runtime = Q8Runtime(**{k: v for k, v in opts.items() if k not in fmt})
+        quantize_(model, Q8Config(**fmt), backend=runtime.backend, attention=runtime.attention, progress=False)
     gc.collect()
     torch.cuda.empty_cache()
     return model, comp
-
-
-def time_ms(fn, iters, warmup=0):
-    """Run ``fn`` ``warmup`` times, then time ``iters`` calls: a list of milliseconds (CUDA events on a GPU,
-    the wall clock on CPU-only machines). The benchmarks under ``benchmarks/`` use it too."""
-    for _ in range(warmup):
-        fn()
-    if not torch.cuda.is_available():  # CPU smoke runs (--config tiny): wall clock
-        times = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return times
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e))
-    return times
 
 
 def _mem(what):
@@ -154,152 +128,15 @@ def _mem(what):
     return (torch.cuda.max_memory_allocated() if what == "peak" else torch.cuda.memory_allocated()) / 2**20
 
 
-def _err(y, ref):
-    y, ref = y.float().flatten(), ref.float().flatten()
-    return (y - ref).norm().item() / ref.norm().item(), torch.nn.functional.cosine_similarity(y, ref, dim=0).item()
-
-
 def linear_flops(cfg, batch, tokens, text):
     """FLOPs of the block linears (the 8-bit ones) and of all linears per forward."""
     from diffusers import LTXVideoTransformer3DModel
-
-    from .ltx import inspect_transformer
 
     with torch.device("meta"):
         m = LTXVideoTransformer3DModel(**cfg)
     rep = inspect_transformer(m, num_tokens=tokens, text_tokens=text, batch=batch)
     block = sum(v for k, v in rep.flops.items() if "linear" in k)
     return block, block + sum(v for k, v in rep.flops.items() if k in ("proj_in", "proj_out", "time_embed", "caption_projection"))
-
-
-# ------------------------------------------------------------------------------------------------
-def micro(cfg, batch, tokens, text, device):
-    """Per-op timings at one block's shapes (median of do_bench, L2 flushed between runs)."""
-    import triton.testing as tt
-
-    from .kernels import linear as kl
-    from .modules import quantize_weight
-    from .quant import FP8, INT8
-
-    def bench(fn):
-        return tt.do_bench(fn, warmup=25, rep=100, return_mode="median")
-
-    D = cfg["num_attention_heads"] * cfg["attention_head_dim"]
-    F_ = 4 * D
-    M, Mt = batch * tokens, batch * text
-    gemms = {  # name: (M, N, K, count per block)
-        "qkv_o_self+q_o_cross": (M, D, D, 6), "kv_cross": (Mt, D, cfg["cross_attention_dim"], 2),
-        "ff_up": (M, F_, D, 1), "ff_down": (M, D, F_, 1), "qkv_concat": (M, 3 * D, D, 0)}
-    out = {"gemm": {}, "rows": {}}
-    torch.manual_seed(0)
-    for gname, (m_, n_, k_, cnt) in gemms.items():
-        x = torch.randn(m_, k_, device=device, dtype=torch.bfloat16)
-        w = torch.randn(n_, k_, device=device, dtype=torch.bfloat16) / math.sqrt(k_)
-        b = torch.randn(n_, device=device)
-        flop = 2 * m_ * n_ * k_
-        res = {"M": m_, "N": n_, "K": k_, "count_per_block": cnt}
-        res["bf16_mm"] = bench(lambda: torch.nn.functional.linear(x, w, b.bfloat16()))
-        ref = torch.nn.functional.linear(x.float(), w.float(), b)
-        for qd, qn in ((FP8, "fp8"), (INT8, "int8")):
-            wq, ws = quantize_weight(w, qd)
-            xq, xs = kl.quantize_activation(x, qd)
-            impls = ["triton"] + (["scaled_mm"] if qd == FP8 else ["int_mm"])
-            for impl in impls:
-                prev = kl.set_gemm_impl(impl)
-                try:
-                    y = kl.matmul(xq, xs, wq, ws, b, None, torch.bfloat16)
-                    res[f"{qn}_{impl}"] = bench(lambda: kl.matmul(xq, xs, wq, ws, b, None, torch.bfloat16))
-                    res[f"{qn}_{impl}_rel_err"] = _err(y, ref)[0]
-                except Exception as e:  # noqa: BLE001 - record and go on
-                    res[f"{qn}_{impl}"] = f"error: {type(e).__name__}: {e}"[:300]
-                finally:
-                    kl.set_gemm_impl(prev)
-        for k, v in list(res.items()):
-            if isinstance(v, float) and not k.endswith("rel_err") and k not in ("M", "N", "K"):
-                res[k + "_tflops"] = flop / v / 1e9
-        out["gemm"][gname] = res
-        del x, w, b, ref
-    x = torch.randn(batch, tokens, D, device=device, dtype=torch.bfloat16) * 4
-    h = torch.randn(batch, tokens, F_, device=device, dtype=torch.bfloat16)
-    sc, sh = torch.randn(batch, 1, D, device=device, dtype=torch.bfloat16) * 0.1, torch.randn(batch, 1, D, device=device, dtype=torch.bfloat16)
-    for qd, qn in ((FP8, "fp8"), (INT8, "int8")):
-        for hb in (None, 128):
-            tag = f"{qn}_{'full' if hb is None else 'b' + str(hb)}"
-            rows = {
-                "rms_norm_quantize": (lambda: kl.rms_norm_quantize(x, None, 1e-6, sc, sh, qd, hb), x.numel() * 3 + M * 4),
-                "quantize_activation": (lambda: kl.quantize_activation(x, qd, hb), x.numel() * 3 + M * 4),
-                "gelu_quantize_ffn": (lambda: kl.gelu_quantize(h, qd, hb), h.numel() * 3 + M * 4),
-            }
-            for rname, (fn, nbytes) in rows.items():
-                ms = bench(fn)
-                out["rows"][f"{rname}_{tag}"] = {"ms": ms, "GBps": nbytes / ms / 1e6}
-    out["rows"]["bf16_copy_same_bytes_as_quantize"] = {"ms": bench(lambda: x.clone())}
-    from .kernels import row_quant as _rowquant
-
-    default_te = _rowquant.TILE_ELEMS
-    try:  # tile size sweep (elements per program step = rows x K)
-        for te in (2048, 4096, 8192, 16384):
-            _rowquant.TILE_ELEMS = te
-            out["rows"][f"sweep_tile{te}_rms_norm_quantize_fp8"] = {"ms": bench(lambda: kl.rms_norm_quantize(x, None, 1e-6, sc, sh, FP8, None))}
-            out["rows"][f"sweep_tile{te}_gelu_quantize_fp8"] = {"ms": bench(lambda: kl.gelu_quantize(h, FP8, None))}
-    finally:
-        _rowquant.TILE_ELEMS = default_te
-    return out
-
-
-# ------------------------------------------------------------------------------------------------
-# Kernel families for the profile split, first match wins (inductor names its kernels after the ops it
-# fuses, e.g. "triton_per_fused__scaled_dot_product_cudnn_attention_...", so it is matched before "attention").
-KERNEL_FAMILIES = [
-    ("glue", ("_row_quant_kernel", "_qk_quant_kernel", "_qk_norm_rope_kernel", "_v_amax_kernel", "_v_quant_kernel")),
-    ("attention", ("_attn_fwd",)),
-    ("glue", ("triton_poi", "triton_red", "triton_per")),
-    ("attention", ("flash", "fmha", "cudnn", "sdpa", "attention")),
-    ("gemm", ("_q8_gemm", "_gemm_", "gemm", "nvjet", "cutlass", "xmma", "scaled_mm", "Kernel2", "int_mm")),
-]
-
-
-def classify(name: str, families, default: str) -> str:
-    """The first family of ``families`` (``[(family, name substrings)]``) matching kernel ``name``, else ``default``."""
-    low = name.lower()
-    return next((fam for fam, keys in families if any(k.lower() in low for k in keys)), default)
-
-
-def kernel_family(name: str) -> str:
-    """``"gemm"``, ``"attention"`` or ``"glue"`` (everything else: quantizers, norms, copies, memsets)."""
-    return classify(name, KERNEL_FAMILIES, "glue")
-
-
-def profile_split(fwd, iters: int = 3) -> dict:
-    """Where one forward's time goes, from ``torch.profiler`` over ``iters`` forwards: kernel time per
-    family (GEMM / attention / glue) and launches per forward; ``host_gap_ms`` is the CUDA-event time of
-    an unprofiled forward minus all kernel time (the GPU idle, waiting for the host)."""
-    import collections
-
-    fwd()
-    torch.cuda.synchronize()
-    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=acts) as prof:
-        for _ in range(iters):
-            fwd()
-        torch.cuda.synchronize()
-    ms, n = collections.defaultdict(float), collections.defaultdict(int)
-    top = collections.defaultdict(float)
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            fam = kernel_family(ev.name)
-            ms[fam] += ev.device_time_total / 1e3 / iters
-            n[fam] += 1
-            top[ev.name] += ev.device_time_total / 1e3 / iters
-    fwd_ms = statistics.median(time_ms(fwd, 5, 1))
-    out = {f"{f}_ms": ms.get(f, 0.0) for f in ("gemm", "attention", "glue")}
-    out.update({f"{f}_launches": n.get(f, 0) / iters for f in ("gemm", "attention", "glue")})
-    out["kernel_ms"] = sum(ms.values())
-    out["fwd_ms"] = fwd_ms
-    out["host_gap_ms"] = fwd_ms - out["kernel_ms"]
-    out["top_kernels"] = [{"name": k[:120], "ms": v, "family": kernel_family(k)}
-                          for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:12]]
-    return out
 
 
 def main(argv=None) -> int:
@@ -323,8 +160,6 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available() and args.config != "tiny":
         print("q8lib.bench needs a CUDA GPU (or --config tiny for a CPU smoke run).", file=sys.stderr)
         return 2
-    from .tiny import LTX_2B_CONFIG, LTX_13B_CONFIG, TINY_TRANSFORMER_CONFIG
-
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in names if v not in VARIANTS]
     if bad:
@@ -340,7 +175,7 @@ def main(argv=None) -> int:
     report = {
         "device": gpu, "capability": "sm_%d%d" % torch.cuda.get_device_capability() if device.type == "cuda" else None,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
+        "versions": package_versions("triton", "diffusers", "torchao"),
         "shape": {"model": f"LTX-Video {args.config.upper()}", "num_layers": cfg["num_layers"], "batch": args.batch,
                   "latent": [args.frames, args.height, args.width], "tokens": tokens, "text_tokens": args.text},
         "linear_tflop_per_forward": {"block_linears_8bit": block_flops / 1e12, "all_linears": all_flops / 1e12},
@@ -352,20 +187,21 @@ def main(argv=None) -> int:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(report, indent=2) + "\n")
 
-    inputs, kw = _inputs(cfg, args.batch, args.frames, args.height, args.width, args.text, device, torch.bfloat16)
+    inputs = bench_inputs(cfg, args.batch, args.frames, args.height, args.width, args.text, device)
+    inputs32 = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in inputs.items()}
     with torch.inference_mode():
         refs = {}
         if not args.no_fp32:
             prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-            m32 = _build(cfg, device, torch.float32)
-            refs["fp32"] = m32(*(t.float() for t in inputs), **kw).sample.float()
+            m32 = build_transformer(cfg, device, torch.float32)
+            refs["fp32"] = m32(**inputs32).sample.float()
             del m32
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
         gc.collect()
         torch.cuda.empty_cache()
-        mb = _build(cfg, device, torch.bfloat16)
-        refs["bf16"] = mb(*inputs, **kw).sample.float()
+        mb = build_transformer(cfg, device, torch.bfloat16)
+        refs["bf16"] = mb(**inputs).sample.float()
         del mb
         gc.collect()
         torch.cuda.empty_cache()
@@ -391,25 +227,23 @@ def main(argv=None) -> int:
             t0 = time.time()
             res = {}
             try:
-                model, comp = _prepare(name, cfg, device)
+                model, comp = prepare_variant(name, cfg, device)
                 res["weights_mb"] = _mem("now")
                 if VARIANTS[name][0] == "q8lib":
                     res["fused_blocks"] = sum("_q8_fused" in b.__dict__ for b in model.transformer_blocks)
                     res["weight_dtype"] = model._q8_config.weight_dtype
-                y = model(*inputs, **kw).sample  # eager warm-up (also autotunes the Triton GEMMs)
+                y = model(**inputs).sample  # eager warm-up (also autotunes the Triton GEMMs)
                 if comp:
-                    _compile(model, comp)
+                    compile_blocks(model, comp)
                     tc = time.time()
-                    y = model(*inputs, **kw).sample.clone()  # CUDA-graph outputs are overwritten by replays
+                    y = model(**inputs).sample.clone()  # CUDA-graph outputs are overwritten by replays
                     torch.cuda.synchronize() if device.type == "cuda" else None
                     res["compile_s"] = time.time() - tc
 
-                fwd = lambda: model(*inputs, **kw)  # noqa: E731
+                fwd = functools.partial(model, **inputs)
                 if name.endswith("_graph"):
-                    from .cudagraph import CUDAGraphForward
-
                     tc = time.time()
-                    fwd = functools.partial(CUDAGraphForward(model), *inputs, **kw)
+                    fwd = functools.partial(CUDAGraphForward(model), **inputs)
                     y = fwd().sample
                     res["capture_s"] = time.time() - tc
 
@@ -421,7 +255,7 @@ def main(argv=None) -> int:
                 res["est_50_steps_s"] = 50 * res["fwd_ms"] / 1e3
                 res["linear_tflops_effective"] = all_flops / res["fwd_ms"] / 1e9
                 for rname, r in refs.items():
-                    res[f"rel_err_vs_{rname}"], res[f"cos_vs_{rname}"] = _err(y, r)
+                    res[f"rel_err_vs_{rname}"], res[f"cos_vs_{rname}"] = relative_error(y, r), cosine(y, r)
                 if args.profile and device.type == "cuda":
                     res["profile"] = profile_split(fwd)
                 del model, y, fwd
@@ -454,7 +288,3 @@ def main(argv=None) -> int:
         else:
             print(f"{name:24s} {'skipped' if 'skipped' in r else 'ERROR'}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,7 @@ import itertools
 import pytest
 import torch
 
-from q8lib import shapes
+from q8lib.tiny import shapes
 from q8lib.tiny import make_tiny_tokenizer
 
 

@@ -4,9 +4,9 @@ Every piece is a real diffusers/transformers class in its usual format, so the s
 (`from_pretrained`, `save_pretrained`, ``LTXPipeline``) run on the tiny model and on
 ``Lightricks/LTX-Video``. Two flavours:
 
-* ``make_tiny_*`` / :func:`make_tiny_pipeline`: seeded random weights (shapes and code paths only);
+* ``make_tiny_*``: seeded random weights (shapes and code paths only);
 * :func:`default_pipeline`: the tiny LTX-Video *trained* on synthetic moving shapes
-  (:mod:`q8lib.shapes`, :mod:`q8lib.train`), shipped in ``q8lib/assets/tiny-ltx-shapes``.
+  (:mod:`q8lib.tiny.shapes`, :mod:`q8lib.tiny.train`), shipped in ``q8lib/assets/tiny-ltx-shapes``.
 """
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from .errors import TinyDefaultMissingError
+from ..errors import TinyDefaultMissingError
+from .shapes import VOCAB
 
 __all__ = ["TINY_TRANSFORMER_CONFIG", "make_tiny_transformer", "make_tiny_tokenizer", "make_tiny_text_encoder",
-           "make_tiny_vae", "make_tiny_pipeline", "LTX_2B_CONFIG", "LTX_13B_CONFIG",
-           "SHAPES_DIR", "SHAPES_TRANSFORMER_CONFIG", "SHAPES_VAE_CONFIG", "SHAPES_T5_CONFIG", "SHAPES_GENERATION",
-           "SHAPES_SCHEDULER_CONFIG", "make_shapes_components", "has_default_pipeline", "default_pipeline",
-           "load_tiny_default", "TinyDefaultMissingError"]
+           "make_tiny_vae", "SHAPES_DIR", "SHAPES_TRANSFORMER_CONFIG", "SHAPES_VAE_CONFIG", "SHAPES_T5_CONFIG",
+           "SHAPES_GENERATION", "SHAPES_SCHEDULER_CONFIG", "make_shapes_components", "has_default_pipeline",
+           "default_pipeline", "TinyDefaultMissingError"]
 
 # Power-of-two dims so every Q8 path (Hadamard, 8-bit GEMM, FP8 attention with head_dim 64) runs.
 TINY_TRANSFORMER_CONFIG = dict(
@@ -28,11 +28,6 @@ TINY_TRANSFORMER_CONFIG = dict(
     num_attention_heads=2, attention_head_dim=64, cross_attention_dim=128,
     num_layers=2, caption_channels=32,
 )
-# The real architectures (diffusers defaults for 2B; the 13B variant's widths).
-LTX_2B_CONFIG = dict(in_channels=128, out_channels=128, num_attention_heads=32, attention_head_dim=64,
-                     cross_attention_dim=2048, num_layers=28, caption_channels=4096)
-LTX_13B_CONFIG = dict(in_channels=128, out_channels=128, num_attention_heads=32, attention_head_dim=128,
-                      cross_attention_dim=4096, num_layers=48, caption_channels=4096)
 
 TINY_VOCAB = ["<pad>", "</s>", "<unk>"] + (
     "a an the red green blue yellow white black orange purple circle square triangle ball box "
@@ -92,22 +87,9 @@ def make_tiny_vae(seed: int = 0, block_out_channels=(8, 8, 8, 8)):
     ).eval()
 
 
-def make_tiny_pipeline(seed: int = 0, transformer=None):
-    """A complete offline ``LTXPipeline`` (tokenizer, T5, VAE, scheduler, transformer) on the CPU."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, LTXPipeline
-
-    return LTXPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=make_tiny_vae(seed),
-        text_encoder=make_tiny_text_encoder(seed),
-        tokenizer=make_tiny_tokenizer(),
-        transformer=transformer if transformer is not None else make_tiny_transformer(seed),
-    )
-
-
 # ------------------------------------------------------------------------------------------------
-# The trained default: a tiny LTX-Video trained on q8lib.shapes (see q8lib/train.py and MODEL_CARD.md).
-SHAPES_DIR = Path(__file__).parent / "assets" / "tiny-ltx-shapes"
+# The trained default: a tiny LTX-Video trained on q8lib.tiny.shapes (see q8lib/tiny/train.py and MODEL_CARD.md).
+SHAPES_DIR = Path(__file__).parents[1] / "assets" / "tiny-ltx-shapes"
 # dim 256 = 4 heads x 64, FFN 1024 (diffusers' 4x), 4 blocks: every Q8 path runs (Hadamard over 256
 # and 1024, FP8 attention with head_dim 64). Text: a tiny T5 (d_model 64) trained jointly.
 SHAPES_TRANSFORMER_CONFIG = dict(
@@ -130,11 +112,9 @@ def make_shapes_components(seed: int = 0, transformer_overrides: dict | None = N
                            vae_block_out_channels=None, t5_overrides: dict | None = None) -> dict:
     """Untrained components of the moving-shapes model, as a dict for ``LTXPipeline(**components)``.
 
-    The tokenizer's vocabulary is :data:`q8lib.shapes.VOCAB`; overrides shrink it for smoke runs.
+    The tokenizer's vocabulary is :data:`q8lib.tiny.shapes.VOCAB`; overrides shrink it for smoke runs.
     """
     from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from .shapes import VOCAB
 
     t5 = {**SHAPES_T5_CONFIG, **(t5_overrides or {})}
     return dict(
@@ -168,12 +148,9 @@ def default_pipeline(device: str | torch.device = "cpu", torch_dtype: torch.dtyp
     if not has_default_pipeline(path):
         raise TinyDefaultMissingError(
             f"The trained tiny LTX-Video is missing: no model_index.json in {path}. Reinstall q8lib with its "
-            "assets, or retrain it with `python -m q8lib.train --export " + str(path) + "` (about 10 minutes on "
-            "one GPU), or use q8lib.tiny.make_tiny_pipeline() for a random-weights model."
+            "assets, or retrain it with `python -m q8lib.tiny.train --export " + str(path) + "` (about 10 minutes "
+            "on one GPU), or build random-weight components with q8lib.tiny.make_shapes_components()."
         )
     pipe = LTXPipeline.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
-
-
-load_tiny_default = default_pipeline

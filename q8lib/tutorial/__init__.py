@@ -1,10 +1,11 @@
-"""Small helpers that let one notebook run on the embedded tiny default (CPU, offline) and on a real
-checkpoint (GPU) unchanged: read the parameters, quiet logs and progress bars, load a transformer or
-its config by name, make example transformer inputs.
+"""The tutorial layer: helpers that only the notebooks use, so one notebook runs on the embedded tiny
+default (CPU, offline) and on a real checkpoint (GPU) unchanged: read the parameters, quiet logs and
+progress bars, load a transformer or its config by name, make example transformer inputs.
+Plots and tables are in :mod:`q8lib.tutorial.viz`, the diffusers patch audit in :mod:`q8lib.tutorial.patching`.
 
 ``model="tiny"`` means the embedded default; anything else is a Hugging Face hub id (e.g.
 ``"Lightricks/LTX-Video"``) or a local diffusers directory. Loading goes through
-:mod:`q8lib.pipeline`, which raises ``ModelUnavailableError`` with what to do when a hub model
+:mod:`q8lib.app.loading`, which raises ``ModelUnavailableError`` with what to do when a hub model
 cannot be fetched (offline).
 """
 from __future__ import annotations
@@ -15,9 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Params", "read_params", "quiet", "load_transformer", "transformer_config", "example_inputs"]
+from ..app import loading
+from ..app.settings import TINY
+from ..errors import ModelUnavailableError
+from ..models import dummy_inputs
 
-TINY = "tiny"
+__all__ = ["Params", "read_params", "quiet", "load_transformer", "transformer_config", "example_inputs"]
 
 
 @dataclass
@@ -74,35 +78,21 @@ def quiet() -> None:
 
 def transformer_config(model: str) -> dict:
     """The transformer's ``config.json`` as a dict (``"tiny"``: the tiny default's), without loading weights
-    (:func:`q8lib.pipeline.transformer_config`)."""
-    from .errors import ModelUnavailableError
-    from .pipeline import transformer_config as _config
-
+    (:func:`q8lib.app.loading.transformer_config`)."""
     try:
-        return _config(model)
+        return loading.transformer_config(model)
     except ModelUnavailableError as e:  # in a notebook the model comes from Q8_MODEL
         raise ModelUnavailableError(f"{e} In the notebooks: Q8_MODEL=tiny (the embedded default, offline).") from None
 
 
 def load_transformer(model: str = TINY, device="cpu", dtype: torch.dtype = torch.float32):
-    """The high-precision (unquantized) transformer of ``model`` (see :func:`q8lib.pipeline.load_transformer`)."""
-    from .pipeline import load_transformer as _load
-
-    return _load(model, precision="bf16", device=device, dtype=dtype).eval()
+    """The high-precision (unquantized) transformer of ``model`` (see :func:`q8lib.app.loading.load_transformer`)."""
+    return loading.load_transformer(model, precision="bf16", device=device, dtype=dtype).eval()
 
 
 def example_inputs(config, batch: int = 2, frames: int = 3, height: int = 8, width: int = 8, text_tokens: int = 16,
                    seed: int = 0, device="cpu", dtype: torch.dtype = torch.float32) -> dict:
     """Keyword arguments for one forward of an LTX transformer with ``config``: seeded random latents
     ``[B, frames*height*width, in_channels]`` and text ``[B, text_tokens, caption_channels]``, timestep 500,
-    and a text mask whose last sample is right-padded to half length."""
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(batch, text_tokens, dtype=torch.long)
-    mask[-1, text_tokens // 2:] = 0
-    return dict(
-        hidden_states=torch.randn(batch, frames * height * width, config["in_channels"], generator=g).to(device, dtype),
-        encoder_hidden_states=torch.randn(batch, text_tokens, config["caption_channels"], generator=g).to(device, dtype),
-        timestep=torch.full((batch,), 500, device=device),
-        encoder_attention_mask=mask.to(device),
-        num_frames=frames, height=height, width=width,
-    )
+    and a text mask whose last sample is right-padded to half length (:func:`q8lib.models.dummy_inputs`)."""
+    return dummy_inputs(config, batch, frames, height, width, text_tokens, seed=seed, device=device, dtype=dtype)

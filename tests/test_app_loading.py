@@ -1,4 +1,4 @@
-"""End-to-end pipeline on the tiny default: equivalence, prompt cache, hub/legacy loading offline, metrics."""
+"""q8lib.app.loading (+ measure): the end-to-end pipeline on the tiny default, equivalence, hub/legacy loading offline."""
 from __future__ import annotations
 
 import math
@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from q8lib import Q8CheckpointError, Q8Config, load_q8, quantize_, save_q8
-from q8lib.pipeline import (GenerationSettings, ModelUnavailableError, PromptCache, SettingsError,
-                            default_pipeline, encode_prompts, free_text_encoder, load_pipeline, random_q8_transformer,
-                            run_pipeline, settings_for, transformer_memory)
-from q8lib.video import psnr, side_by_side, ssim
+from q8lib.app import (GenerationSettings, encode_prompts, load_pipeline, random_q8_transformer, run_pipeline,
+                       transformer_memory)
+from q8lib.errors import ModelUnavailableError, SettingsError
+from q8lib.tiny import default_pipeline
+from q8lib.metrics import psnr, ssim
 
-pytestmark = pytest.mark.filterwarnings("ignore::q8lib.pipeline.Q8FallbackWarning")  # CPU runs use the reference math on purpose
+pytestmark = pytest.mark.filterwarnings("ignore::q8lib.errors.Q8FallbackWarning")  # CPU runs use the reference math on purpose
 
 SMALL = dict(num_frames=9, height=32, width=32, num_inference_steps=2)
 
@@ -57,41 +58,6 @@ def test_pipeline_is_deterministic_per_seed(pipes, seed):
     embeds, _ = encode_prompts(q8, _settings(seed), "tiny", None)
     assert torch.equal(_latents(q8, embeds, seed), _latents(q8, embeds, seed))
     assert not torch.equal(_latents(q8, embeds, seed), _latents(q8, embeds, seed + 1))
-
-
-def test_prompt_cache_roundtrip_and_free_text_encoder(tmp_path, seed):
-    pipe = load_pipeline(device="cpu", model="tiny", precision="bf16")
-    cache = PromptCache(tmp_path)
-    s = _settings(seed)
-    fresh, info = encode_prompts(pipe, s, "tiny", cache)
-    assert info["prompt_cache"] == "miss" and len(list(tmp_path.glob("*.safetensors"))) == 1
-    again, info2 = encode_prompts(pipe, s, "tiny", cache)
-    assert info2["prompt_cache"] == "hit" and info2["prompt_cache_key"] == info["prompt_cache_key"]
-    assert set(again) == {"prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds",
-                          "negative_prompt_attention_mask"}
-    for k in fresh:
-        assert torch.equal(fresh[k].cpu(), again[k]), k
-    # a different prompt, negative prompt or CFG setting is a different entry
-    keys = {PromptCache.key("tiny", s), PromptCache.key("tiny", _settings(seed, guidance_scale=1.0)),
-            PromptCache.key("tiny", GenerationSettings(prompt="a blue square", negative_prompt="", **SMALL)),
-            PromptCache.key("tiny", GenerationSettings(prompt=s.prompt, negative_prompt="blurry", **SMALL)),
-            PromptCache.key("other/model", s)}
-    assert len(keys) == 5
-    # without CFG only the positive pair goes to the pipeline
-    nocfg, _ = encode_prompts(pipe, _settings(seed, guidance_scale=1.0), "tiny", cache)
-    assert set(nocfg) == {"prompt_embeds", "prompt_attention_mask"}
-    free_text_encoder(pipe)
-    assert pipe.text_encoder is None
-    cached, info3 = encode_prompts(pipe, s, "tiny", cache)  # same key without the encoder
-    assert info3["prompt_cache"] == "hit" and torch.equal(cached["prompt_embeds"], again["prompt_embeds"])
-    with pytest.raises(ModelUnavailableError, match="not cached"):
-        encode_prompts(pipe, s, "tiny", PromptCache(tmp_path / "empty"))
-
-
-def test_cache_miss_without_text_encoder_fails(tmp_path):
-    pipe = load_pipeline(device="cpu", model="tiny", precision="bf16", load_text_encoder=False)
-    with pytest.raises(ModelUnavailableError, match="not cached"):
-        encode_prompts(pipe, _settings(0), "hub/model", PromptCache(tmp_path))
 
 
 def _fake_hub(tmp_path, monkeypatch, repo: str, writer):
@@ -204,77 +170,6 @@ def test_random_q8_transformer_has_the_checkpoint_layout(tmp_path, seed):
     assert rep["output_finite"] and rep["shape"]["video_tokens"] == 3 * 8 * 8 and "peak_gib" not in rep
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(num_frames=10), "8k\\+1"), (dict(num_frames=0), "8k\\+1"), (dict(height=33), "height"),
-    (dict(width=0), "width"), (dict(num_inference_steps=0), "steps"), (dict(guidance_scale=float("nan")), "guidance"),
-])
-def test_settings_validation(bad, match):
-    with pytest.raises(SettingsError, match=match):
-        GenerationSettings(prompt="x", **bad).validate()
-    with pytest.raises(SettingsError, match="prompt is empty"):
-        GenerationSettings(prompt="  ").validate()
-
-
-def test_settings_defaults():
-    tiny = settings_for("tiny", "a ball")
-    full = settings_for("Lightricks/LTX-Video", "a ball", num_frames=121)
-    assert "worst quality" in full.negative_prompt
-    assert (tiny.num_frames, tiny.height, tiny.num_inference_steps, tiny.negative_prompt) == (17, 32, 8, "")
-    assert (full.num_frames, full.height, full.width) == (121, 480, 704)
-    assert full.shape() == dict(frames=121, height=480, width=704, transformer_batch=2, latent=[16, 15, 22],
-                                video_tokens=5280, text_tokens=128)
-    assert settings_for("x/y", "a").shape()["video_tokens"] == 3630  # the shape of record
-
-
-def _ssim_naive(a, b, win=7, sigma=1.5):
-    """Direct float64 SSIM over every valid window position (slow, independent of the conv version)."""
-    x = torch.arange(win, dtype=torch.float64) - (win - 1) / 2
-    g = torch.exp(-x**2 / (2 * sigma**2))
-    w = torch.outer(g, g)
-    w /= w.sum()
-    c1, c2 = 0.01**2, 0.03**2
-    vals = []
-    for ch in range(a.shape[0]):
-        for i in range(a.shape[1] - win + 1):
-            for j in range(a.shape[2] - win + 1):
-                pa, pb = a[ch, i:i + win, j:j + win].double(), b[ch, i:i + win, j:j + win].double()
-                ma, mb = (w * pa).sum(), (w * pb).sum()
-                va, vb = (w * (pa - ma) ** 2).sum(), (w * (pb - mb) ** 2).sum()
-                cov = (w * (pa - ma) * (pb - mb)).sum()
-                vals.append(((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
-    return torch.stack(vals).mean()
-
-
-def test_psnr_ssim_against_direct_formulas(seed):
-    a = torch.rand(3, 3, 12, 14)
-    b = (a + 0.05 * torch.randn_like(a)).clamp(0, 1)
-    mse = ((a.double() - b.double()) ** 2).mean(dim=(1, 2, 3))
-    assert torch.allclose(psnr(a, b), 10 * torch.log10(1 / mse))
-    assert torch.isinf(psnr(a, a)).all()
-    s = ssim(a, b, window=7)
-    for f in range(3):
-        assert abs(s[f].item() - _ssim_naive(a[f], b[f]).item()) < 1e-10
-    assert torch.allclose(ssim(a, a), torch.ones(3, dtype=torch.float64))
-    assert (ssim(a, b) < 1).all() and torch.allclose(ssim(a, b), ssim(b, a))
-    noisier = (a + 0.2 * torch.randn_like(a)).clamp(0, 1)
-    assert (ssim(a, noisier) < ssim(a, b)).all() and (psnr(a, noisier) < psnr(a, b)).all()
-    sbs = side_by_side(a, b, gap=2)
-    assert sbs.shape == (3, 3, 12, 30) and torch.equal(sbs[..., :14], a) and torch.equal(sbs[..., 16:], b)
-    with pytest.raises(ValueError, match="differ in shape"):
-        psnr(a, b[:2])
-
-
-def test_write_video_roundtrip(tmp_path, seed):
-    import imageio.v2 as imageio
-
-    from q8lib.video import write_video
-
-    v = torch.rand(9, 3, 40, 36)
-    p = write_video(v, tmp_path / "v.mp4", fps=8)
-    frames = imageio.mimread(p)
-    assert len(frames) == 9 and frames[0].shape == (48, 48, 3)  # padded to multiples of 16
-
-
 @pytest.mark.gpu
 def test_q8_pipeline_on_gpu_matches_bf16(seed):
     """Tiny default on CUDA: bf16 pipeline vs Q8 (fast backend where it runs) from the same noise."""
@@ -315,8 +210,8 @@ def test_q8_pipeline_cuda_graph_matches_eager(seed):
 def test_13b_q8_weights_leave_room_on_a_24gb_gpu():
     """The 13B Q8 transformer built on the meta device (no memory): 13.05B parameters in 12.31 GiB
     (bf16 would be 24.3 GiB), leaving ~3.6 GiB of a 16 GiB budget for activations."""
-    from q8lib.pipeline import module_bytes
-    from q8lib.tiny import LTX_13B_CONFIG
+    from q8lib.models import module_bytes
+    from q8lib.models import LTX_13B_CONFIG
 
     m = random_q8_transformer(dict(LTX_13B_CONFIG), Q8Config(weight_dtype="int8"), device="meta")
     n = sum(t.numel() for t in list(m.parameters()) + list(m.buffers()))

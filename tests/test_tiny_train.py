@@ -6,14 +6,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from q8lib import shapes
-from q8lib.judge import agreement, generate_videos, judge_video
+from q8lib.tiny import shapes
+from q8lib.tiny.judge import agreement, generate_videos, judge_video
 from q8lib.tiny import SHAPES_DIR, SHAPES_GENERATION, TinyDefaultMissingError, default_pipeline, has_default_pipeline
-from q8lib.train import SMOKE, Trainer, main
+from q8lib.tiny.train import SMOKE, Trainer, main
 
 
 def test_smoke_run_end_to_end(tmp_path):
-    """``python -m q8lib.train --smoke``: trains, exports a from_pretrained folder, judges bf16 vs Q8."""
+    """``python -m q8lib.tiny.train --smoke``: trains, exports a from_pretrained folder, judges bf16 vs Q8."""
     start = time.perf_counter()
     assert main(["--smoke", "--out", str(tmp_path)]) == 0
     took = time.perf_counter() - start
@@ -56,7 +56,7 @@ def test_resume_continues_after_the_vae(tmp_path):
 
 def test_missing_default_says_what_to_do(tmp_path):
     assert not has_default_pipeline(tmp_path)
-    with pytest.raises(TinyDefaultMissingError, match="python -m q8lib.train"):
+    with pytest.raises(TinyDefaultMissingError, match="python -m q8lib.tiny.train"):
         default_pipeline(path=tmp_path)
 
 

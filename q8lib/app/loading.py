@@ -1,0 +1,312 @@
+"""Building what runs: an LTX pipeline (or its transformer alone) with a Q8 or an unquantized transformer.
+
+:func:`load_pipeline` builds ``LTXPipeline`` (text-to-video) or ``LTXImageToVideoPipeline`` from
+
+* ``"tiny"``: the embedded tiny default (:func:`q8lib.tiny.default_pipeline`), CPU, offline;
+* a hub id or local directory in diffusers' layout (``"Lightricks/LTX-Video"``, the 13B
+  ``"Lightricks/LTX-Video-0.9.7-dev"``), whose bf16 transformer is converted on the fly;
+* ``"random-2b"`` / ``"random-13b"``: full-size architectures with random weights and no text
+  encoder, for speed and memory measurements (the 13B Q8 transformer is built directly in 8 bits,
+  never as a bf16 copy);
+
+with the transformer replaced by a q8lib checkpoint (or the earlier public Q8 layout) when
+``checkpoint`` is given.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_q8
+from ..config import Q8Config, Q8Runtime
+from ..convert import activate_q8, build_q8_skeleton, check_q8_config, quantize_
+from ..cudagraph import enable_cuda_graphs
+from ..errors import ModelUnavailableError, SettingsError
+from ..modules import Q8Linear
+from ..quant import QMAX
+from ..tiny.components import SHAPES_DIR, default_pipeline, has_default_pipeline
+from .prompts import text_encoder_id_of, weights_id
+from .settings import (MODEL_ALIASES, RANDOM_MODELS, TINY, check_backend, check_cuda_graph, check_precision,
+                       resolve_device, resolve_dtype)
+
+__all__ = ["load_pipeline", "load_transformer", "transformer_config", "random_q8_transformer", "model_not_available"]
+
+
+def _ltx():
+    from diffusers import LTXVideoTransformer3DModel
+
+    return LTXVideoTransformer3DModel
+
+
+def _pipeline_class(image_to_video: bool):
+    from diffusers import LTXImageToVideoPipeline, LTXPipeline
+
+    return LTXImageToVideoPipeline if image_to_video else LTXPipeline
+
+
+def model_not_available(model: str, err: Exception) -> ModelUnavailableError:
+    """The error for a hub/local model that could not be loaded (``err``), saying how to get it or what to use offline."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    how = ("HF_HUB_OFFLINE is set, so nothing is downloaded: unset it (with network access) or download first with "
+           f"`huggingface-cli download {model}`" if offline else
+           f"check the id and your network, or download with `huggingface-cli download {model}` and pass the folder")
+    return ModelUnavailableError(
+        f"could not load the LTX-Video model {model!r} ({type(err).__name__}: {str(err).splitlines()[0][:300]}). "
+        f"{how}. Without weights, use --model tiny: the embedded tiny LTX default that runs offline on a CPU "
+        "(or random-2b / random-13b for full-size random weights).")
+
+
+def random_q8_transformer(config: dict, q8_config: Q8Config | None = None, device="cpu", dtype=torch.bfloat16,
+                          seed: int = 0, runtime: Q8Runtime | None = None):
+    """A Q8 ``LTXVideoTransformer3DModel`` with random weights built directly in 8 bits (no bf16 copy).
+
+    The model is built on the meta device, its blocks swapped to Q8 skeletons, then every tensor is
+    allocated on ``device``: 8-bit weights uniform over the code range with per-channel scales that
+    give ``W`` a std of ``1/sqrt(K)``, other weights and tables random with the same std, norm
+    weights one, biases zero. Peak memory is the Q8 model itself (13B: ~13 GB, not ~26 GB in bf16).
+    """
+    q8_config = q8_config or Q8Config()
+    runtime = runtime or q8_config.runtime()
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    model = build_q8_skeleton(config, q8_config, runtime)
+
+    def rand(shape, std):  # generated on the CPU in chunks of rows, so it is seed-stable and small
+        return (torch.randn(shape, generator=gen) * std)
+
+    for mod in model.modules():
+        for name, t in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
+            if t is None or not t.is_meta:
+                continue
+            if isinstance(mod, Q8Linear) and name == "weight":
+                qmax = int(QMAX[t.dtype])
+                if t.dtype == torch.int8:
+                    new = torch.randint(-qmax, qmax + 1, t.shape, dtype=torch.int8, device=device)
+                else:
+                    new = (torch.rand(t.shape, device=device) * 2 - 1).mul_(qmax).to(t.dtype)
+            elif isinstance(mod, Q8Linear) and name == "scales":
+                k, qmax = mod.in_features, QMAX[mod.qdtype]
+                new = torch.full(t.shape, math.sqrt(3.0) / (qmax * math.sqrt(k)), dtype=t.dtype, device=device)
+            elif name == "bias":
+                new = torch.zeros(t.shape, dtype=t.dtype if isinstance(mod, Q8Linear) else dtype, device=device)
+            elif t.ndim == 1 and name == "weight":
+                new = torch.ones(t.shape, dtype=dtype, device=device)
+            else:
+                new = rand(t.shape, 1 / math.sqrt(t.shape[-1])).to(device=device, dtype=dtype)
+            if isinstance(t, torch.nn.Parameter):
+                mod._parameters[name] = torch.nn.Parameter(new, requires_grad=False)
+            else:
+                mod._buffers[name] = new
+    model.eval()
+    activate_q8(model, q8_config, runtime)
+    return model
+
+
+def _random_components(name: str, precision: str, q8_config: Q8Config, runtime: Q8Runtime, device, dtype, seed: int,
+                       need_vae=True):
+    """Full-size random VAE (diffusers' default LTX VAE) and transformer for ``random-2b``/``random-13b``."""
+    entry = RANDOM_MODELS[name]
+    torch.manual_seed(seed)
+    vae = _random_vae(device, dtype, seed) if need_vae else None
+    if precision == "q8" and entry.q8_directly:
+        return vae, random_q8_transformer(entry.transformer_config, q8_config, device, dtype, seed, runtime)
+    with torch.device(device):
+        transformer = _ltx()(**entry.transformer_config).to(dtype).eval()
+    if precision == "q8":
+        quantize_(transformer, q8_config, backend=runtime.backend, attention=runtime.attention)
+    return vae, transformer
+
+
+def _ltx_scheduler():
+    """The flow-matching scheduler with the settings of the LTX-Video hub repo."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05,
+                                           base_image_seq_len=1024, max_image_seq_len=4096, shift_terminal=0.1)
+
+
+def transformer_config(model: str, subfolder: str | None = "transformer", local_files_only: bool | None = None) -> dict:
+    """The transformer's ``config.json`` of ``model`` (tiny, random-*, hub id or folder) without loading weights."""
+    model = MODEL_ALIASES.get(model, model)
+    if model == TINY:
+        if not has_default_pipeline():
+            default_pipeline()  # raises TinyDefaultMissingError, which says what to do
+        return json.loads((SHAPES_DIR / "transformer" / "config.json").read_text())
+    if model in RANDOM_MODELS:
+        return dict(RANDOM_MODELS[model].transformer_config)
+    if Path(model).is_dir() and (Path(model) / "config.json").exists() and not (Path(model) / "model_index.json").exists():
+        subfolder = None
+    try:
+        return dict(_ltx().load_config(model, subfolder=subfolder, local_files_only=local_files_only))
+    except OSError as e:
+        raise model_not_available(model, e) from None
+
+
+def load_transformer(model: str, precision: str = "q8", checkpoint: str | None = None,
+                     checkpoint_subfolder: str | None = None, q8_config: Q8Config | None = None,
+                     device="cpu", dtype=torch.bfloat16, local_files_only: bool | None = None, seed: int = 0,
+                     runtime: Q8Runtime | None = None, subfolder: str | None = "transformer"):
+    """The transformer alone: a Q8 checkpoint, on-the-fly Q8 conversion of ``model``'s, or ``model``'s unquantized.
+
+    ``runtime`` (default ``q8_config.runtime()``) gives the Q8 transformer's backend and attention;
+    ``subfolder`` is where a hub/local pipeline keeps its transformer (``None``: ``model`` is the transformer folder).
+    """
+    q8_config = q8_config or Q8Config()
+    runtime = runtime or q8_config.runtime()
+    rt = dict(backend=runtime.backend, attention=runtime.attention)
+    if checkpoint is not None:
+        if precision != "q8":
+            raise SettingsError("a Q8 --checkpoint was given with --precision bf16; drop one of them")
+        return load_q8(checkpoint, subfolder=checkpoint_subfolder, device=device, torch_dtype=dtype,
+                       local_files_only=local_files_only, **rt)
+    if model == TINY:
+        transformer = _to(default_pipeline().transformer, device, dtype)
+        return quantize_(transformer, q8_config, progress=False, **rt) if precision == "q8" else transformer
+    if model in RANDOM_MODELS:
+        return _random_components(model, precision, q8_config, runtime, device, dtype, seed, need_vae=False)[1]
+    try:
+        transformer = _ltx().from_pretrained(model, subfolder=subfolder, torch_dtype=dtype,
+                                             local_files_only=local_files_only)
+    except OSError as e:
+        raise model_not_available(model, e) from e
+    transformer = transformer.to(device).eval()
+    return quantize_(transformer, q8_config, **rt) if precision == "q8" else transformer
+
+
+def load_pipeline(
+    model: str = TINY,
+    *,
+    precision: str = "q8",
+    checkpoint: str | None = None,
+    checkpoint_subfolder: str | None = None,
+    image_to_video: bool = False,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    q8_config: Q8Config | None = None,
+    runtime: Q8Runtime | None = None,
+    load_text_encoder: bool = True,
+    offload: str = "none",
+    vae_tiling: bool = False,
+    local_files_only: bool | None = None,
+    seed: int = 0,
+    compile: bool = False,
+    cuda_graph: bool = False,
+):
+    """Build an LTX pipeline whose transformer is Q8 (``precision="q8"``) or unquantized (``"bf16"``).
+
+    Args:
+        model: ``"tiny"``, ``"random-2b"``, ``"random-13b"``, an alias (``"ltx-2b"``, ``"ltx-13b"``),
+            a hub id such as ``"Lightricks/LTX-Video"`` or a local diffusers pipeline directory.
+        checkpoint: a q8lib checkpoint or the earlier public Q8 layout (local dir or hub id) that
+            replaces ``model``'s transformer; without it a Q8 transformer is converted on the fly.
+        q8_config, runtime: the weight format of an on-the-fly conversion and the Q8 transformer's
+            backend/attention (default ``q8_config.runtime()``).
+        image_to_video: build ``LTXImageToVideoPipeline`` instead of ``LTXPipeline``.
+        load_text_encoder: ``False`` skips T5 (use cached prompt embeddings, see :class:`PromptCache`).
+        offload: ``"none"`` or ``"model"`` (diffusers' model CPU offload: one component on the GPU at a time).
+        vae_tiling: decode the video in tiles (less memory at large resolutions).
+        compile: regional ``torch.compile`` of the transformer (fullgraph on the repeated block).
+        cuda_graph: replay each transformer forward from one CUDA graph (:mod:`q8lib.cudagraph`;
+            GPU only, not with offload): removes the host cost of launching the Q8 kernels, which
+            otherwise leaves the GPU idle for a large share of each forward.
+    Returns:
+        the pipeline, on ``device``, with ``pipe.q8lib_info`` describing what was loaded.
+    """
+    model = MODEL_ALIASES.get(model, model)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    check_precision(precision)
+    if offload not in ("none", "model"):
+        raise SettingsError(f"offload must be 'none' or 'model', got {offload!r}")
+    if cuda_graph:
+        check_cuda_graph(device, offload)
+    if offload == "model":
+        if device.type != "cuda":
+            raise SettingsError("--offload model moves components between the CPU and a GPU; it needs --device cuda")
+        if importlib.util.find_spec("accelerate") is None:
+            raise ModelUnavailableError("--offload model needs the 'accelerate' package: pip install accelerate")
+    q8_config = q8_config or Q8Config()
+    runtime = runtime or q8_config.runtime()
+    backend = check_backend(precision, runtime.backend, device)
+    if precision == "q8" and checkpoint is None:  # a conversion that cannot work fails before any download
+        check_q8_config(transformer_config(model, local_files_only=local_files_only), q8_config, runtime)
+    cls = _pipeline_class(image_to_video)
+    build_device = "cpu" if offload == "model" else device
+
+    # Components other than the transformer first, so a missing model fails before any conversion.
+    if model == TINY:
+        comps = dict(default_pipeline().components)
+        base_transformer = comps.pop("transformer")
+        text_encoder_id = "tiny:" + weights_id(comps["text_encoder"])
+        if not load_text_encoder:
+            comps.update(text_encoder=None, tokenizer=None)
+        pipe = cls(transformer=None, **comps)
+    elif model in RANDOM_MODELS:
+        pipe = None  # built below, with its transformer
+    else:
+        extra = dict(text_encoder=None, tokenizer=None) if not load_text_encoder else {}
+        try:
+            pipe = cls.from_pretrained(model, transformer=None, torch_dtype=dtype, local_files_only=local_files_only,
+                                       **extra)
+        except OSError as e:
+            raise model_not_available(model, e) from e
+
+    if model in RANDOM_MODELS:
+        if checkpoint is None:
+            vae, transformer = _random_components(model, precision, q8_config, runtime, build_device, dtype, seed)
+        else:
+            vae = _random_vae(build_device, dtype, seed)
+            transformer = load_transformer(model, precision, checkpoint, checkpoint_subfolder, q8_config,
+                                           build_device, dtype, local_files_only, seed, runtime)
+        pipe = cls(scheduler=_ltx_scheduler(), vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
+    elif model == TINY and checkpoint is None:
+        transformer = _to(base_transformer, build_device, dtype)
+        if precision == "q8":
+            quantize_(transformer, q8_config, backend=runtime.backend, attention=runtime.attention, progress=False)
+        pipe.register_modules(transformer=transformer)
+    else:
+        transformer = load_transformer(model, precision, checkpoint, checkpoint_subfolder, q8_config, build_device,
+                                       dtype, local_files_only, seed, runtime)
+        pipe.register_modules(transformer=transformer)
+
+    _to(pipe.vae, None, dtype)
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+    if compile:
+        pipe.transformer.compile_repeated_blocks(fullgraph=True)
+    if cuda_graph:
+        enable_cuda_graphs(pipe.transformer)
+    if model != TINY:
+        text_encoder_id = text_encoder_id_of(None, model)
+    pipe.q8lib_info = dict(model=model, text_encoder_id=text_encoder_id, precision=precision,
+                           checkpoint=str(checkpoint) if checkpoint else None, backend=backend, device=str(device), dtype=str(dtype).replace("torch.", ""),
+                           weight_dtype=q8_config.weight_dtype if precision == "q8" else None,
+                           attention=runtime.attention if precision == "q8" else None,
+                           offload=offload, vae_tiling=vae_tiling, image_to_video=image_to_video,
+                           compile=compile, cuda_graph=cuda_graph)
+    return pipe
+
+
+def _to(module, device, dtype):
+    """Move/cast only what differs (diffusers warns on every dtype cast of a loaded model)."""
+    if device is not None:
+        module = module.to(device)
+    return module.to(dtype) if module.dtype != dtype else module
+
+
+def _random_vae(device, dtype, seed):
+    from diffusers import AutoencoderKLLTXVideo
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        return AutoencoderKLLTXVideo().to(dtype).eval()
+
+

@@ -1,0 +1,323 @@
+"""The library behind the command line: :func:`generate`, :func:`compare`, :func:`memory`, :func:`convert`,
+:func:`demo`. Each checks every input before any model loads, does the work, writes its files (each
+whole or not at all) and returns the report that its JSON sidecar holds; ``q8lib <command>`` only
+parses arguments into these calls and prints the reports. Notebooks and scripts call them the same way::
+
+    from q8lib.app import generate
+    report = generate("a red circle moving right", output="outputs/v.mp4")   # the tiny default, on a CPU
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import check_checkpoint_source, save_q8
+from ..config import Q8Config, Q8Runtime
+from ..convert import check_q8_config, quantize_
+from ..errors import SettingsError
+from ..inspection import inspect_transformer
+from ..metrics import cosine, psnr, relative_error, ssim
+from ..models import dummy_inputs, module_bytes
+from ..modules import Q8Linear
+from ..outputs import check_output_dir, check_output_file, write_json
+from ..tiny.components import default_pipeline
+from .inputs import WandbRun, check_video_output, load_image, needs_text_encoder, open_prompt_cache
+from .loading import load_pipeline, load_transformer, transformer_config
+from .measure import environment, run_pipeline, transformer_memory
+from .prompts import encode_prompts, free_text_encoder
+from .settings import (MODEL_ALIASES, TINY, check_backend, check_cuda_graph, resolve_device,
+                       resolve_dtype, settings_for)
+from .video import plot_metrics, side_by_side, write_video
+
+__all__ = ["RunOptions", "generate", "compare", "memory", "convert", "convert_checkpoint", "demo", "sidecar_for",
+           "q8_options"]
+
+
+@dataclass
+class RunOptions:
+    """Every option of a generate/compare run (the ``q8lib generate`` flags, same names); ``None`` video
+    settings take the model's defaults (:func:`~q8lib.app.settings.settings_for`)."""
+
+    prompt: str
+    model: str = TINY
+    checkpoint: str | None = None
+    checkpoint_subfolder: str | None = None
+    precision: str = "q8"
+    weight_dtype: str = "auto"
+    attention: str = "fp8"
+    backend: str = "auto"
+    device: str = "auto"
+    dtype: str = "auto"
+    offload: str = "none"
+    vae_tiling: bool = False
+    negative_prompt: str | None = None
+    frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = 0
+    fps: int = 25
+    image: str | None = None
+    output: str | None = None  # default outputs/q8lib_video.mp4 (generate), outputs/q8lib_compare.mp4 (compare)
+    prompt_cache: str | None = None
+    no_prompt_cache: bool = False
+    keep_text_encoder: bool = False
+    warmup: int = 0
+    repeats: int = 1
+    quiet: bool = False
+    no_video: bool = False
+    wandb: bool = False
+    wandb_project: str = "q8lib"
+    compile: bool = False
+    cuda_graph: bool = False
+
+
+def q8_options(weight_dtype: str = "auto", hadamard_block: int | None = None, backend: str = "auto",
+               attention: str = "fp8") -> tuple[Q8Config, Q8Runtime]:
+    """The weight format and runtime choices from command-line values; ``weight_dtype="auto"`` keeps
+    Q8Config's device-dependent default."""
+    fmt = {} if weight_dtype == "auto" else {"weight_dtype": weight_dtype}
+    return Q8Config(hadamard_block=hadamard_block, **fmt), Q8Runtime(backend=backend, attention=attention)
+
+
+def sidecar_for(output: str | Path) -> Path:
+    """The JSON report written beside an mp4."""
+    return Path(output).expanduser().with_suffix(".json")
+
+
+def _prepare(o: RunOptions, command: str, default_output: str):
+    """Every check of a generate/compare run, in the order a user can fix them, before any model loads:
+    settings, output path, device, dtype, backend, CUDA graph, checkpoint, image, prompt cache."""
+    settings = settings_for(MODEL_ALIASES.get(o.model, o.model), o.prompt, negative_prompt=o.negative_prompt,
+                            num_frames=o.frames, height=o.height, width=o.width, num_inference_steps=o.steps,
+                            guidance_scale=o.guidance, seed=o.seed, frame_rate=o.fps)
+    out = check_video_output(o.output or default_output, o.warmup, o.repeats, not o.no_video)
+    device = resolve_device(o.device)
+    dtype = resolve_dtype(o.dtype, device)
+    if o.cuda_graph:
+        check_cuda_graph(device, o.offload)
+    q8_config, runtime = q8_options(o.weight_dtype, None, o.backend, o.attention)
+    # A named backend must run here; "auto" warns once, where the model is built (compare builds bf16 first).
+    named = o.precision == "q8" and runtime.backend != "auto"
+    backend = check_backend("q8", runtime.backend, device) if named or command == "compare" else None
+    if o.checkpoint is not None:
+        check_checkpoint_source(o.checkpoint, o.checkpoint_subfolder)
+    image = load_image(o.image)
+    cache = open_prompt_cache(o.prompt_cache, not o.no_prompt_cache)
+    return dict(settings=settings, out=out, device=device, dtype=dtype, q8_config=q8_config, runtime=runtime,
+                backend=backend, image=image, cache=cache)
+
+
+def _median_timings(runs: list) -> dict:
+    keys = [k for k, v in runs[0]["timings"].items() if isinstance(v, (int, float))]
+    return {k: statistics.median(r["timings"][k] for r in runs) for k in keys}
+
+
+def _runs(pipe, settings, embeds, image, o: RunOptions) -> list:
+    warm = dataclasses.replace(settings, num_inference_steps=min(2, settings.num_inference_steps))
+    for _ in range(o.warmup):
+        run_pipeline(pipe, warm, embeds, image, progress=False)
+    return [run_pipeline(pipe, settings, embeds, image, progress=not o.quiet) for _ in range(o.repeats)]
+
+
+def _shape(pipe, settings) -> dict:
+    return settings.shape(pipe.vae_spatial_compression_ratio, pipe.vae_temporal_compression_ratio)
+
+
+def _load(o: RunOptions, run: dict, precision: str, **extra):
+    """The pipeline and the prompt embeddings (the text encoder freed unless kept): ``(pipe, embeds, info, load_s)``."""
+    start = time.perf_counter()
+    pipe = load_pipeline(o.model, precision=precision, image_to_video=run["image"] is not None, device=run["device"],
+                         dtype=run["dtype"], q8_config=run["q8_config"], runtime=run["runtime"],
+                         load_text_encoder=needs_text_encoder(o.model, run["settings"], run["cache"]),
+                         offload=o.offload, vae_tiling=o.vae_tiling, **extra)
+    load_s = time.perf_counter() - start
+    embeds, enc = encode_prompts(pipe, run["settings"], pipe.q8lib_info["model"], run["cache"])
+    if not o.keep_text_encoder:
+        free_text_encoder(pipe)
+    return pipe, embeds, enc, load_s
+
+
+def generate(prompt: str, **options) -> dict:
+    """Text (or image) to video: writes the mp4 (``output``) and its JSON sidecar; returns the report.
+
+    ``options`` are :class:`RunOptions` fields. The report holds the settings, device, versions, load /
+    end-to-end / transformer / VAE-decode times (medians over ``repeats``) and peak memory.
+    """
+    o = RunOptions(prompt=prompt, **options)
+    run = _prepare(o, "generate", "outputs/q8lib_video.mp4")
+    settings, out = run["settings"], run["out"]
+    wb = WandbRun(o.wandb_project, "generate", dict(dataclasses.asdict(settings), model=o.model,
+                                                    precision=o.precision)) if o.wandb else None
+    pipe, embeds, enc, load_s = _load(o, run, o.precision, checkpoint=o.checkpoint,
+                                      checkpoint_subfolder=o.checkpoint_subfolder, compile=o.compile,
+                                      cuda_graph=o.cuda_graph)
+    runs = _runs(pipe, settings, embeds, run["image"], o)
+    videos = runs[-1]["frames"]
+    paths = [] if o.no_video else [out if i == 0 else out.with_name(f"{out.stem}_{i}{out.suffix}")
+                                   for i in range(len(videos))]
+    report = dict(kind="q8lib generate", **environment(run["device"]), shape=_shape(pipe, settings),
+                  settings=dataclasses.asdict(settings), pipeline=pipe.q8lib_info,
+                  results=dict(load_s=load_s, **enc, timings=_median_timings(runs),
+                               memory=runs[-1]["memory"], runs=[dict(timings=r["timings"], memory=r["memory"]) for r in runs],
+                               warmup_runs=o.warmup),
+                  outputs=[str(p) for p in paths])
+    for v, p in zip(videos, paths):  # each file is written whole or not at all (q8lib.outputs)
+        write_video(v, p, settings.frame_rate)
+    write_json(sidecar_for(out), report)
+    if wb:
+        t = report["results"]["timings"]
+        wb.finish(paths[0] if paths else None, {f"timings/{k}": v for k, v in t.items()}, settings.frame_rate)
+    return report
+
+
+def compare(prompt: str, **options) -> dict:
+    """The same seed and prompt embeddings through the unquantized and the Q8 transformer: a side-by-side
+    mp4, per-frame PSNR/SSIM (JSON sidecar and a PNG plot); returns the report. ``options``: :class:`RunOptions`."""
+    o = RunOptions(prompt=prompt, **options)
+    run = _prepare(o, "compare", "outputs/q8lib_compare.mp4")
+    settings, device, out, q8_config, runtime = run["settings"], run["device"], run["out"], run["q8_config"], run["runtime"]
+    if not o.checkpoint:  # the Q8 conversion must be possible before anything loads, not after the bf16 run
+        check_q8_config(transformer_config(o.model), q8_config, runtime)
+    wb = WandbRun(o.wandb_project, "compare", dict(dataclasses.asdict(settings), model=o.model)) if o.wandb else None
+    pipe, embeds, enc, load_s = _load(o, run, "bf16")
+    info = pipe.q8lib_info
+    ref_runs = _runs(pipe, settings, embeds, run["image"], o)
+    # The same transformer in 8 bits: quantized in place (no second copy), or the given checkpoint.
+    if o.checkpoint:
+        pipe.register_modules(transformer=None)
+        gc.collect()
+        pipe.register_modules(transformer=load_transformer(info["model"], "q8", o.checkpoint, o.checkpoint_subfolder,
+                                                           q8_config, device, run["dtype"], runtime=runtime))
+    else:
+        quantize_(pipe.transformer, q8_config, backend=runtime.backend, attention=runtime.attention, progress=not o.quiet)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    q8_runs = _runs(pipe, settings, embeds, run["image"], o)
+    ref, q8 = ref_runs[-1]["frames"][0], q8_runs[-1]["frames"][0]
+    per_frame = dict(psnr_db=[float(v) for v in psnr(ref, q8)], ssim=[float(v) for v in ssim(ref, q8)])
+    plot = plot_metrics(per_frame, out.with_suffix(".png"),
+                        title=f"{info['model']}: {info['dtype']} vs Q8 ({q8_config.weight_dtype})")
+    finite = [v for v in per_frame["psnr_db"] if v != float("inf")]
+    summary = dict(psnr_db_mean=statistics.mean(finite) if finite else float("inf"),
+                   psnr_db_min=min(per_frame["psnr_db"]), ssim_mean=statistics.mean(per_frame["ssim"]),
+                   ssim_min=min(per_frame["ssim"]), max_abs_diff=float((ref - q8).abs().max()))
+    ref_t, q8_t = _median_timings(ref_runs), _median_timings(q8_runs)
+    report = dict(kind="q8lib compare", **environment(device), shape=_shape(pipe, settings),
+                  settings=dataclasses.asdict(settings),
+                  pipeline=dict(info, precision=f"{info['dtype']} vs q8", checkpoint=o.checkpoint,
+                                weight_dtype=q8_config.weight_dtype, attention=runtime.attention, backend=run["backend"]),
+                  results=dict(load_s=load_s, **enc, metrics=summary, per_frame=per_frame,
+                               speedup={k: ref_t[f"{k}_s"] / q8_t[f"{k}_s"] if q8_t[f"{k}_s"] else None
+                                        for k in ("transformer", "end_to_end")},
+                               reference=dict(timings=ref_t, memory=ref_runs[-1]["memory"]),
+                               q8=dict(timings=q8_t, memory=q8_runs[-1]["memory"]),
+                               warmup_runs=o.warmup, repeats=o.repeats),
+                  outputs=dict(video=None if o.no_video else str(out), plot=str(plot) if plot else None))
+    if not o.no_video:  # each file is written whole or not at all (q8lib.outputs)
+        write_video(side_by_side(ref, q8), out, settings.frame_rate)
+    write_json(sidecar_for(out), report)
+    if wb:
+        wb.finish(None if o.no_video else out, {f"metrics/{k}": v for k, v in summary.items()}, settings.frame_rate)
+    return report
+
+
+def convert_checkpoint(source: str, output: str | os.PathLike, subfolder: str | None = "transformer",
+                       q8_config: Q8Config | None = None, device="cpu", local_files_only: bool | None = None,
+                       seed: int = 0) -> dict:
+    """Convert a bf16 LTX transformer (hub id, local dir, ``"tiny"``) to a q8lib checkpoint in ``output``.
+
+    ``subfolder`` is dropped automatically for a local transformer directory (``config.json`` at
+    its root). Returns a size report: bf16 bytes of the source weights, bytes of the written
+    safetensors, parameter counts of converted and kept tensors.
+    """
+    q8_config = q8_config or Q8Config()
+    source = MODEL_ALIASES.get(source, source)
+    check_output_dir(output, "output folder")
+    if Path(source).is_dir() and (Path(source) / "config.json").exists():
+        subfolder = None
+    check_q8_config(transformer_config(source, subfolder, local_files_only), q8_config, Q8Runtime())
+    start = time.perf_counter()
+    model = load_transformer(source, "bf16", device=device, dtype=torch.bfloat16, local_files_only=local_files_only,
+                             seed=seed, subfolder=subfolder)  # bf16, as hub checkpoints are stored
+    bf16_bytes = sum(t.numel() * 2 for t in model.state_dict().values() if t.is_floating_point())
+    params = sum(t.numel() for t in model.state_dict().values())
+    model = quantize_(model.to(device).eval(), q8_config)
+    path = save_q8(model, output)
+    q8_bytes = sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+    converted = sum(m.weight.numel() for m in model.modules() if isinstance(m, Q8Linear))
+    return dict(source=source, output=str(path), weight_dtype=q8_config.weight_dtype,
+                hadamard_block=q8_config.hadamard_block, params=params, params_8bit=converted,
+                params_kept=params - converted, bf16_bytes=bf16_bytes, q8_bytes=q8_bytes,
+                ratio=q8_bytes / bf16_bytes, seconds=time.perf_counter() - start)
+
+
+def convert(source: str, output: str, subfolder: str | None = "transformer", weight_dtype: str = "auto",
+            hadamard_block: int | None = None, device="auto", report: str | None = None) -> dict:
+    """:func:`convert_checkpoint` with command-line values, after checking the output folder and the
+    ``report`` JSON path (written too when given); returns the size report."""
+    q8_config, _ = q8_options(weight_dtype, hadamard_block)
+    check_output_dir(output, "output folder")
+    if report:
+        check_output_file(report, (".json",), "--report")
+    rep = convert_checkpoint(source, output, subfolder=subfolder or None, q8_config=q8_config,
+                             device=resolve_device(device))
+    if report:
+        write_json(Path(report), rep)
+    return rep
+
+
+def memory(model: str = "random-13b", precision: str = "q8", weight_dtype: str = "auto", attention: str = "fp8",
+           backend: str = "auto", device="auto", frames: int = 81, height: int = 480, width: int = 704, batch: int = 2,
+           repeats: int = 3, limit_gib: float | None = None, output: str | None = None) -> dict:
+    """Transformer-only peak memory and forward time at one shape (:func:`~q8lib.app.measure.transformer_memory`)
+    as a report (``results.fits`` says whether the peak fits under ``limit_gib``); written to ``output`` if given."""
+    if output:
+        check_output_file(output, (".json",), "--output")
+    if limit_gib is not None and not limit_gib > 0:
+        raise SettingsError(f"--limit-gib must be a positive number of GiB, got {limit_gib}")
+    device = resolve_device(device)
+    q8_config, runtime = q8_options(weight_dtype, None, backend, attention)
+    rep = transformer_memory(MODEL_ALIASES.get(model, model), frames, height, width, batch, repeats=repeats,
+                             precision=precision, q8_config=q8_config, device=device, runtime=runtime)
+    report = dict(kind="q8lib memory", **environment(device), shape=rep.pop("shape"), results=rep)
+    if limit_gib is not None and "peak_gib" in rep:
+        rep["limit_gib"] = limit_gib
+        rep["fits"] = rep["peak_gib"] <= limit_gib
+    if output:
+        write_json(Path(output), report)
+    return report
+
+
+def demo(seed: int = 0, batch: int = 2, weight_dtype: str = "int8", attention: str = "fp8") -> dict:
+    """One forward of the tiny default's transformer in fp32 and in Q8 on the same random input
+    (:func:`q8lib.models.dummy_inputs`, 3x8x8 latents, 16 text tokens): error, sizes, times, and the
+    parameter/FLOP table (``inspect``)."""
+    if batch < 1 or seed < 0:
+        raise SettingsError(f"--batch must be >= 1 and --seed >= 0, got {batch} and {seed}")
+    model = default_pipeline().transformer
+    frames, height, width, text = 3, 8, 8, 16
+    inputs = dummy_inputs(dict(model.config), batch, frames, height, width, text, seed=seed)
+
+    def timed(m):
+        start = time.perf_counter()
+        with torch.no_grad():
+            y = m(**inputs).sample
+        return y, (time.perf_counter() - start) * 1e3
+
+    ref, ms_ref = timed(model)
+    q8 = quantize_(copy.deepcopy(model), Q8Config(weight_dtype=weight_dtype), attention=attention, progress=False)
+    out, ms_q8 = timed(q8)
+    return dict(inspect=inspect_transformer(model, num_tokens=frames * height * width, text_tokens=text, batch=batch),
+                weight_dtype=weight_dtype, attention=attention, backend=q8._q8_runtime.backend,
+                relative_error=relative_error(out, ref), cosine=cosine(out, ref), bytes_ref=module_bytes(model),
+                bytes_q8=module_bytes(q8), ms_ref=ms_ref, ms_q8=ms_q8)

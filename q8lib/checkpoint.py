@@ -1,0 +1,278 @@
+"""Q8 checkpoints: :func:`save_q8` writes, :func:`load_q8` reads (q8lib's layout or the earlier public one).
+
+A q8lib checkpoint is a folder in diffusers' layout (``config.json``, safetensors weights) plus
+``q8lib.json`` (:meth:`~q8lib.config.Q8Config.to_metadata`). Loading builds the model on the meta
+device and fills it with ``load_state_dict(assign=True)``, so no bf16 copy is ever materialised;
+every mismatch raises :class:`~q8lib.errors.Q8CheckpointError` naming the file and the key.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .attention import check_fp8_attention
+from .config import Q8Config, Q8Runtime
+from .convert import (activate_q8, build_q8_skeleton, check_ltx_transformer, check_state_keys, is_quantized, ltx_classes,
+                      quantize_)
+from .errors import Q8CheckpointError, SettingsError
+from .modules import Q8Linear
+from .outputs import atomic_path, check_output_dir
+
+__all__ = ["save_q8", "load_q8", "quantize_pretrained", "check_checkpoint_source", "Q8CheckpointError"]
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+META_NAME = "q8lib.json"
+CONFIG_NAME = "config.json"
+# The earlier public Q8 checkpoint: int8 Q(W H) with H over the full input dim, fp32 `scales`.
+LEGACY_CONFIG = dict(weight_dtype="int8", hadamard_block=None)
+
+
+def save_q8(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``config.json``, ``diffusion_pytorch_model.safetensors`` and ``q8lib.json`` to ``path``."""
+    check_ltx_transformer(model)
+    config = getattr(model, "_q8_config", None)
+    if config is None or not is_quantized(model):
+        raise SettingsError("save_q8 needs a model quantized by q8lib (quantize_ or load_q8)")
+    path = check_output_dir(path, "save_q8 folder")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    # Each file is written under a temporary name and renamed into place; q8lib.json goes last, so a
+    # folder with it is complete, and the weights say who wrote them even without it (load_q8 checks).
+    with atomic_path(path / CONFIG_NAME) as tmp:
+        tmp.write_text(model.to_json_string())  # what diffusers' save_config writes
+    with atomic_path(path / WEIGHTS_NAME) as tmp:
+        save_file(state, tmp, metadata={"format": "pt", "producer": "q8lib"})
+    with atomic_path(path / META_NAME) as tmp:
+        tmp.write_text(json.dumps(config.to_metadata(), indent=2) + "\n")
+    return path
+
+
+def _resolve_dir(path_or_repo: str | os.PathLike, subfolder: str | None, local_files_only: bool | None) -> Path:
+    local = Path(path_or_repo).expanduser()
+    if local.is_dir():
+        d = local / subfolder if subfolder else local
+        if not d.is_dir():
+            raise Q8CheckpointError(f"{d} does not exist (checkpoint subfolder {subfolder!r})")
+        return d
+    repo = str(path_or_repo)
+    if local.exists():
+        raise Q8CheckpointError(f"{repo!r} is a file; a Q8 checkpoint is a folder (config.json, safetensors, q8lib.json)")
+    if repo.count("/") != 1 or repo.startswith((".", "/", "~")):
+        raise Q8CheckpointError(f"{repo!r} is neither a local directory nor a hub repo id like 'owner/name'")
+    from huggingface_hub import snapshot_download  # only for hub ids
+
+    prefix = f"{subfolder}/" if subfolder else ""
+    patterns = [prefix + p for p in (CONFIG_NAME, META_NAME, "*.safetensors", "*.safetensors.index.json")]
+    try:
+        root = snapshot_download(repo, allow_patterns=patterns, local_files_only=bool(local_files_only))
+    except Exception as e:  # offline, not found, gated ...
+        raise Q8CheckpointError(
+            f"Could not fetch {repo!r} from the Hugging Face Hub ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}). "
+            "Check the repo id and your network (HF_HUB_OFFLINE must be unset to download), or pass a "
+            "local directory. Offline, use the embedded tiny default (q8lib.tiny)."
+        ) from None
+    return Path(root) / subfolder if subfolder else Path(root)
+
+
+def check_checkpoint_source(path_or_repo: str | os.PathLike, subfolder: str | None = None) -> None:
+    """Cheap checks of a checkpoint argument before anything else loads: a local folder must exist and
+    hold ``config.json``; anything else must look like a hub id (``owner/name``). Raises :class:`Q8CheckpointError`."""
+    local = Path(path_or_repo).expanduser()
+    if local.is_dir():  # read every header (not the tensors): a broken file fails here, not after other loading
+        d = _resolve_dir(local, subfolder, True)
+        if not (d / CONFIG_NAME).is_file():
+            raise Q8CheckpointError(f"no {CONFIG_NAME} in {d}: not a Q8 checkpoint folder")
+        _read_json(d / CONFIG_NAME)
+        if (d / META_NAME).exists():
+            _read_q8_config(d, {}, {})
+        for f in _safetensors_files(d):
+            _load_safetensors(f, tensors=False)
+        return
+    repo = str(path_or_repo)
+    if local.exists() or repo.count("/") != 1 or repo.startswith((".", "/", "~")):
+        _resolve_dir(path_or_repo, subfolder, True)  # raises with the reason
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise Q8CheckpointError(f"{path}: not readable JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise Q8CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _load_safetensors(f: Path, tensors: bool = True) -> tuple[dict, dict]:
+    """Tensors (unless ``tensors=False``: the header alone) and header metadata of one safetensors file;
+    :class:`Q8CheckpointError` naming it if unreadable."""
+    try:
+        with safe_open(f, framework="pt") as fh:
+            meta = fh.metadata() or {}
+            return ({k: fh.get_tensor(k) for k in fh.keys()} if tensors else {}), meta
+    except Exception as e:  # truncated, not safetensors, unknown dtype ...: safetensors raises several types
+        raise Q8CheckpointError(f"{f}: not a readable safetensors file ({type(e).__name__}: {e}); "
+                                "the file may be truncated: download or convert it again") from None
+
+
+def _read_safetensors(d: Path) -> tuple[dict, dict, list[Path]]:
+    """``(state, metadata of the first file, files)`` of a folder's single or sharded safetensors weights."""
+    files = _safetensors_files(d)
+    state, first_meta = {}, None
+    for f in files:
+        tensors, meta = _load_safetensors(f)
+        state.update(tensors)
+        first_meta = meta if first_meta is None else first_meta
+    return state, first_meta or {}, files
+
+
+def _safetensors_files(d: Path) -> list[Path]:
+    """The weight files of a folder: the single file, or the shards its index names (checked to exist)."""
+    if (d / WEIGHTS_NAME).exists():
+        files = [d / WEIGHTS_NAME]
+    elif (d / INDEX_NAME).exists():
+        index = _read_json(d / INDEX_NAME)
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise Q8CheckpointError(f"{d / INDEX_NAME}: key 'weight_map' must map tensor names to file names")
+        files = [d / f for f in sorted(set(weight_map.values()))]
+        for f in files:
+            if not f.is_file():
+                raise Q8CheckpointError(f"{d / INDEX_NAME} names {f.name}, which is not in {d}")
+    else:
+        raise Q8CheckpointError(f"no {WEIGHTS_NAME} (or sharded index) in {d}")
+    return files
+
+
+def _read_q8_config(d: Path, state: dict, header: dict) -> tuple[Q8Config, bool]:
+    """The checkpoint's Q8Config and whether it is the earlier public (legacy) layout."""
+    if (d / META_NAME).exists():
+        try:
+            return Q8Config.from_metadata(_read_json(d / META_NAME)), False
+        except SettingsError as e:
+            raise Q8CheckpointError(f"{d / META_NAME}: {e}") from None
+    if header.get("producer") == "q8lib":
+        # Written by q8lib, whose layout (rotation block, 8-bit type) only q8lib.json records: guessing
+        # the earlier public layout here would load silently wrong weights.
+        raise Q8CheckpointError(
+            f"{d} was written by q8lib but its {META_NAME} is missing (an interrupted copy?); copy it from the "
+            "original folder, or convert the checkpoint again")
+    if any(k.endswith(".scales") for k in state):
+        return Q8Config(**LEGACY_CONFIG), True
+    raise Q8CheckpointError(
+        f"{d} holds no q8lib.json and no '.scales' tensors: it is not a Q8 checkpoint. "
+        "To quantize a bf16 checkpoint use q8lib.quantize_pretrained(...)."
+    )
+
+
+@torch.no_grad()
+def load_q8(
+    path_or_repo: str | os.PathLike,
+    subfolder: str | None = None,
+    device: str | torch.device = "cpu",
+    torch_dtype: torch.dtype = torch.bfloat16,
+    backend: str = "auto",
+    attention: str = "fp8",
+    local_files_only: bool | None = None,
+):
+    """Load a Q8 LTX transformer from a q8lib checkpoint or the earlier public layout.
+
+    ``path_or_repo`` is a local directory or a hub repo id (e.g. ``"sayakpaul/q8-ltx-video"``).
+    The model is built on the meta device, swapped to Q8 modules and filled with
+    ``load_state_dict(assign=True)``. High-precision tensors are cast to ``torch_dtype``; 8-bit
+    weights, scales and biases keep their dtypes. Raises :class:`Q8CheckpointError` naming the
+    file and the key on any mismatch (unreadable or truncated files, malformed JSON, wrong shapes
+    or dtypes, non-finite scales). ``backend`` and ``attention`` are the runtime choices
+    (:class:`~q8lib.config.Q8Runtime`); the weight format comes from the checkpoint.
+    """
+    runtime = Q8Runtime(backend=backend, attention=attention)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SettingsError(f"device {device!r} names no device; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point or torch_dtype.itemsize < 2:
+        raise SettingsError(f"torch_dtype must be torch.bfloat16, torch.float16 or torch.float32, got {torch_dtype!r}")
+    d = _resolve_dir(path_or_repo, subfolder, local_files_only)
+    if not (d / CONFIG_NAME).exists():
+        raise Q8CheckpointError(f"no {CONFIG_NAME} in {d}")
+    cfg = _read_json(d / CONFIG_NAME)
+    if cfg.get("_class_name", "LTXVideoTransformer3DModel") != "LTXVideoTransformer3DModel":
+        raise Q8CheckpointError(f"{d / CONFIG_NAME}: holds a {cfg['_class_name']}, not an LTXVideoTransformer3DModel")
+    state, header, files = _read_safetensors(d)
+    config, _ = _read_q8_config(d, state, header)
+    try:  # what the files say must fit together; the attention is the caller's runtime choice, checked after
+        model = build_q8_skeleton(cfg, config, Q8Runtime(backend=runtime.backend, attention="keep"))
+    except SettingsError as e:
+        raise Q8CheckpointError(f"{d / CONFIG_NAME} and {d / META_NAME} do not fit together: {e}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise Q8CheckpointError(f"{d / CONFIG_NAME}: not a valid LTX transformer config ({type(e).__name__}: {e})") from None
+    if runtime.attention == "fp8":
+        check_fp8_attention(model)  # SettingsError: use attention="sdpa"
+    where = files[0] if len(files) == 1 else d
+    expected = model.state_dict()
+    check_state_keys(set(expected), set(state), f"checkpoint {where}")
+    q8_keys = _q8_buffer_keys(model)
+    for k, want in expected.items():
+        got = state[k]
+        if tuple(got.shape) != tuple(want.shape):
+            raise Q8CheckpointError(f"{where}: {k} has shape {tuple(got.shape)}, the model needs {tuple(want.shape)}")
+        if k in q8_keys:
+            if got.dtype != want.dtype:
+                raise Q8CheckpointError(f"{where}: {k} is stored as {got.dtype}, expected {want.dtype} for "
+                                        f"{config.weight_dtype}")
+            if k.endswith(".scales") and not bool(torch.isfinite(got).all() and (got >= 0).all()):
+                raise Q8CheckpointError(f"{where}: {k} holds negative, NaN or infinite scales")
+        elif not got.is_floating_point():
+            raise Q8CheckpointError(f"{where}: {k} is stored as {got.dtype}, but it is a high-precision tensor "
+                                    "(floating point expected)")
+        else:
+            state[k] = got.to(torch_dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise Q8CheckpointError(f"tensors left uninitialised after loading: {left[:8]}")
+    model.to(device)
+    model.eval()
+    activate_q8(model, config, runtime)
+    return model
+
+
+def _q8_buffer_keys(model: nn.Module) -> set:
+    keys = set()
+    for name, m in model.named_modules():
+        if isinstance(m, Q8Linear):
+            keys.update(f"{name}.{b}" for b, t in m._buffers.items() if t is not None)
+    return keys
+
+
+def quantize_pretrained(
+    repo_or_path: str = "Lightricks/LTX-Video",
+    subfolder: str | None = "transformer",
+    config: Q8Config | None = None,
+    device: str | torch.device = "cpu",
+    torch_dtype: torch.dtype = torch.bfloat16,
+    *,
+    backend: str | None = None,
+    attention: str | None = None,
+    **from_pretrained_kwargs,
+):
+    """Load a bf16 diffusers LTX transformer (hub id or local dir) and quantize it on the fly
+    (:func:`~q8lib.convert.quantize_` with ``config``, ``backend``, ``attention``).
+
+    The conversion runs on ``device`` (a GPU converts the 2B model in seconds).
+    """
+    LTX = ltx_classes()[0]
+    try:
+        model = LTX.from_pretrained(repo_or_path, subfolder=subfolder, torch_dtype=torch_dtype, **from_pretrained_kwargs)
+    except OSError as e:
+        raise Q8CheckpointError(
+            f"Could not load the LTX transformer from {repo_or_path!r} (subfolder={subfolder!r}): {e}. "
+            "Download needs network access (HF_HUB_OFFLINE unset); offline, use the tiny default (q8lib.tiny)."
+        ) from e
+    return quantize_(model.to(device).eval(), config, backend=backend, attention=attention)

@@ -1,0 +1,257 @@
+"""Converting an LTX-Video transformer to Q8: in place (:func:`quantize_`), as a state dict
+(:func:`convert_state_dict`) or as an empty meta-device skeleton (:func:`build_q8_skeleton`).
+
+The flow follows gpt-fast: build the quantized state dict, swap modules to Q8 skeletons, then
+``load_state_dict(assign=True)``. Saving and loading live in :mod:`q8lib.checkpoint`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .attention import check_fp8_attention, set_q8_attention
+from .config import Q8Config, Q8Runtime
+from .errors import Q8CheckpointError, SettingsError, UnsupportedModelError
+from .fused import install_if_fast
+from .modules import Q8GELU, Q8Linear, Q8RMSNorm, quantize_weight
+
+__all__ = [
+    "check_ltx_transformer",
+    "quantize_",
+    "convert_state_dict",
+    "is_quantized",
+    "build_q8_skeleton",
+    "activate_q8",
+    "check_q8_config",
+    "convertible_modules",
+    "modules_to_convert",
+    "check_state_keys",
+    "ltx_classes",
+]
+
+FilterFn = Callable[[nn.Module, str], bool]
+
+
+def ltx_classes():
+    """diffusers' ``(LTXVideoTransformer3DModel, GELU, RMSNorm)``, imported on first use (diffusers loads slowly)."""
+    from diffusers import LTXVideoTransformer3DModel
+    from diffusers.models.activations import GELU
+    from diffusers.models.normalization import RMSNorm
+
+    return LTXVideoTransformer3DModel, GELU, RMSNorm
+
+
+def check_ltx_transformer(model: nn.Module) -> None:
+    """Raise :class:`UnsupportedModelError` (a ``TypeError``) unless ``model`` is a diffusers ``LTXVideoTransformer3DModel``."""
+    cls = ltx_classes()[0]
+    if not isinstance(model, cls):
+        raise UnsupportedModelError(f"q8lib converts diffusers LTXVideoTransformer3DModel only, got {type(model).__name__}; "
+                                    "pass pipe.transformer of an LTXPipeline")
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, Q8Linear) for m in model.modules())
+
+
+def _kept(name: str, config: Q8Config) -> bool:
+    parts = name.split(".")
+    return any(k in parts or name == k or name.startswith(k + ".") for k in config.keep_high_precision)
+
+
+def convertible_modules(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """``(dotted name, module, kind)`` of every module of the transformer blocks q8lib can make Q8:
+    kind ``"linear"`` (``nn.Linear``), ``"gelu"`` (diffusers' GELU with its ``proj``) or ``"norm"`` (RMSNorm)."""
+    _, GELU, RMSNorm = ltx_classes()
+    out = []
+    for name, m in model.named_modules():
+        if not name.startswith("transformer_blocks."):
+            continue
+        if isinstance(m, GELU):
+            out.append((name, m, "gelu"))
+        elif isinstance(m, nn.Linear) and not name.endswith(".proj"):  # GELU's proj goes with its GELU
+            out.append((name, m, "linear"))
+        elif isinstance(m, RMSNorm):
+            out.append((name, m, "norm"))
+    return out
+
+
+def modules_to_convert(model: nn.Module, config: Q8Config) -> list[tuple[str, nn.Module, str]]:
+    """``(dotted name, module, kind)`` for every module inside the blocks that becomes Q8 under ``config``."""
+    return [t for t in convertible_modules(model) if not _kept(t[0], config)]
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, new)
+
+
+def _skeleton(m: nn.Module, kind: str, config: Q8Config, backend: str) -> nn.Module:
+    """An empty Q8 module (meta device) with the right shapes for ``m``."""
+    q = dict(qdtype=config.qdtype, hadamard_block=config.hadamard_block, backend=backend, device="meta")
+    if kind == "linear":
+        return Q8Linear(m.in_features, m.out_features, m.bias is not None, **q)
+    if kind == "gelu":
+        if m.approximate != "tanh":
+            raise Q8CheckpointError(f"only tanh-GELU feed-forwards are supported, got approximate={m.approximate!r}")
+        return Q8GELU(Q8Linear(m.proj.in_features, m.proj.out_features, m.proj.bias is not None,
+                               activation="gelu_tanh", **q))
+    return Q8RMSNorm.from_norm(m, backend=backend)
+
+
+def _skeleton_named(name, m, kind, config, backend):
+    try:
+        return _skeleton(m, kind, config, backend)
+    except Q8CheckpointError:
+        raise
+    except ValueError as e:
+        raise SettingsError(f"cannot convert {name} ({type(m).__name__}) with hadamard_block={config.hadamard_block}: "
+                            f"{e}") from None
+
+
+def check_q8_config(transformer_config: dict, config: Q8Config, runtime: Q8Runtime | None = None) -> None:
+    """Raise :class:`SettingsError` if ``config`` cannot convert a transformer with ``transformer_config``
+    (a rotation block that does not divide a width, a head size FP8 attention cannot rotate).
+
+    Builds the model on the meta device only: no memory, no weights, milliseconds.
+    """
+    build_q8_skeleton(transformer_config, config, runtime)
+
+
+def _quantize_linear_state(prefix: str, linear: nn.Linear, config: Q8Config, out: dict) -> None:
+    w_q, w_s = quantize_weight(linear.weight.detach(), config.qdtype, config.hadamard_block)
+    out[prefix + "weight"], out[prefix + "scales"] = w_q, w_s
+    if linear.bias is not None:
+        out[prefix + "bias"] = linear.bias.detach().float()
+
+
+@torch.no_grad()
+def quantize_(model: nn.Module, config: Q8Config | None = None, filter_fn: FilterFn | None = None, *,
+              backend: str | None = None, attention: str | None = None, progress: bool = True) -> nn.Module:
+    """Quantize a loaded LTX transformer in place (block by block, so the extra memory is one block).
+
+    Linears and the GELU projection of every block become :class:`Q8Linear` (8-bit, Hadamard-rotated),
+    ``norm1``/``norm2`` become :class:`Q8RMSNorm`, and the attention processors are swapped for
+    :class:`~q8lib.attention.Q8AttnProcessor` (unless ``attention="keep"``). Returns ``model``.
+
+    Args:
+        config: the weight format (:class:`Q8Config`); modules in ``config.keep_high_precision`` stay.
+        filter_fn: like torchao's ``quantize_(model, config, filter_fn)``: ``filter_fn(module, fqn)``
+            picks, among the convertible modules (:func:`convertible_modules`), those to convert.
+            The modules it leaves out are added to the model's recorded ``keep_high_precision``, so
+            :func:`~q8lib.checkpoint.save_q8` / ``load_q8`` round-trip the same layout.
+        backend, attention: runtime choices (:class:`~q8lib.config.Q8Runtime`); default: those an
+            earlier-style ``Q8Config(backend=, attention=)`` carries, else ``"auto"`` and ``"fp8"``.
+    """
+    check_ltx_transformer(model)
+    if is_quantized(model):
+        raise SettingsError("model is already quantized; quantize_ takes the unquantized transformer")
+    config = config or Q8Config()
+    if not isinstance(config, Q8Config):
+        raise SettingsError(f"config must be a q8lib.Q8Config, got {type(config).__name__}")
+    if filter_fn is not None and not callable(filter_fn):
+        raise SettingsError(f"filter_fn must be a function (module, fqn) -> bool, got {type(filter_fn).__name__}")
+    runtime = config.runtime(backend, attention)
+    if runtime.attention == "fp8":
+        check_fp8_attention(model)
+    targets = modules_to_convert(model, config)
+    if filter_fn is not None:
+        left_out = tuple(name for name, m, _ in targets if not filter_fn(m, name))
+        config = Q8Config(weight_dtype=config.weight_dtype, hadamard_block=config.hadamard_block,
+                          keep_high_precision=config.keep_high_precision + left_out)
+        targets = modules_to_convert(model, config)
+    from tqdm.auto import tqdm
+
+    # Build every (meta-device) skeleton first: an unsupported shape fails before anything changes.
+    targets = [(name, m, kind, _skeleton_named(name, m, kind, config, runtime.backend)) for name, m, kind in targets]
+    for name, m, kind, new in tqdm(targets, desc="q8lib quantize", disable=not progress, leave=False):
+        state = {}
+        if kind == "linear":
+            _quantize_linear_state("", m, config, state)
+        elif kind == "gelu":
+            _quantize_linear_state("proj.", m.proj, config, state)
+        else:
+            state = {k: v.detach().clone() for k, v in m.state_dict().items()}
+        new.load_state_dict(state, strict=True, assign=True)
+        _set_submodule(model, name, new)
+    activate_q8(model, config, runtime)
+    return model
+
+
+def build_q8_skeleton(transformer_config: dict, config: Q8Config | None = None,
+                      runtime: Q8Runtime | None = None) -> nn.Module:
+    """An LTX transformer on the meta device (no memory) whose blocks already hold empty Q8 modules.
+
+    Fill it with ``load_state_dict(state, assign=True)`` (or assign tensors yourself), then call
+    :func:`activate_q8` to install the Q8 attention and, where a fast backend runs, the fused blocks.
+    ``runtime`` (default: ``config.runtime()``) gives the modules' backend and, with
+    ``attention="fp8"``, checks that every head size can be rotated.
+    """
+    config = config or Q8Config()
+    runtime = runtime or config.runtime()
+    with torch.device("meta"):
+        model = ltx_classes()[0].from_config(_plain_config(transformer_config))
+        if runtime.attention == "fp8":
+            check_fp8_attention(model)
+        for name, m, kind in modules_to_convert(model, config):
+            _set_submodule(model, name, _skeleton_named(name, m, kind, config, runtime.backend))
+    return model
+
+
+def activate_q8(model: nn.Module, config: Q8Config, runtime: Q8Runtime | None = None) -> None:
+    """Record ``config`` (``model._q8_config``) and ``runtime`` (``model._q8_runtime``, default
+    ``config.runtime()``) on a filled Q8 model and install its runtime pieces (attention, fused blocks)."""
+    runtime = runtime or config.runtime()
+    model._q8_config, model._q8_runtime = config, runtime
+    if runtime.attention != "keep":
+        set_q8_attention(model, fp8=runtime.attention == "fp8", backend=runtime.backend)
+    install_if_fast(model, runtime)  # fused block forward where the triton backend runs
+
+
+@torch.no_grad()
+def convert_state_dict(state_dict: dict, transformer_config: dict, config: Q8Config | None = None) -> dict:
+    """Convert a bf16/fp32 LTX transformer state dict to the q8lib layout (no model weights materialised twice).
+
+    ``transformer_config`` is the model's ``config.json`` dict. Raises :class:`Q8CheckpointError`
+    naming missing or unexpected keys.
+    """
+    config = config or Q8Config()
+    LTX = ltx_classes()[0]
+    with torch.device("meta"):
+        model = LTX.from_config(_plain_config(transformer_config))
+    check_state_keys(set(model.state_dict()), set(state_dict), "bf16 LTX state dict")
+    out = dict(state_dict)
+    for name, m, kind in modules_to_convert(model, config):
+        if kind == "norm":
+            continue
+        lin_name = name + ".proj" if kind == "gelu" else name
+        w = state_dict[lin_name + ".weight"]
+        b = state_dict.get(lin_name + ".bias")
+        lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device="meta")
+        lin.weight = nn.Parameter(w, requires_grad=False)
+        if b is not None:
+            lin.bias = nn.Parameter(b, requires_grad=False)
+        _quantize_linear_state(lin_name + ".", lin, config, out)
+    return out
+
+
+def _plain_config(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
+def check_state_keys(expected: set, found: set, what: str) -> None:
+    """Raise :class:`Q8CheckpointError` naming missing and unexpected keys of ``what``."""
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if missing or unexpected:
+        def show(keys):
+            return ", ".join(keys[:8]) + (f" ... (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+
+        msg = [f"{what} does not match the LTX transformer layout."]
+        if missing:
+            msg.append(f"Missing {len(missing)} keys: {show(missing)}.")
+        if unexpected:
+            msg.append(f"Unexpected {len(unexpected)} keys: {show(unexpected)}.")
+        raise Q8CheckpointError(" ".join(msg))
+
+
