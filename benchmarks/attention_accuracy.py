@@ -712,7 +712,7 @@ def main(argv=None):
         n_queries, real_sizes, n_prompts = 256, [(32, 32, 17)], 4
         e2e_schemes = ["today_hopper", "int8_block64_balance", "int8_block64_balance_fp16pv"]
     else:
-        shapes = [(1, 2, 1024, 64), (1, 2, 4096, 64), (1, 2, 1024, 128), (1, 2, 4096, 128)]
+        shapes = [(1, 2, 1024, 64), (1, 2, 4096, 64), (1, 2, 1024, 128), (1, 2, 4096, 128), (1, 1, 16384, 64)]
         n_queries, real_sizes, n_prompts = 512, [(32, 32, 17), (64, 64, 33)], 8
         e2e_schemes = ["today_ref", "today_hopper", "int8_token_ksmooth", "int8_block64_balance",
                        "int8_block64_balance_vsplit", "int8_block64_balance_fp16pv"]
