@@ -372,6 +372,12 @@ def int8_qtoken_kblock_balance_fp16pv(q, k, v):
                                     p_fmt="fp16", v_fmt="fp16"))
 
 
+def int8_qtoken_kblock_balance_norot_fp16pv(q, k, v):
+    """:func:`int8_qtoken_kblock_balance_fp16pv` without the Hadamard rotation (does balancing replace it?)."""
+    return simulate(q, k, v, Scheme(rotate=False, k_smooth=True, qk_balance=True, qk_fmt="int8", q_rows=1,
+                                    k_rows=64, p_fmt="fp16", v_fmt="fp16"))
+
+
 def int8_qtoken_kblock_balance(q, k, v):
     """:func:`int8_qtoken_kblock_balance_fp16pv` with today's e4m3 PV (two-level accumulation)."""
     return simulate(q, k, v, Scheme(k_smooth=True, qk_balance=True, qk_fmt="int8", q_rows=1, k_rows=64,
@@ -427,7 +433,7 @@ SCHEMES = {f.__name__: f for f in (
     int8_token_balance, int8_block64_balance, e4m3_balance_norot,
     int8_token_ksmooth_vsmooth, int8_token_ksmooth_vsplit, int8_token_ksmooth_fp16pv,
     int8_token_balance_fp16pv, int8_block64_balance_fp16pv, int8_block64_balance_vsplit,
-    int8_qtoken_kblock_balance, int8_qtoken_kblock_balance_fp16pv,
+    int8_qtoken_kblock_balance, int8_qtoken_kblock_balance_fp16pv, int8_qtoken_kblock_balance_norot_fp16pv,
     exact_qk_e4m3_pv, e4m3_qk_exact_pv, exact_qk_e4m3p_exactv,
 )}
 
@@ -802,6 +808,14 @@ def main(argv=None):
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(result, indent=1) + "\n")
 
+    if args.skip and out_path.is_file():  # keep the skipped parts of an earlier run of the same file
+        earlier = json.loads(out_path.read_text())
+        keys = {"synthetic": "synthetic", "real": "tiny_ltx_activations", "e2e": "end_to_end"}
+        for part in args.skip:
+            if keys[part] in earlier:
+                result[keys[part]] = earlier[keys[part]]
+                result.setdefault("carried_over", {})[keys[part]] = dict(date=earlier.get("date"),
+                                                                         argv=earlier.get("argv"))
     if "synthetic" not in args.skip:
         result["synthetic"] = synthetic_study(schemes, shapes, args.seed, n_queries, log)
         dump()
