@@ -76,6 +76,16 @@ def _add_generation_args(p: argparse.ArgumentParser, output_default: str) -> Non
     r.add_argument("--wandb-project", default="q8lib")
 
 
+def _hadamard_block(text: str):
+    """``--hadamard-block``: ``auto``, ``full`` (None: the whole width) or a power of two."""
+    if text in ("auto", "full"):
+        return None if text == "full" else text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a power of two, 'full' or 'auto', got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="q8lib", description="8-bit (Q8) inference of LTX-Video in diffusers.",
@@ -101,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("output", help="folder to write (config.json, safetensors, q8lib.json)")
     conv.add_argument("--subfolder", default="transformer", help="transformer subfolder of a pipeline (default transformer)")
     conv.add_argument("--weight-dtype", default="auto", choices=["auto", "int8", "fp8_e4m3"])
-    conv.add_argument("--hadamard-block", type=int, default=None, help="rotation block (power of two); default: full width")
+    conv.add_argument("--hadamard-block", type=_hadamard_block, default="auto",
+                      help="rotation block: a power of two (1: no rotation), 'full' (the whole width) or 'auto' "
+                           "(default: full for int8, none for fp8_e4m3)")
     conv.add_argument("--device", default="auto", help="where to quantize (a GPU is much faster)")
     conv.add_argument("--report", default=None, help="also write the size report as JSON here")
     conv.set_defaults(func=_convert)

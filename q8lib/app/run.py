@@ -81,7 +81,7 @@ class RunOptions:
     cuda_graph: bool = False
 
 
-def q8_options(weight_dtype: str = "auto", hadamard_block: int | None = None, backend: str = "auto",
+def q8_options(weight_dtype: str = "auto", hadamard_block: int | None | str = "auto", backend: str = "auto",
                attention: str = "fp8") -> tuple[Q8Config, Q8Runtime]:
     """The weight format and runtime choices from command-line values; ``weight_dtype="auto"`` keeps
     Q8Config's device-dependent default."""
@@ -262,7 +262,7 @@ def convert_checkpoint(source: str, output: str | os.PathLike, subfolder: str | 
 
 
 def convert(source: str, output: str, subfolder: str | None = "transformer", weight_dtype: str = "auto",
-            hadamard_block: int | None = None, device="auto", report: str | None = None) -> dict:
+            hadamard_block: int | None | str = "auto", device="auto", report: str | None = None) -> dict:
     """:func:`convert_checkpoint` with command-line values, after checking the output folder and the
     ``report`` JSON path (written too when given); returns the size report."""
     q8_config, _ = q8_options(weight_dtype, hadamard_block)
