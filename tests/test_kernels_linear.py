@@ -245,7 +245,7 @@ def test_gpu_row_kernels_ltx_shapes_bf16(seed, K, qd):
 def test_gpu_gemm_routes(seed, monkeypatch, impl, qd, M, N, K):
     if impl == "int_mm" and qd == FP8:
         pytest.skip("int_mm is int8 only")
-    monkeypatch.setattr(L, "GEMM_IMPL", impl)
+    monkeypatch.setattr(G, "GEMM_IMPL", impl)
     xq, xs, wq, ws, b = _gemm_operands(M, N, K, qd)
     y = L.matmul(xq, xs, wq, ws, b, "gelu_tanh", torch.bfloat16)
     ref = R.q8_matmul_ref(xq, xs, wq, ws, b.double(), "gelu_tanh", torch.float32)
