@@ -28,7 +28,7 @@ no library change) and is compared with the fp32 model: PSNR of the decoded clip
 final latents, judge agreement; also with the linears-only Q8 model (int8, reference backend).
 
 Run: ``PYTHONPATH=. python benchmarks/attention_accuracy.py [--quick]`` (writes
-``benchmarks/results/attention_accuracy_cpu.json`` unless ``--out`` says otherwise).
+``benchmarks/results/accuracy/attention_accuracy_cpu.json`` unless ``--out`` says otherwise).
 """
 from __future__ import annotations
 
@@ -763,7 +763,7 @@ def versions() -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small shapes and fewer prompts (~5 min on 2 cores)")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "attention_accuracy_cpu.json"))
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "accuracy" / "attention_accuracy_cpu.json"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip", nargs="*", default=[], choices=["synthetic", "real", "e2e"])
     ap.add_argument("--threads", type=int, default=2)

@@ -1,6 +1,6 @@
 """Does the Hadamard rotation help each 8-bit format end to end? (CPU; not a test)
 
-    python benchmarks/rotation_accuracy.py --out benchmarks/results/rotation_accuracy_tiny.json
+    python benchmarks/rotation_accuracy.py --out benchmarks/results/accuracy/rotation_accuracy_tiny.json
 
 Generates clips with the trained tiny LTX default in fp32 and with its transformer quantized (reference backend,
 SDPA attention) as int8 / fp8_e4m3, with the full-width rotation (``hadamard_block=None``) and without
@@ -27,7 +27,7 @@ PROMPTS = ["a red circle moving right", "a blue square moving down"]
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="benchmarks/results/rotation_accuracy_tiny.json")
+    ap.add_argument("--out", default="benchmarks/results/accuracy/rotation_accuracy_tiny.json")
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
