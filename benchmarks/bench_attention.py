@@ -191,13 +191,13 @@ def main():
         "device": props.name, "sm": f"{props.major}{props.minor}", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "versions": {"torch": torch.__version__, "triton": triton.__version__, "diffusers": dver,
                      "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()},
-        "default_config": {str(k): str(v) for k, v in FA._FWD_CONFIG.items()},
+        "default_config": {str(k): str(v) for k, v in FA.FWD_CONFIG.items()},
         "shapes": {}, "sweep": {}, "notes": "tflops = 4*B*H*Sq*Sk*D / time (cross: Sk = padded text length)",
     }
     table = []
 
     def dump():  # after every measurement: a run cut short by its time limit still leaves its numbers
-        result["chosen_config"] = {str(k): str(v) for k, v in FA._FWD_CONFIG.items()}
+        result["chosen_config"] = {str(k): str(v) for k, v in FA.FWD_CONFIG.items()}
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
@@ -283,7 +283,7 @@ def main():
             ok = {c: r["ms"] for c, r in zip(SWEEP, sw.values()) if "ms" in r}
             if ok:
                 best = min(ok, key=ok.get)
-                FA._FWD_CONFIG[D] = best
+                FA.FWD_CONFIG[D] = best
                 sw["best"] = str(best)
             result["sweep"][name] = sw
         res["config"] = str(FA.fwd_config(D, dev))

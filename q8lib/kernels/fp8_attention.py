@@ -14,7 +14,7 @@ from ._jit import exp2, to_e4m3
 from ._library import dual_op, interpreting, launchable
 from .attn_producers import SEQ_PAD
 
-__all__ = ["fwd_config", "fwd_config_for", "launch_fwd", "attention_fwd", "attention_fwd_ref"]
+__all__ = ["FWD_CONFIG", "fwd_config", "fwd_config_for", "launch_fwd", "attention_fwd", "attention_fwd_ref"]
 
 LOG2_P_SCALE = tl.constexpr(8.807354922057604)  # log2(448): exp2 produces P * 448 directly (the e4m3 range)
 
@@ -127,16 +127,16 @@ def _attn_fwd_kernel(
 # (BLOCK_M, BLOCK_N, num_warps, num_stages, fast_exp (inline ex2.approx.ftz), warp_specialize,
 #  split: two BLOCK_M query sub-tiles a program).
 # Picked on an H100 by benchmarks/bench_attention.py --sweep (see benchmarks/NOTES_attention.md).
-_FWD_CONFIG = {64: (64, 64, 4, 3, False, False, False), 128: (64, 128, 4, 3, False, False, False)}
-_FWD_CONFIG_CPU = (32, 32, 4, 1, False, False, False)  # interpreter: small tiles, no inline PTX
+FWD_CONFIG = {64: (64, 64, 4, 3, False, False, False), 128: (64, 128, 4, 3, False, False, False)}
+FWD_CONFIG_CPU = (32, 32, 4, 1, False, False, False)  # interpreter: small tiles, no inline PTX
 
 
-_FWD_CONFIG_ADA = (64, 64, 4, 2, False, False, False)  # sm_89: ~100 KB shared memory a SM; untested
+FWD_CONFIG_ADA = (64, 64, 4, 2, False, False, False)  # sm_89: ~100 KB shared memory a SM; untested
 
 
 def fwd_config(d: int, device: torch.device):
     if device.type == "cpu":
-        return _FWD_CONFIG_CPU
+        return FWD_CONFIG_CPU
     major, minor = torch.cuda.get_device_capability(device)
     return fwd_config_for(d, major * 10 + minor)
 
@@ -144,8 +144,8 @@ def fwd_config(d: int, device: torch.device):
 def fwd_config_for(d: int, capability: int):
     """The attention kernel's tile config for head dim ``d`` on GPUs of compute capability ``capability`` (89: sm_89)."""
     if capability < 90:
-        return _FWD_CONFIG_ADA
-    return _FWD_CONFIG.get(d, (64, 64, 4, 3, False, False, False))
+        return FWD_CONFIG_ADA
+    return FWD_CONFIG.get(d, (64, 64, 4, 3, False, False, False))
 
 
 # --------------------------------------------------------------------------------------------
