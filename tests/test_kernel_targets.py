@@ -68,7 +68,7 @@ ADA_OVERFLOW_IF = {"row/add_norm/2048/b128/fp32->i8": (TRITON < (3, 9), "102400 
 KNOWN_SPILLS = {
     (89, "row/norm/4096/b128/bf16->i8"): 4, (89, "row/norm/4096/b128/bf16->e4m3"): 4,  # 3.9 only
     (90, "row/norm/4096/b128/bf16->i8"): 4, (90, "row/norm/4096/b128/bf16->e4m3"): 4,  # 3.6 only
-    (89, "attn/fwd/D128/self"): 48, (89, "attn/fwd/D128/cross"): 48,  # _FWD_CONFIG_ADA at D=128: 3.9 8/0, 3.6 48/48
+    (89, "attn/fwd/D128/self"): 48, (89, "attn/fwd/D128/cross"): 48,  # FWD_CONFIG_ADA at D=128: 3.9 8/0, 3.6 48/48
     # fp32 rows at the sm_90 table's (bf16-measured) launch forms
     (90, "row/norm/2048/full/fp32->i8"): 52, (90, "row/add/2048/full/fp32->i8"): 488,
 }
