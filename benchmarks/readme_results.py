@@ -3,7 +3,7 @@
     python benchmarks/readme_results.py          # rewrite the block between the results markers
     python benchmarks/readme_results.py --check  # exit 1 if README.md is out of date (tests run this)
 
-Only the newest file of each kind is tabulated (``transformer_h100.json``, ``attention_h100.json``,
+Only the newest file of each kind is tabulated (``TRANSFORMER``, ``attention_h100.json``,
 ``generate_*_h100.json``, ``judge_*.json``); superseded runs stay in the folder and in notebook 06.
 """
 from __future__ import annotations
@@ -20,6 +20,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 BEGIN, END = "<!-- results -->", "<!-- /results -->"
 
 
+TRANSFORMER = "transformer_h200_s5.json"  # the newest same-run transformer benchmark (H200, session 5)
+
+
 def _load(name):
     return load_result(RESULTS / name)
 
@@ -33,7 +36,8 @@ def _transformer(d) -> list[str]:
     out = [f"**Transformer forward**, {s['model']} ({s['num_layers']} blocks), {s['tokens']} latent tokens "
            f"({'x'.join(map(str, s['latent']))}) x batch {s['batch']}, {s['text_tokens']} text tokens; "
            f"{d['device']}, torch {d['versions']['torch']}, triton {d['versions']['triton']}, {d['date'][:10]}; "
-           f"{d['timing']} (`benchmarks/results/transformer_h100.json`).", "",
+           f"{d['timing']} (`benchmarks/results/{TRANSFORMER}`; `q8lib_norot*`: fp8 without the rotation, the "
+           "default fp8 format since session 5).", "",
            "| variant | fwd ms | x bf16+compile | 50 steps s | peak MB | x bf16 peak | rel err vs bf16 | cos vs bf16 |",
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in d["results"].items():
@@ -122,7 +126,7 @@ def _generate() -> list[str]:
 
 def render() -> str:
     parts = []
-    t = _load("transformer_h100.json")
+    t = _load(TRANSFORMER)
     if t:
         parts += _transformer(t) + [""]
     a = _load("attention_h100.json")
