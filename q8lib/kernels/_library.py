@@ -9,8 +9,8 @@ Each op is registered twice from one implementation (its launcher):
   torch.compile the launcher itself is traced once with fake tensors, its kernels recorded through
   :func:`launchable`, and inductor launches them from its generated code. On the H200 that cut the
   compiled 2B forward without a CUDA graph from 114.8 to 53.3 ms (benchmarks/NOTES_linear.md).
-  Used for every kernel but the Triton GEMM. Inductor passes Python floats to these kernels as fp64 (Triton's JIT:
-  fp32), so kernels cast float arguments to fp32 before they meet an e4m3 conversion.
+  Used for every q8lib kernel. Inductor passes Python floats to these kernels as fp64 (Triton's JIT: fp32), so
+  kernels cast float arguments to fp32 before they meet an e4m3 conversion.
 
 :func:`dual_op` returns a caller that picks the registration by the device of the first tensor.
 
@@ -28,7 +28,7 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 
-__all__ = ["dual_op", "opaque_op", "tracing", "launchable", "warn_fallback", "interpret", "interpreting", "runs_here",
+__all__ = ["dual_op", "opaque_op", "tracing", "launchable", "warn_fallback", "interpreting", "runs_here",
            "capability", "sm_count", "programs", "tune_table", "table_entry", "table_tune"]
 
 _WARNED: set = set()
@@ -43,11 +43,6 @@ def warn_fallback(op: str, reason: str) -> None:
 
 # Read once: torch.compile traces the launchers, and module globals trace as constants.
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def interpret() -> bool:
-    """Triton's CPU interpreter is on (``TRITON_INTERPRET=1`` when q8lib was imported)."""
-    return _INTERPRET
 
 
 def interpreting(t: torch.Tensor) -> bool:

@@ -223,17 +223,17 @@ def launch_gemm(x_q, x_scale, w_q, w_scale, bias, gelu, out, tiles=None):
     return out
 
 
-def _gemm_impl(x_q: torch.Tensor, x_scale: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
+def _gemm_op_impl(x_q: torch.Tensor, x_scale: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
                bias: Optional[torch.Tensor], gelu: bool, out_dtype: torch.dtype) -> torch.Tensor:
     out = torch.empty(x_q.shape[0], w_q.shape[0], device=x_q.device, dtype=out_dtype)
     return launch_gemm(x_q, x_scale, w_q, w_scale, bias, gelu, out)
 
 
-def _gemm_fake(x_q, x_scale, w_q, w_scale, bias, gelu, out_dtype):
+def _gemm_op_fake(x_q, x_scale, w_q, w_scale, bias, gelu, out_dtype):
     return x_q.new_empty(x_q.shape[0], w_q.shape[0], dtype=out_dtype)
 
 
-gemm_op = dual_op("q8_gemm", _gemm_impl, _gemm_fake)
+gemm_op = dual_op("q8_gemm", _gemm_op_impl, _gemm_op_fake)
 
 
 gemm_ref = ref.q8_matmul_ref  # the math every route computes (float64 accumulation on the CPU)

@@ -29,10 +29,10 @@ from triton.runtime.errors import OutOfResources
 from .. import reference as ref
 from ..quant import FP8, INT8, QMAX
 from ._jit import gelu_tanh, round_e4m3, sign_matrix
-from ._library import dual_op, launchable, programs, table_entry, table_tune, tracing, warn_fallback
+from ._library import dual_op, launchable, programs, table_tune, tracing, warn_fallback
 
 __all__ = ["FLOAT_OUT", "INT8_OUT", "FP8_OUT", "plan", "row_kind", "row_attempts", "row_meta", "launch_row_quant",
-           "rot_code", "row_quant_op", "add_row_quant_op", "row_quant_ref", "add_ref", "qdtype_of", "table_entry"]
+           "rot_code", "row_quant_op", "add_row_quant_op", "row_quant_ref", "add_ref", "qdtype_of"]
 
 # QMODE values
 FLOAT_OUT, INT8_OUT, FP8_OUT = 0, 1, 2
