@@ -39,6 +39,8 @@ def main(argv=None):
     ap.add_argument("--only", default=None, help="'rows' or 'qk': sweep only those ops")
     ap.add_argument("--rotations", default="full",
                     help="comma list of 'full' (Hadamard over the row) and 'none' (hadamard_block=1): the row ops' rotation")
+    ap.add_argument("--kinds", default="norm,plain,add,add_norm,gelu",
+                    help="comma list of the row ops to sweep (norm, plain, add, add_norm, gelu)")
     ap.add_argument("--table", default=None, help="merge the fastest form per op into this tuning table (JSON)")
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
@@ -67,11 +69,14 @@ def main(argv=None):
     ops = {}
     for rot in (rots[r.strip()] for r in args.rotations.split(",")):
         for D, F in widths:
+            kinds = [k.strip() for k in args.kinds.split(",")]
             for kind in ("norm", "plain", "add", "add_norm"):
-                op = row_op(D, kind, rot)
+                if kind in kinds:
+                    op = row_op(D, kind, rot)
+                    ops[op[1]] = op
+            if "gelu" in kinds:
+                op = row_op(F, "gelu", rot)
                 ops[op[1]] = op
-            op = row_op(F, "gelu", rot)
-            ops[op[1]] = op
     if args.blocks:
         op = row_op(2048, "norm", 128)
         ops[op[1]] = op
