@@ -23,10 +23,11 @@ from .hadamard import hadamard_matrix, hadamard_transform
 from .inspection import inspect_transformer
 from .modules import Q8GELU, Q8Linear, Q8RMSNorm, quantize_weight
 from .quant import dequantize_rowwise, quantize_rowwise
+from .versions import __version__
 
-__version__ = "0.1.0"
 __all__ = ["Q8AttnProcessor", "mask_to_key_lengths", "restore_attention", "set_q8_attention", "Backend", "get_backend",
            "list_backends", "register_backend", "resolve_backend", "load_q8", "quantize_pretrained", "save_q8",
+           "__version__",
            "KEEP_HIGH_PRECISION", "Q8Config", "Q8Runtime", "activate_q8", "build_q8_skeleton", "convert_state_dict",
            "is_quantized", "quantize_", "CUDAGraphForward", "disable_cuda_graphs", "enable_cuda_graphs",
            "BackendUnavailableError", "ModelUnavailableError", "Q8CheckpointError", "Q8Error", "Q8FallbackWarning",
