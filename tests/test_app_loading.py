@@ -104,11 +104,16 @@ def test_legacy_q8_checkpoint_from_hub_layout(tmp_path, monkeypatch):
     """The earlier public layout (no q8lib.json) loads from a hub id into the pipeline."""
     q8 = quantize_(default_pipeline().transformer, Q8Config(), progress=False)
 
-    def write(d):  # the earlier layout: the same tensors, with neither q8lib.json nor q8lib's producer mark
+    def write(d):  # the earlier layout: the same tensors, without q8lib.json, quantization_config or producer mark
+        import json
+
         from safetensors.torch import load_file, save_file
 
         save_q8(q8, d)
         (d / "q8lib.json").unlink()
+        cfg = json.loads((d / "config.json").read_text())
+        del cfg["quantization_config"]
+        (d / "config.json").write_text(json.dumps(cfg))
         f = d / "diffusion_pytorch_model.safetensors"
         save_file(load_file(f), f, metadata={"format": "pt"})
 
