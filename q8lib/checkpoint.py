@@ -296,7 +296,11 @@ def load_q8(
             raise Q8CheckpointError(f"{where}: {k} is stored as {got.dtype}, but it is a high-precision tensor "
                                     "(floating point expected)")
         elif torch_dtype is not None:
-            state[k] = got.to(torch_dtype)
+            state[k] = got = got.to(torch_dtype)
+        if device.type == "cpu" and got.data_ptr() % 64:
+            # safetensors' tensors need not be 64-byte aligned (seen: 56 mod 64), and CPU GEMMs round differently
+            # on unaligned operands: without the copy a loaded fp32 model differed from the saved one by ~1e-7
+            state[k] = got.clone()
     model.load_state_dict(state, strict=True, assign=True)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
