@@ -13,6 +13,7 @@ from diffusers import LTXPipeline, LTXVideoTransformer3DModel
 import q8lib
 from q8lib.models import dummy_inputs
 from q8lib.tiny import SHAPES_DIR
+from snippets import README, run_snippet, snippet
 
 PROMPT = "a red circle moving right"
 SMALL = dict(height=32, width=32, num_frames=9, num_inference_steps=2, output_type="pt")
@@ -66,6 +67,7 @@ def test_plain_diffusers_pipeline_load_is_refused_naming_q8lib(saved):
     msg = str(e.value)
     assert msg.startswith("Unknown quantization type, got q8lib (a Q8 checkpoint saved by q8lib")
     assert "q8lib.load_pipeline_q8(pipeline_folder)" in msg and "q8lib.load_q8(transformer_folder)" in msg
+    assert msg.split(" - supported")[0] in README.read_text()  # the README quotes it as users see it
 
 
 def test_plain_diffusers_transformer_load_is_refused_naming_q8lib(saved):
@@ -120,3 +122,20 @@ def test_a_pipeline_folder_given_to_load_q8_says_what_to_do(saved):
     folder, _ = saved
     with pytest.raises(q8lib.Q8CheckpointError, match="a pipeline folder; load its transformer with subfolder='transformer'"):
         q8lib.load_q8(folder)
+
+
+def test_readme_save_load_snippet_runs(tmp_path):
+    ns = run_snippet("save-load", tmp_path)
+    assert len(ns["video"]) == 9 and q8lib.is_quantized(ns["pipe"].transformer)
+    _assert_same_state(ns["pipe"].transformer, ns["transformer"])
+    with pytest.raises(ValueError, match="got q8lib"):  # what the snippet's comment says
+        LTXPipeline.from_pretrained(tmp_path / "ltx-q8")
+
+
+def test_snippet_helper_finds_exactly_one_block(tmp_path):
+    (tmp_path / "R.md").write_text("<!-- snippet: a -->\n```python\nx = 1\n```\n<!-- snippet: b -->\n```\ny\n```\n"
+                                   "<!-- snippet: b -->\n```\nz\n```\n")
+    assert snippet("a", tmp_path / "R.md") == "x = 1"
+    for name in ("b", "c"):
+        with pytest.raises(LookupError, match=f"snippet: {name} -->, found"):
+            snippet(name, tmp_path / "R.md")
