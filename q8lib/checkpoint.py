@@ -122,8 +122,9 @@ def _read_json(path: Path) -> dict:
 
 def _check_config_file(d: Path) -> None:
     if not (d / CONFIG_NAME).is_file():
-        hint = (f" ({d} holds model_index.json: a pipeline folder; load its transformer with subfolder='transformer', "
-                "or the whole pipeline with q8lib.load_pipeline_q8)" if (d / "model_index.json").is_file() else "")
+        hint = "" if not (d / "model_index.json").is_file() else (
+            f" ({d} holds model_index.json: a pipeline folder; load its transformer with subfolder='transformer' "
+            "(command line: --checkpoint-subfolder transformer), or the whole pipeline with q8lib.load_pipeline_q8)")
         raise Q8CheckpointError(f"no {CONFIG_NAME} in {d}: not a Q8 checkpoint folder{hint}")
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -137,6 +138,21 @@ def test_checkpoint_with_wrong_keys_is_refused(tmp_path):
     save_file(state, f)
     with pytest.raises(Q8CheckpointError, match=r"transformer_blocks\.0\.attn1\.to_q\.scales.*transformer_blocks\.0\.extra"):
         load_pipeline(device="cpu", model="tiny", checkpoint=str(tmp_path / "ck"))
+
+
+def test_a_pipeline_saved_after_quantize_is_a_checkpoint_not_a_model(tmp_path):
+    """pipe.save_pretrained after q8lib.quantize_ (issue #16.1): as --model it is refused before any loading, with
+    the --checkpoint form that runs it; load_pipeline takes it that way."""
+    pipe = default_pipeline()
+    quantize_(pipe.transformer, Q8Config(), progress=False)
+    pipe.save_pretrained(tmp_path / "p")
+    folder = str(tmp_path / "p")
+    how = re.escape(f"--checkpoint {folder} --checkpoint-subfolder transformer")
+    with pytest.raises(SettingsError, match="already quantized .*" + how):
+        load_pipeline(folder, device="cpu")
+    loaded = load_pipeline(folder, device="cpu", dtype="fp32", checkpoint=folder, checkpoint_subfolder="transformer")
+    for k, v in pipe.transformer.state_dict().items():
+        assert torch.equal(loaded.transformer.state_dict()[k], v), k
 
 
 def test_image_to_video(tmp_path, seed):
