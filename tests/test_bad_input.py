@@ -191,6 +191,9 @@ def _copy(src: Path, dst: Path) -> Path:
     ("config entry of another quantizer", lambda d: _edit_json(d / "config.json", quantization_config={
         "quant_method": "bitsandbytes_8bit"}), "quantization_config names 'bitsandbytes_8bit', not q8lib"),
     ("weights truncated", lambda d: _truncate(d / "diffusion_pytorch_model.safetensors"), "not a readable safetensors file"),
+    ("bin weights truncated", lambda d: _truncate(_to_bin(d)), "model.bin: not a readable PyTorch weight file"),
+    ("bin weights not tensors", lambda d: torch.save({"proj_in.weight": "text"}, _to_bin(d)),
+     "model.bin: expected a dict of tensors"),
     ("high precision tensor as int8", lambda d: _edit_tensor(d, "proj_in.weight", lambda t: t.to(torch.int8)),
      "proj_in.weight is stored as torch.int8, but it is a high-precision tensor"),
     ("nan scales", lambda d: _edit_tensor(d, "transformer_blocks.0.attn1.to_q.scales", lambda t: t * float("nan")),
@@ -235,6 +238,16 @@ def _strip_marks(d: Path, producer: bool = True):
 def _shard(d: Path, index: str):
     (d / "diffusion_pytorch_model.safetensors").rename(d / "x.safetensors")
     (d / "diffusion_pytorch_model.safetensors.index.json").write_text(index)
+
+
+def _to_bin(d: Path) -> Path:
+    """The weights as diffusers' save_pretrained(safe_serialization=False) writes them."""
+    from safetensors.torch import load_file
+
+    f = d / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(f), d / "diffusion_pytorch_model.bin")
+    f.unlink()
+    return d / "diffusion_pytorch_model.bin"
 
 
 def _truncate(path: Path):
