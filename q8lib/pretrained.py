@@ -33,8 +33,8 @@ def load_pipeline_q8(path_or_repo: str | os.PathLike, pipeline_class=None, *, de
     loaded by :func:`~q8lib.checkpoint.load_q8` (``backend``, ``attention``: its runtime choices; ``device``:
     where it is built, so that the fast path for that device is installed, and where the whole pipeline is
     moved), everything else by ``pipeline_class.from_pretrained`` (default ``diffusers.DiffusionPipeline``,
-    which picks the class from ``model_index.json``) with ``from_pretrained_kwargs`` (``torch_dtype``,
-    ``variant``, ``local_files_only``, ...). ``torch_dtype`` also sets the transformer's high-precision
+    which picks the class from ``model_index.json``) with ``from_pretrained_kwargs`` (``dtype``/``torch_dtype``,
+    ``variant``, ``local_files_only``, ``revision``, ...). The dtype also sets the transformer's high-precision
     tensors; without it they keep their stored dtype.
     """
     if "transformer" in from_pretrained_kwargs:
@@ -44,7 +44,7 @@ def load_pipeline_q8(path_or_repo: str | os.PathLike, pipeline_class=None, *, de
         from diffusers import DiffusionPipeline
 
         pipeline_class = DiffusionPipeline
-    dtype = from_pretrained_kwargs.get("torch_dtype", from_pretrained_kwargs.get("dtype"))
+    dtype = from_pretrained_kwargs.get("dtype") or from_pretrained_kwargs.get("torch_dtype")  # diffusers' precedence
     if isinstance(dtype, dict):  # diffusers' per-component form: {"transformer": ..., "default": ...}
         dtype = dtype.get("transformer", dtype.get("default"))
     shared = {k: from_pretrained_kwargs[k] for k in _SHARED if k in from_pretrained_kwargs}

@@ -88,6 +88,16 @@ def test_load_pipeline_q8_generates_the_same_video(saved):
     assert torch.equal(_generate(pipe), video)
 
 
+def test_load_pipeline_q8_takes_from_pretrained_arguments(saved):
+    folder, _ = saved
+    pipe = q8lib.load_pipeline_q8(folder, LTXPipeline, dtype=torch.bfloat16, attention="sdpa")
+    assert pipe.transformer.proj_in.weight.dtype == pipe.vae.dtype == torch.bfloat16
+    assert pipe.transformer._q8_runtime.attention == "sdpa"
+    assert pipe.transformer.transformer_blocks[0].attn1.to_q.weight.dtype == pipe.transformer._q8_config.qdtype
+    with pytest.raises(q8lib.SettingsError, match="loads the transformer itself"):
+        q8lib.load_pipeline_q8(folder, transformer=pipe.transformer)
+
+
 @pytest.mark.parametrize("options", [dict(max_shard_size="300KB"), dict(safe_serialization=False),
                                      dict(safe_serialization=False, max_shard_size="300KB"), dict(variant="q8")],
                          ids=["sharded", "bin", "bin-sharded", "variant"])
