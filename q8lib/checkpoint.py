@@ -1,8 +1,11 @@
 """Q8 checkpoints: :func:`save_q8` writes, :func:`load_q8` reads (q8lib's layout or the earlier public one).
 
 A q8lib checkpoint is a folder in diffusers' layout (``config.json``, safetensors weights) plus
-``q8lib.json`` (:meth:`~q8lib.config.Q8Config.to_metadata`). Loading builds the model on the meta
-device and fills it with ``load_state_dict(assign=True)``, so no bf16 copy is ever materialised;
+``q8lib.json`` (:meth:`~q8lib.config.Q8Config.to_metadata`). The same weight format is also in
+``config.json``'s ``quantization_config`` (:meth:`~q8lib.config.Q8Config.to_quantization_config`), which a
+quantized model carries in its diffusers config: a folder that diffusers' own ``save_pretrained`` wrote
+(single file or shards, any ``variant``, safetensors or ``.bin``) loads too. Loading builds the model on the
+meta device and fills it with ``load_state_dict(assign=True)``, so no bf16 copy is ever materialised;
 every mismatch raises :class:`~q8lib.errors.Q8CheckpointError` naming the file and the key.
 """
 from __future__ import annotations
@@ -28,6 +31,8 @@ __all__ = ["save_q8", "load_q8", "quantize_pretrained", "check_checkpoint_source
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+BIN_NAME = "diffusion_pytorch_model.bin"  # what diffusers' save_pretrained(safe_serialization=False) writes
+BIN_INDEX_NAME = "diffusion_pytorch_model.bin.index.json"
 META_NAME = "q8lib.json"
 CONFIG_NAME = "config.json"
 # The earlier public Q8 checkpoint: int8 Q(W H) with H over the full input dim, fp32 `scales`.
@@ -35,7 +40,9 @@ LEGACY_CONFIG = dict(weight_dtype="int8", hadamard_block=None)
 
 
 def save_q8(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``config.json``, ``diffusion_pytorch_model.safetensors`` and ``q8lib.json`` to ``path``."""
+    """Write ``config.json`` (with the ``quantization_config`` entry), ``diffusion_pytorch_model.safetensors``
+    and ``q8lib.json`` to ``path``. ``model.save_pretrained(path)`` (diffusers') writes the same folder
+    without ``q8lib.json``; :func:`load_q8` reads both."""
     check_ltx_transformer(model)
     config = getattr(model, "_q8_config", None)
     if config is None or not is_quantized(model):
@@ -44,8 +51,10 @@ def save_q8(model: nn.Module, path: str | os.PathLike) -> Path:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     # Each file is written under a temporary name and renamed into place; q8lib.json goes last, so a
     # folder with it is complete, and the weights say who wrote them even without it (load_q8 checks).
+    cfg = json.loads(model.to_json_string())  # what diffusers' save_config writes ...
+    cfg["quantization_config"] = config.to_quantization_config()  # ... with the format of these weights
     with atomic_path(path / CONFIG_NAME) as tmp:
-        tmp.write_text(model.to_json_string())  # what diffusers' save_config writes
+        tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     with atomic_path(path / WEIGHTS_NAME) as tmp:
         save_file(state, tmp, metadata={"format": "pt", "producer": "q8lib"})
     with atomic_path(path / META_NAME) as tmp:
@@ -53,7 +62,8 @@ def save_q8(model: nn.Module, path: str | os.PathLike) -> Path:
     return path
 
 
-def _resolve_dir(path_or_repo: str | os.PathLike, subfolder: str | None, local_files_only: bool | None) -> Path:
+def _resolve_dir(path_or_repo: str | os.PathLike, subfolder: str | None, local_files_only: bool | None,
+                 revision: str | None = None) -> Path:
     local = Path(path_or_repo).expanduser()
     if local.is_dir():
         d = local / subfolder if subfolder else local
@@ -68,9 +78,10 @@ def _resolve_dir(path_or_repo: str | os.PathLike, subfolder: str | None, local_f
     from huggingface_hub import snapshot_download  # only for hub ids
 
     prefix = f"{subfolder}/" if subfolder else ""
-    patterns = [prefix + p for p in (CONFIG_NAME, META_NAME, "*.safetensors", "*.safetensors.index.json")]
+    patterns = [prefix + p for p in (CONFIG_NAME, META_NAME, "*.safetensors", "*.safetensors.index*.json")]
     try:
-        root = snapshot_download(repo, allow_patterns=patterns, local_files_only=bool(local_files_only))
+        root = snapshot_download(repo, allow_patterns=patterns, local_files_only=bool(local_files_only),
+                                 revision=revision)
     except Exception as e:  # offline, not found, gated ...
         raise Q8CheckpointError(
             f"Could not fetch {repo!r} from the Hugging Face Hub ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}). "
@@ -80,19 +91,19 @@ def _resolve_dir(path_or_repo: str | os.PathLike, subfolder: str | None, local_f
     return Path(root) / subfolder if subfolder else Path(root)
 
 
-def check_checkpoint_source(path_or_repo: str | os.PathLike, subfolder: str | None = None) -> None:
+def check_checkpoint_source(path_or_repo: str | os.PathLike, subfolder: str | None = None,
+                            variant: str | None = None) -> None:
     """Cheap checks of a checkpoint argument before anything else loads: a local folder must exist and
     hold ``config.json``; anything else must look like a hub id (``owner/name``). Raises :class:`Q8CheckpointError`."""
     local = Path(path_or_repo).expanduser()
     if local.is_dir():  # read every header (not the tensors): a broken file fails here, not after other loading
         d = _resolve_dir(local, subfolder, True)
-        if not (d / CONFIG_NAME).is_file():
-            raise Q8CheckpointError(f"no {CONFIG_NAME} in {d}: not a Q8 checkpoint folder")
-        _read_json(d / CONFIG_NAME)
-        if (d / META_NAME).exists():
-            _read_q8_config(d, {}, {})
-        for f in _safetensors_files(d):
-            _load_safetensors(f, tensors=False)
+        _check_config_file(d)
+        cfg = _read_json(d / CONFIG_NAME)
+        if (d / META_NAME).exists() or Q8Config.is_quantization_config(cfg.get("quantization_config")):
+            _read_q8_config(d, cfg, {}, {})
+        for f in _weight_files(d, variant):
+            _load_weights(f, tensors=False)
         return
     repo = str(path_or_repo)
     if local.exists() or repo.count("/") != 1 or repo.startswith((".", "/", "~")):
@@ -109,9 +120,27 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _load_safetensors(f: Path, tensors: bool = True) -> tuple[dict, dict]:
-    """Tensors (unless ``tensors=False``: the header alone) and header metadata of one safetensors file;
+def _check_config_file(d: Path) -> None:
+    if not (d / CONFIG_NAME).is_file():
+        hint = "" if not (d / "model_index.json").is_file() else (
+            f" ({d} holds model_index.json: a pipeline folder; load its transformer with subfolder='transformer' "
+            "(command line: --checkpoint-subfolder transformer), or the whole pipeline with q8lib.load_pipeline_q8)")
+        raise Q8CheckpointError(f"no {CONFIG_NAME} in {d}: not a Q8 checkpoint folder{hint}")
+
+
+def _load_weights(f: Path, tensors: bool = True) -> tuple[dict, dict]:
+    """Tensors (unless ``tensors=False``: the header alone) and header metadata of one weight file
+    (safetensors, or a ``.bin`` read with ``torch.load(weights_only=True)``, which unpickles tensors only);
     :class:`Q8CheckpointError` naming it if unreadable."""
+    if f.suffix == ".bin":
+        try:  # with mmap (header only) nothing but the pickled index is read
+            state = torch.load(f, map_location="cpu", weights_only=True, mmap=not tensors)
+        except Exception as e:  # truncated, not a torch file, pickled objects other than tensors ...
+            raise Q8CheckpointError(f"{f}: not a readable PyTorch weight file ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0][:300] if str(e) else ''})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise Q8CheckpointError(f"{f}: expected a dict of tensors (a state dict)")
+        return (state if tensors else {}), {}
     try:
         with safe_open(f, framework="pt") as fh:
             meta = fh.metadata() or {}
@@ -121,48 +150,79 @@ def _load_safetensors(f: Path, tensors: bool = True) -> tuple[dict, dict]:
                                 "the file may be truncated: download or convert it again") from None
 
 
-def _read_safetensors(d: Path) -> tuple[dict, dict, list[Path]]:
-    """``(state, metadata of the first file, files)`` of a folder's single or sharded safetensors weights."""
-    files = _safetensors_files(d)
+def _read_weights(d: Path, variant: str | None = None) -> tuple[dict, dict, list[Path]]:
+    """``(state, metadata of the first file, files)`` of a folder's single or sharded weights."""
+    files = _weight_files(d, variant)
     state, first_meta = {}, None
     for f in files:
-        tensors, meta = _load_safetensors(f)
+        tensors, meta = _load_weights(f)
         state.update(tensors)
         first_meta = meta if first_meta is None else first_meta
     return state, first_meta or {}, files
 
 
-def _safetensors_files(d: Path) -> list[Path]:
-    """The weight files of a folder: the single file, or the shards its index names (checked to exist)."""
-    if (d / WEIGHTS_NAME).exists():
-        files = [d / WEIGHTS_NAME]
-    elif (d / INDEX_NAME).exists():
-        index = _read_json(d / INDEX_NAME)
-        weight_map = index.get("weight_map")
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise Q8CheckpointError(f"{d / INDEX_NAME}: key 'weight_map' must map tensor names to file names")
-        files = [d / f for f in sorted(set(weight_map.values()))]
-        for f in files:
-            if not f.is_file():
-                raise Q8CheckpointError(f"{d / INDEX_NAME} names {f.name}, which is not in {d}")
-    else:
-        raise Q8CheckpointError(f"no {WEIGHTS_NAME} (or sharded index) in {d}")
-    return files
+def _with_variant(name: str, variant: str | None) -> str:
+    """diffusers' file name for a ``variant``: ``diffusion_pytorch_model.fp16.safetensors``, ``....index.fp16.json``."""
+    if not variant:
+        return name
+    stem, ext = name.rsplit(".", 1)
+    return f"{stem}.{variant}.{ext}"
 
 
-def _read_q8_config(d: Path, state: dict, header: dict) -> tuple[Q8Config, bool]:
-    """The checkpoint's Q8Config and whether it is the earlier public (legacy) layout."""
+def _weight_files(d: Path, variant: str | None = None) -> list[Path]:
+    """The weight files of a folder, as diffusers' ``save_pretrained`` names them: the single file, or the
+    shards its index names (checked to exist); safetensors first, then ``.bin``."""
+    for single, index in ((WEIGHTS_NAME, INDEX_NAME), (BIN_NAME, BIN_INDEX_NAME)):
+        single, index = d / _with_variant(single, variant), d / _with_variant(index, variant)
+        if single.exists():
+            return [single]
+        if index.exists():
+            weight_map = _read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise Q8CheckpointError(f"{index}: key 'weight_map' must map tensor names to file names")
+            files = [d / f for f in sorted(set(weight_map.values()))]
+            for f in files:
+                if not f.is_file():
+                    raise Q8CheckpointError(f"{index} names {f.name}, which is not in {d}")
+            return files
+    found = sorted(p.name for p in d.glob("diffusion_pytorch_model*") if p.suffix in (".safetensors", ".bin"))
+    hint = f"; it holds {', '.join(found[:3])}: pass the variant= they were saved with" if found else ""
+    raise Q8CheckpointError(f"no {_with_variant(WEIGHTS_NAME, variant)} (or sharded index) in {d}{hint}")
+
+
+def _read_q8_config(d: Path, cfg: dict, state: dict, header: dict) -> tuple[Q8Config, bool]:
+    """The checkpoint's Q8Config (from ``q8lib.json`` and/or ``config.json``'s ``quantization_config``, which
+    must agree) and whether it is the earlier public (legacy) layout."""
+    found = {}
     if (d / META_NAME).exists():
         try:
-            return Q8Config.from_metadata(_read_json(d / META_NAME)), False
+            found[META_NAME] = Q8Config.from_metadata(_read_json(d / META_NAME))
         except SettingsError as e:
             raise Q8CheckpointError(f"{d / META_NAME}: {e}") from None
+    entry = cfg.get("quantization_config")
+    if entry is not None:
+        if not Q8Config.is_quantization_config(entry):
+            method = entry.get("quant_method") if isinstance(entry, dict) else entry
+            raise Q8CheckpointError(f"{d / CONFIG_NAME}: quantization_config names {method!r}, not q8lib: a model "
+                                    "quantized by another library; load it with diffusers' from_pretrained")
+        try:
+            found[CONFIG_NAME] = Q8Config.from_quantization_config(entry)
+        except SettingsError as e:
+            raise Q8CheckpointError(f"{d / CONFIG_NAME}: key 'quantization_config': {e}") from None
+    if len(found) == 2 and found[META_NAME] != found[CONFIG_NAME]:
+        a, b = found[META_NAME].to_metadata(), found[CONFIG_NAME].to_metadata()
+        keys = ", ".join(f"{k}: {a[k]!r} against {b[k]!r}" for k in a if a[k] != b[k])
+        raise Q8CheckpointError(f"{d / META_NAME} and the quantization_config of {d / CONFIG_NAME} disagree ({keys}): "
+                                "one of them was edited or copied from another checkpoint")
+    if found:
+        return next(iter(found.values())), False
     if header.get("producer") == "q8lib":
-        # Written by q8lib, whose layout (rotation block, 8-bit type) only q8lib.json records: guessing
-        # the earlier public layout here would load silently wrong weights.
+        # Written by q8lib, whose layout (rotation block, 8-bit type) only q8lib.json and config.json's
+        # quantization_config record: guessing the earlier public layout here would load silently wrong weights.
         raise Q8CheckpointError(
-            f"{d} was written by q8lib but its {META_NAME} is missing (an interrupted copy?); copy it from the "
-            "original folder, or convert the checkpoint again")
+            f"{d} was written by q8lib but its {META_NAME} is missing and its {CONFIG_NAME} has no "
+            "quantization_config (an interrupted copy?); copy them from the original folder, or convert the "
+            "checkpoint again")
     if any(k.endswith(".scales") for k in state):
         return Q8Config(**LEGACY_CONFIG), True
     raise Q8CheckpointError(
@@ -176,17 +236,21 @@ def load_q8(
     path_or_repo: str | os.PathLike,
     subfolder: str | None = None,
     device: str | torch.device = "cpu",
-    torch_dtype: torch.dtype = torch.bfloat16,
+    torch_dtype: torch.dtype | None = torch.bfloat16,
     backend: str = "auto",
     attention: str = "fp8",
     local_files_only: bool | None = None,
+    variant: str | None = None,
+    revision: str | None = None,
 ):
     """Load a Q8 LTX transformer from a q8lib checkpoint or the earlier public layout.
 
-    ``path_or_repo`` is a local directory or a hub repo id (e.g. ``"sayakpaul/q8-ltx-video"``).
+    ``path_or_repo`` is a local directory or a hub repo id (e.g. ``"sayakpaul/q8-ltx-video"``): a folder
+    :func:`save_q8` wrote, or one that diffusers' ``save_pretrained`` wrote from a q8lib-quantized transformer
+    (``subfolder="transformer"`` of a saved pipeline; ``variant`` as given to ``save_pretrained``).
     The model is built on the meta device, swapped to Q8 modules and filled with
-    ``load_state_dict(assign=True)``. High-precision tensors are cast to ``torch_dtype``; 8-bit
-    weights, scales and biases keep their dtypes. Raises :class:`Q8CheckpointError` naming the
+    ``load_state_dict(assign=True)``. High-precision tensors are cast to ``torch_dtype`` (``None``: kept as
+    stored); 8-bit weights, scales and biases keep their dtypes. Raises :class:`Q8CheckpointError` naming the
     file and the key on any mismatch (unreadable or truncated files, malformed JSON, wrong shapes
     or dtypes, non-finite scales). ``backend`` and ``attention`` are the runtime choices
     (:class:`~q8lib.config.Q8Runtime`); the weight format comes from the checkpoint.
@@ -196,16 +260,17 @@ def load_q8(
         device = torch.device(device)
     except (RuntimeError, TypeError):
         raise SettingsError(f"device {device!r} names no device; use 'cpu', 'cuda' or 'cuda:N'") from None
-    if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point or torch_dtype.itemsize < 2:
-        raise SettingsError(f"torch_dtype must be torch.bfloat16, torch.float16 or torch.float32, got {torch_dtype!r}")
-    d = _resolve_dir(path_or_repo, subfolder, local_files_only)
-    if not (d / CONFIG_NAME).exists():
-        raise Q8CheckpointError(f"no {CONFIG_NAME} in {d}")
+    if torch_dtype is not None and (not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point
+                                    or torch_dtype.itemsize < 2):
+        raise SettingsError("torch_dtype must be torch.bfloat16, torch.float16, torch.float32 or None (as stored), "
+                            f"got {torch_dtype!r}")
+    d = _resolve_dir(path_or_repo, subfolder, local_files_only, revision)
+    _check_config_file(d)
     cfg = _read_json(d / CONFIG_NAME)
     if cfg.get("_class_name", "LTXVideoTransformer3DModel") != "LTXVideoTransformer3DModel":
         raise Q8CheckpointError(f"{d / CONFIG_NAME}: holds a {cfg['_class_name']}, not an LTXVideoTransformer3DModel")
-    state, header, files = _read_safetensors(d)
-    config, _ = _read_q8_config(d, state, header)
+    state, header, files = _read_weights(d, variant)
+    config, _ = _read_q8_config(d, cfg, state, header)
     try:  # what the files say must fit together; the attention is the caller's runtime choice, checked after
         model = build_q8_skeleton(cfg, config, Q8Runtime(backend=runtime.backend, attention="keep"))
     except SettingsError as e:
@@ -231,8 +296,12 @@ def load_q8(
         elif not got.is_floating_point():
             raise Q8CheckpointError(f"{where}: {k} is stored as {got.dtype}, but it is a high-precision tensor "
                                     "(floating point expected)")
-        else:
-            state[k] = got.to(torch_dtype)
+        elif torch_dtype is not None:
+            state[k] = got = got.to(torch_dtype)
+        if device.type == "cpu" and got.data_ptr() % 64:
+            # safetensors' tensors need not be 64-byte aligned (seen: 56 mod 64), and CPU GEMMs round differently
+            # on unaligned operands: without the copy a loaded fp32 model differed from the saved one by ~1e-7
+            state[k] = got.clone()
     model.load_state_dict(state, strict=True, assign=True)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:

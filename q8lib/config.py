@@ -11,8 +11,15 @@ from dataclasses import dataclass, field
 
 from .errors import SettingsError
 from .quant import qdtype_from_name, qdtype_name
+from .versions import __version__
 
 FORMAT_VERSION = 1
+# ``quant_method`` of the ``quantization_config`` entry q8lib writes into a Q8 transformer's ``config.json``.
+# diffusers has no way to register a third-party quantizer, so its ``from_pretrained`` refuses such a folder
+# with "Unknown quantization type, got <quant_method> - supported types are: [...]": this text is that
+# message's middle, and says what to call instead. q8lib itself recognises its entry by ``format: "q8lib"``.
+QUANT_METHOD = ("q8lib (a Q8 checkpoint saved by q8lib, which diffusers cannot load; load it with "
+                "q8lib.load_pipeline_q8(pipeline_folder) or q8lib.load_q8(transformer_folder))")
 
 # Modules of the LTX transformer that stay in high precision: they are small, run once per
 # forward (or once per step) and are sensitive (the input/output projections and conditioning).
@@ -139,6 +146,23 @@ class Q8Config:
         d = dataclasses.asdict(self)
         d["keep_high_precision"] = list(self.keep_high_precision)
         return {"format": "q8lib", "format_version": FORMAT_VERSION, **d}
+
+    def to_quantization_config(self) -> dict:
+        """The ``quantization_config`` entry of a Q8 transformer's diffusers config (``config.json``):
+        :data:`QUANT_METHOD`, the q8lib version that wrote it and :meth:`to_metadata`. :func:`q8lib.quantize_` and
+        :func:`q8lib.load_q8` register it on the model, so diffusers' ``save_pretrained`` marks what it saves."""
+        return {"quant_method": QUANT_METHOD, "q8lib_version": __version__, **self.to_metadata()}
+
+    @staticmethod
+    def is_quantization_config(entry) -> bool:
+        """Whether a ``quantization_config`` entry (a JSON object) was written by q8lib."""
+        return isinstance(entry, dict) and (entry.get("format") == "q8lib"
+                                            or str(entry.get("quant_method", "")).startswith("q8lib"))
+
+    @classmethod
+    def from_quantization_config(cls, entry: dict) -> "Q8Config":
+        """Inverse of :meth:`to_quantization_config`; raises :class:`SettingsError` naming the key that is wrong."""
+        return cls.from_metadata(entry)
 
     @classmethod
     def from_metadata(cls, meta: dict) -> "Q8Config":

@@ -201,9 +201,16 @@ def build_q8_skeleton(transformer_config: dict, config: Q8Config | None = None,
 
 def activate_q8(model: nn.Module, config: Q8Config, runtime: Q8Runtime | None = None) -> None:
     """Record ``config`` (``model._q8_config``) and ``runtime`` (``model._q8_runtime``, default
-    ``config.runtime()``) on a filled Q8 model and install its runtime pieces (attention, fused blocks)."""
+    ``config.runtime()``) on a filled Q8 model and install its runtime pieces (attention, fused blocks).
+
+    ``config`` also goes into the model's diffusers config as ``quantization_config``
+    (:meth:`~q8lib.config.Q8Config.to_quantization_config`), as diffusers' own quantizers do: the
+    ``config.json`` that ``save_pretrained`` writes then names q8lib, and a plain diffusers
+    ``from_pretrained`` of that folder refuses it with a message naming the q8lib call to use."""
     runtime = runtime or config.runtime()
     model._q8_config, model._q8_runtime = config, runtime
+    if hasattr(model, "register_to_config"):
+        model.register_to_config(quantization_config=config.to_quantization_config())
     if runtime.attention != "keep":
         set_q8_attention(model, fp8=runtime.attention == "fp8", backend=runtime.backend)
     install_if_fast(model, runtime)  # fused block forward where the triton backend runs
@@ -237,7 +244,8 @@ def convert_state_dict(state_dict: dict, transformer_config: dict, config: Q8Con
 
 
 def _plain_config(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+    """The architecture part of a transformer config: no private keys, no ``quantization_config``."""
+    return {k: v for k, v in cfg.items() if not k.startswith("_") and k != "quantization_config"}
 
 
 def check_state_keys(expected: set, found: set, what: str) -> None:

@@ -10,7 +10,10 @@ import platform
 import warnings
 from importlib import metadata
 
-__all__ = ["SUPPORTED", "check_versions", "warn_unsupported", "package_versions"]
+__all__ = ["__version__", "SUPPORTED", "check_versions", "warn_unsupported", "package_versions"]
+
+# q8lib's own version (pyproject.toml's; tests/test_packaging.py keeps them equal): what saved checkpoints record.
+__version__ = "0.1.0"
 
 # distribution -> (specifier, why that bound)
 SUPPORTED = {

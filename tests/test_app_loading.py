@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -104,11 +105,16 @@ def test_legacy_q8_checkpoint_from_hub_layout(tmp_path, monkeypatch):
     """The earlier public layout (no q8lib.json) loads from a hub id into the pipeline."""
     q8 = quantize_(default_pipeline().transformer, Q8Config(), progress=False)
 
-    def write(d):  # the earlier layout: the same tensors, with neither q8lib.json nor q8lib's producer mark
+    def write(d):  # the earlier layout: the same tensors, without q8lib.json, quantization_config or producer mark
+        import json
+
         from safetensors.torch import load_file, save_file
 
         save_q8(q8, d)
         (d / "q8lib.json").unlink()
+        cfg = json.loads((d / "config.json").read_text())
+        del cfg["quantization_config"]
+        (d / "config.json").write_text(json.dumps(cfg))
         f = d / "diffusion_pytorch_model.safetensors"
         save_file(load_file(f), f, metadata={"format": "pt"})
 
@@ -132,6 +138,21 @@ def test_checkpoint_with_wrong_keys_is_refused(tmp_path):
     save_file(state, f)
     with pytest.raises(Q8CheckpointError, match=r"transformer_blocks\.0\.attn1\.to_q\.scales.*transformer_blocks\.0\.extra"):
         load_pipeline(device="cpu", model="tiny", checkpoint=str(tmp_path / "ck"))
+
+
+def test_a_pipeline_saved_after_quantize_is_a_checkpoint_not_a_model(tmp_path):
+    """pipe.save_pretrained after q8lib.quantize_ (issue #16.1): as --model it is refused before any loading, with
+    the --checkpoint form that runs it; load_pipeline takes it that way."""
+    pipe = default_pipeline()
+    quantize_(pipe.transformer, Q8Config(), progress=False)
+    pipe.save_pretrained(tmp_path / "p")
+    folder = str(tmp_path / "p")
+    how = re.escape(f"--checkpoint {folder} --checkpoint-subfolder transformer")
+    with pytest.raises(SettingsError, match="already quantized .*" + how):
+        load_pipeline(folder, device="cpu")
+    loaded = load_pipeline(folder, device="cpu", dtype="fp32", checkpoint=folder, checkpoint_subfolder="transformer")
+    for k, v in pipe.transformer.state_dict().items():
+        assert torch.equal(loaded.transformer.state_dict()[k], v), k
 
 
 def test_image_to_video(tmp_path, seed):

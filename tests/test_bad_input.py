@@ -183,8 +183,17 @@ def _copy(src: Path, dst: Path) -> Path:
     ("meta wrong keep list", lambda d: _edit_json(d / "q8lib.json", keep_high_precision=3),
      "q8lib.json: key 'keep_high_precision'"),
     ("meta missing key", lambda d: _edit_json(d / "q8lib.json", drop="hadamard_block"), "keys \\['hadamard_block'\\] are missing"),
-    ("meta missing", lambda d: (d / "q8lib.json").unlink(), "written by q8lib but its q8lib.json is missing"),
+    ("meta missing", lambda d: _strip_marks(d, producer=False), "written by q8lib but its q8lib.json is missing"),
+    ("meta and config disagree", lambda d: _edit_json(d / "q8lib.json", weight_dtype="fp8_e4m3"),
+     "q8lib.json and the quantization_config of .*config.json disagree \\(weight_dtype: 'fp8_e4m3' against 'int8'\\)"),
+    ("config entry broken", lambda d: _edit_quantization_config(d, format_version=99),
+     "config.json: key 'quantization_config': key 'format_version' is 99"),
+    ("config entry of another quantizer", lambda d: _edit_json(d / "config.json", quantization_config={
+        "quant_method": "bitsandbytes_8bit"}), "quantization_config names 'bitsandbytes_8bit', not q8lib"),
     ("weights truncated", lambda d: _truncate(d / "diffusion_pytorch_model.safetensors"), "not a readable safetensors file"),
+    ("bin weights truncated", lambda d: _truncate(_to_bin(d)), "model.bin: not a readable PyTorch weight file"),
+    ("bin weights not tensors", lambda d: torch.save({"proj_in.weight": "text"}, _to_bin(d)),
+     "model.bin: expected a dict of tensors"),
     ("high precision tensor as int8", lambda d: _edit_tensor(d, "proj_in.weight", lambda t: t.to(torch.int8)),
      "proj_in.weight is stored as torch.int8, but it is a high-precision tensor"),
     ("nan scales", lambda d: _edit_tensor(d, "transformer_blocks.0.attn1.to_q.scales", lambda t: t * float("nan")),
@@ -208,9 +217,37 @@ def _edit_json(path: Path, drop=None, **changes):
     path.write_text(json.dumps(data))
 
 
+def _edit_quantization_config(d: Path, **changes):
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["quantization_config"].update(changes)
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+def _strip_marks(d: Path, producer: bool = True):
+    """Make a saved checkpoint look like the earlier public layout: no q8lib.json, no quantization_config
+    in config.json and (``producer=True``) no producer mark in the safetensors header."""
+    from safetensors.torch import load_file, save_file
+
+    (d / "q8lib.json").unlink()
+    _edit_json(d / "config.json", drop="quantization_config")
+    if producer:
+        f = d / "diffusion_pytorch_model.safetensors"
+        save_file(load_file(f), f, metadata={"format": "pt"})
+
+
 def _shard(d: Path, index: str):
     (d / "diffusion_pytorch_model.safetensors").rename(d / "x.safetensors")
     (d / "diffusion_pytorch_model.safetensors.index.json").write_text(index)
+
+
+def _to_bin(d: Path) -> Path:
+    """The weights as diffusers' save_pretrained(safe_serialization=False) writes them."""
+    from safetensors.torch import load_file
+
+    f = d / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(f), d / "diffusion_pytorch_model.bin")
+    f.unlink()
+    return d / "diffusion_pytorch_model.bin"
 
 
 def _truncate(path: Path):
@@ -227,13 +264,9 @@ def _edit_tensor(d: Path, key: str, fn):
 
 
 def test_earlier_public_layout_without_metadata_still_loads(tmp_path):
-    """Without the producer mark the earlier public layout (int8, full rotation) is still recognised."""
-    from safetensors.torch import load_file, save_file
-
+    """Without q8lib's marks the earlier public layout (int8, full rotation) is still recognised."""
     ck = _saved_tiny_checkpoint(tmp_path / "ck")  # int8, full-width rotation: the earlier layout
-    f = ck / "diffusion_pytorch_model.safetensors"
-    save_file(load_file(f), f, metadata={"format": "pt"})
-    (ck / "q8lib.json").unlink()
+    _strip_marks(ck)
     assert q8lib.is_quantized(q8lib.load_q8(ck))
 
 

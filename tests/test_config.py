@@ -16,6 +16,18 @@ def test_metadata_holds_the_weight_format_only():
     assert Q8Config.from_metadata(meta) == Q8Config(weight_dtype="int8", hadamard_block=64)
 
 
+def test_quantization_config_entry_names_q8lib_and_round_trips():
+    cfg = Q8Config(weight_dtype="fp8_e4m3", hadamard_block=64, keep_high_precision=("proj_in",))
+    entry = cfg.to_quantization_config()
+    assert entry["quant_method"].startswith("q8lib") and "q8lib.load_pipeline_q8(" in entry["quant_method"]
+    assert entry["q8lib_version"] == q8lib.__version__ and Q8Config.is_quantization_config(entry)
+    assert Q8Config.from_quantization_config(entry) == cfg
+    assert not Q8Config.is_quantization_config({"quant_method": "torchao"})
+    # quantize_ puts it in the model's diffusers config (what save_pretrained writes), runtime choices not
+    model = q8lib.quantize_(make_tiny_transformer(), cfg, attention="sdpa", progress=False)
+    assert model.config["quantization_config"] == entry and "attention" not in entry
+
+
 def test_runtime_is_checked_and_has_defaults():
     assert Q8Config().runtime() == Q8Runtime(backend="auto", attention="fp8")
     assert Q8Config().runtime(attention="sdpa") == Q8Runtime(backend="auto", attention="sdpa")

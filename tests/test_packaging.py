@@ -83,3 +83,9 @@ def test_version_check_names_the_package_the_range_and_the_fix():
     assert len(problems) == 3 and "torch" not in text, text
     assert "diffusers 0.43.0 is outside the supported range diffusers==0.42.1" in text
     assert "pip install 'triton>=3.0'" in text and "transformers junk" in text
+
+
+def test_package_version_matches_pyproject():
+    import q8lib
+
+    assert q8lib.__version__ == _pyproject()["project"]["version"], "q8lib/versions.py's __version__ and pyproject.toml"

@@ -141,9 +141,15 @@ def transformer_config(model: str, subfolder: str | None = "transformer", local_
     if Path(model).is_dir() and (Path(model) / "config.json").exists() and not (Path(model) / "model_index.json").exists():
         subfolder = None
     try:
-        return dict(_ltx().load_config(model, subfolder=subfolder, local_files_only=local_files_only))
+        cfg = dict(_ltx().load_config(model, subfolder=subfolder, local_files_only=local_files_only))
     except OSError as e:
         raise model_not_available(model, e) from None
+    if Q8Config.is_quantization_config(cfg.get("quantization_config")):  # saved after q8lib.quantize_
+        sub = " --checkpoint-subfolder " + subfolder if subfolder else ""
+        raise SettingsError(f"{model} holds a transformer that q8lib already quantized (its config.json names q8lib), "
+                            f"which needs no conversion: run it with --checkpoint {model}{sub}, or load it in Python "
+                            "with q8lib.load_pipeline_q8 / q8lib.load_q8")
+    return cfg
 
 
 def load_transformer(model: str, precision: str = "q8", checkpoint: str | None = None,
