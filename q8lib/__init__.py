@@ -5,7 +5,7 @@ and FP8 attention, with a pure-PyTorch reference that runs anywhere and faster G
 
 The inference library is this package's top level (math: ``reference``, ``quant``, ``hadamard``;
 ``backends`` + ``kernels``; ``modules``, ``config``; LTX integration: ``convert``, ``checkpoint``,
-``pretrained``, ``attention``, ``fused``, ``parallel``, ``cudagraph``). Layers above it, each importing only downward:
+``pretrained``, ``attention``, ``fused``, ``parallel``, ``cudagraph``, ``lora``). Layers above it, each importing only downward:
 :mod:`q8lib.tiny` (the trained toy default), :mod:`q8lib.app` (generate/compare/memory and the CLI),
 :mod:`q8lib.bench` (benchmarks), :mod:`q8lib.tutorial` (notebook helpers). The modules ``pipeline``, ``ltx``,
 ``cli``, ``video``, ``viz``, ``patching``, ``judge``, ``shapes`` and ``train`` at this level only re-export the
@@ -21,6 +21,7 @@ from .errors import (BackendUnavailableError, ModelUnavailableError, Q8Checkpoin
                      Q8FallbackWarning, Q8Warning, SettingsError, UnsupportedModelError)
 from .hadamard import hadamard_matrix, hadamard_transform
 from .inspection import inspect_transformer
+from .lora import load_lora
 from .modules import Q8GELU, Q8Linear, Q8RMSNorm, quantize_weight
 from .pretrained import load_pipeline_q8
 from .quant import dequantize_rowwise, quantize_rowwise
@@ -33,5 +34,5 @@ __all__ = ["Q8AttnProcessor", "mask_to_key_lengths", "restore_attention", "set_q
            "is_quantized", "quantize_", "CUDAGraphForward", "disable_cuda_graphs", "enable_cuda_graphs",
            "BackendUnavailableError", "ModelUnavailableError", "Q8CheckpointError", "Q8Error", "Q8FallbackWarning",
            "Q8Warning", "SettingsError", "UnsupportedModelError", "hadamard_matrix", "hadamard_transform",
-           "inspect_transformer", "Q8GELU", "Q8Linear", "Q8RMSNorm", "quantize_weight", "dequantize_rowwise",
-           "quantize_rowwise"]
+           "inspect_transformer", "load_lora", "Q8GELU", "Q8Linear", "Q8RMSNorm", "quantize_weight",
+           "dequantize_rowwise", "quantize_rowwise"]

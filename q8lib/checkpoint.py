@@ -24,6 +24,7 @@ from .config import Q8Config, Q8Runtime
 from .convert import (activate_q8, build_q8_skeleton, check_ltx_transformer, check_state_keys, is_quantized, ltx_classes,
                       quantize_)
 from .errors import Q8CheckpointError, SettingsError
+from .lora import check_no_adapters
 from .modules import Q8Linear
 from .outputs import atomic_path, check_output_dir
 
@@ -44,6 +45,7 @@ def save_q8(model: nn.Module, path: str | os.PathLike) -> Path:
     and ``q8lib.json`` to ``path``. ``model.save_pretrained(path)`` (diffusers') writes the same folder
     without ``q8lib.json``; :func:`load_q8` reads both."""
     check_ltx_transformer(model)
+    check_no_adapters(model, "save_q8")
     config = getattr(model, "_q8_config", None)
     if config is None or not is_quantized(model):
         raise SettingsError("save_q8 needs a model quantized by q8lib (quantize_ or load_q8)")

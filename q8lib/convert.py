@@ -15,6 +15,7 @@ from .attention import check_fp8_attention, set_q8_attention
 from .config import Q8Config, Q8Runtime
 from .errors import Q8CheckpointError, SettingsError, UnsupportedModelError
 from .fused import install_if_fast
+from .lora import check_no_adapters
 from .modules import Q8GELU, Q8Linear, Q8RMSNorm, quantize_weight
 
 __all__ = [
@@ -134,6 +135,9 @@ def quantize_(model: nn.Module, config: Q8Config | None = None, filter_fn: Filte
     Linears and the GELU projection of every block become :class:`Q8Linear` (8-bit, Hadamard-rotated),
     ``norm1``/``norm2`` become :class:`Q8RMSNorm`, and the attention processors are swapped for
     :class:`~q8lib.attention.Q8AttnProcessor` (unless ``attention="keep"``). Returns ``model``.
+    A transformer holding LoRA adapter layers is refused: fuse and unload them first
+    (``pipe.fuse_lora(); pipe.unload_lora_weights()``), or quantize the plain one and load the LoRA onto
+    it with :func:`q8lib.load_lora`.
 
     Args:
         config: the weight format (:class:`Q8Config`); modules in ``config.keep_high_precision`` stay.
@@ -147,6 +151,7 @@ def quantize_(model: nn.Module, config: Q8Config | None = None, filter_fn: Filte
     check_ltx_transformer(model)
     if is_quantized(model):
         raise SettingsError("model is already quantized; quantize_ takes the unquantized transformer")
+    check_no_adapters(model, "quantize_")
     config = config or Q8Config()
     if not isinstance(config, Q8Config):
         raise SettingsError(f"config must be a q8lib.Q8Config, got {type(config).__name__}")

@@ -16,6 +16,8 @@ read and written as few times as possible:
   the same forward on any device and tests check it against the unfused one.
 * the model's RoPE tables come in the model dtype, computed once for the batch when the samples
   share coordinates (:func:`compact_rope_forward`): every block's q/k path reads them.
+* a block whose linears carry an active LoRA adapter (:mod:`q8lib.lora`) runs diffusers' forward,
+  which gives each linear, and so the adapter, its float input (the check: about 2 us per block).
 
 :func:`install_fused_blocks` swaps the forward of every eligible block (instance attribute, no
 class patching; also the model's ``rope``); :func:`uninstall_fused_blocks` undoes it. Works with any backend, so the CPU
@@ -37,15 +39,35 @@ __all__ = ["install_fused_blocks", "uninstall_fused_blocks", "fused_block_forwar
 
 
 def _block_linears(block):
+    """The block's linears as the model holds them: ``Q8Linear``, or a LoRA layer around one (:mod:`q8lib.lora`)."""
     a1, a2, ff = block.attn1, block.attn2, block.ff
     return [a1.to_q, a1.to_k, a1.to_v, a1.to_out[0], a2.to_q, a2.to_k, a2.to_v, a2.to_out[0],
             getattr(ff.net[0], "proj", None), ff.net[2]]
 
 
+def _q8(lin) -> Q8Linear:
+    """The ``Q8Linear`` itself, also under a LoRA layer (peft's ``base_layer``)."""
+    return lin if type(lin) is Q8Linear else getattr(lin, "base_layer", lin)
+
+
+def _linear_slots(block) -> list:
+    """``(parent._modules, name)`` of each of the block's linears: where peft puts a LoRA layer in or takes it
+    out (``setattr`` on the parent), read by :func:`_runs_adapter` on every call without attribute lookups."""
+    a1, a2, net = block.attn1, block.attn2, block.ff.net
+    return ([(a1._modules, k) for k in ("to_q", "to_k", "to_v")] + [(a1.to_out._modules, "0")]
+            + [(a2._modules, k) for k in ("to_q", "to_k", "to_v")] + [(a2.to_out._modules, "0")]
+            + [(net[0]._modules, "proj"), (net._modules, "2")])
+
+
+def _runs_adapter(slots) -> bool:
+    """Whether a LoRA layer around one of the block's linears adds to its output (it needs the float input)."""
+    return any(type(d[k]) is not Q8Linear and d[k].runs_adapter() for d, k in slots)
+
+
 def _eligible(block) -> str | None:
     """``None`` if the fused forward can run this block, else why not."""
     try:
-        lins = _block_linears(block)
+        lins = [_q8(m) for m in _block_linears(block)]
     except (AttributeError, IndexError, TypeError) as e:
         return f"not an LTX block layout ({e})"
     if not all(isinstance(m, Q8Linear) for m in lins):
@@ -65,13 +87,14 @@ def _bias(lin: Q8Linear, dtype):
     return b if b is not None and b.dtype == dtype else lin.bias
 
 
-def _linear(be, lin: Q8Linear, x_q, x_s, out_dtype, activation=None):
+def _linear(be, lin, x_q, x_s, out_dtype, activation=None):
+    lin = _q8(lin)
     return be.matmul(x_q, x_s, lin.weight, lin.scales, _bias(lin, out_dtype), activation, out_dtype)
 
 
 def _ffn(be, ff, x_q, x_s, out_dtype):
     """Up-projection + tanh-GELU + down-projection from quantized rows ``x_q``."""
-    up, down = ff.net[0].proj, ff.net[2]
+    up, down = ff.net[0].proj, _q8(ff.net[2])
     qd, hb = down.qdtype, down.hadamard_block
     if be.gemm_fuses_gelu(qd, x_q.device):  # GELU in the up-projection's epilogue
         h = _linear(be, up, x_q, x_s, out_dtype, "gelu_tanh")
@@ -110,11 +133,16 @@ def fused_block_forward(self, hidden_states, encoder_hidden_states, temb, image_
 
     ``hidden_states [B, S, D]``, ``encoder_hidden_states [B, T, Dc]``, ``temb [B, 1 or S, 6*D]``,
     ``image_rotary_emb`` ``(cos, sin) [B, S, D]``, ``encoder_attention_mask`` additive ``[B, 1, T]``.
+    A block whose linears carry an active LoRA adapter runs diffusers' forward instead: the adapter
+    needs each linear's float input, which the fused path does not form (:mod:`q8lib.lora`).
     """
     st = self._q8_fused
+    if _runs_adapter(st["slots"]):
+        return type(self).forward(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb,
+                                  encoder_attention_mask)
     be = resolve_backend(st["backend"], hidden_states.device)
     a1, a2 = self.attn1, self.attn2
-    qd, hb = a1.to_q.qdtype, a1.to_q.hadamard_block
+    qd, hb = _q8(a1.to_q).qdtype, _q8(a1.to_q).hadamard_block
     dt = hidden_states.dtype
     batch = hidden_states.size(0)
 
@@ -199,10 +227,10 @@ def install_fused_blocks(model: nn.Module, fp8: bool = True, backend: str = "aut
     for block in _blocks(model):
         if is_fused(block) or _eligible(block) is not None:
             continue
-        block._q8_fused = {"fp8": bool(fp8), "backend": backend}
+        block._q8_fused = {"fp8": bool(fp8), "backend": backend, "slots": _linear_slots(block)}
         block.forward = types.MethodType(fused_block_forward, block)
         if bias_dtype is not None:
-            for lin in _block_linears(block):
+            for lin in map(_q8, _block_linears(block)):
                 if lin.bias is not None:
                     lin.register_buffer("bias_out", lin.bias.to(bias_dtype), persistent=False)
         n += 1
@@ -218,7 +246,7 @@ def uninstall_fused_blocks(model: nn.Module) -> int:
         if not is_fused(block):
             continue
         del block.forward, block._q8_fused
-        for lin in _block_linears(block):
+        for lin in map(_q8, _block_linears(block)):
             lin._buffers.pop("bias_out", None)
         n += 1
     _uninstall_compact_rope(model)

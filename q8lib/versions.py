@@ -1,6 +1,6 @@
 """Which versions of the packages q8lib builds on are supported, and a check of the installed ones.
 
-The bounds below are the ones in ``pyproject.toml`` (a test keeps the two equal); each bound
+The bounds below are the ones in ``pyproject.toml``, extras included (a test keeps the two equal); each bound
 exists because of a known break, named beside it. Tested combinations: torch 2.13 (CPU) with
 triton 3.9 under the interpreter, and torch 2.11 (CUDA 13) with triton 3.6 on Hopper.
 """
@@ -24,6 +24,8 @@ SUPPORTED = {
     "transformers": (">=4.46", "the T5 encoder and tokenizer classes diffusers 0.42's LTX pipelines load"),
     "safetensors": (">=0.4", "metadata in safetensors headers (q8lib marks its checkpoints there)"),
     "triton": (">=3.0", "tl.dot with float8 operands and tl.permute/tl.reshape in the kernels (GPU extra)"),
+    "peft": (">=0.18", "custom LoRA layers (LoraConfig._register_custom_module) for q8lib.load_lora; 0.17 does not "
+                       "import with transformers 5; tested 0.18.0, 0.20.0, 0.21.2 (lora extra)"),
 }
 
 

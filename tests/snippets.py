@@ -33,3 +33,8 @@ def run_snippet(name: str, cwd: str | os.PathLike, path: str | os.PathLike = REA
     finally:
         os.chdir(old)
     return namespace
+
+
+def readme_snippet(name: str) -> str:
+    """The source of README.md's snippet ``name`` (same as :func:`snippet` on README.md)."""
+    return snippet(name)

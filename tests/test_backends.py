@@ -54,7 +54,7 @@ def test_ltx_layer_reaches_kernels_only_through_the_backend():
 
     root = pathlib.Path(q8lib.__file__).parent
     compute = ("modules.py", "fused.py", "attention.py", "convert.py", "checkpoint.py", "inspection.py",
-               "cudagraph.py", "parallel.py", "tutorial/patching.py")
+               "cudagraph.py", "parallel.py", "lora.py", "lora_layer.py", "tutorial/patching.py")
     others = ("compare.py", "metrics.py", "models.py") + tuple(
         str(p.relative_to(root)) for sub in ("app", "tiny", "tutorial") for p in sorted((root / sub).glob("*.py")))
     assert len(others) > 10
