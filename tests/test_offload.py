@@ -1,0 +1,152 @@
+"""A Q8 transformer under diffusers' memory options (q8lib.offload): model / sequential CPU offload, VAE tiling.
+
+diffusers' ``enable_*_cpu_offload`` need an accelerator unless given ``device="cpu"``, which they turn into
+``"cpu:0"``; accelerate 1.15 then swaps parameters for plain tensors when it loads them and fails on the next
+offload (a bf16 pipeline fails the same way: not q8lib). So the CPU tests attach the same hooks diffusers
+attaches, with accelerate's own functions, on ``"cpu"``; the GPU tests (marked ``gpu``) call the pipeline methods.
+"""
+import contextlib
+
+import pytest
+import torch
+
+import q8lib
+from helpers import rel_err
+from q8lib import reference as ref
+from q8lib.backends import Backend, register_backend
+from q8lib.fused import install_fused_blocks, is_fused
+from q8lib.models import dummy_inputs
+from q8lib.modules import Q8Linear
+from q8lib.offload import offloaded_modules
+from q8lib.tiny import make_tiny_transformer
+
+accelerate = pytest.importorskip("accelerate")
+
+
+class _DirectReads(Backend):
+    """The reference math, reading ``norm_q``/``norm_k`` weights directly as the triton backend's attention
+    producers do, and recording how many Q8 weights of the model are materialised at each GEMM."""
+
+    name = "test_direct_reads"
+    priority = -1
+    model = None
+    most_materialised = 0
+
+    def matmul(self, x_q, x_scale, w_q, w_scale, bias=None, activation=None, out_dtype=torch.bfloat16):
+        if self.model is not None:
+            n = sum(not m.weight.is_meta for m in self.model.modules() if isinstance(m, Q8Linear))
+            type(self).most_materialised = max(self.most_materialised, n)
+        return super().matmul(x_q, x_scale, w_q, w_scale, bias, activation, out_dtype)
+
+    def attention_core(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, fp8=True):
+        q = ref.rms_norm_ref(query, attn.norm_q.weight, attn.norm_q.eps)
+        k = ref.rms_norm_ref(key, attn.norm_k.weight, attn.norm_k.eps)
+        if image_rotary_emb is not None:
+            q, k = ref.apply_rotary_emb(q, image_rotary_emb), ref.apply_rotary_emb(k, image_rotary_emb)
+        q, k, v = (t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (q, k, value))
+        return self.attention(q, k, v, key_lengths, None, fp8=fp8).transpose(1, 2).flatten(2, 3)
+
+
+register_backend(_DirectReads())
+
+
+def _sequential_offload(model):
+    """What ``pipe.enable_sequential_cpu_offload()`` does to one component, on ``"cpu"``."""
+    return accelerate.cpu_offload(model, torch.device("cpu"), offload_buffers=len(model._parameters) > 0)
+
+
+def _q8_tiny(seed, fused):
+    model = make_tiny_transformer(seed=seed % 1000)
+    q8lib.quantize_(model, q8lib.Q8Config(weight_dtype="int8"), backend="test_direct_reads", progress=False)
+    if fused:
+        assert install_fused_blocks(model, backend="test_direct_reads") == len(model.transformer_blocks)
+    return model
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["processor", "fused_blocks"])
+def test_sequential_offload_runs_one_block_at_a_time(seed, fused, monkeypatch):
+    """Under sequential offload the 8-bit weights live on the meta device; the fused forward and the attention
+    processor load what they read (all of one block / norm_q, norm_k) and give it back after."""
+    model = _q8_tiny(seed, fused)
+    inputs = dummy_inputs(dict(model.config), 2, 2, 4, 4, 8, seed=seed)
+    with torch.no_grad():
+        want = model(**inputs).sample
+    _sequential_offload(model)
+    assert all(m.weight.is_meta for m in model.modules() if isinstance(m, Q8Linear))
+    assert "" in offloaded_modules(model) and "transformer_blocks.0.attn1.to_q" in offloaded_modules(model)
+    _DirectReads.model, _DirectReads.most_materialised = model, 0
+    try:
+        with torch.no_grad():
+            got = model(**inputs).sample
+    finally:
+        _DirectReads.model = None
+    assert torch.equal(got, want)
+    assert all(m.weight.is_meta for m in model.modules() if isinstance(m, Q8Linear))  # nothing kept
+    linears_per_block = sum(isinstance(m, Q8Linear) for m in model.transformer_blocks[0].modules())
+    assert _DirectReads.most_materialised == (linears_per_block if fused else 1), _DirectReads.most_materialised
+    # without q8lib's loading, the direct reads meet meta tensors
+    monkeypatch.setattr("q8lib.fused.onloaded", lambda mods: contextlib.nullcontext())
+    monkeypatch.setattr("q8lib.attention.onloaded", lambda mods: contextlib.nullcontext())
+    with pytest.raises(RuntimeError, match="meta"), torch.no_grad():
+        model(**inputs)
+
+
+def test_model_offload_q8_pipeline(seed):
+    """``enable_model_cpu_offload`` (its CpuOffload hooks) around a Q8 pipeline with fused blocks: the same
+    video, again after the hooks offloaded everything at the end of the first call."""
+    from q8lib.tiny import default_pipeline
+
+    pipe = default_pipeline()
+    q8lib.quantize_(pipe.transformer, q8lib.Q8Config(weight_dtype="int8"), progress=False)
+    install_fused_blocks(pipe.transformer, backend="reference")
+    kw = dict(prompt="a red circle moving right", num_frames=1, height=32, width=32, num_inference_steps=1,
+              output_type="pt")
+    with torch.no_grad():
+        want = pipe(generator=torch.Generator().manual_seed(seed), **kw).frames
+        pipe.enable_model_cpu_offload(device="cpu")  # CpuOffload only moves whole modules: "cpu:0" works
+        assert pipe.transformer._hf_hook is not None and offloaded_modules(pipe.transformer) == [""]
+        for _ in range(2):
+            assert torch.equal(pipe(generator=torch.Generator().manual_seed(seed), **kw).frames, want)
+
+
+@pytest.mark.parametrize("how", ["model", "sequential"])
+def test_cuda_graphs_refuse_offloaded_models(seed, how):
+    model = q8lib.quantize_(make_tiny_transformer(seed=seed % 1000), q8lib.Q8Config(weight_dtype="int8"),
+                            progress=False)
+    if how == "model":
+        accelerate.cpu_offload_with_hook(model, torch.device("cpu"))
+    else:
+        _sequential_offload(model)
+    with pytest.raises(q8lib.SettingsError, match="offload.*disable_cuda_graphs"):
+        q8lib.enable_cuda_graphs(model)
+    assert "_q8_cuda_graph" not in model.__dict__  # refused before anything changed
+
+
+@pytest.mark.gpu
+def test_gpu_offload_matches_the_resident_pipeline(seed):
+    """On a GPU, through diffusers' own methods (T5 included): the Q8 pipeline with fused triton blocks gives
+    the same video resident, with model offload and with sequential offload, and CUDA graphs are refused."""
+    from q8lib.app import load_pipeline
+
+    pipe = load_pipeline("tiny", precision="q8", device="cuda")
+    assert all(is_fused(b) for b in pipe.transformer.transformer_blocks)
+    kw = dict(prompt="a red circle moving right", num_frames=17, height=32, width=32, num_inference_steps=4,
+              output_type="pt")
+
+    def run():
+        with torch.no_grad():
+            return pipe(generator=torch.Generator().manual_seed(seed), **kw).frames.float().cpu()
+
+    want = run()
+    q8lib.enable_cuda_graphs(pipe.transformer)
+    pipe.enable_model_cpu_offload()
+    with pytest.raises(q8lib.SettingsError, match="offload"):  # a graph enabled before the offload: at its call
+        run()
+    assert q8lib.disable_cuda_graphs(pipe.transformer)  # unwraps the graph, keeps the offload hook
+    assert rel_err(want, run()) < 1e-3
+    assert rel_err(want, run()) < 1e-3
+    pipe.enable_sequential_cpu_offload()
+    assert pipe.transformer.transformer_blocks[0].attn1.to_q.weight.is_meta
+    assert rel_err(want, run()) < 1e-3
+    with pytest.raises(q8lib.SettingsError, match="offload"):
+        q8lib.enable_cuda_graphs(pipe.transformer)
