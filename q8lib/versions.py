@@ -21,6 +21,9 @@ SUPPORTED = {
     "transformers": (">=4.46", "the T5 encoder and tokenizer classes diffusers 0.42's LTX pipelines load"),
     "safetensors": (">=0.4", "metadata in safetensors headers (q8lib marks its checkpoints there)"),
     "triton": (">=3.0", "tl.dot with float8 operands and tl.permute/tl.reshape in the kernels (GPU extra)"),
+    "accelerate": (">=0.31", "diffusers 0.42's enable_model_cpu_offload / enable_sequential_cpu_offload ask for "
+                             "accelerate>=0.31; q8lib.offload runs its hooks (_hf_hook, pre_forward/post_forward; "
+                             "offload extra)"),
 }
 
 
