@@ -91,6 +91,25 @@ def test_sequential_offload_runs_one_block_at_a_time(seed, fused, monkeypatch):
         model(**inputs)
 
 
+def test_full_size_text_encoder_placeholder(monkeypatch):
+    """``placeholder_text_encoder`` builds T5-XXL's layout (here shrunk) with one embedding table and finite
+    outputs; ``load_pipeline`` adds it to the random-* models only."""
+    from q8lib.app import load_pipeline
+    from q8lib.app.loading import placeholder_text_encoder
+    from q8lib.models import T5_XXL_CONFIG
+
+    monkeypatch.setattr("q8lib.app.loading.T5_XXL_CONFIG", dict(T5_XXL_CONFIG, d_model=64, d_ff=128, num_layers=2,
+                                                                 num_heads=4, d_kv=16))
+    tokenizer, encoder = placeholder_text_encoder(dtype=torch.bfloat16)
+    assert encoder.encoder.embed_tokens is encoder.shared and encoder.dtype == torch.bfloat16
+    ids = tokenizer(["a red circle moving right"], padding="max_length", max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        out = encoder(ids.input_ids, attention_mask=ids.attention_mask).last_hidden_state
+    assert out.shape == (1, 128, 64) and torch.isfinite(out).all()
+    with pytest.raises(q8lib.SettingsError, match="random-"):
+        load_pipeline("tiny", full_size_text_encoder=True)
+
+
 def test_model_offload_q8_pipeline(seed):
     """``enable_model_cpu_offload`` (its CpuOffload hooks) around a Q8 pipeline with fused blocks: the same
     video, again after the hooks offloaded everything at the end of the first call."""
@@ -122,6 +141,27 @@ def test_cuda_graphs_refuse_offloaded_models(seed, how):
     assert "_q8_cuda_graph" not in model.__dict__  # refused before anything changed
 
 
+def test_offload_settings_are_checked_before_loading(monkeypatch):
+    from q8lib.app import compare
+    from q8lib.app.settings import check_offload
+    from q8lib.errors import ModelUnavailableError
+
+    cuda = torch.device("cuda")  # the checks only read the device's type
+    check_offload("none", torch.device("cpu"))
+    check_offload("sequential", cuda)
+    with pytest.raises(q8lib.SettingsError, match="needs --device cuda"):
+        check_offload("model", torch.device("cpu"))
+    with pytest.raises(q8lib.SettingsError, match="none, model, sequential"):
+        check_offload("disk", cuda)
+    with pytest.raises(q8lib.SettingsError, match="--compile with --offload sequential"):
+        check_offload("sequential", cuda, compile=True)
+    with pytest.raises(q8lib.SettingsError, match="compare quantizes the transformer in place"):
+        compare("a red circle", offload="sequential", device="cpu", no_video=True)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "accelerate" else object())
+    with pytest.raises(ModelUnavailableError, match=r"q8lib\[offload\]"):
+        check_offload("model", cuda)
+
+
 @pytest.mark.gpu
 def test_gpu_offload_matches_the_resident_pipeline(seed):
     """On a GPU, through diffusers' own methods (T5 included): the Q8 pipeline with fused triton blocks gives
@@ -150,3 +190,19 @@ def test_gpu_offload_matches_the_resident_pipeline(seed):
     assert rel_err(want, run()) < 1e-3
     with pytest.raises(q8lib.SettingsError, match="offload"):
         q8lib.enable_cuda_graphs(pipe.transformer)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("offload", ["model", "sequential"])
+def test_gpu_load_pipeline_offload(seed, offload):
+    """``load_pipeline(offload=...)`` builds on the CPU and still installs the fused blocks for the GPU."""
+    from q8lib.app import load_pipeline, run_pipeline, settings_for
+
+    settings = settings_for("tiny", "a red circle moving right", num_inference_steps=2)
+    ref_pipe = load_pipeline("tiny", device="cuda")
+    want = run_pipeline(ref_pipe, settings, {}, progress=False)["frames"]
+    del ref_pipe
+    pipe = load_pipeline("tiny", device="cuda", offload=offload, vae_tiling=True)
+    assert all(is_fused(b) for b in pipe.transformer.transformer_blocks)
+    got = run_pipeline(pipe, settings, {}, progress=False)
+    assert rel_err(want, got["frames"]) < 1e-3 and got["memory"]["peak_gib"] > 0
