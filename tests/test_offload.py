@@ -6,6 +6,9 @@ offload (a bf16 pipeline fails the same way: not q8lib). So the CPU tests attach
 attaches, with accelerate's own functions, on ``"cpu"``; the GPU tests (marked ``gpu``) call the pipeline methods.
 """
 import contextlib
+import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +24,7 @@ from q8lib.offload import offloaded_modules
 from q8lib.tiny import make_tiny_transformer
 
 accelerate = pytest.importorskip("accelerate")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class _DirectReads(Backend):
@@ -160,6 +164,33 @@ def test_offload_settings_are_checked_before_loading(monkeypatch):
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "accelerate" else object())
     with pytest.raises(ModelUnavailableError, match=r"q8lib\[offload\]"):
         check_offload("model", cuda)
+
+
+@pytest.mark.slow
+def test_memory_benchmark_smoke(tmp_path):
+    """benchmarks/bench_memory_options.py on the tiny default (CPU: no memory figures, and no sequential offload,
+    see the module docstring), and the README table it feeds."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_memory_options
+    import readme_results
+
+    out = tmp_path / "mem.json"
+    rc = bench_memory_options.main(["--device", "cpu", "--model", "tiny", "--frames", "1", "--height", "32",
+                                    "--width", "32", "--steps", "1", "--warmup", "0", "--repeats", "1",
+                                    "--offload", "none,model", "--tiling", "on", "--text-encoder", "none",
+                                    "--out", str(out)])
+    assert rc == 0
+    d = json.loads(out.read_text())
+    assert d["kind"] == "q8lib memory options" and d["device"].startswith("cpu") and d["date"]
+    assert {"torch", "diffusers", "accelerate"} <= set(d["versions"])
+    assert d["shape"]["transformer_batch"] == 2 and d["settings"]["num_inference_steps"] == 1
+    assert "SettingsError" in d["refusals"]["cuda_graphs_with_offload"]
+    assert set(d["results"]) == {"q8_none_tiling", "q8_model_tiling", "bf16_none_tiling", "bf16_model_tiling"}
+    for r in d["results"].values():
+        assert "error" not in r and r["vae_tiling"] and r["step_ms"] > 0 and r["end_to_end_s"] > 0, r
+        assert r["est_50_steps_s"] > r["end_to_end_s"] and len(r["runs"]) == 1
+    table = "\n".join(readme_results.memory_options_table(d, "mem.json"))
+    assert "| Q8 | model | on |" in table and "mem.json" in table
 
 
 @pytest.mark.gpu
