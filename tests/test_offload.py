@@ -22,6 +22,7 @@ from q8lib.models import dummy_inputs
 from q8lib.modules import Q8Linear
 from q8lib.offload import offloaded_modules
 from q8lib.tiny import make_tiny_transformer
+from snippets import readme_snippet
 
 accelerate = pytest.importorskip("accelerate")
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +167,26 @@ def test_offload_settings_are_checked_before_loading(monkeypatch):
         check_offload("model", cuda)
 
 
+def test_readme_memory_options_snippet(tmp_path, monkeypatch):
+    """The README's snippet, on the tiny default instead of the 2B hub model and at its size: on a CPU
+    ``device`` is "cpu", so model offload and tiling run there (tiles smaller than its 32x32 frames)."""
+    from q8lib.tiny.components import SHAPES_DIR
+
+    code = readme_snippet("memory-options")
+    for old, new in [('"Lightricks/LTX-Video"', repr(str(SHAPES_DIR))),
+                     ("num_frames=81, height=480, width=704", "num_frames=9, height=32, width=32, num_inference_steps=2"),
+                     ("pipe.vae.enable_tiling()", "pipe.vae.enable_tiling(tile_sample_min_height=16, "
+                                                  "tile_sample_min_width=16)")]:
+        assert old in code, old
+        code = code.replace(old, new)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README.md:memory-options", "exec"), namespace)
+    pipe, video = namespace["pipe"], namespace["video"]
+    assert pipe.vae.use_tiling and pipe.transformer._hf_hook is not None and q8lib.is_quantized(pipe.transformer)
+    assert len(video) == 9 and (tmp_path / "ltx_q8.mp4").stat().st_size > 0
+
+
 @pytest.mark.slow
 def test_memory_benchmark_smoke(tmp_path):
     """benchmarks/bench_memory_options.py on the tiny default (CPU: no memory figures, and no sequential offload,
@@ -237,3 +258,18 @@ def test_gpu_load_pipeline_offload(seed, offload):
     assert all(is_fused(b) for b in pipe.transformer.transformer_blocks)
     got = run_pipeline(pipe, settings, {}, progress=False)
     assert rel_err(want, got["frames"]) < 1e-3 and got["memory"]["peak_gib"] > 0
+
+
+@pytest.mark.gpu
+def test_gpu_readme_snippets(monkeypatch, tmp_path):
+    """Both README snippets as written but on the tiny default (model offload + tiling, then sequential offload)."""
+    from q8lib.tiny.components import SHAPES_DIR
+
+    code = readme_snippet("memory-options") + "\n" + readme_snippet("memory-options-sequential")
+    code = code.replace('"Lightricks/LTX-Video"', repr(str(SHAPES_DIR)))
+    code = code.replace("num_frames=81, height=480, width=704", "num_frames=17, height=32, width=32, num_inference_steps=2")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README.md:memory-options", "exec"), namespace)
+    assert namespace["pipe"].transformer.transformer_blocks[0].attn1.to_q.weight.is_meta
+    assert len(namespace["video"]) == 17
