@@ -149,7 +149,7 @@ def test_cuda_graphs_refuse_offloaded_models(seed, how):
 def test_offload_settings_are_checked_before_loading(monkeypatch):
     from q8lib.app import compare
     from q8lib.app.settings import check_offload
-    from q8lib.errors import ModelUnavailableError
+    from q8lib.errors import MissingPackageError
 
     cuda = torch.device("cuda")  # the checks only read the device's type
     check_offload("none", torch.device("cpu"))
@@ -163,20 +163,21 @@ def test_offload_settings_are_checked_before_loading(monkeypatch):
     with pytest.raises(q8lib.SettingsError, match="compare quantizes the transformer in place"):
         compare("a red circle", offload="sequential", device="cpu", no_video=True)
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "accelerate" else object())
-    with pytest.raises(ModelUnavailableError, match=r"q8lib\[offload\]"):
+    with pytest.raises(MissingPackageError, match=r"q8lib\[offload\]"):
         check_offload("model", cuda)
 
 
 def test_readme_memory_options_snippet(tmp_path, monkeypatch):
     """The README's snippet, on the tiny default instead of the 2B hub model and at its size: on a CPU
-    ``device`` is "cpu", so model offload and tiling run there (tiles smaller than its 32x32 frames)."""
+    ``device`` is "cpu", so model offload and tiling run there (tiles of 16x16 pixels, so that its 32x32 frames
+    are decoded in tiles)."""
     from q8lib.tiny.components import SHAPES_DIR
 
     code = readme_snippet("memory-options")
     for old, new in [('"Lightricks/LTX-Video"', repr(str(SHAPES_DIR))),
                      ("num_frames=81, height=480, width=704", "num_frames=9, height=32, width=32, num_inference_steps=2"),
-                     ("pipe.vae.enable_tiling()", "pipe.vae.enable_tiling(tile_sample_min_height=16, "
-                                                  "tile_sample_min_width=16)")]:
+                     ("pipe.vae.enable_tiling()", "pipe.vae.enable_tiling(tile_sample_min_height=16, tile_sample_min_width=16, "
+                                                  "tile_sample_stride_height=8, tile_sample_stride_width=8)")]:
         assert old in code, old
         code = code.replace(old, new)
     monkeypatch.chdir(tmp_path)
@@ -184,7 +185,7 @@ def test_readme_memory_options_snippet(tmp_path, monkeypatch):
     exec(compile(code, "README.md:memory-options", "exec"), namespace)
     pipe, video = namespace["pipe"], namespace["video"]
     assert pipe.vae.use_tiling and pipe.transformer._hf_hook is not None and q8lib.is_quantized(pipe.transformer)
-    assert len(video) == 9 and (tmp_path / "ltx_q8.mp4").stat().st_size > 0
+    assert len(video) == 9 and video[0].size == (32, 32) and (tmp_path / "ltx_q8.mp4").stat().st_size > 0
 
 
 @pytest.mark.slow

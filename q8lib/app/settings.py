@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..backends import get_backend, list_backends, resolve_backend
-from ..errors import BackendUnavailableError, ModelUnavailableError, Q8FallbackWarning, SettingsError
+from ..errors import BackendUnavailableError, MissingPackageError, Q8FallbackWarning, SettingsError
 from ..models import CATALOGUE
 from ..tiny.components import SHAPES_GENERATION
 
@@ -208,7 +208,7 @@ OFFLOAD_MODES = ("none", "model", "sequential")
 def check_offload(offload: str, device: torch.device, compile: bool = False) -> None:
     """Raise unless diffusers' CPU offload ``offload`` (``"model"``: one component on the GPU at a time;
     ``"sequential"``: one module's weights at a time) can run here: it needs a CUDA device and the
-    ``accelerate`` package (:class:`ModelUnavailableError` naming the install), and sequential offload
+    ``accelerate`` package (:class:`MissingPackageError` naming the install), and sequential offload
     cannot be compiled (accelerate's per-module hooks are excluded from torch.compile's graphs)."""
     if offload not in OFFLOAD_MODES:
         raise SettingsError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
@@ -217,7 +217,7 @@ def check_offload(offload: str, device: torch.device, compile: bool = False) -> 
     if device.type != "cuda":
         raise SettingsError(f"--offload {offload} moves weights between the CPU and a GPU; it needs --device cuda")
     if importlib.util.find_spec("accelerate") is None:
-        raise ModelUnavailableError(f"--offload {offload} needs the 'accelerate' package: "
+        raise MissingPackageError(f"--offload {offload} needs the 'accelerate' package: "
                                     "pip install 'q8lib[offload]' (or pip install accelerate)")
     if offload == "sequential" and compile:
         raise SettingsError("--compile with --offload sequential: torch.compile cannot trace accelerate's per-module "
