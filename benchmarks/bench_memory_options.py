@@ -170,6 +170,10 @@ def main(argv=None) -> int:
                             if k in ("accelerate", "transformers")})
     doc = dict(
         kind="q8lib memory options", **env, model=model, text_encoder=args.text_encoder,
+        text_encoder_note=({"none": "prompt embeddings computed once, no text encoder in the pipeline"}.get(
+            args.text_encoder) or ("the pipeline holds a T5 encoder of T5-XXL's size (random weights, word-level "
+                                   "tokenizer) and encodes the prompts in every call" if model.startswith("random-")
+                                   else "the pipeline holds the model's text encoder and encodes the prompts in every call")),
         shape=shape, settings=dataclasses.asdict(settings), pipelines=info, component_gib=sizes,
         steps_note=(f"{settings.num_inference_steps} denoising steps per generation instead of the 50 of the shape of "
                     "record; est_50_steps_s = end_to_end_s + (50 - steps) x step_ms"),

@@ -131,8 +131,7 @@ def memory_options_table(d, name=MEMORY_OPTIONS) -> list[str]:
     """The memory-options run (``bench_memory_options.py``) as a paragraph and a table."""
     s, st = d["shape"], d["settings"]
     q8 = d.get("pipelines", {}).get("q8") or {}
-    te = {"pipeline": "the pipeline holds the text encoder (a T5 of T5-XXL's size) and encodes the prompts in every call",
-          "none": "prompt embeddings computed once, no text encoder in the pipeline"}.get(d["text_encoder"], d["text_encoder"])
+    te = d.get("text_encoder_note") or d["text_encoder"]
     out = [f"**Memory options** (diffusers' CPU offloads and VAE tiling; {d['model']}, {s['frames']} frames "
            f"{s['height']}x{s['width']}, transformer batch {s['transformer_batch']} (CFG), {s['text_tokens']} text tokens, "
            f"{st['num_inference_steps']} denoising steps per call, scaled to 50 from the step time; {te}; Q8: "
