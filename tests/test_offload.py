@@ -189,6 +189,7 @@ def test_readme_memory_options_snippet(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::q8lib.errors.Q8FallbackWarning")  # the tiny Q8 model on a CPU
 def test_memory_benchmark_smoke(tmp_path):
     """benchmarks/bench_memory_options.py on the tiny default (CPU: no memory figures, and no sequential offload,
     see the module docstring), and the README table it feeds."""
