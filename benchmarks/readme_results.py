@@ -4,7 +4,7 @@
     python benchmarks/readme_results.py --check  # exit 1 if README.md is out of date (tests run this)
 
 Only the newest file of each kind is tabulated (``TRANSFORMER``, ``attention_h100.json``,
-``generate_*_h100.json``, ``judge_*.json``); superseded runs stay in the folder and in notebook 06.
+``generate_*_h100.json``, ``MEMORY_OPTIONS``, ``judge_*.json``); superseded runs stay in the folder and in notebook 06.
 """
 from __future__ import annotations
 
@@ -124,6 +124,38 @@ def _generate() -> list[str]:
     return out
 
 
+MEMORY_OPTIONS = "memory_options_h200.json"  # benchmarks/bench_memory_options.py
+
+
+def memory_options_table(d, name=MEMORY_OPTIONS) -> list[str]:
+    """The memory-options run (``bench_memory_options.py``) as a paragraph and a table."""
+    s, st = d["shape"], d["settings"]
+    q8 = d.get("pipelines", {}).get("q8") or {}
+    te = d.get("text_encoder_note") or d["text_encoder"]
+    out = [f"**Memory options** (diffusers' CPU offloads and VAE tiling; {d['model']}, {s['frames']} frames "
+           f"{s['height']}x{s['width']}, transformer batch {s['transformer_batch']} (CFG), {s['text_tokens']} text tokens, "
+           f"{st['num_inference_steps']} denoising steps per call, scaled to 50 from the step time; {te}; Q8: "
+           f"{q8.get('weight_dtype')}, {q8.get('attention')} attention, eager; {d['device']}, torch "
+           f"{d['versions']['torch']}, accelerate {d['versions'].get('accelerate')}, {d['date'][:10]}; "
+           f"`benchmarks/results/{name}`). Peak allocated GPU memory over the whole call (text encoding and denoising / "
+           "VAE decode) and the allocator's reserved peak.", "",
+           "| transformer | offload | VAE tiling | peak GiB (denoise / decode) | reserved GiB | step ms | VAE decode s | "
+           "end to end s | est. 50 steps s |",
+           "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in d["results"].values():
+        head = f"| {'Q8' if r['precision'] == 'q8' else r['precision']} | {r['offload']} | {'on' if r['vae_tiling'] else 'off'} |"
+        if "error" in r:
+            out.append(f"{head} failed: {r['error'].splitlines()[0][:80]} | | | | | |")
+            continue
+        peak = (f"{r['denoise_peak_gib']:.2f} / {r['decode_peak_gib']:.2f}" if "denoise_peak_gib" in r else "–")
+        out.append(f"{head} {peak} | {_f(r.get('reserved_peak_gib'), '.2f')} | {r['step_ms']:.1f} | "
+                   f"{r['vae_decode_s']:.2f} | {r['end_to_end_s']:.2f} | {r['est_50_steps_s']:.1f} |")
+    refusal = d.get("refusals", {}).get("cuda_graphs_with_offload")
+    if refusal:
+        out += ["", f"`q8lib.enable_cuda_graphs` on the offloaded Q8 transformer: {refusal.split(':')[0]} (refused)."]
+    return out
+
+
 def render() -> str:
     parts = []
     t = _load(TRANSFORMER)
@@ -135,6 +167,9 @@ def render() -> str:
     gen = _generate()
     if gen:
         parts += gen + [""]
+    m = _load(MEMORY_OPTIONS)
+    if m:
+        parts += memory_options_table(m) + [""]
     for p in sorted(RESULTS.glob("judge_*.json")):
         parts += _judge(json.loads(p.read_text())) + [""]
     if not parts:

@@ -15,6 +15,7 @@ from torch import nn
 
 from .backends import resolve_backend
 from .errors import SettingsError
+from .offload import is_offloaded, onloaded
 from .quant import host_sync_allowed
 from .reference import apply_rotary_emb, attention_inputs
 
@@ -78,6 +79,13 @@ class Q8AttnProcessor:
         self.backend = backend
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        norms = [m for m in (getattr(attn, "norm_q", None), getattr(attn, "norm_k", None)) if m is not None]
+        if any(is_offloaded(m) for m in norms):  # sequential CPU offload: the triton core reads their weights
+            with onloaded(norms):
+                return self._attend(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        return self._attend(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+
+    def _attend(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb):
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
         key_lengths = None if attention_mask is None else mask_to_key_lengths(attention_mask, hidden_states.shape[0])

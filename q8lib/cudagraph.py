@@ -20,7 +20,9 @@ warmed up and captured on first use (a few forwards); later calls copy the input
 captured buffers and replay. Outputs are cloned out of the graph's memory unless
 ``clone_outputs=False`` (then they are overwritten by the next call). Inference only: call it
 under ``torch.inference_mode()``/``no_grad``; the model's weights must not be reassigned
-(in-place updates are seen by the graph).
+(in-place updates are seen by the graph). So a model under CPU offload (diffusers'
+``enable_model_cpu_offload`` / ``enable_sequential_cpu_offload``, group offloading), whose weights are
+re-allocated at every call, is refused with a :class:`~q8lib.errors.SettingsError` (:mod:`q8lib.offload`).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from .errors import BackendUnavailableError, SettingsError
+from .offload import check_not_offloaded, is_offloaded
 
 __all__ = ["CUDAGraphForward", "enable_cuda_graphs", "disable_cuda_graphs"]
 
@@ -54,11 +57,19 @@ class CUDAGraphForward:
         self.max_graphs = max_graphs
         self.graphs: dict = {}  # signature -> (graph, static flat inputs, static output)
         self._pool = torch.cuda.graph_pool_handle()
+        owner = getattr(module, "__self__", module)  # enable_cuda_graphs passes the bound class forward
+        self._owner = owner if isinstance(owner, torch.nn.Module) else None
+        self._check_offload()
+
+    def _check_offload(self):
+        if self._owner is not None:
+            check_not_offloaded(self._owner, "CUDAGraphForward")
 
     def _capture(self, flat, spec):
         if len(self.graphs) >= self.max_graphs:
             raise SettingsError(f"CUDAGraphForward: more than {self.max_graphs} input signatures captured; "
                                "pad inputs to fixed shapes or raise max_graphs")
+        self._check_offload()  # offload hooks added since __init__
         static = [a.clone() if isinstance(a, torch.Tensor) else a for a in flat]
         if any(isinstance(a, torch.Tensor) and not a.is_cuda for a in static):
             raise SettingsError("CUDAGraphForward: every tensor argument must be on the GPU")
@@ -76,6 +87,8 @@ class CUDAGraphForward:
         return graph, static, out
 
     def __call__(self, *args, **kwargs):
+        if self._owner is not None and is_offloaded(self._owner):  # offloaded after a capture (one lookup)
+            self._check_offload()
         flat, spec = pytree.tree_flatten((args, kwargs))
         key = (_signature(flat), spec)
         entry = self.graphs.get(key)
@@ -97,9 +110,12 @@ class CUDAGraphForward:
 
 def enable_cuda_graphs(module, **kwargs) -> CUDAGraphForward:
     """Route ``module``'s forward through a :class:`CUDAGraphForward` (instance attribute; the class is
-    untouched, forward hooks still run). Returns the runner; :func:`disable_cuda_graphs` undoes it."""
+    untouched, forward hooks still run). Returns the runner; :func:`disable_cuda_graphs` undoes it.
+
+    Raises :class:`~q8lib.errors.SettingsError` if ``module`` is under CPU offload (see :mod:`q8lib.offload`)."""
     if "_q8_cuda_graph" in module.__dict__:
         return module._q8_cuda_graph
+    check_not_offloaded(module, "enable_cuda_graphs")
     runner = CUDAGraphForward(type(module).forward.__get__(module), **kwargs)
     module._q8_cuda_graph = runner
     module.forward = runner
@@ -112,5 +128,8 @@ def disable_cuda_graphs(module) -> bool:
     if runner is None:
         return False
     runner.reset()
-    module.__dict__.pop("forward", None)
+    if module.__dict__.get("_old_forward") is runner:  # an accelerate hook (CPU offload) wraps the graph: keep the hook
+        module._old_forward = type(module).forward.__get__(module)
+    else:
+        module.__dict__.pop("forward", None)
     return True

@@ -33,6 +33,7 @@ from torch import nn
 from .attention import mask_to_key_lengths, q8_attention_core
 from .backends import resolve_backend
 from .modules import Q8GELU, Q8Linear
+from .offload import is_offloaded, onloaded
 from .quant import host_sync_allowed
 
 __all__ = ["install_fused_blocks", "uninstall_fused_blocks", "fused_block_forward", "is_fused", "compact_rope_forward"]
@@ -135,7 +136,19 @@ def fused_block_forward(self, hidden_states, encoder_hidden_states, temb, image_
     ``image_rotary_emb`` ``(cos, sin) [B, S, D]``, ``encoder_attention_mask`` additive ``[B, 1, T]``.
     A block whose linears carry an active LoRA adapter runs diffusers' forward instead: the adapter
     needs each linear's float input, which the fused path does not form (:mod:`q8lib.lora`).
+
+    Under diffusers' ``enable_sequential_cpu_offload`` (every module's tensors offloaded on their own, the
+    block's ``scale_shift_table`` included) the submodules' tensors are loaded for the duration of the call
+    (:func:`q8lib.offload.onloaded`): this forward reads their weights without calling them.
     """
+    if is_offloaded(self):
+        with onloaded(list(self.modules())[1:]):
+            return _fused_forward(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb,
+                                  encoder_attention_mask)
+    return _fused_forward(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb, encoder_attention_mask)
+
+
+def _fused_forward(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb, encoder_attention_mask):
     st = self._q8_fused
     if _runs_adapter(st["slots"]):
         return type(self).forward(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb,
@@ -253,14 +266,15 @@ def uninstall_fused_blocks(model: nn.Module) -> int:
     return n
 
 
-def install_if_fast(model: nn.Module, config) -> int:
+def install_if_fast(model: nn.Module, config, device: torch.device | str | None = None) -> int:
     """The hook of ``quantize_``/``load_q8``: install the fused forward when ``config.backend``
-    resolves, for the model's device, to a backend whose fused ops are single kernels
-    (``Backend.fused_blocks``: the triton backend); elsewhere diffusers' forward stays."""
+    resolves, for ``device`` (default: the model's device), to a backend whose fused ops are single kernels
+    (``Backend.fused_blocks``: the triton backend); elsewhere diffusers' forward stays. ``device`` is for a
+    model built on the CPU that runs on a GPU (CPU offload)."""
     if config.attention == "keep":  # the fused forward runs q8lib's attention core; "keep" means diffusers'
         return 0
     p = next(iter(model.parameters()), None)
-    if p is None or not resolve_backend(config.backend, p.device).fused_blocks:
+    if p is None or not resolve_backend(config.backend, p.device if device is None else device).fused_blocks:
         return 0
     return install_fused_blocks(model, fp8=config.attention == "fp8", backend=config.backend,
                                 bias_dtype=getattr(model, "dtype", torch.bfloat16))

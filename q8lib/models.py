@@ -1,7 +1,7 @@
 """The LTX-Video architectures q8lib knows by name, and what every caller needs to run one without data.
 
 * :data:`CATALOGUE`: the 2B and 13B transformers (hub id, ``config.json`` widths, how a random Q8
-  copy is built); the one place these are written down.
+  copy is built), and :data:`T5_XXL_CONFIG`, their text encoder; the one place these are written down.
 * :func:`dummy_inputs`: seeded transformer inputs of any shape (tests, notebooks, benchmarks, the CLI).
 * :func:`module_bytes` / :func:`param_count`: sizes of a module's tensors.
 """
@@ -12,13 +12,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["LTX_2B_CONFIG", "LTX_13B_CONFIG", "LTXModel", "CATALOGUE", "dummy_inputs", "module_bytes", "param_count"]
+__all__ = ["LTX_2B_CONFIG", "LTX_13B_CONFIG", "T5_XXL_CONFIG", "LTXModel", "CATALOGUE", "dummy_inputs", "module_bytes", "param_count"]
 
 # The real architectures (diffusers defaults for 2B; the 13B variant's widths).
 LTX_2B_CONFIG = dict(in_channels=128, out_channels=128, num_attention_heads=32, attention_head_dim=64,
                      cross_attention_dim=2048, num_layers=28, caption_channels=4096)
 LTX_13B_CONFIG = dict(in_channels=128, out_channels=128, num_attention_heads=32, attention_head_dim=128,
                       cross_attention_dim=4096, num_layers=48, caption_channels=4096)
+
+# The text encoder of every LTX-Video release: T5 v1.1 XXL's encoder (4.76B parameters, 9.5 GB in bf16), as
+# transformers' T5Config; random-weight pipelines build it only to measure memory (q8lib.app.loading).
+T5_XXL_CONFIG = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                     relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                     feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6, dropout_rate=0.0,
+                     tie_word_embeddings=False)
 
 
 @dataclass(frozen=True)

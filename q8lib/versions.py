@@ -26,6 +26,9 @@ SUPPORTED = {
     "triton": (">=3.0", "tl.dot with float8 operands and tl.permute/tl.reshape in the kernels (GPU extra)"),
     "peft": (">=0.18", "custom LoRA layers (LoraConfig._register_custom_module) for q8lib.load_lora; 0.17 does not "
                        "import with transformers 5; tested 0.18.0, 0.20.0, 0.21.2 (lora extra)"),
+    "accelerate": (">=0.31", "diffusers 0.42's enable_model_cpu_offload / enable_sequential_cpu_offload ask for "
+                             "accelerate>=0.31; q8lib.offload runs its hooks (_hf_hook, pre_forward/post_forward; "
+                             "offload extra)"),
 }
 
 

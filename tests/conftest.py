@@ -41,7 +41,7 @@ def pytest_report_header(config):
     from importlib import metadata
 
     names = ("torch", "triton", "diffusers", "transformers", "tokenizers", "safetensors", "huggingface-hub",
-             "numpy", "nbval", "q8lib")
+             "numpy", "nbval", "accelerate", "q8lib")
     found = {}
     for n in names:
         try:

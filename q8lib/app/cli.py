@@ -45,8 +45,9 @@ def _add_model_args(p: argparse.ArgumentParser, precision: bool = True) -> None:
                         "reference, triton (fails if it cannot run)")
     g.add_argument("--device", default="auto", help="auto (cuda if visible, else cpu), cpu, cuda, cuda:1 ...")
     g.add_argument("--dtype", default="auto", help="high-precision dtype: auto (bf16 on GPUs, fp32 on CPUs), bf16, fp16, fp32")
-    g.add_argument("--offload", default="none", choices=["none", "model"],
-                   help="model: keep idle components on the CPU (diffusers model CPU offload)")
+    g.add_argument("--offload", default="none", choices=["none", "model", "sequential"],
+                   help="model: keep idle components on the CPU (diffusers model CPU offload); sequential: each "
+                        "module's weights on the GPU only for its forward (least memory, slowest); needs accelerate")
     g.add_argument("--vae-tiling", action="store_true", help="decode the video in tiles (less memory)")
 
 

@@ -14,7 +14,6 @@ with the transformer replaced by a q8lib checkpoint (or the earlier public Q8 la
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -27,14 +26,17 @@ from ..config import Q8Config, Q8Runtime
 from ..convert import activate_q8, build_q8_skeleton, check_q8_config, quantize_
 from ..cudagraph import enable_cuda_graphs
 from ..errors import ModelUnavailableError, SettingsError
+from ..fused import install_if_fast
+from ..models import T5_XXL_CONFIG
 from ..modules import Q8Linear
 from ..quant import QMAX
-from ..tiny.components import SHAPES_DIR, default_pipeline, has_default_pipeline
+from ..tiny.components import SHAPES_DIR, default_pipeline, has_default_pipeline, make_tiny_tokenizer
 from .prompts import text_encoder_id_of, weights_id
-from .settings import (MODEL_ALIASES, RANDOM_MODELS, TINY, check_backend, check_cuda_graph, check_precision,
-                       resolve_device, resolve_dtype)
+from .settings import (MODEL_ALIASES, RANDOM_MODELS, TINY, check_backend, check_cuda_graph, check_offload,
+                       check_precision, resolve_device, resolve_dtype)
 
-__all__ = ["load_pipeline", "load_transformer", "transformer_config", "random_q8_transformer", "model_not_available"]
+__all__ = ["load_pipeline", "load_transformer", "transformer_config", "random_q8_transformer", "placeholder_text_encoder",
+           "model_not_available"]
 
 
 def _ltx():
@@ -104,6 +106,30 @@ def random_q8_transformer(config: dict, q8_config: Q8Config | None = None, devic
     model.eval()
     activate_q8(model, q8_config, runtime)
     return model
+
+
+def placeholder_text_encoder(device="cpu", dtype=torch.bfloat16, seed: int = 0, max_length: int = 128):
+    """``(tokenizer, text_encoder)``: a T5 encoder of LTX-Video's size (T5-XXL, :data:`~q8lib.models.T5_XXL_CONFIG`:
+    4.76B parameters, 9.5 GB in bf16) with random weights, and a word-level tokenizer built in code.
+
+    For measurements without downloads: the pipeline holds and runs a component of the real size (the CPU
+    offloads move it), though its embeddings mean nothing. Built on the meta device, then allocated once on
+    ``device`` in ``dtype``; linear weights have std ``1/sqrt(fan_in)``, norms are one.
+    """
+    from transformers import T5Config, T5EncoderModel
+
+    with torch.device("meta"):
+        encoder = T5EncoderModel(T5Config(**T5_XXL_CONFIG)).to(dtype)
+    encoder = encoder.to_empty(device=device).eval()
+    encoder.encoder.embed_tokens = encoder.shared  # one embedding table, as in a loaded T5
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for p in encoder.parameters():
+            if p.ndim == 1:
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, p.shape[-1] ** -0.5, generator=gen)
+    return make_tiny_tokenizer(max_length=max_length), encoder
 
 
 def _random_components(name: str, precision: str, q8_config: Q8Config, runtime: Q8Runtime, device, dtype, seed: int,
@@ -201,6 +227,7 @@ def load_pipeline(
     seed: int = 0,
     compile: bool = False,
     cuda_graph: bool = False,
+    full_size_text_encoder: bool = False,
 ):
     """Build an LTX pipeline whose transformer is Q8 (``precision="q8"``) or unquantized (``"bf16"``).
 
@@ -213,12 +240,17 @@ def load_pipeline(
             backend/attention (default ``q8_config.runtime()``).
         image_to_video: build ``LTXImageToVideoPipeline`` instead of ``LTXPipeline``.
         load_text_encoder: ``False`` skips T5 (use cached prompt embeddings, see :class:`PromptCache`).
-        offload: ``"none"`` or ``"model"`` (diffusers' model CPU offload: one component on the GPU at a time).
+        offload: ``"none"``, ``"model"`` (diffusers' ``enable_model_cpu_offload``: one component on the GPU at a
+            time) or ``"sequential"`` (``enable_sequential_cpu_offload``: one module's weights at a time, the
+            least memory and the slowest); the components are built on the CPU (:mod:`q8lib.offload`).
         vae_tiling: decode the video in tiles (less memory at large resolutions).
         compile: regional ``torch.compile`` of the transformer (fullgraph on the repeated block).
         cuda_graph: replay each transformer forward from one CUDA graph (:mod:`q8lib.cudagraph`;
             GPU only, not with offload): removes the host cost of launching the Q8 kernels, which
             otherwise leaves the GPU idle for a large share of each forward.
+        full_size_text_encoder: ``random-*`` models only: add a T5 encoder of the real size with random
+            weights (:func:`placeholder_text_encoder`), so memory measurements see the component a real
+            pipeline holds; without it they have no text encoder (random prompt embeddings).
     Returns:
         the pipeline, on ``device``, with ``pipe.q8lib_info`` describing what was loaded.
     """
@@ -226,22 +258,18 @@ def load_pipeline(
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     check_precision(precision)
-    if offload not in ("none", "model"):
-        raise SettingsError(f"offload must be 'none' or 'model', got {offload!r}")
+    check_offload(offload, device, compile)
+    if full_size_text_encoder and model not in RANDOM_MODELS:
+        raise SettingsError(f"full_size_text_encoder is for the random-* models; {model!r} loads its own text encoder")
     if cuda_graph:
         check_cuda_graph(device, offload)
-    if offload == "model":
-        if device.type != "cuda":
-            raise SettingsError("--offload model moves components between the CPU and a GPU; it needs --device cuda")
-        if importlib.util.find_spec("accelerate") is None:
-            raise ModelUnavailableError("--offload model needs the 'accelerate' package: pip install accelerate")
     q8_config = q8_config or Q8Config()
     runtime = runtime or q8_config.runtime()
     backend = check_backend(precision, runtime.backend, device)
     if precision == "q8" and checkpoint is None:  # a conversion that cannot work fails before any download
         check_q8_config(transformer_config(model, local_files_only=local_files_only), q8_config, runtime)
     cls = _pipeline_class(image_to_video)
-    build_device = "cpu" if offload == "model" else device
+    build_device = "cpu" if offload != "none" else device
 
     # Components other than the transformer first, so a missing model fails before any conversion.
     if model == TINY:
@@ -268,7 +296,10 @@ def load_pipeline(
             vae = _random_vae(build_device, dtype, seed)
             transformer = load_transformer(model, precision, checkpoint, checkpoint_subfolder, q8_config,
                                            build_device, dtype, local_files_only, seed, runtime)
-        pipe = cls(scheduler=_ltx_scheduler(), vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
+        tokenizer, text_encoder = (placeholder_text_encoder(build_device, dtype, seed) if full_size_text_encoder
+                                   else (None, None))
+        pipe = cls(scheduler=_ltx_scheduler(), vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                   transformer=transformer)
     elif model == TINY and checkpoint is None:
         transformer = _to(base_transformer, build_device, dtype)
         if precision == "q8":
@@ -280,8 +311,12 @@ def load_pipeline(
         pipe.register_modules(transformer=transformer)
 
     _to(pipe.vae, None, dtype)
+    if precision == "q8" and offload != "none":  # built on the CPU: the fused blocks for the device that runs them
+        install_if_fast(pipe.transformer, runtime, device=device)
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
     else:
         pipe.to(device)
     if vae_tiling:
@@ -297,7 +332,7 @@ def load_pipeline(
                            weight_dtype=q8_config.weight_dtype if precision == "q8" else None,
                            attention=runtime.attention if precision == "q8" else None,
                            offload=offload, vae_tiling=vae_tiling, image_to_video=image_to_video,
-                           compile=compile, cuda_graph=cuda_graph)
+                           compile=compile, cuda_graph=cuda_graph, full_size_text_encoder=full_size_text_encoder)
     return pipe
 
 

@@ -35,13 +35,16 @@ def oom_message(settings: GenerationSettings | None, device) -> str:
         free_b, total_b = torch.cuda.mem_get_info()
         free = f" ({free_b / 2**30:.1f} of {total_b / 2**30:.1f} GiB free now)"
     return (f"out of GPU memory on {device}{what}{free}. Memory options: a smaller --height/--width or fewer "
-            "--frames; --offload model (keeps idle components on the CPU); --vae-tiling (decodes in tiles); "
+            "--frames; --offload model (keeps idle components on the CPU) or --offload sequential (one module's "
+            "weights on the GPU at a time, slow); --vae-tiling (decodes in tiles); "
             "--precision q8 (the 8-bit transformer needs about half the weight memory of bf16); "
             "--guidance 1 (no CFG halves the transformer batch).")
 
 
 def run_pipeline(pipe, settings: GenerationSettings, embeds: dict, image=None, progress: bool = True) -> dict:
-    """Generate with ``pipe`` and measure.
+    """Generate with ``pipe`` and measure. ``embeds``: the prompt embeddings as the pipeline takes them
+    (:func:`~q8lib.app.prompts.encode_prompts`), or ``{}`` to have the pipeline's text encoder encode
+    ``settings.prompt`` inside the timed call.
 
     Returns ``{"frames": [N, F, 3, H, W] float32 CPU in [0, 1], "timings": {...}, "memory": {...}}``
     where timings hold ``end_to_end_s`` (pipeline call: denoising + VAE decode, not loading),
@@ -52,6 +55,8 @@ def run_pipeline(pipe, settings: GenerationSettings, embeds: dict, image=None, p
     gen = torch.Generator("cpu").manual_seed(settings.seed)  # the same noise on every device
     dtype = pipe.transformer.proj_in.weight.dtype  # kept in high precision in Q8 models too
     kwargs = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in embeds.items()}
+    if not kwargs:  # no embeddings: the pipeline's text encoder encodes the prompts (timed with the rest)
+        kwargs.update(prompt=settings.prompt, negative_prompt=settings.negative_prompt)
     kwargs.update(height=settings.height, width=settings.width, num_frames=settings.num_frames,
                   frame_rate=settings.frame_rate, num_inference_steps=settings.num_inference_steps,
                   guidance_scale=settings.guidance_scale, generator=gen, output_type="pt",

@@ -23,6 +23,7 @@ from ..checkpoint import check_checkpoint_source, save_q8
 from ..config import Q8Config, Q8Runtime
 from ..convert import check_q8_config, quantize_
 from ..errors import SettingsError
+from ..fused import install_if_fast
 from ..inspection import inspect_transformer
 from ..metrics import cosine, psnr, relative_error, ssim
 from ..models import dummy_inputs, module_bytes
@@ -33,7 +34,7 @@ from .inputs import WandbRun, check_video_output, load_image, needs_text_encoder
 from .loading import load_pipeline, load_transformer, transformer_config
 from .measure import environment, run_pipeline, transformer_memory
 from .prompts import encode_prompts, free_text_encoder
-from .settings import (MODEL_ALIASES, TINY, check_backend, check_cuda_graph, resolve_device,
+from .settings import (MODEL_ALIASES, TINY, check_backend, check_cuda_graph, check_offload, resolve_device,
                        resolve_dtype, settings_for)
 from .video import plot_metrics, side_by_side, write_video
 
@@ -56,7 +57,7 @@ class RunOptions:
     backend: str = "auto"
     device: str = "auto"
     dtype: str = "auto"
-    offload: str = "none"
+    offload: str = "none"  # "model" or "sequential": diffusers' CPU offload (q8lib.offload)
     vae_tiling: bool = False
     negative_prompt: str | None = None
     frames: int | None = None
@@ -103,6 +104,10 @@ def _prepare(o: RunOptions, command: str, default_output: str):
     out = check_video_output(o.output or default_output, o.warmup, o.repeats, not o.no_video)
     device = resolve_device(o.device)
     dtype = resolve_dtype(o.dtype, device)
+    if command == "compare" and o.offload == "sequential":
+        raise SettingsError("compare quantizes the transformer in place between its two runs, and sequential offload "
+                            "keeps its weights on the meta device; use --offload model with compare")
+    check_offload(o.offload, device, o.compile)
     if o.cuda_graph:
         check_cuda_graph(device, o.offload)
     q8_config, runtime = q8_options(o.weight_dtype, None, o.backend, o.attention)
@@ -200,6 +205,8 @@ def compare(prompt: str, **options) -> dict:
                                                            q8_config, device, run["dtype"], runtime=runtime))
     else:
         quantize_(pipe.transformer, q8_config, backend=runtime.backend, attention=runtime.attention, progress=not o.quiet)
+        if o.offload != "none":  # quantized on the CPU, runs on the GPU: the fused blocks for that device
+            install_if_fast(pipe.transformer, runtime, device=device)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     q8_runs = _runs(pipe, settings, embeds, run["image"], o)

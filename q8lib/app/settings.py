@@ -3,13 +3,15 @@
 * model names: ``"tiny"`` (the embedded default), the catalogue's ``random-2b`` / ``random-13b``
   and aliases ``ltx-2b`` / ``ltx-13b`` (:data:`q8lib.models.CATALOGUE`);
 * :class:`GenerationSettings` / :func:`settings_for`: the video to make, validated;
-* :func:`resolve_device`, :func:`resolve_dtype`, :func:`check_backend`, :func:`check_cuda_graph`.
+* :func:`resolve_device`, :func:`resolve_dtype`, :func:`check_backend`, :func:`check_cuda_graph`,
+  :func:`check_offload`.
 
 Each raises a :class:`~q8lib.errors.Q8Error` subclass whose message says what to change.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import warnings
 from dataclasses import dataclass
@@ -17,13 +19,13 @@ from dataclasses import dataclass
 import torch
 
 from ..backends import get_backend, list_backends, resolve_backend
-from ..errors import BackendUnavailableError, Q8FallbackWarning, SettingsError
+from ..errors import BackendUnavailableError, MissingPackageError, Q8FallbackWarning, SettingsError
 from ..models import CATALOGUE
 from ..tiny.components import SHAPES_GENERATION
 
 __all__ = ["TINY", "RANDOM_MODELS", "MODEL_ALIASES", "DEFAULT_NEGATIVE_PROMPT", "FULL_SIZE_SETTINGS",
            "default_settings", "GenerationSettings", "settings_for", "resolve_device", "resolve_dtype",
-           "check_backend", "check_cuda_graph", "check_precision"]
+           "check_backend", "check_cuda_graph", "OFFLOAD_MODES", "check_offload", "check_precision"]
 
 TINY = "tiny"
 # The catalogue's models by their command-line names: random weights, and aliases of the hub ids.
@@ -198,6 +200,28 @@ def check_cuda_graph(device: torch.device, offload: str = "none") -> None:
     """Raise :class:`SettingsError` unless CUDA graphs can run the transformer here (before any loading)."""
     if device.type != "cuda" or offload != "none":
         raise SettingsError("--cuda-graph needs --device cuda and no --offload (the graph holds fixed GPU buffers)")
+
+
+OFFLOAD_MODES = ("none", "model", "sequential")
+
+
+def check_offload(offload: str, device: torch.device, compile: bool = False) -> None:
+    """Raise unless diffusers' CPU offload ``offload`` (``"model"``: one component on the GPU at a time;
+    ``"sequential"``: one module's weights at a time) can run here: it needs a CUDA device and the
+    ``accelerate`` package (:class:`MissingPackageError` naming the install), and sequential offload
+    cannot be compiled (accelerate's per-module hooks are excluded from torch.compile's graphs)."""
+    if offload not in OFFLOAD_MODES:
+        raise SettingsError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
+    if offload == "none":
+        return
+    if device.type != "cuda":
+        raise SettingsError(f"--offload {offload} moves weights between the CPU and a GPU; it needs --device cuda")
+    if importlib.util.find_spec("accelerate") is None:
+        raise MissingPackageError(f"--offload {offload} needs the 'accelerate' package: "
+                                    "pip install 'q8lib[offload]' (or pip install accelerate)")
+    if offload == "sequential" and compile:
+        raise SettingsError("--compile with --offload sequential: torch.compile cannot trace accelerate's per-module "
+                            "offload hooks; use --offload model with --compile, or drop --compile")
 
 
 def check_precision(precision: str) -> None:
