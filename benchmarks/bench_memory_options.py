@@ -124,6 +124,28 @@ def main(argv=None) -> int:
     fmt = {} if args.weight_dtype == "auto" else {"weight_dtype": args.weight_dtype}
     results, sizes, refusals, shape, info = {}, {}, {}, None, {}
     start = time.perf_counter()
+
+    def document(complete: bool) -> dict:
+        env = environment(device)
+        env["versions"].update({k: v for k, v in package_versions("accelerate", "transformers").items()
+                                if k in ("accelerate", "transformers")})
+        doc = dict(
+            kind="q8lib memory options", **env, model=model, text_encoder=args.text_encoder,
+            text_encoder_note=({"none": "prompt embeddings computed once, no text encoder in the pipeline"}.get(
+                args.text_encoder) or ("the pipeline holds a T5 encoder of T5-XXL's size (random weights, word-level "
+                                       "tokenizer) and encodes the prompts in every call" if model.startswith("random-")
+                                       else "the pipeline holds the model's text encoder and encodes the prompts in every call")),
+            shape=shape, settings=dataclasses.asdict(settings), pipelines=info, component_gib=sizes,
+            steps_note=(f"{settings.num_inference_steps} denoising steps per generation instead of the 50 of the shape of "
+                        "record; est_50_steps_s = end_to_end_s + (50 - steps) x step_ms"),
+            timing=(f"median of {args.repeats} pipeline calls after {args.warmup} warm-up calls (<= 2 steps) per configuration; "
+                    "step_ms: transformer forward (CUDA events on GPUs), median; end_to_end_s: whole call, synchronized"),
+            memory=("GiB; resident_gib: allocated before the call; denoise_peak_gib: peak allocated from the call's start "
+                    "(text encoding included) to the VAE decode; decode_peak_gib: during the decode; reserved_peak_gib: "
+                    "the caching allocator's peak (emptied before each call)"),
+            refusals=refusals, results=results, wall_s=time.perf_counter() - start, complete=complete)
+        return doc
+
     for precision in args.variants:
         _clear(cuda)
         t0 = time.perf_counter()
@@ -164,27 +186,10 @@ def main(argv=None) -> int:
                     row["error"] = f"{type(e).__name__}: {str(e)[:1000]}"
                     print(f"  {name}: failed: {row['error'][:300]}", flush=True)
                 results[name] = row
+                write_json(args.out, document(False))  # so a run cut short keeps what it measured
         del pipe, embeds
         _clear(cuda)
-    env = environment(device)
-    env["versions"].update({k: v for k, v in package_versions("accelerate", "transformers").items()
-                            if k in ("accelerate", "transformers")})
-    doc = dict(
-        kind="q8lib memory options", **env, model=model, text_encoder=args.text_encoder,
-        text_encoder_note=({"none": "prompt embeddings computed once, no text encoder in the pipeline"}.get(
-            args.text_encoder) or ("the pipeline holds a T5 encoder of T5-XXL's size (random weights, word-level "
-                                   "tokenizer) and encodes the prompts in every call" if model.startswith("random-")
-                                   else "the pipeline holds the model's text encoder and encodes the prompts in every call")),
-        shape=shape, settings=dataclasses.asdict(settings), pipelines=info, component_gib=sizes,
-        steps_note=(f"{settings.num_inference_steps} denoising steps per generation instead of the 50 of the shape of "
-                    "record; est_50_steps_s = end_to_end_s + (50 - steps) x step_ms"),
-        timing=(f"median of {args.repeats} pipeline calls after {args.warmup} warm-up calls (<= 2 steps) per configuration; "
-                "step_ms: transformer forward (CUDA events on GPUs), median; end_to_end_s: whole call, synchronized"),
-        memory=("GiB; resident_gib: allocated before the call; denoise_peak_gib: peak allocated from the call's start "
-                "(text encoding included) to the VAE decode; decode_peak_gib: during the decode; reserved_peak_gib: "
-                "the caching allocator's peak (emptied before each call)"),
-        refusals=refusals, results=results, wall_s=time.perf_counter() - start)
-    write_json(args.out, doc)
+    write_json(args.out, document(True))
     print(f"wrote {args.out} ({time.perf_counter() - start:.0f} s)", flush=True)
     return 0 if all("error" not in r for r in results.values()) else 1
 

@@ -275,6 +275,9 @@ def load_pipeline(
     if model == TINY:
         comps = dict(default_pipeline().components)
         base_transformer = comps.pop("transformer")
+        # in the model dtype, like from_pretrained(torch_dtype=...): the pipeline's own prompt encoding (pipe(prompt)
+        # without embeddings) then gives latents the transformer takes; the id follows the cast weights
+        comps["text_encoder"] = _to(comps["text_encoder"], None, dtype)
         text_encoder_id = "tiny:" + weights_id(comps["text_encoder"])
         if not load_text_encoder:
             comps.update(text_encoder=None, tokenizer=None)
