@@ -13,6 +13,7 @@ twin (:func:`gemm_ref`, :func:`q8lib.reference.q8_matmul_ref`). The public op wi
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -109,13 +110,20 @@ def channel_epilogue(y, WS, BIAS, rn, N, HAS_BIAS: tl.constexpr, GELU: tl.conste
 
 
 @triton.jit
-def _q8_gemm_tma_kernel(x_desc, w_desc, XS, WS, BIAS, OUT, M, N, K, som,
+def _q8_gemm_tma_kernel(X, W, XS, WS, BIAS, OUT, M, N, K, sxm, swn, som,
                         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
                         NUM_PROGS: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, IS_INT: tl.constexpr):
     """Same math as :func:`_q8_gemm_body`; program ``p`` takes output tiles ``p, p + NUM_PROGS, ...`` (one
     program per SM), and the copy engine brings the [BM, BK] / [BN, BK] operand tiles (out-of-range rows
     and K columns read as zeros). Measured on the H200 at LTX's block shapes: int8 859-1274 TOP/s against
-    480-1165 for the pointer kernel and 648-865 for ``torch._int_mm``."""
+    480-1165 for the pointer kernel and 648-865 for ``torch._int_mm``.
+
+    The TMA descriptors are made here, on the device, from plain pointers: host-side descriptors
+    (``TensorDescriptor``) cannot cross a ``triton_op`` (torch's non-Dynamo tracing does not capture them:
+    inductor then fails hashing the fake tensor they hold), and they cost host time at every eager call.
+    Device-side descriptors need Triton's scratch allocator (:func:`_scratch_allocator`; inductor sets its own)."""
+    x_desc = tl.make_tensor_descriptor(X, shape=[M, K], strides=[sxm, 1], block_shape=[BM, BK])
+    w_desc = tl.make_tensor_descriptor(W, shape=[N, K], strides=[swn, 1], block_shape=[BN, BK])
     num_pid_m = tl.cdiv(M, BM)
     num_pid_n = tl.cdiv(N, BN)
     k_tiles = tl.cdiv(K, BK)
@@ -145,7 +153,8 @@ def _q8_gemm_tma_kernel(x_desc, w_desc, XS, WS, BIAS, OUT, M, N, K, som,
 def set_gemm_impl(name: str) -> str:
     """Force the GEMM route (``"auto"``, ``"triton"``, ``"triton_tma"``, ``"scaled_mm"``, ``"int_mm"``); returns
     the previous one. ``"triton_tma"``: the Triton GEMM, as Hopper's persistent TMA kernel on sm_90+ (opt-in:
-    faster kernels, but ~130 us of host time a call without a CUDA graph; benchmarks/NOTES_linear.md)."""
+    faster kernels; its descriptors are made on the device since session 6, which is not yet timed on a GPU;
+    benchmarks/NOTES_linear.md)."""
     global GEMM_IMPL
     if name not in ("auto", "triton", "triton_tma", "scaled_mm", "int_mm"):
         raise ValueError(f"GEMM implementation must be auto, triton, triton_tma, scaled_mm or int_mm, got {name!r}")
@@ -174,7 +183,7 @@ def gemm_impl(qdtype: torch.dtype, device: torch.device) -> str:
 def _tma_fits(x_q: torch.Tensor, w_q: torch.Tensor) -> bool:
     """Whether the persistent TMA GEMM runs: chosen (``set_gemm_impl("triton_tma")``), a Hopper-or-newer
     GPU (the copy engine; Ada keeps the pointer kernel), row-major 8-bit operands with 16-byte aligned
-    rows and bases, and a Triton that has host tensor descriptors."""
+    rows and bases, and a Triton that makes tensor descriptors on the device (``tl.make_tensor_descriptor``)."""
     if GEMM_IMPL != "triton_tma" or not (x_q.is_cuda and capability(x_q.device.index or 0) >= 90):
         return False
     if x_q.stride(-1) != 1 or w_q.stride(-1) != 1 or x_q.stride(0) % 16 or w_q.stride(0) % 16:
@@ -183,11 +192,18 @@ def _tma_fits(x_q: torch.Tensor, w_q: torch.Tensor) -> bool:
     # torch.compile have no data pointer
     if (x_q.storage_offset() * x_q.element_size()) % 16 or (w_q.storage_offset() * w_q.element_size()) % 16:
         return False
-    try:
-        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
+
+
+@functools.lru_cache(maxsize=1)
+def _scratch_allocator() -> None:
+    """Give Triton a scratch allocator (once per process): device-side TMA descriptors live in global
+    scratch memory that Triton asks the framework for at launch. Torch's caching allocator serves it,
+    so it works inside CUDA-graph captures too (inductor installs the same kind of allocator for its launches)."""
+    def alloc(size: int, alignment: int, stream):
+        return torch.empty(size, dtype=torch.int8, device="cuda")
+
+    triton.set_allocator(alloc)
 
 
 def launch_gemm(x_q, x_scale, w_q, w_scale, bias, gelu, out, tiles=None):
@@ -202,13 +218,12 @@ def launch_gemm(x_q, x_scale, w_q, w_scale, bias, gelu, out, tiles=None):
         return out
     common = dict(HAS_BIAS=bias is not None, GELU=gelu, IS_INT=x_q.dtype == INT8)
     if tiles is None and _tma_fits(x_q, w_q):
-        from triton.tools.tensor_descriptor import TensorDescriptor  # triton >= 3.4 (checked by _tma_fits)
-
+        _scratch_allocator()
         bm, bn, bk, warps, stages = TMA_CONFIG
         progs = min(triton.cdiv(M, bm) * triton.cdiv(N, bn), sm_count(x_q.device.index or 0))
         launchable(_q8_gemm_tma_kernel, x_q)[(progs,)](
-            TensorDescriptor.from_tensor(x_q, [bm, bk]), TensorDescriptor.from_tensor(w_q, [bn, bk]),
-            x_scale, w_scale, bias if bias is not None else w_scale, out, M, N, K, out.stride(0),
+            x_q, w_q, x_scale, w_scale, bias if bias is not None else w_scale, out, M, N, K,
+            x_q.stride(0), w_q.stride(0), out.stride(0),
             BM=bm, BN=bn, BK=bk, GROUP_M=8, NUM_PROGS=progs, num_warps=warps, num_stages=stages, **common)
         return out
     args = (x_q, x_scale, w_q, w_scale, bias if bias is not None else w_scale, out, M, N, K,

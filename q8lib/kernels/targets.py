@@ -185,9 +185,8 @@ def _gemm_specs(cap: int) -> list[Spec]:
     if cap >= 90:  # Hopper's persistent TMA GEMM (launch_gemm takes it on sm_90+, when Q8LIB_GEMM=triton_tma)
         bm, bn, bk, warps, stages = _gemm.TMA_CONFIG
         for qd in (INT8, FP8):
-            dt = _PTR[qd][1:]
-            args = {"x_desc": f"tensordesc<{dt}[{bm}, {bk}]>", "w_desc": f"tensordesc<{dt}[{bn}, {bk}]>",
-                    "XS": "*fp32", "WS": "*fp32", "BIAS": "*bf16", "OUT": "*bf16", "M": M, "N": N, "K": K, "som": N}
+            args = {"X": _PTR[qd], "W": _PTR[qd], "XS": "*fp32", "WS": "*fp32", "BIAS": "*bf16", "OUT": "*bf16",
+                    "M": M, "N": N, "K": K, "sxm": K, "swn": K, "som": N}
             ce = {"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "NUM_PROGS": 132, "HAS_BIAS": True, "GELU": True,
                   "IS_INT": qd == INT8}
             out.append(Spec(f"gemm_tma/{_NAME[qd]}/BM{bm}-BN{bn}-BK{bk}-s{stages}-w{warps}",
