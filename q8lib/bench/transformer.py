@@ -39,7 +39,7 @@ from ..cudagraph import CUDAGraphForward
 from ..inspection import inspect_transformer
 from ..metrics import cosine, relative_error
 from ..models import LTX_2B_CONFIG, LTX_13B_CONFIG, dummy_inputs
-from ..timing import time_ms
+from ..timing import host_probe, time_ms
 from ..tiny.components import TINY_TRANSFORMER_CONFIG
 from ..versions import package_versions
 from .micro import micro
@@ -225,7 +225,7 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
             _mem("reset")
             t0 = time.time()
-            res = {}
+            res = {"host": host_probe()}
             try:
                 model, comp = prepare_variant(name, cfg, device)
                 res["weights_mb"] = _mem("now")
