@@ -1,12 +1,13 @@
-"""The Q8 attention processor for diffusers 0.42's ``LTXAttention``.
+"""The Q8 attention processors for diffusers 0.42's ``LTXAttention`` and LTX-2's ``LTX2Attention``.
 
-It computes q/k/v through the (Q8) projections, applies ``norm_q``/``norm_k`` and RoPE as
-diffusers does, then runs attention through the backend: FP8 with Hadamard-rotated q/k by
+They compute q/k/v through the (Q8) projections, apply ``norm_q``/``norm_k`` and RoPE as
+diffusers does, then run attention through the backend: FP8 with Hadamard-rotated q/k by
 default, or plain SDPA. The text mask that diffusers passes to cross-attention as an additive
 bias (``0`` keep, ``-10000`` drop, shape ``[B, 1, Tk]``) is turned into right-padded key lengths.
+:class:`Q8LTX2AttnProcessor` adds what LTX-2 needs (:mod:`q8lib.ltx2`).
 
-:func:`set_q8_attention` installs it on every attention module and remembers the originals;
-:func:`restore_attention` undoes it. Nothing in diffusers is patched.
+:func:`set_q8_attention` installs them on every attention module (the processor that fits each
+module's class) and remembers the originals; :func:`restore_attention` undoes it. Nothing in diffusers is patched.
 """
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from torch import nn
 
 from .backends import resolve_backend
 from .errors import SettingsError
+from .ltx2 import key_mask, ltx2_attention_core
 from .offload import is_offloaded, onloaded
 from .quant import host_sync_allowed
 from .reference import apply_rotary_emb, attention_inputs
 
-__all__ = ["Q8AttnProcessor", "q8_attention_core", "mask_to_key_lengths", "check_fp8_attention", "set_q8_attention",
-           "restore_attention", "apply_rotary_emb"]
+__all__ = ["Q8AttnProcessor", "Q8LTX2AttnProcessor", "q8_attention_core", "mask_to_key_lengths", "check_fp8_attention",
+           "set_q8_attention", "restore_attention", "apply_rotary_emb"]
 
 
 def mask_to_key_lengths(mask: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -93,6 +95,58 @@ class Q8AttnProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
 
+class Q8LTX2AttnProcessor(Q8AttnProcessor):
+    """Attention processor for LTX-2's ``LTX2Attention`` (the work of diffusers' ``LTX2AudioVideoAttnProcessor``
+    and ``LTX2PerturbedAttnProcessor``), FP8 or SDPA, with Q8 or ordinary projections.
+
+    diffusers' steps: gate logits from the query input (``to_gate_logits``, gated attention), q/k/v,
+    ``norm_q``/``norm_k`` (RMSNorm across heads), RoPE on q with ``query_rotary_emb`` and on k with
+    ``key_rotary_emb`` (a2v/v2a cross-attention; default: the query's), attention, ``2 * sigmoid(gate logits)``
+    per head, ``to_out``. Spatio-temporal guidance as diffusers' perturbed processor: ``all_perturbed`` skips
+    attention (the values pass), ``perturbation_mask [B, 1, 1]`` interpolates between values and attention.
+    Self-attention with interleaved RoPE runs :func:`q8_attention_core` (LTX-1's path: the fused producers on a
+    GPU); the rest :func:`q8lib.ltx2.ltx2_attention_core`. Masks that are not right-padded key masks run SDPA
+    in the model dtype (:func:`q8lib.ltx2.key_mask`). Context parallelism is refused.
+    """
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, query_rotary_emb=None,
+                 key_rotary_emb=None, perturbation_mask=None, all_perturbed=None):
+        if self._parallel_config is not None:
+            raise SettingsError("context parallelism is not supported with q8lib's LTX-2 attention; quantize with "
+                                "attention='keep' (diffusers' attention, 8-bit linears) to use it")
+        args = (attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb, key_rotary_emb,
+                perturbation_mask, all_perturbed)
+        norms = [m for m in (getattr(attn, "norm_q", None), getattr(attn, "norm_k", None)) if m is not None]
+        if any(is_offloaded(m) for m in norms):  # sequential CPU offload: the triton core reads their weights
+            with onloaded(norms):
+                return self._attend_ltx2(*args)
+        return self._attend_ltx2(*args)
+
+    def _attend_ltx2(self, attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb,
+                     key_rotary_emb, perturbation_mask, all_perturbed):
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        gate_logits = None if attn.to_gate_logits is None else attn.to_gate_logits(hidden_states)
+        value = attn.to_v(context)
+        if all_perturbed is None:  # as diffusers: a host sync, only when STG passes a mask without the flag
+            all_perturbed = perturbation_mask is not None and bool((perturbation_mask == 0).all())
+        if all_perturbed:
+            out = value
+        else:
+            query, key = attn.to_q(hidden_states), attn.to_k(context)
+            key_lengths, bias = key_mask(attention_mask, hidden_states.shape[0])
+            if bias is None and key_rotary_emb is None and attn.rope_type == "interleaved":
+                out = q8_attention_core(attn, query, key, value, query_rotary_emb, key_lengths, self.fp8, self.backend)
+            else:
+                out = ltx2_attention_core(attn, query, key, value, query_rotary_emb, key_rotary_emb, key_lengths, bias,
+                                          self.fp8, self.backend)
+            if perturbation_mask is not None:
+                out = torch.lerp(value, out, perturbation_mask)
+        if gate_logits is not None:
+            gates = 2.0 * torch.sigmoid(gate_logits)  # [B, S, H]; 2x: zero logits give gates of 1
+            out = (out.unflatten(2, (attn.heads, -1)) * gates.unsqueeze(-1)).flatten(2, 3)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
 def _attention_modules(model: nn.Module):
     return [(n, m) for n, m in model.named_modules() if hasattr(m, "set_processor") and hasattr(m, "processor")]
 
@@ -117,7 +171,8 @@ def check_fp8_attention(model: nn.Module) -> None:
 
 
 def set_q8_attention(model: nn.Module, fp8: bool = True, backend: str = "auto") -> dict:
-    """Install :class:`Q8AttnProcessor` on every attention module of ``model``.
+    """Install :class:`Q8AttnProcessor` (:class:`Q8LTX2AttnProcessor` on LTX-2's modules) on every attention module
+    of ``model``.
 
     Returns the original processors (also kept on the model) so :func:`restore_attention` can undo it.
     Raises :class:`~q8lib.errors.SettingsError` (before changing anything) if ``fp8`` and a head size
@@ -130,10 +185,16 @@ def set_q8_attention(model: nn.Module, fp8: bool = True, backend: str = "auto") 
         check_fp8_attention(model)
     originals = getattr(model, "_q8_original_processors", None) or {n: m.processor for n, m in mods}
     model._q8_original_processors = originals
-    processor = Q8AttnProcessor(fp8=fp8, backend=backend)
+    processors = {cls: cls(fp8=fp8, backend=backend) for cls in (Q8AttnProcessor, Q8LTX2AttnProcessor)}
     for _, m in mods:
-        m.set_processor(processor)
+        m.set_processor(processors[_processor_class(m)])
     return originals
+
+
+def _processor_class(module: nn.Module) -> type:
+    """The Q8 processor for an attention module: :class:`Q8LTX2AttnProcessor` for LTX-2's ``LTX2Attention``
+    (its processors take separate query/key RoPE), :class:`Q8AttnProcessor` otherwise."""
+    return Q8LTX2AttnProcessor if type(module).__name__ == "LTX2Attention" else Q8AttnProcessor
 
 
 def restore_attention(model: nn.Module) -> None:

@@ -22,7 +22,7 @@ from torch import nn
 from .attention import check_fp8_attention
 from .config import Q8Config, Q8Runtime
 from .convert import (activate_q8, build_q8_skeleton, check_ltx_transformer, check_state_keys, is_quantized, ltx_classes,
-                      quantize_)
+                      quantize_, transformer_class)
 from .errors import Q8CheckpointError, SettingsError
 from .lora import check_no_adapters
 from .modules import Q8Linear
@@ -245,7 +245,8 @@ def load_q8(
     variant: str | None = None,
     revision: str | None = None,
 ):
-    """Load a Q8 LTX transformer from a q8lib checkpoint or the earlier public layout.
+    """Load a Q8 LTX transformer (LTX-Video 0.9.x, or LTX-2: ``config.json``'s ``_class_name`` says which)
+    from a q8lib checkpoint or the earlier public layout.
 
     ``path_or_repo`` is a local directory or a hub repo id (e.g. ``"sayakpaul/q8-ltx-video"``): a folder
     :func:`save_q8` wrote, or one that diffusers' ``save_pretrained`` wrote from a q8lib-quantized transformer
@@ -269,8 +270,10 @@ def load_q8(
     d = _resolve_dir(path_or_repo, subfolder, local_files_only, revision)
     _check_config_file(d)
     cfg = _read_json(d / CONFIG_NAME)
-    if cfg.get("_class_name", "LTXVideoTransformer3DModel") != "LTXVideoTransformer3DModel":
-        raise Q8CheckpointError(f"{d / CONFIG_NAME}: holds a {cfg['_class_name']}, not an LTXVideoTransformer3DModel")
+    try:  # LTXVideoTransformer3DModel or LTX2VideoTransformer3DModel (q8lib.ltx2); without _class_name, from the keys
+        transformer_class(cfg)
+    except SettingsError as e:
+        raise Q8CheckpointError(f"{d / CONFIG_NAME}: {e}") from None
     state, header, files = _read_weights(d, variant)
     config, _ = _read_q8_config(d, cfg, state, header)
     try:  # what the files say must fit together; the attention is the caller's runtime choice, checked after
@@ -333,14 +336,17 @@ def quantize_pretrained(
     attention: str | None = None,
     **from_pretrained_kwargs,
 ):
-    """Load a bf16 diffusers LTX transformer (hub id or local dir) and quantize it on the fly
-    (:func:`~q8lib.convert.quantize_` with ``config``, ``backend``, ``attention``).
+    """Load a bf16 diffusers LTX transformer (hub id or local dir; LTX-Video 0.9.x or LTX-2, as its ``config.json``
+    says) and quantize it on the fly (:func:`~q8lib.convert.quantize_` with ``config``, ``backend``, ``attention``).
 
     The conversion runs on ``device`` (a GPU converts the 2B model in seconds).
     """
-    LTX = ltx_classes()[0]
     try:
-        model = LTX.from_pretrained(repo_or_path, subfolder=subfolder, torch_dtype=torch_dtype, **from_pretrained_kwargs)
+        cfg_kwargs = {k: from_pretrained_kwargs[k] for k in ("cache_dir", "force_download", "proxies", "token",
+                                                              "local_files_only", "revision") if k in from_pretrained_kwargs}
+        # config.json first (diffusers' ConfigMixin.load_config): its _class_name picks LTX-Video or LTX-2
+        cls = transformer_class(ltx_classes()[0].load_config(repo_or_path, subfolder=subfolder, **cfg_kwargs))
+        model = cls.from_pretrained(repo_or_path, subfolder=subfolder, torch_dtype=torch_dtype, **from_pretrained_kwargs)
     except OSError as e:
         raise Q8CheckpointError(
             f"Could not load the LTX transformer from {repo_or_path!r} (subfolder={subfolder!r}): {e}. "

@@ -31,6 +31,27 @@ KEEP_HIGH_PRECISION = (
     "norm_out",
     "scale_shift_table",
 )
+# LTX-2 (``LTX2VideoTransformer3DModel``, :mod:`q8lib.ltx2`): the same modules for its audio stream and its extra
+# conditioning (cross-modal and prompt modulation embeddings) and, inside the blocks, the gated-attention gate
+# linears (``query_dim -> heads``): measured on a tiny random LTX-2 (benchmarks/ltx2_keep_study.py), quantizing the
+# gates alone adds 0.3% (int8) / 1.0% (fp8_e4m3) relative error to the outputs, a quarter to a fifth of what all the
+# block linears add, for 0.15% of LTX-2.3's weights and a quantization pass over each gated attention's input. A
+# ``Q8Config`` whose list is the default (:data:`KEEP_HIGH_PRECISION`) gets this list on an LTX-2 transformer.
+KEEP_HIGH_PRECISION_LTX2 = KEEP_HIGH_PRECISION + (
+    "audio_proj_in",
+    "audio_time_embed",
+    "audio_caption_projection",
+    "av_cross_attn_video_scale_shift",
+    "av_cross_attn_audio_scale_shift",
+    "av_cross_attn_video_a2v_gate",
+    "av_cross_attn_audio_v2a_gate",
+    "prompt_adaln",
+    "audio_prompt_adaln",
+    "audio_proj_out",
+    "audio_norm_out",
+    "audio_scale_shift_table",
+    "to_gate_logits",
+)
 
 
 def default_weight_dtype() -> str:
@@ -91,7 +112,9 @@ class Q8Config:
             (the layout of the earlier public Q8 checkpoint); ``1`` does not rotate. Default ``"auto"``:
             ``None`` for int8, ``1`` for fp8_e4m3 (:func:`default_hadamard_block`).
         keep_high_precision: module names left unconverted, matched on any dotted component
-            (``"proj_in"``) or as a whole dotted name (``"transformer_blocks.0.attn1.to_q"``).
+            (``"proj_in"``) or as a whole dotted name (``"transformer_blocks.0.attn1.to_q"``). The default,
+            :data:`KEEP_HIGH_PRECISION`, stands for the model's own list: :data:`KEEP_HIGH_PRECISION_LTX2` on
+            an LTX-2 transformer.
 
     Runtime choices are not part of the format: pass ``backend=`` / ``attention=`` to
     :func:`q8lib.quantize_` or :func:`q8lib.load_q8` (see :class:`Q8Runtime`). The keyword arguments

@@ -1,6 +1,9 @@
 """Converting an LTX-Video transformer to Q8: in place (:func:`quantize_`), as a state dict
 (:func:`convert_state_dict`) or as an empty meta-device skeleton (:func:`build_q8_skeleton`).
 
+Both diffusers transformers convert with the same recipe: ``LTXVideoTransformer3DModel`` (LTX-Video 0.9.x: 2B,
+13B) and ``LTX2VideoTransformer3DModel`` (LTX-2, experimental: what differs is in :mod:`q8lib.ltx2`).
+
 The flow follows gpt-fast: build the quantized state dict, swap modules to Q8 skeletons, then
 ``load_state_dict(assign=True)``. Saving and loading live in :mod:`q8lib.checkpoint`.
 """
@@ -12,10 +15,11 @@ import torch
 from torch import nn
 
 from .attention import check_fp8_attention, set_q8_attention
-from .config import Q8Config, Q8Runtime
+from .config import KEEP_HIGH_PRECISION, KEEP_HIGH_PRECISION_LTX2, Q8Config, Q8Runtime
 from .errors import Q8CheckpointError, SettingsError, UnsupportedModelError
 from .fused import install_if_fast
 from .lora import check_no_adapters
+from .ltx2 import LTX2_CLASS_NAME, class_name_for_config, is_ltx2, transformer_classes
 from .modules import Q8GELU, Q8Linear, Q8RMSNorm, quantize_weight
 
 __all__ = [
@@ -30,6 +34,8 @@ __all__ = [
     "modules_to_convert",
     "check_state_keys",
     "ltx_classes",
+    "transformer_class",
+    "config_for",
 ]
 
 FilterFn = Callable[[nn.Module, str], bool]
@@ -45,11 +51,26 @@ def ltx_classes():
 
 
 def check_ltx_transformer(model: nn.Module) -> None:
-    """Raise :class:`UnsupportedModelError` (a ``TypeError``) unless ``model`` is a diffusers ``LTXVideoTransformer3DModel``."""
-    cls = ltx_classes()[0]
-    if not isinstance(model, cls):
-        raise UnsupportedModelError(f"q8lib converts diffusers LTXVideoTransformer3DModel only, got {type(model).__name__}; "
-                                    "pass pipe.transformer of an LTXPipeline")
+    """Raise :class:`UnsupportedModelError` (a ``TypeError``) unless ``model`` is a diffusers
+    ``LTXVideoTransformer3DModel`` or ``LTX2VideoTransformer3DModel``."""
+    if not isinstance(model, tuple(transformer_classes().values())):
+        raise UnsupportedModelError("q8lib converts diffusers LTXVideoTransformer3DModel (LTX-Video 0.9.x) and "
+                                    "LTX2VideoTransformer3DModel (LTX-2, experimental) only, got "
+                                    f"{type(model).__name__}; pass pipe.transformer of an LTXPipeline or LTX2Pipeline")
+
+
+def transformer_class(transformer_config: dict) -> type:
+    """The diffusers class a transformer ``config.json`` dict describes (:func:`q8lib.ltx2.class_name_for_config`)."""
+    return transformer_classes()[class_name_for_config(transformer_config)]
+
+
+def config_for(config: Q8Config, class_name: str) -> Q8Config:
+    """``config`` with the model's own keep list: a default list (:data:`~q8lib.config.KEEP_HIGH_PRECISION`)
+    becomes :data:`~q8lib.config.KEEP_HIGH_PRECISION_LTX2` for LTX-2; anything else is returned as is."""
+    if class_name != LTX2_CLASS_NAME or tuple(config.keep_high_precision) != KEEP_HIGH_PRECISION:
+        return config
+    return Q8Config(weight_dtype=config.weight_dtype, hadamard_block=config.hadamard_block,
+                    keep_high_precision=KEEP_HIGH_PRECISION_LTX2)
 
 
 def is_quantized(model: nn.Module) -> bool:
@@ -133,8 +154,10 @@ def quantize_(model: nn.Module, config: Q8Config | None = None, filter_fn: Filte
     """Quantize a loaded LTX transformer in place (block by block, so the extra memory is one block).
 
     Linears and the GELU projection of every block become :class:`Q8Linear` (8-bit, Hadamard-rotated),
-    ``norm1``/``norm2`` become :class:`Q8RMSNorm`, and the attention processors are swapped for
-    :class:`~q8lib.attention.Q8AttnProcessor` (unless ``attention="keep"``). Returns ``model``.
+    the blocks' RMSNorms (``norm1``/``norm2``; LTX-2: each stream's) become :class:`Q8RMSNorm`, and the
+    attention processors are swapped for :class:`~q8lib.attention.Q8AttnProcessor` (LTX-2:
+    :class:`~q8lib.attention.Q8LTX2AttnProcessor`) unless ``attention="keep"``. Returns ``model``.
+    LTX-2 (``LTX2VideoTransformer3DModel``) is experimental: see :mod:`q8lib.ltx2`.
     A transformer holding LoRA adapter layers is refused: fuse and unload them first
     (``pipe.fuse_lora(); pipe.unload_lora_weights()``), or quantize the plain one and load the LoRA onto
     it with :func:`q8lib.load_lora`.
@@ -158,6 +181,7 @@ def quantize_(model: nn.Module, config: Q8Config | None = None, filter_fn: Filte
     if filter_fn is not None and not callable(filter_fn):
         raise SettingsError(f"filter_fn must be a function (module, fqn) -> bool, got {type(filter_fn).__name__}")
     runtime = config.runtime(backend, attention)
+    config = config_for(config, type(model).__name__)
     if runtime.attention == "fp8":
         check_fp8_attention(model)
     targets = modules_to_convert(model, config)
@@ -188,6 +212,8 @@ def build_q8_skeleton(transformer_config: dict, config: Q8Config | None = None,
                       runtime: Q8Runtime | None = None) -> nn.Module:
     """An LTX transformer on the meta device (no memory) whose blocks already hold empty Q8 modules.
 
+    The class comes from ``transformer_config`` (its ``_class_name``, else its keys: :func:`transformer_class`).
+
     Fill it with ``load_state_dict(state, assign=True)`` (or assign tensors yourself), then call
     :func:`activate_q8` to install the Q8 attention and, where a fast backend runs, the fused blocks.
     ``runtime`` (default: ``config.runtime()``) gives the modules' backend and, with
@@ -195,8 +221,10 @@ def build_q8_skeleton(transformer_config: dict, config: Q8Config | None = None,
     """
     config = config or Q8Config()
     runtime = runtime or config.runtime()
+    cls = transformer_class(transformer_config)
+    config = config_for(config, cls.__name__)
     with torch.device("meta"):
-        model = ltx_classes()[0].from_config(_plain_config(transformer_config))
+        model = cls.from_config(_plain_config(transformer_config))
         if runtime.attention == "fp8":
             check_fp8_attention(model)
         for name, m, kind in modules_to_convert(model, config):
@@ -213,12 +241,14 @@ def activate_q8(model: nn.Module, config: Q8Config, runtime: Q8Runtime | None = 
     ``config.json`` that ``save_pretrained`` writes then names q8lib, and a plain diffusers
     ``from_pretrained`` of that folder refuses it with a message naming the q8lib call to use."""
     runtime = runtime or config.runtime()
+    config = config_for(config, type(model).__name__)
     model._q8_config, model._q8_runtime = config, runtime
     if hasattr(model, "register_to_config"):
         model.register_to_config(quantization_config=config.to_quantization_config())
     if runtime.attention != "keep":
         set_q8_attention(model, fp8=runtime.attention == "fp8", backend=runtime.backend)
-    install_if_fast(model, runtime)  # fused block forward where the triton backend runs
+    if not is_ltx2(model):  # fused blocks exist for LTX-1's block only; LTX-2 runs diffusers' block forward
+        install_if_fast(model, runtime)  # fused block forward where the triton backend runs
 
 
 @torch.no_grad()
@@ -228,10 +258,10 @@ def convert_state_dict(state_dict: dict, transformer_config: dict, config: Q8Con
     ``transformer_config`` is the model's ``config.json`` dict. Raises :class:`Q8CheckpointError`
     naming missing or unexpected keys.
     """
-    config = config or Q8Config()
-    LTX = ltx_classes()[0]
+    cls = transformer_class(transformer_config)
+    config = config_for(config or Q8Config(), cls.__name__)
     with torch.device("meta"):
-        model = LTX.from_config(_plain_config(transformer_config))
+        model = cls.from_config(_plain_config(transformer_config))
     check_state_keys(set(model.state_dict()), set(state_dict), "bf16 LTX state dict")
     out = dict(state_dict)
     for name, m, kind in modules_to_convert(model, config):

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .config import Q8Config
-from .convert import check_ltx_transformer, modules_to_convert
+from .convert import check_ltx_transformer, config_for, modules_to_convert
 from .modules import Q8GELU, Q8Linear, Q8RMSNorm
 
 __all__ = ["InspectReport", "inspect_transformer"]
@@ -49,7 +49,7 @@ def inspect_transformer(model: nn.Module, num_tokens: int = 3630, text_tokens: i
     Works on meta-device models too.
     """
     check_ltx_transformer(model)
-    config = config or Q8Config()
+    config = config_for(config or Q8Config(), type(model).__name__)
     rep = InspectReport(shape=dict(num_tokens=num_tokens, text_tokens=text_tokens, batch=batch))
     converted = {n for n, _, _ in modules_to_convert(model, config)}
     converted |= {n for n, m in model.named_modules() if isinstance(m, (Q8Linear, Q8GELU, Q8RMSNorm))}

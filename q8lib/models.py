@@ -2,7 +2,10 @@
 
 * :data:`CATALOGUE`: the 2B and 13B transformers (hub id, ``config.json`` widths, how a random Q8
   copy is built), and :data:`T5_XXL_CONFIG`, their text encoder; the one place these are written down.
-* :func:`dummy_inputs`: seeded transformer inputs of any shape (tests, notebooks, benchmarks, the CLI).
+* LTX-2 (experimental in q8lib, not in the catalogue the command line reads): :data:`LTX2_CONFIG`,
+  :data:`LTX23_CONFIG` (full size) and :data:`LTX2_TINY_CONFIG` (the same layout at toy widths).
+* :func:`dummy_inputs` / :func:`ltx2_dummy_inputs`: seeded transformer inputs of any shape (tests, notebooks,
+  benchmarks, the CLI).
 * :func:`module_bytes` / :func:`param_count`: sizes of a module's tensors.
 """
 from __future__ import annotations
@@ -12,13 +15,41 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["LTX_2B_CONFIG", "LTX_13B_CONFIG", "T5_XXL_CONFIG", "LTXModel", "CATALOGUE", "dummy_inputs", "module_bytes", "param_count"]
+__all__ = ["LTX_2B_CONFIG", "LTX_13B_CONFIG", "T5_XXL_CONFIG", "LTXModel", "CATALOGUE", "dummy_inputs", "module_bytes",
+           "param_count", "LTX2_CONFIG", "LTX23_CONFIG", "LTX2_TINY_CONFIG", "ltx2_dummy_inputs"]
 
 # The real architectures (diffusers defaults for 2B; the 13B variant's widths).
 LTX_2B_CONFIG = dict(in_channels=128, out_channels=128, num_attention_heads=32, attention_head_dim=64,
                      cross_attention_dim=2048, num_layers=28, caption_channels=4096)
 LTX_13B_CONFIG = dict(in_channels=128, out_channels=128, num_attention_heads=32, attention_head_dim=128,
                       cross_attention_dim=4096, num_layers=48, caption_channels=4096)
+
+# LTX-2 (``LTX2VideoTransformer3DModel``, ``Lightricks/LTX-2``: one size, 19B parameters, a video stream of 32 heads x
+# 128 and an audio stream of 32 heads x 64, 48 blocks). LTX-2 has no 2B variant; this is the release. The values
+# are the "2.0" transformer config of diffusers' conversion script (scripts/convert_ltx2_to_diffusers.py,
+# huggingface/diffusers at 8d8a656; the script is not in the installed package). They equal the defaults of
+# LTX2VideoTransformer3DModel.__init__ in diffusers 0.42.1 except rope_type: the released model uses "split".
+LTX2_CONFIG = dict(
+    in_channels=128, out_channels=128, patch_size=1, patch_size_t=1, num_attention_heads=32, attention_head_dim=128,
+    cross_attention_dim=4096, vae_scale_factors=(8, 32, 32), pos_embed_max_pos=20, base_height=2048, base_width=2048,
+    audio_in_channels=128, audio_out_channels=128, audio_patch_size=1, audio_patch_size_t=1,
+    audio_num_attention_heads=32, audio_attention_head_dim=64, audio_cross_attention_dim=2048, audio_scale_factor=4,
+    audio_pos_embed_max_pos=20, audio_sampling_rate=16000, audio_hop_length=160, num_layers=48,
+    activation_fn="gelu-approximate", qk_norm="rms_norm_across_heads", norm_elementwise_affine=False, norm_eps=1e-6,
+    caption_channels=3840, attention_bias=True, attention_out_bias=True, rope_theta=10000.0, rope_double_precision=True,
+    causal_offset=1, timestep_scale_multiplier=1000, cross_attn_timestep_scale_multiplier=1000, rope_type="split")
+# LTX-2.3 (``Lightricks/LTX-2.3``): LTX-2's widths with gated attention, cross-attention modulation, STG-ready
+# (perturbed) attention processors and the text projection moved into the connectors. The "2.3" config of the same
+# conversion script in a later version (as mirrored in doc-hex/diffusers-py39 at bd4a661; not in the installed
+# package).
+LTX23_CONFIG = dict(LTX2_CONFIG, gated_attn=True, cross_attn_mod=True, audio_gated_attn=True, audio_cross_attn_mod=True,
+                    use_prompt_embeddings=False, perturbed_attn=True)
+# LTX2_CONFIG's layout at toy widths (CPU tests, studies): power-of-two widths everywhere (the Hadamard rotation
+# and FP8 attention need them), video and audio streams of different widths, split RoPE as released.
+LTX2_TINY_CONFIG = dict(LTX2_CONFIG, in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=64,
+                        cross_attention_dim=128, audio_in_channels=16, audio_out_channels=16,
+                        audio_num_attention_heads=2, audio_attention_head_dim=32, audio_cross_attention_dim=64,
+                        num_layers=2, caption_channels=32)
 
 # The text encoder of every LTX-Video release: T5 v1.1 XXL's encoder (4.76B parameters, 9.5 GB in bf16), as
 # transformers' T5Config; random-weight pipelines build it only to measure memory (q8lib.app.loading).
@@ -70,6 +101,52 @@ def dummy_inputs(config: dict, batch: int = 2, frames: int = 3, height: int = 8,
         timestep=torch.full((batch,), 500, device=device),
         encoder_attention_mask=mask.to(device),
         num_frames=frames, height=height, width=width,
+    )
+
+
+def ltx2_dummy_inputs(config: dict, batch: int = 2, frames: int = 2, height: int = 4, width: int = 4,
+                      audio_frames: int = 9, text_tokens: int = 16, *, seed: int = 0, device="cpu",
+                      dtype: torch.dtype = torch.float32, text_kept: int | None = None,
+                      timestep: float = 500.0) -> dict:
+    """Keyword arguments for one forward of an LTX-2 transformer with ``config``, as diffusers' ``LTX2Pipeline``
+    passes them (``pipeline_ltx2.py``, the denoising loop; the coordinates for RoPE are left to the model, which
+    computes them with the same ``prepare_video_coords``/``prepare_audio_coords`` calls from ``num_frames``,
+    ``height``, ``width``, ``fps`` and ``audio_num_frames``):
+
+    * ``hidden_states [batch, frames*height*width, in_channels]`` (packed video latents) and ``audio_hidden_states
+      [batch, audio_frames, audio_in_channels]`` (packed audio latents), standard normal from a CPU generator
+      seeded with ``seed``;
+    * ``encoder_hidden_states``/``audio_encoder_hidden_states [batch, text_tokens, width]``: the text connectors'
+      outputs, of ``caption_channels`` width (LTX-2.0; the model projects them) or, without the model's
+      caption projection (``use_prompt_embeddings=False``, LTX-2.3), of each stream's width;
+    * ``timestep``, ``sigma`` ``[batch]`` (the pipeline passes the timestep as both); the text mask
+      ``[batch, text_tokens]`` (1 = token) for both streams: all ones by default (LTX-2's connectors replace
+      padding with learned registers), else the first ``text_kept`` tokens; ``fps`` 24; ``use_cross_timestep``
+      ``True`` (the pipeline's default).
+    """
+    g = torch.Generator().manual_seed(seed)
+    video_dim = config["num_attention_heads"] * config["attention_head_dim"]
+    audio_dim = config["audio_num_attention_heads"] * config["audio_attention_head_dim"]
+    projected = config.get("use_prompt_embeddings", True)
+    text_v = config["caption_channels"] if projected else video_dim
+    text_a = config["caption_channels"] if projected else audio_dim
+    mask = torch.ones(batch, text_tokens, dtype=torch.long)
+    if text_kept is not None:
+        mask[:, text_kept:] = 0
+    t = torch.full((batch,), float(timestep))
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g).to(device, dtype)
+
+    return dict(
+        hidden_states=randn(batch, frames * height * width, config["in_channels"]),
+        audio_hidden_states=randn(batch, audio_frames, config["audio_in_channels"]),
+        encoder_hidden_states=randn(batch, text_tokens, text_v),
+        audio_encoder_hidden_states=randn(batch, text_tokens, text_a),
+        timestep=t.to(device), sigma=t.to(device),
+        encoder_attention_mask=mask.to(device), audio_encoder_attention_mask=mask.to(device),
+        num_frames=frames, height=height, width=width, fps=24.0, audio_num_frames=audio_frames,
+        use_cross_timestep=True,
     )
 
 

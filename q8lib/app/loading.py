@@ -27,6 +27,7 @@ from ..convert import activate_q8, build_q8_skeleton, check_q8_config, quantize_
 from ..cudagraph import enable_cuda_graphs
 from ..errors import ModelUnavailableError, SettingsError
 from ..fused import install_if_fast
+from ..ltx2 import LTX2_CLASS_NAME, is_ltx2
 from ..models import T5_XXL_CONFIG
 from ..modules import Q8Linear
 from ..quant import QMAX
@@ -170,12 +171,20 @@ def transformer_config(model: str, subfolder: str | None = "transformer", local_
         cfg = dict(_ltx().load_config(model, subfolder=subfolder, local_files_only=local_files_only))
     except OSError as e:
         raise model_not_available(model, e) from None
+    if cfg.get("_class_name") == LTX2_CLASS_NAME:
+        raise _ltx2_unsupported(model)
     if Q8Config.is_quantization_config(cfg.get("quantization_config")):  # saved after q8lib.quantize_
         sub = " --checkpoint-subfolder " + subfolder if subfolder else ""
         raise SettingsError(f"{model} holds a transformer that q8lib already quantized (its config.json names q8lib), "
                             f"which needs no conversion: run it with --checkpoint {model}{sub}, or load it in Python "
                             "with q8lib.load_pipeline_q8 / q8lib.load_q8")
     return cfg
+
+
+def _ltx2_unsupported(what) -> SettingsError:
+    return SettingsError(f"{what} holds an LTX-2 transformer ({LTX2_CLASS_NAME}): q8lib's command line and app run "
+                         "LTX-Video 0.9.x pipelines only for now. In Python, q8lib.quantize_(pipe.transformer) converts "
+                         "the transformer of diffusers' LTX2Pipeline (experimental; see the README)")
 
 
 def load_transformer(model: str, precision: str = "q8", checkpoint: str | None = None,
@@ -193,8 +202,11 @@ def load_transformer(model: str, precision: str = "q8", checkpoint: str | None =
     if checkpoint is not None:
         if precision != "q8":
             raise SettingsError("a Q8 --checkpoint was given with --precision bf16; drop one of them")
-        return load_q8(checkpoint, subfolder=checkpoint_subfolder, device=device, torch_dtype=dtype,
-                       local_files_only=local_files_only, **rt)
+        transformer = load_q8(checkpoint, subfolder=checkpoint_subfolder, device=device, torch_dtype=dtype,
+                              local_files_only=local_files_only, **rt)
+        if is_ltx2(transformer):
+            raise _ltx2_unsupported(checkpoint)
+        return transformer
     if model == TINY:
         transformer = _to(default_pipeline().transformer, device, dtype)
         return quantize_(transformer, q8_config, progress=False, **rt) if precision == "q8" else transformer
