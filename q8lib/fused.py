@@ -67,6 +67,8 @@ def _runs_adapter(slots) -> bool:
 
 def _eligible(block) -> str | None:
     """``None`` if the fused forward can run this block, else why not."""
+    if type(block).__name__ != "LTXVideoTransformerBlock":  # LTX-2's blocks (audio stream, a2v/v2a) have another forward
+        return f"a {type(block).__name__}, not diffusers' LTXVideoTransformerBlock"
     try:
         lins = [_q8(m) for m in _block_linears(block)]
     except (AttributeError, IndexError, TypeError) as e:

@@ -331,3 +331,14 @@ def test_command_line_refuses_ltx2_naming_the_python_route(tmp_path):
     (tmp_path / "LTX-2" / "model_index.json").write_text(json.dumps({"_class_name": "LTX2Pipeline"}))
     with pytest.raises(q8lib.SettingsError, match=r"LTX-2 transformer.*q8lib\.quantize_\(pipe\.transformer\)"):
         transformer_config(str(tmp_path / "LTX-2"))
+
+
+def test_fused_blocks_refuse_ltx2_blocks():
+    """The fused forward is LTX-1's block forward: an LTX-2 model keeps diffusers' block forward even when
+    install_fused_blocks is called on it directly."""
+    from q8lib.fused import _eligible, install_fused_blocks, is_fused
+
+    model = q8lib.quantize_(tiny_ltx2(), q8lib.Q8Config(weight_dtype="int8"), progress=False)
+    assert "LTXVideoTransformerBlock" in _eligible(model.transformer_blocks[0])
+    assert install_fused_blocks(model) == 0
+    assert not any(is_fused(b) for b in model.transformer_blocks)
