@@ -1,8 +1,8 @@
 """The Q8 attention processor for diffusers 0.42's ``LTXAttention``.
 
 It computes q/k/v through the (Q8) projections, applies ``norm_q``/``norm_k`` and RoPE as
-diffusers does, then runs attention through the backend: FP8 with Hadamard-rotated q/k by
-default, or plain SDPA. The text mask that diffusers passes to cross-attention as an additive
+diffusers does, then runs attention through the backend in one of :data:`~q8lib.backends.ATTENTION_MODES`:
+FP8 with Hadamard-rotated q/k by default, INT8 q·k with 16-bit P·V, or plain SDPA. The text mask that diffusers passes to cross-attention as an additive
 bias (``0`` keep, ``-10000`` drop, shape ``[B, 1, Tk]``) is turned into right-padded key lengths.
 
 :func:`set_q8_attention` installs it on every attention module and remembers the originals;
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backends import resolve_backend
+from .backends import attention_mode, resolve_backend
 from .errors import SettingsError
 from .offload import is_offloaded, onloaded
 from .quant import host_sync_allowed
@@ -43,39 +43,42 @@ def mask_to_key_lengths(mask: torch.Tensor, batch_size: int) -> torch.Tensor:
     return lengths
 
 
-def q8_attention_core(attn, query, key, value, image_rotary_emb=None, key_lengths=None, fp8=True, backend="auto"):
+def q8_attention_core(attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8", backend="auto"):
     """Everything between the projections and ``to_out``: ``norm_q``/``norm_k``, RoPE, attention.
 
     ``query [B, Sq, H*D]``, ``key``/``value [B, Sk, H*D]`` are the raw projection outputs;
-    ``key_lengths [B]`` int32 right-padding lengths or ``None``. Returns ``[B, Sq, H*D]`` in ``value.dtype``.
+    ``key_lengths [B]`` int32 right-padding lengths or ``None``; ``mode``: ``"fp8"``, ``"int8"`` or ``"sdpa"``
+    (``True``/``False`` as the earlier ``fp8`` flag). Returns ``[B, Sq, H*D]`` in ``value.dtype``.
     Runs the backend's ``attention_core`` (the triton backend fuses norm + RoPE, + rotation and
-    quantization for FP8, into one producer per operand); under diffusers' context parallelism the
-    backend's ``attention`` runs inside q8lib's ring/all-to-all exchange instead.
+    quantization for FP8 or smoothing, balancing and quantization for INT8, into its producers); under
+    diffusers' context parallelism the backend's ``attention`` runs inside q8lib's ring/all-to-all exchange instead.
     """
+    mode = attention_mode(mode)
     be = resolve_backend(backend, query.device)
     # Set by diffusers' enable_parallelism(ContextParallelConfig(...)) on processors that declare it.
     parallel = getattr(getattr(attn, "processor", None), "_parallel_config", None)
     if parallel is None:
-        return be.attention_core(attn, query, key, value, image_rotary_emb, key_lengths, fp8).to(value.dtype)
+        return be.attention_core(attn, query, key, value, image_rotary_emb, key_lengths, mode).to(value.dtype)
     from .parallel import context_parallel_attention
 
     q, k, v = attention_inputs(attn, query, key, value, image_rotary_emb)
     out = context_parallel_attention(q, k, v, key_lengths, parallel,
-                                     lambda q, k, v, lengths: be.attention(q, k, v, lengths, None, fp8=fp8))
+                                     lambda q, k, v, lengths: be.attention(q, k, v, lengths, None, mode))
     return out.transpose(1, 2).flatten(2, 3).to(value.dtype)
 
 
 class Q8AttnProcessor:
-    """Attention processor for ``LTXAttention`` with FP8 (``fp8=True``) or SDPA attention.
+    """Attention processor for ``LTXAttention`` with FP8 (``mode="fp8"``), INT8 (``"int8"``) or SDPA attention.
 
     Works with Q8 or ordinary ``nn.Linear`` projections. ``backend`` names the q8lib backend for
-    the attention op (``"auto"``: the fastest for the device).
+    the attention op (``"auto"``: the fastest for the device). ``fp8=True/False``: the earlier spelling of
+    ``mode="fp8"/"sdpa"`` (it wins when given).
     """
 
     _parallel_config = None  # diffusers' context parallelism sets this (see q8lib.parallel)
 
-    def __init__(self, fp8: bool = True, backend: str = "auto"):
-        self.fp8 = fp8
+    def __init__(self, mode: str | bool = "fp8", backend: str = "auto", *, fp8: bool | None = None):
+        self.mode = attention_mode(mode if fp8 is None else fp8)
         self.backend = backend
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
@@ -89,7 +92,7 @@ class Q8AttnProcessor:
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
         key_lengths = None if attention_mask is None else mask_to_key_lengths(attention_mask, hidden_states.shape[0])
-        out = q8_attention_core(attn, query, key, value, image_rotary_emb, key_lengths, self.fp8, self.backend)
+        out = q8_attention_core(attn, query, key, value, image_rotary_emb, key_lengths, self.mode, self.backend)
         return attn.to_out[1](attn.to_out[0](out))
 
 
@@ -116,21 +119,24 @@ def check_fp8_attention(model: nn.Module) -> None:
                 "bf16 attention) or 'keep'")
 
 
-def set_q8_attention(model: nn.Module, fp8: bool = True, backend: str = "auto") -> dict:
-    """Install :class:`Q8AttnProcessor` on every attention module of ``model``.
+def set_q8_attention(model: nn.Module, mode: str | bool = "fp8", backend: str = "auto", *,
+                     fp8: bool | None = None) -> dict:
+    """Install :class:`Q8AttnProcessor` (``mode``: ``"fp8"``, ``"int8"`` or ``"sdpa"``; ``fp8=True/False`` as
+    earlier) on every attention module of ``model``.
 
     Returns the original processors (also kept on the model) so :func:`restore_attention` can undo it.
-    Raises :class:`~q8lib.errors.SettingsError` (before changing anything) if ``fp8`` and a head size
+    Raises :class:`~q8lib.errors.SettingsError` (before changing anything) if ``mode="fp8"`` and a head size
     cannot be rotated (:func:`check_fp8_attention`).
     """
+    mode = attention_mode(mode if fp8 is None else fp8)
     mods = _attention_modules(model)
     if not mods:
         raise SettingsError(f"{type(model).__name__} has no attention modules with processors")
-    if fp8:
+    if mode == "fp8":
         check_fp8_attention(model)
     originals = getattr(model, "_q8_original_processors", None) or {n: m.processor for n, m in mods}
     model._q8_original_processors = originals
-    processor = Q8AttnProcessor(fp8=fp8, backend=backend)
+    processor = Q8AttnProcessor(mode, backend=backend)
     for _, m in mods:
         m.set_processor(processor)
     return originals
