@@ -108,7 +108,8 @@ def _int8_attn_fwd_kernel(
 # --int8-sweep), not yet timed; they fit the shared memory and compile without spills for sm_90 / sm_89
 # (q8lib.kernels.targets, tests/test_kernel_targets.py).
 INT8_FWD_CONFIG = {64: (128, 8, 3, False, True), 128: (128, 8, 2, False, True)}
-INT8_FWD_CONFIG_ADA = (64, 4, 2, False, True)  # sm_89: 99 KB of shared memory a block; untested
+# sm_89 (99 KB of shared memory a block; untested): 8 warps at D=128, where 4 need all 255 registers
+INT8_FWD_CONFIG_ADA = {64: (64, 4, 2, False, True), 128: (64, 8, 2, False, True)}
 INT8_FWD_CONFIG_CPU = (32, 4, 1, False, True)  # interpreter: small tiles, no inline PTX
 
 
@@ -121,9 +122,8 @@ def int8_fwd_config(d: int, device: torch.device):
 
 def int8_fwd_config_for(d: int, capability: int):
     """The kernel's tile config for head dim ``d`` on GPUs of compute capability ``capability`` (89: sm_89)."""
-    if capability < 90:
-        return INT8_FWD_CONFIG_ADA
-    return INT8_FWD_CONFIG.get(d, INT8_FWD_CONFIG[64])
+    table = INT8_FWD_CONFIG_ADA if capability < 90 else INT8_FWD_CONFIG
+    return table.get(d, table[64])
 
 
 def launch_int8_fwd(q8, qs, k8, ks, v, key_lengths, out, config=None):

@@ -135,20 +135,25 @@ def _qk_int8_kernel(
 # ------------------------------------------------------------------------------------------------
 # Launcher, op, fake
 def producer_meta(D: int, H: int, norm: bool, weight: bool, rope: bool, interpret: bool = False,
-                  capability: int = 90):
-    """``(meta, per_sm)`` of both INT8 producers (what the launcher launches; ``q8lib.kernels.targets`` compiles
-    it too): :data:`PRODUCER_TUNE` through ``attn_producers.qk_meta``, ``BLOCK_T`` at most :data:`KEY_BLOCK`."""
+                  capability: int = 90, stats: bool = False):
+    """``(meta, per_sm)`` of the INT8 quantize producer (``stats``: the statistics one), what the launcher
+    launches and ``q8lib.kernels.targets`` compiles: :data:`PRODUCER_TUNE` through ``attn_producers.qk_meta``,
+    ``BLOCK_T`` at most :data:`KEY_BLOCK`, and 8 warps from 2048 (statistics: three ``[heads, D]`` float32
+    accumulators) or 8192 (quantize) elements a tile on: with 4, ptxas spilled 4-756 bytes (sm_89/sm_90,
+    32 heads of 64 or 128, triton 3.9)."""
     meta, per_sm = qk_meta(D, H, norm, weight, rope, False, PRODUCER_TUNE, interpret, capability)
     meta["BLOCK_T"] = min(meta["BLOCK_T"], KEY_BLOCK)
+    if meta["HP"] * D * (1 if stats else meta["BLOCK_T"]) >= (2048 if stats else 8192):
+        meta["num_warps"] = max(meta["num_warps"], 8)
     return meta, per_sm
 
 
-def _launch_args(x, weight, eps, cos, sin):
+def _launch_args(x, weight, eps, cos, sin, stats=False):
     """``(kernel args up to SIN's strides, meta, per_sm)`` for ``x [B, S, H, D]``."""
     B, S, H, D = x.shape
     cap = capability(x.device.index or 0) if x.is_cuda else 90
     _, args, _, _ = _qk_launch(x, weight, eps, cos, sin, pad_seq(S), PRODUCER_TUNE, False)
-    meta, per_sm = producer_meta(D, H, eps >= 0, weight is not None, cos is not None, interpreting(x), cap)
+    meta, per_sm = producer_meta(D, H, eps >= 0, weight is not None, cos is not None, interpreting(x), cap, stats)
     return args, meta, per_sm
 
 
@@ -156,7 +161,7 @@ def _stats(x, weight, eps, cos, sin, lens):
     B, S, H, D = x.shape
     nb = pad_seq(S) // KEY_BLOCK
     st = torch.empty(3, B, H, nb, D, device=x.device, dtype=torch.float32)
-    args, meta, per_sm = _launch_args(x, weight, eps, cos, sin)
+    args, meta, per_sm = _launch_args(x, weight, eps, cos, sin, stats=True)
     n_items = B * nb
     launchable(_qk_stats_kernel, x)[(programs(x.device, n_items, per_sm),)](
         *args, lens if lens is not None else x, st, S, B, H, nb, float(eps), n_items,
