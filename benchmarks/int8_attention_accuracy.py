@@ -154,6 +154,12 @@ def end_to_end(pipe, n_prompts, log):
     return out
 
 
+def _versions() -> dict:
+    import triton
+
+    return {**A.versions(), "triton": triton.__version__}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="1024-token shapes, one tiny size, 2 prompts")
@@ -175,7 +181,7 @@ def main(argv=None):
     result = dict(what="q8lib INT8 attention (mode='int8') vs float64 attention, as built (issue #14); "
                        "benchmarks/int8_attention_accuracy.py",
                   date=datetime.now(timezone.utc).isoformat(timespec="seconds"), argv=sys.argv[1:],
-                  device="CPU (Triton kernels under TRITON_INTERPRET=1)", versions=A.versions(),
+                  device="CPU (Triton kernels under TRITON_INTERPRET=1)", versions=_versions(),
                   methods={"int8_ref": "q8lib.reference.int8_attention_ref, bf16 output",
                            "int8_triton_interpreter": "q8lib.kernels.attention.attention(mode='int8'): the Triton "
                                                       "producers + kernel in the interpreter, bf16 output",
