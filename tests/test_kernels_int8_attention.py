@@ -180,6 +180,8 @@ def test_ops_schema_and_fake():
     assert q8.shape == (2, 4, 256, 64) and q8.dtype == torch.int8 and qs.shape == (2, 4, 256)
     assert k8.shape == (2, 4, 128, 64) and ks.shape == (2, 4, 2) and ks.dtype == torch.float32
     assert out.shape == (2, 130, 4, 64) and out.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="RoPE tables"):  # RoPE needs q and k of the tables' length
+        IP.int8_quant_qk(q, k, w, 1e-5, w, 1e-5, *_tables(S, H, D), kl, 0.18)
 
 
 def test_compile_fullgraph(seed):

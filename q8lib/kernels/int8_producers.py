@@ -219,6 +219,8 @@ def _int8_quant_qk_impl(q: torch.Tensor, k: torch.Tensor, qweight: torch.Tensor 
     log2(e)). Sequences padded to 128; padded rows and masked keys are zero, scales 0 past the sequence.
     """
     B, Sq, H, D = q.shape
+    if cos is not None and not (k.shape[1] == Sq and cos.shape[1] == Sq):
+        raise ValueError(f"RoPE tables {tuple(cos.shape)} need q and k of their length (q: {Sq}, k: {k.shape[1]})")
     q8 = torch.empty(B, H, pad_seq(Sq), D, device=q.device, dtype=torch.int8)
     qs = torch.empty(B, H, pad_seq(Sq), device=q.device, dtype=torch.float32)
     k8 = torch.empty(B, H, pad_seq(k.shape[1]), D, device=q.device, dtype=torch.int8)
