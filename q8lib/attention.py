@@ -1,8 +1,8 @@
 """The Q8 attention processors for diffusers 0.42's ``LTXAttention`` and LTX-2's ``LTX2Attention``.
 
 They compute q/k/v through the (Q8) projections, apply ``norm_q``/``norm_k`` and RoPE as
-diffusers does, then run attention through the backend: FP8 with Hadamard-rotated q/k by
-default, or plain SDPA. The text mask that diffusers passes to cross-attention as an additive
+diffusers does, then run attention through the backend in one of :data:`~q8lib.backends.ATTENTION_MODES`:
+FP8 with Hadamard-rotated q/k by default, INT8 q·k with 16-bit P·V (LTX-Video 0.9.x), or plain SDPA. The text mask that diffusers passes to cross-attention as an additive
 bias (``0`` keep, ``-10000`` drop, shape ``[B, 1, Tk]``) is turned into right-padded key lengths.
 :class:`Q8LTX2AttnProcessor` adds what LTX-2 needs (:mod:`q8lib.ltx2`).
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backends import resolve_backend
+from .backends import attention_mode, resolve_backend
 from .errors import SettingsError
 from .ltx2 import key_mask, ltx2_attention_core
 from .offload import is_offloaded, onloaded
@@ -45,39 +45,42 @@ def mask_to_key_lengths(mask: torch.Tensor, batch_size: int) -> torch.Tensor:
     return lengths
 
 
-def q8_attention_core(attn, query, key, value, image_rotary_emb=None, key_lengths=None, fp8=True, backend="auto"):
+def q8_attention_core(attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8", backend="auto"):
     """Everything between the projections and ``to_out``: ``norm_q``/``norm_k``, RoPE, attention.
 
     ``query [B, Sq, H*D]``, ``key``/``value [B, Sk, H*D]`` are the raw projection outputs;
-    ``key_lengths [B]`` int32 right-padding lengths or ``None``. Returns ``[B, Sq, H*D]`` in ``value.dtype``.
+    ``key_lengths [B]`` int32 right-padding lengths or ``None``; ``mode``: ``"fp8"``, ``"int8"`` or ``"sdpa"``
+    (``True``/``False`` as the earlier ``fp8`` flag). Returns ``[B, Sq, H*D]`` in ``value.dtype``.
     Runs the backend's ``attention_core`` (the triton backend fuses norm + RoPE, + rotation and
-    quantization for FP8, into one producer per operand); under diffusers' context parallelism the
-    backend's ``attention`` runs inside q8lib's ring/all-to-all exchange instead.
+    quantization for FP8 or smoothing, balancing and quantization for INT8, into its producers); under
+    diffusers' context parallelism the backend's ``attention`` runs inside q8lib's ring/all-to-all exchange instead.
     """
+    mode = attention_mode(mode)
     be = resolve_backend(backend, query.device)
     # Set by diffusers' enable_parallelism(ContextParallelConfig(...)) on processors that declare it.
     parallel = getattr(getattr(attn, "processor", None), "_parallel_config", None)
     if parallel is None:
-        return be.attention_core(attn, query, key, value, image_rotary_emb, key_lengths, fp8).to(value.dtype)
+        return be.attention_core(attn, query, key, value, image_rotary_emb, key_lengths, mode).to(value.dtype)
     from .parallel import context_parallel_attention
 
     q, k, v = attention_inputs(attn, query, key, value, image_rotary_emb)
     out = context_parallel_attention(q, k, v, key_lengths, parallel,
-                                     lambda q, k, v, lengths: be.attention(q, k, v, lengths, None, fp8=fp8))
+                                     lambda q, k, v, lengths: be.attention(q, k, v, lengths, None, mode))
     return out.transpose(1, 2).flatten(2, 3).to(value.dtype)
 
 
 class Q8AttnProcessor:
-    """Attention processor for ``LTXAttention`` with FP8 (``fp8=True``) or SDPA attention.
+    """Attention processor for ``LTXAttention`` with FP8 (``mode="fp8"``), INT8 (``"int8"``) or SDPA attention.
 
     Works with Q8 or ordinary ``nn.Linear`` projections. ``backend`` names the q8lib backend for
-    the attention op (``"auto"``: the fastest for the device).
+    the attention op (``"auto"``: the fastest for the device). ``fp8=True/False``: the earlier spelling of
+    ``mode="fp8"/"sdpa"`` (it wins when given).
     """
 
     _parallel_config = None  # diffusers' context parallelism sets this (see q8lib.parallel)
 
-    def __init__(self, fp8: bool = True, backend: str = "auto"):
-        self.fp8 = fp8
+    def __init__(self, mode: str | bool = "fp8", backend: str = "auto", *, fp8: bool | None = None):
+        self.mode = attention_mode(mode if fp8 is None else fp8)
         self.backend = backend
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
@@ -91,13 +94,13 @@ class Q8AttnProcessor:
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
         key_lengths = None if attention_mask is None else mask_to_key_lengths(attention_mask, hidden_states.shape[0])
-        out = q8_attention_core(attn, query, key, value, image_rotary_emb, key_lengths, self.fp8, self.backend)
+        out = q8_attention_core(attn, query, key, value, image_rotary_emb, key_lengths, self.mode, self.backend)
         return attn.to_out[1](attn.to_out[0](out))
 
 
 class Q8LTX2AttnProcessor(Q8AttnProcessor):
     """Attention processor for LTX-2's ``LTX2Attention`` (the work of diffusers' ``LTX2AudioVideoAttnProcessor``
-    and ``LTX2PerturbedAttnProcessor``), FP8 or SDPA, with Q8 or ordinary projections.
+    and ``LTX2PerturbedAttnProcessor``), FP8 or SDPA (INT8 is refused), with Q8 or ordinary projections.
 
     diffusers' steps: gate logits from the query input (``to_gate_logits``, gated attention), q/k/v,
     ``norm_q``/``norm_k`` (RMSNorm across heads), RoPE on q with ``query_rotary_emb`` and on k with
@@ -108,6 +111,12 @@ class Q8LTX2AttnProcessor(Q8AttnProcessor):
     GPU); the rest :func:`q8lib.ltx2.ltx2_attention_core`. Masks that are not right-padded key masks run SDPA
     in the model dtype (:func:`q8lib.ltx2.key_mask`). Context parallelism is refused.
     """
+
+    def __init__(self, mode: str | bool = "fp8", backend: str = "auto", *, fp8: bool | None = None):
+        super().__init__(mode, backend, fp8=fp8)
+        if self.mode == "int8":
+            raise SettingsError("INT8 attention is built for LTX-Video 0.9.x's attention only; for LTX-2 use "
+                                "attention='fp8' or 'sdpa'")
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, query_rotary_emb=None,
                  key_rotary_emb=None, perturbation_mask=None, all_perturbed=None):
@@ -135,10 +144,10 @@ class Q8LTX2AttnProcessor(Q8AttnProcessor):
             query, key = attn.to_q(hidden_states), attn.to_k(context)
             key_lengths, bias = key_mask(attention_mask, hidden_states.shape[0])
             if bias is None and key_rotary_emb is None and attn.rope_type == "interleaved":
-                out = q8_attention_core(attn, query, key, value, query_rotary_emb, key_lengths, self.fp8, self.backend)
+                out = q8_attention_core(attn, query, key, value, query_rotary_emb, key_lengths, self.mode, self.backend)
             else:
                 out = ltx2_attention_core(attn, query, key, value, query_rotary_emb, key_rotary_emb, key_lengths, bias,
-                                          self.fp8, self.backend)
+                                          self.mode == "fp8", self.backend)
             if perturbation_mask is not None:
                 out = torch.lerp(value, out, perturbation_mask)
         if gate_logits is not None:
@@ -170,22 +179,24 @@ def check_fp8_attention(model: nn.Module) -> None:
                 "bf16 attention) or 'keep'")
 
 
-def set_q8_attention(model: nn.Module, fp8: bool = True, backend: str = "auto") -> dict:
-    """Install :class:`Q8AttnProcessor` (:class:`Q8LTX2AttnProcessor` on LTX-2's modules) on every attention module
-    of ``model``.
+def set_q8_attention(model: nn.Module, mode: str | bool = "fp8", backend: str = "auto", *,
+                     fp8: bool | None = None) -> dict:
+    """Install :class:`Q8AttnProcessor` (:class:`Q8LTX2AttnProcessor` on LTX-2's modules) on every attention
+    module of ``model`` (``mode``: ``"fp8"``, ``"int8"`` or ``"sdpa"``; ``fp8=True/False`` as earlier).
 
     Returns the original processors (also kept on the model) so :func:`restore_attention` can undo it.
-    Raises :class:`~q8lib.errors.SettingsError` (before changing anything) if ``fp8`` and a head size
+    Raises :class:`~q8lib.errors.SettingsError` (before changing anything) if ``mode="fp8"`` and a head size
     cannot be rotated (:func:`check_fp8_attention`).
     """
+    mode = attention_mode(mode if fp8 is None else fp8)
     mods = _attention_modules(model)
     if not mods:
         raise SettingsError(f"{type(model).__name__} has no attention modules with processors")
-    if fp8:
+    if mode == "fp8":
         check_fp8_attention(model)
+    processors = {cls: cls(mode, backend=backend) for cls in {_processor_class(m) for _, m in mods}}
     originals = getattr(model, "_q8_original_processors", None) or {n: m.processor for n, m in mods}
     model._q8_original_processors = originals
-    processors = {cls: cls(fp8=fp8, backend=backend) for cls in (Q8AttnProcessor, Q8LTX2AttnProcessor)}
     for _, m in mods:
         m.set_processor(processors[_processor_class(m)])
     return originals

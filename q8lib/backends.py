@@ -16,9 +16,23 @@ from __future__ import annotations
 import torch
 
 from . import reference as ref
-from .errors import BackendUnavailableError
+from .errors import BackendUnavailableError, SettingsError
 
-__all__ = ["Backend", "BackendUnavailableError", "register_backend", "get_backend", "resolve_backend", "list_backends"]
+__all__ = ["Backend", "BackendUnavailableError", "register_backend", "get_backend", "resolve_backend", "list_backends",
+           "ATTENTION_MODES", "attention_mode"]
+
+#: What the attention ops compute (``mode``): FP8 with Hadamard-rotated q/k (:func:`~q8lib.reference.fp8_attention_ref`),
+#: INT8 q·k with 16-bit P·V (:func:`~q8lib.reference.int8_attention_ref`) or plain SDPA.
+ATTENTION_MODES = ("fp8", "int8", "sdpa")
+
+
+def attention_mode(mode) -> str:
+    """One of :data:`ATTENTION_MODES`; ``True``/``False`` (the earlier ``fp8`` flag) mean ``"fp8"``/``"sdpa"``."""
+    if mode is True or mode is False:
+        return "fp8" if mode else "sdpa"
+    if mode not in ATTENTION_MODES:
+        raise SettingsError(f"attention mode must be one of {ATTENTION_MODES}, got {mode!r}")
+    return mode
 
 
 class Backend:
@@ -76,18 +90,22 @@ class Backend:
         return (h, *self.quantize_activation(h, qdtype, hadamard_block))
 
     # --- attention ops ---------------------------------------------------------------------------
-    def attention(self, q, k, v, key_lengths=None, sm_scale=None, fp8=True):
-        """``[B, H, S, D]`` attention; FP8 with Hadamard-rotated q/k when ``fp8``, else SDPA."""
-        if fp8:
+    def attention(self, q, k, v, key_lengths=None, sm_scale=None, mode="fp8"):
+        """``[B, H, S, D]`` attention; ``mode`` (:func:`attention_mode`): ``"fp8"`` (Hadamard-rotated q/k, e4m3),
+        ``"int8"`` (smoothed, balanced int8 q/k, 16-bit P·V) or ``"sdpa"``."""
+        mode = attention_mode(mode)
+        if mode == "fp8":
             return ref.fp8_attention_ref(q, k, v, key_lengths, sm_scale)
+        if mode == "int8":
+            return ref.int8_attention_ref(q, k, v, key_lengths, sm_scale)
         return ref.sdpa_attention(q, k, v, key_lengths, sm_scale)
 
-    def attention_core(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, fp8=True):
+    def attention_core(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8"):
         """Everything between an ``LTXAttention``'s projections and its ``to_out``: ``norm_q``/``norm_k``,
-        RoPE (``(cos, sin) [B, S, H*D]``), :meth:`attention`. ``query [B, Sq, H*D]``, ``key``/``value
+        RoPE (``(cos, sin) [B, S, H*D]``), :meth:`attention` in ``mode``. ``query [B, Sq, H*D]``, ``key``/``value
         [B, Sk, H*D]``, ``key_lengths [B]`` int32 or ``None`` -> ``[B, Sq, H*D]``."""
         q, k, v = ref.attention_inputs(attn, query, key, value, image_rotary_emb)
-        return self.attention(q, k, v, key_lengths, None, fp8=fp8).transpose(1, 2).flatten(2, 3)
+        return self.attention(q, k, v, key_lengths, None, mode).transpose(1, 2).flatten(2, 3)
 
     def __repr__(self) -> str:
         return f"<q8lib backend {self.name!r}>"

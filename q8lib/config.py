@@ -84,8 +84,10 @@ class Q8Runtime:
 
     Args:
         backend: ``"auto"`` (fastest available for the device), ``"reference"``, ``"triton"``, ...
-        attention: ``"fp8"`` (FP8 attention with Hadamard-rotated q/k), ``"sdpa"`` (bf16 SDPA
-            through the Q8 processor) or ``"keep"`` (leave diffusers' processors alone).
+        attention: ``"fp8"`` (FP8 attention with Hadamard-rotated q/k), ``"int8"`` (INT8 q·k after key
+            smoothing and q/k channel balancing, bf16/fp16 P·V: more accurate than ``"fp8"``, see
+            benchmarks/NOTES_attention.md), ``"sdpa"`` (bf16 SDPA through the Q8 processor) or ``"keep"``
+            (leave diffusers' processors alone).
 
     :func:`q8lib.quantize_` and :func:`q8lib.load_q8` take these as keyword arguments
     (``backend=``, ``attention=``); this object is what they record on the model (``model._q8_runtime``).
@@ -95,8 +97,8 @@ class Q8Runtime:
     attention: str = "fp8"
 
     def __post_init__(self):
-        if not isinstance(self.attention, str) or self.attention not in ("fp8", "sdpa", "keep"):
-            raise SettingsError(f"attention must be 'fp8', 'sdpa' or 'keep', got {self.attention!r}")
+        if not isinstance(self.attention, str) or self.attention not in ("fp8", "int8", "sdpa", "keep"):
+            raise SettingsError(f"attention must be 'fp8', 'int8', 'sdpa' or 'keep', got {self.attention!r}")
         if not isinstance(self.backend, str) or not self.backend:
             raise SettingsError(f"backend must be a name such as 'auto', 'reference' or 'triton', got {self.backend!r}")
 

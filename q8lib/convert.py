@@ -246,7 +246,7 @@ def activate_q8(model: nn.Module, config: Q8Config, runtime: Q8Runtime | None = 
     if hasattr(model, "register_to_config"):
         model.register_to_config(quantization_config=config.to_quantization_config())
     if runtime.attention != "keep":
-        set_q8_attention(model, fp8=runtime.attention == "fp8", backend=runtime.backend)
+        set_q8_attention(model, runtime.attention, backend=runtime.backend)
     if not is_ltx2(model):  # fused blocks exist for LTX-1's block only; LTX-2 runs diffusers' block forward
         install_if_fast(model, runtime)  # fused block forward where the triton backend runs
 

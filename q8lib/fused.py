@@ -9,7 +9,7 @@ read and written as few times as possible:
 * the FFN up-projection's GELU runs in the GEMM's epilogue where the backend's GEMM has one
   (``gemm_fuses_gelu``), else in the down-projection's quantizer (cuBLAS fp8: one
   GELU+rotate+quantize pass).
-* attention goes through :func:`q8lib.attention.q8_attention_core` (norm_q/k, RoPE, FP8 or SDPA).
+* attention goes through :func:`q8lib.attention.q8_attention_core` (norm_q/k, RoPE, FP8, INT8 or SDPA).
 * the gated residual adds after attn1 and attn2 are fused into the next quantizer (``add_quantize``:
   the new hidden states are written once and not read back); the FFN's stays a PyTorch op.
 * every op goes through the resolved backend (:mod:`q8lib.backends`), so the reference backend runs
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .attention import mask_to_key_lengths, q8_attention_core
-from .backends import resolve_backend
+from .backends import attention_mode, resolve_backend
 from .modules import Q8GELU, Q8Linear
 from .offload import is_offloaded, onloaded
 from .quant import host_sync_allowed
@@ -167,7 +167,7 @@ def _fused_forward(self, hidden_states, encoder_hidden_states, temb, image_rotar
     # self-attention: norm1 + modulation + rotation + quantization once, shared by q, k and v
     x_q, x_s = be.rms_norm_quantize(hidden_states, self.norm1.weight, self.norm1.eps, scale_msa, shift_msa, qd, hb)
     q, k, v = (_linear(be, m, x_q, x_s, dt) for m in (a1.to_q, a1.to_k, a1.to_v))
-    out = q8_attention_core(a1, q, k, v, image_rotary_emb, None, st["fp8"], st["backend"])
+    out = q8_attention_core(a1, q, k, v, image_rotary_emb, None, st["mode"], st["backend"])
     out = _linear(be, a1.to_out[0], *be.quantize_activation(out, qd, hb), dt)
     # gated residual add fused with the quantization of the new hidden states for cross-attention's q
     hidden_states, x_q, x_s = _add_quantize(be, hidden_states, out, gate_msa, qd, hb)
@@ -177,7 +177,7 @@ def _fused_forward(self, hidden_states, encoder_hidden_states, temb, image_rotar
     c_q, c_s = be.quantize_activation(encoder_hidden_states, qd, hb)
     k, v = _linear(be, a2.to_k, c_q, c_s, dt), _linear(be, a2.to_v, c_q, c_s, dt)
     key_lengths = _key_lengths(encoder_attention_mask, batch)
-    out = q8_attention_core(a2, q, k, v, None, key_lengths, st["fp8"], st["backend"])
+    out = q8_attention_core(a2, q, k, v, None, key_lengths, st["mode"], st["backend"])
     out = _linear(be, a2.to_out[0], *be.quantize_activation(out, qd, hb), dt)
 
     # feed-forward: residual add + norm2 + modulation + rotation + quantization in one pass,
@@ -229,20 +229,22 @@ def is_fused(block: nn.Module) -> bool:
     return "_q8_fused" in block.__dict__
 
 
-def install_fused_blocks(model: nn.Module, fp8: bool = True, backend: str = "auto",
-                         bias_dtype: torch.dtype | None = torch.bfloat16) -> int:
+def install_fused_blocks(model: nn.Module, mode: str | bool = "fp8", backend: str = "auto",
+                         bias_dtype: torch.dtype | None = torch.bfloat16, *, fp8: bool | None = None) -> int:
     """Give every eligible block of a quantized LTX transformer the fused forward; returns how many.
 
-    ``fp8``/``backend`` are passed to the attention core. ``bias_dtype`` keeps a non-persistent
+    ``mode`` (``"fp8"``, ``"int8"``, ``"sdpa"``; ``fp8=True/False`` as earlier) and ``backend`` are passed to the
+    attention core. ``bias_dtype`` keeps a non-persistent
     copy of each bias in that dtype (the output dtype of the bf16 model), so the cuBLAS path does
     not cast it every call; ``None`` keeps only the float32 biases. Blocks that are not fully Q8
     keep diffusers' forward. Undo with :func:`uninstall_fused_blocks`.
     """
+    mode = attention_mode(mode if fp8 is None else fp8)
     n = 0
     for block in _blocks(model):
         if is_fused(block) or _eligible(block) is not None:
             continue
-        block._q8_fused = {"fp8": bool(fp8), "backend": backend, "slots": _linear_slots(block)}
+        block._q8_fused = {"mode": mode, "backend": backend, "slots": _linear_slots(block)}
         block.forward = types.MethodType(fused_block_forward, block)
         if bias_dtype is not None:
             for lin in map(_q8, _block_linears(block)):
@@ -278,5 +280,5 @@ def install_if_fast(model: nn.Module, config, device: torch.device | str | None 
     p = next(iter(model.parameters()), None)
     if p is None or not resolve_backend(config.backend, p.device if device is None else device).fused_blocks:
         return 0
-    return install_fused_blocks(model, fp8=config.attention == "fp8", backend=config.backend,
+    return install_fused_blocks(model, config.attention, backend=config.backend,
                                 bias_dtype=getattr(model, "dtype", torch.bfloat16))

@@ -129,5 +129,5 @@ def ltx2_attention_core(attn, query, key, value, query_rotary_emb=None, key_rota
             bias = bias.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     else:
-        out = resolve_backend(backend, q.device).attention(q, k, v, key_lengths, None, fp8=fp8)
+        out = resolve_backend(backend, q.device).attention(q, k, v, key_lengths, None, "fp8" if fp8 else "sdpa")
     return out.transpose(1, 2).flatten(2, 3).to(value.dtype)

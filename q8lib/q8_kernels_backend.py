@@ -94,11 +94,11 @@ class Q8KernelsBackend(Backend):
                      scale=None, shift=None):
         return self._other().add_quantize(x, residual, gate, qdtype, hadamard_block, norm, weight, eps, scale, shift)
 
-    def attention(self, q, k, v, key_lengths=None, sm_scale=None, fp8=True):
-        return self._other().attention(q, k, v, key_lengths, sm_scale, fp8)
+    def attention(self, q, k, v, key_lengths=None, sm_scale=None, mode="fp8"):
+        return self._other().attention(q, k, v, key_lengths, sm_scale, mode)
 
-    def attention_core(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, fp8=True):
-        return self._other().attention_core(attn, query, key, value, image_rotary_emb, key_lengths, fp8)
+    def attention_core(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8"):
+        return self._other().attention_core(attn, query, key, value, image_rotary_emb, key_lengths, mode)
 
     def gemm_fuses_gelu(self, qdtype, device):
         return qdtype == INT8 or self._other().gemm_fuses_gelu(qdtype, device)

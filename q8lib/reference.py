@@ -21,6 +21,10 @@ __all__ = [
     "q8_linear_ref",
     "rms_norm_ref",
     "fp8_attention_ref",
+    "int8_attention_ref",
+    "int8_qk_quantize_ref",
+    "int8_attention_codes_ref",
+    "pv_dtype",
     "sdpa_attention",
     "key_lengths_to_mask",
     "apply_rotary_emb",
@@ -220,3 +224,77 @@ def fp8_attention_ref(
         m = m_new
     out = acc * vs[:, :, None, :] / (p_scale * l[..., None])
     return out.to(q.dtype)
+
+
+# INT8 attention (issue #14, benchmarks/NOTES_attention.md "Session 6"): keys share one int8 scale per block of
+# this many keys (the kernel's key tile), queries have one per token.
+INT8_KEY_BLOCK = 64
+LOG2E = 1.4426950408889634
+
+
+def pv_dtype(v_dtype: torch.dtype) -> torch.dtype:
+    """The 16-bit type of ``P`` and ``V`` in INT8 attention's ``P @ V``: fp16 for fp16 ``v``, else bf16 (bf16 and
+    fp32 ``v``: bf16 has fp32's range, so no ``v`` can overflow it)."""
+    return torch.float16 if v_dtype == torch.float16 else torch.bfloat16
+
+
+def _valid_keys(key_lengths, B, Sk, device):
+    """``[B, 1, Sk, 1]`` float mask of the keys below ``key_lengths`` (clamped to ``[1, Sk]``); all ones without."""
+    if key_lengths is None:
+        return torch.ones(B, 1, Sk, 1, device=device)
+    return key_lengths_to_mask(key_lengths.to(device), Sk)[:, :, 0, :, None].float()
+
+
+def int8_qk_quantize_ref(q, k, key_lengths=None, q_scale: float = 1.0, block: int = INT8_KEY_BLOCK):
+    """q/k of INT8 attention: ``q [B, H, Sq, D]``, ``k [B, H, Sk, D]`` (after norm + RoPE) -> ``(q8, qs, k8, ks)``.
+
+    1. K smoothing: the mean key over the valid keys (``key_lengths``) of each (batch, head) is subtracted
+       (softmax is invariant to it: it adds the same logit to every key of a query row).
+    2. q/k channel balancing: ``q_c / λ_c`` and ``k_c · λ_c`` with ``λ_c = sqrt(amax_c(q) / amax_c(k))`` per
+       (batch, head, channel), amaxes over tokens (valid keys), of the smoothed k; ``λ_c = 1`` where either is 0.
+       ``q · k`` is unchanged; both then span the same range in every channel.
+    3. ``q_scale`` (the softmax scale, times log2(e) for an exp2 kernel) multiplies q.
+    4. int8: q per token (``qs [B, H, Sq]``), k per block of ``block`` keys (``ks [B, H, ceil(Sk / block)]``,
+       one scale over the block's valid keys; invalid keys get code 0), as :func:`q8lib.quant.quantize_rowwise`.
+    """
+    B, H, Sk, D = k.shape
+    qf, kf = q.float(), k.float()
+    valid = _valid_keys(key_lengths, B, Sk, k.device)
+    mean = (kf * valid).sum(-2, keepdim=True) / valid.sum(-2, keepdim=True)
+    ks_ = (kf - mean) * valid
+    qamax, kamax = qf.abs().amax(-2, keepdim=True), ks_.abs().amax(-2, keepdim=True)
+    lam = torch.where((qamax > 0) & (kamax > 0), (qamax / kamax).sqrt(), torch.ones_like(qamax))
+    q8, qs = quantize_rowwise(qf * (q_scale / lam), INT8)
+    nb = -(-Sk // block)
+    kb = F.pad(ks_ * lam, (0, 0, 0, nb * block - Sk)).reshape(B, H, nb, block * D)
+    k8, ks = quantize_rowwise(kb, INT8)
+    return q8, qs, k8.reshape(B, H, nb * block, D)[:, :, :Sk], ks
+
+
+def int8_attention_codes_ref(q8, qs, k8, ks, v, key_lengths=None, block: int = INT8_KEY_BLOCK):
+    """Attention from INT8 codes (one key block, float32): ``s = (q8 · k8) * qs * ks`` is the logit in log2 units
+    (``qs`` holds the softmax scale times log2(e)), keys ``>= key_lengths[b]`` masked, ``P = exp2(s - max)``;
+    ``P * 448`` rounded to :func:`pv_dtype` (the kernel shares the FP8 kernel's softmax step, which scales P to
+    448: it cancels in the normalization, and keeps P >= 1.4e-7 out of fp16's subnormals) times ``v`` rounded
+    likewise, accumulated in float32, divided by the row sum of the unrounded P. ``v [B, H, Sk, D]`` ->
+    float32 ``[B, H, Sq, D]``."""
+    Sk = k8.shape[-2]
+    t = q8.double() @ k8.double().transpose(-1, -2)  # exact, as int32 accumulation
+    kscale = ks.repeat_interleave(block, -1)[..., :Sk]
+    s = t.float() * (qs[..., None] * kscale[..., None, :])
+    if key_lengths is not None:
+        s = s.masked_fill(key_lengths_to_mask(key_lengths.to(s.device), Sk) == 0, -math.inf)
+    p = torch.exp2(s - s.amax(-1, keepdim=True))
+    dt = pv_dtype(v.dtype)
+    p16 = (p * P_SCALE).to(dt).float()
+    return (p16 @ v.to(dt).float()) / (P_SCALE * p.sum(-1, keepdim=True))
+
+
+def int8_attention_ref(q, k, v, key_lengths=None, sm_scale: float | None = None):
+    """INT8 attention on ``q, k, v [B, H, S, D]`` (after norm + RoPE) as the kernels compute it: q/k through
+    :func:`int8_qk_quantize_ref` (K smoothing, channel balancing, int8 q per token, k per 64-key block), then
+    :func:`int8_attention_codes_ref` (exp2 softmax, 16-bit ``P @ V`` with float32 accumulation). No rotation:
+    any head size works. Returns ``[B, H, Sq, D]`` in ``q.dtype``."""
+    sm_scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale
+    q8, qs, k8, ks = int8_qk_quantize_ref(q, k, key_lengths, sm_scale * LOG2E)
+    return int8_attention_codes_ref(q8, qs, k8, ks, v, key_lengths).to(q.dtype)

@@ -31,7 +31,8 @@ def test_quantization_config_entry_names_q8lib_and_round_trips():
 def test_runtime_is_checked_and_has_defaults():
     assert Q8Config().runtime() == Q8Runtime(backend="auto", attention="fp8")
     assert Q8Config().runtime(attention="sdpa") == Q8Runtime(backend="auto", attention="sdpa")
-    with pytest.raises(SettingsError, match="attention must be 'fp8', 'sdpa' or 'keep'"):
+    assert Q8Runtime(attention="int8").attention == "int8"
+    with pytest.raises(SettingsError, match="attention must be 'fp8', 'int8', 'sdpa' or 'keep'"):
         Q8Runtime(attention="flash")
     with pytest.raises(SettingsError, match="backend must be a name"):
         q8lib.quantize_(make_tiny_transformer(), Q8Config(), backend="", progress=False)

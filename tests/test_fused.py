@@ -59,7 +59,7 @@ def _run(model, args, kw):
 
 
 @pytest.mark.parametrize("weight_dtype", ["int8", "fp8_e4m3"])
-@pytest.mark.parametrize("attention", ["fp8", "sdpa"])
+@pytest.mark.parametrize("attention", ["fp8", "int8", "sdpa"])
 def test_fused_equals_unfused_reference(seed, weight_dtype, attention):
     model = make_tiny_transformer(seed=seed % 1000)
     args, kw = _inputs(model.config)
@@ -67,7 +67,7 @@ def test_fused_equals_unfused_reference(seed, weight_dtype, attention):
                         progress=False)
     assert not any(is_fused(b) for b in q.transformer_blocks)  # reference backend: not installed by default
     unfused = _run(q, args, kw)
-    assert install_fused_blocks(q, fp8=attention == "fp8", backend="reference") == len(q.transformer_blocks)
+    assert install_fused_blocks(q, attention, backend="reference") == len(q.transformer_blocks)
     fused = _run(q, args, kw)
     # same ops in the same order on an fp32 model: measured 0.0
     assert rel_err(unfused, fused) < 1e-6

@@ -71,6 +71,8 @@ KNOWN_SPILLS = {
     (89, "attn/fwd/D128/self"): 48, (89, "attn/fwd/D128/cross"): 48,  # FWD_CONFIG_ADA at D=128: 3.9 8/0, 3.6 48/48
     # fp32 rows at the sm_90 table's (bf16-measured) launch forms
     (90, "row/norm/2048/full/fp32->i8"): 52, (90, "row/add/2048/full/fp32->i8"): 488,
+    # the INT8 statistics producer on fp32 rows (fp32 models; bf16 rows do not spill), triton 3.9
+    (90, "attn_int8/stats/D64/self/fp32"): 16, (90, "attn_int8/stats/D128/self/fp32"): 8,
 }
 
 
@@ -207,7 +209,8 @@ def test_every_kernel_is_compiled():
     """Each ``*_kernel`` of q8lib's kernel modules has specs for both targets."""
     import importlib
 
-    kernels = {f"{m}:{n}" for m in ("q8lib.kernels.row_quant", "q8lib.kernels.gemm", "q8lib.kernels.attn_producers", "q8lib.kernels.fp8_attention")
+    kernels = {f"{m}:{n}" for m in ("q8lib.kernels.row_quant", "q8lib.kernels.gemm", "q8lib.kernels.attn_producers",
+                                    "q8lib.kernels.fp8_attention", "q8lib.kernels.int8_producers", "q8lib.kernels.int8_attention")
                for n in vars(importlib.import_module(m)) if n.endswith("_kernel")}
     for cap in CAPS:
         want = kernels - (T.HOPPER_ONLY if cap < 90 else set())

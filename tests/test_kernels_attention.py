@@ -186,7 +186,7 @@ def test_attention_op_and_fallback(seed):
     out = ka.attention(q, k, v)
     assert out.shape == (B, H, S, D)
     assert rel_err(ref.sdpa_attention(q.double(), k.double(), v.double()), out) < 0.08
-    assert torch.allclose(ka.attention(q, k, v, fp8=False), ref.sdpa_attention(q, k, v))
+    assert torch.allclose(ka.attention(q, k, v, mode="sdpa"), ref.sdpa_attention(q, k, v))
     q16 = _rand(B, H, S, 16)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
@@ -243,7 +243,7 @@ def test_fused_attention_core(seed, cross):
     assert rel_err(r8, got) < 0.04  # measured 0.014
     assert rel_err(exact, got) < rel_err(exact, r8) * 1.3 + 1e-3  # measured 0.035 for both
     with torch.no_grad():  # SDPA path: the norm + RoPE producer, then SDPA, as the generic float path
-        sdpa = ka.fused_attention_core(attn, q, k, v, rope, kl, fp8=False)
+        sdpa = ka.fused_attention_core(attn, q, k, v, rope, kl, "sdpa")
     assert sdpa is not None and rel_err(exact, sdpa) < 1e-5  # float32; measured ~3e-7
 
 

@@ -342,3 +342,13 @@ def test_fused_blocks_refuse_ltx2_blocks():
     assert "LTXVideoTransformerBlock" in _eligible(model.transformer_blocks[0])
     assert install_fused_blocks(model) == 0
     assert not any(is_fused(b) for b in model.transformer_blocks)
+
+
+def test_int8_attention_is_refused_for_ltx2_before_anything_changes():
+    model = tiny_ltx2()
+    with pytest.raises(q8lib.SettingsError, match="INT8 attention"):
+        q8lib.quantize_(model, q8lib.Q8Config(weight_dtype="int8"), attention="int8", progress=False)
+    assert not q8lib.is_quantized(model)
+    with pytest.raises(q8lib.SettingsError, match="INT8 attention"):
+        q8lib.set_q8_attention(model, "int8")
+    assert not hasattr(model, "_q8_original_processors")

@@ -3,7 +3,7 @@
 One file per kernel, each with its launcher, its ``torch.library`` op + fake and its reference twin:
 ``row_quant.py`` (norm/GELU/residual + Hadamard + 8-bit quantization of rows), ``gemm.py`` (8-bit GEMMs),
 ``attn_producers.py`` (q/k/v producers of FP8 attention and the SDPA path's norm + RoPE),
-``fp8_attention.py`` (the attention kernel); shared device functions in ``_jit.py``, op registration and launch
+``fp8_attention.py`` (the FP8 attention kernel), ``int8_producers.py`` + ``int8_attention.py`` (INT8 attention); shared device functions in ``_jit.py``, op registration and launch
 plumbing in ``_library.py``. The backend ops with their input checks are ``linear.py`` and ``attention.py``;
 :class:`TritonBackend` binds them to the backend interface of :mod:`q8lib.backends`. Each op falls back to the reference math, with a one-time
 warning naming the op and the reason, when a shape or dtype is not supported.
@@ -75,13 +75,13 @@ class TritonBackend(Backend):
                      scale=None, shift=None):
         return self._linear.add_quantize(x, residual, gate, qdtype, hadamard_block, norm, weight, eps, scale, shift)
 
-    def attention(self, q, k, v, key_lengths=None, sm_scale=None, fp8=True):
-        return self._attention.attention(q, k, v, key_lengths, sm_scale, fp8)
+    def attention(self, q, k, v, key_lengths=None, sm_scale=None, mode="fp8"):
+        return self._attention.attention(q, k, v, key_lengths, sm_scale, mode)
 
-    def attention_core(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, fp8=True):
-        out = self._attention.fused_attention_core(attn, query, key, value, image_rotary_emb, key_lengths, fp8)
+    def attention_core(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8"):
+        out = self._attention.fused_attention_core(attn, query, key, value, image_rotary_emb, key_lengths, mode)
         if out is None:  # a module layout the producers do not take: torch norm + RoPE, then the same kernel
-            return super().attention_core(attn, query, key, value, image_rotary_emb, key_lengths, fp8)
+            return super().attention_core(attn, query, key, value, image_rotary_emb, key_lengths, mode)
         return out
 
 

@@ -1,4 +1,4 @@
-"""FP8 attention for the ``triton`` backend (Hopper natively; Ada sm_89 by design, untested).
+"""FP8 and INT8 attention for the ``triton`` backend (Hopper natively; Ada sm_89 by design, untested).
 
 The math is :func:`q8lib.reference.fp8_attention_ref`: q and k rotated by the orthonormal
 Hadamard matrix along the head dim, the softmax scale (times log2(e), so the kernel can use
@@ -15,6 +15,9 @@ launches from its own code, see :mod:`q8lib.kernels._library`), so the whole pat
 * ``q8lib::attn_quant_v``: per-channel e4m3 v, written transposed (keys contiguous).
 * ``q8lib::fp8_attention_fwd``: the attention kernel.
 * ``q8lib::attn_norm_rope``: for SDPA attention, LTX's RMSNorm across heads + RoPE in one pass (float out).
+* ``q8lib::attn_int8_quant_qk`` + ``q8lib::int8_attention_fwd``: INT8 attention (``mode="int8"``), the math of
+  :func:`q8lib.reference.int8_attention_ref`: K smoothing, q/k channel balancing, int8 q per token and k per
+  64-key block, bf16/fp16 ``P @ V`` with float32 accumulation (:mod:`.int8_producers`, :mod:`.int8_attention`).
 
 :func:`attention` is the backend op on ``[B, H, S, D]`` tensors; :func:`fused_attention_core` is
 what :func:`q8lib.attention.q8_attention_core` calls with the raw projections (``[B, S, H*D]``).
@@ -27,12 +30,15 @@ import math
 import torch
 
 from .. import reference as ref
+from ..backends import attention_mode
 from ._library import warn_fallback
 from .attn_producers import SEQ_PAD, norm_rope, quant_qk, quant_v
 from .fp8_attention import attention_fwd
+from .int8_attention import int8_attention_fwd
+from .int8_producers import int8_quant_qk
 
-__all__ = ["attention", "fused_attention_core", "quant_qk", "quant_v", "attention_fwd", "norm_rope", "unsupported_reason",
-           "HEAD_DIMS", "SEQ_PAD"]
+__all__ = ["attention", "fused_attention_core", "quant_qk", "quant_v", "attention_fwd", "norm_rope", "int8_quant_qk",
+           "int8_attention_fwd", "unsupported_reason", "HEAD_DIMS", "SEQ_PAD"]
 
 HEAD_DIMS = (32, 64, 128)  # powers of two the kernels are built for (LTX: 64 for 2B, 128 for 13B)
 LOG2E = 1.4426950408889634
@@ -54,33 +60,51 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str
     return None
 
 
-def _fp8_bshd(q, k, v, key_lengths, sm_scale, qnorm=None, knorm=None, rope=None):
-    """FP8 attention of ``[B, S, H, D]`` views -> ``[B, Sq, H, D]``; norms are ``(weight, eps)``."""
-    D = q.shape[-1]
+def _producer_args(D, sm_scale, qnorm, knorm, rope):
+    """``(q's scale, q weight, q eps, k weight, k eps, cos, sin)`` as the producers take them: the softmax scale
+    times log2(e); norms ``(weight, eps)`` or None (eps -1: no norm); RoPE ``(cos, sin)`` or None."""
     sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else sm_scale
-    cos, sin = rope if rope is not None else (None, None)
     qw, qeps = qnorm if qnorm is not None else (None, -1.0)
     kw, keps = knorm if knorm is not None else (None, -1.0)
-    q8, qs = quant_qk(q, qw, qeps, cos, sin, sm_scale * LOG2E)
+    return (sm_scale * LOG2E, qw, qeps, kw, keps) + (rope if rope is not None else (None, None))
+
+
+def _fp8_bshd(q, k, v, key_lengths, sm_scale, qnorm=None, knorm=None, rope=None):
+    """FP8 attention of ``[B, S, H, D]`` views -> ``[B, Sq, H, D]``; norms are ``(weight, eps)``."""
+    qscale, qw, qeps, kw, keps, cos, sin = _producer_args(q.shape[-1], sm_scale, qnorm, knorm, rope)
+    q8, qs = quant_qk(q, qw, qeps, cos, sin, qscale)
     k8, ks = quant_qk(k, kw, keps, cos, sin, 1.0)
     vt8, vs = quant_v(v)
     return attention_fwd(q8, qs, k8, ks, vt8, vs, key_lengths, q.shape[1], k.shape[1], v.dtype)
+
+
+def _int8_bshd(q, k, v, key_lengths, sm_scale, qnorm=None, knorm=None, rope=None):
+    """INT8 attention of ``[B, S, H, D]`` views -> ``[B, Sq, H, D]``; ``v`` is read in place."""
+    qscale, qw, qeps, kw, keps, cos, sin = _producer_args(q.shape[-1], sm_scale, qnorm, knorm, rope)
+    q8, qs, k8, ks = int8_quant_qk(q, k, qw, qeps, kw, keps, cos, sin, key_lengths, qscale)
+    return int8_attention_fwd(q8, qs, k8, ks, v, key_lengths, q.shape[1], v.dtype)
 
 
 def _last_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def attention(q, k, v, key_lengths=None, sm_scale=None, fp8=True):
-    """Backend op: ``q, k, v [B, H, S, D]`` -> ``[B, H, Sq, D]``; FP8 kernel when ``fp8``, else SDPA."""
-    if not fp8:
+_FALLBACK = {"fp8": ref.fp8_attention_ref, "int8": ref.int8_attention_ref}
+
+
+def attention(q, k, v, key_lengths=None, sm_scale=None, mode="fp8"):
+    """Backend op: ``q, k, v [B, H, S, D]`` -> ``[B, H, Sq, D]``; ``mode`` (:func:`q8lib.backends.attention_mode`):
+    the FP8 or INT8 kernels, or SDPA."""
+    mode = attention_mode(mode)
+    if mode == "sdpa":
         return ref.sdpa_attention(q, k, v, key_lengths, sm_scale)
     reason = unsupported_reason(q, k, v)
     if reason is not None:
         warn_fallback("attention", reason)
-        return ref.fp8_attention_ref(q, k, v, key_lengths, sm_scale)
+        return _FALLBACK[mode](q, k, v, key_lengths, sm_scale)
     q, k, v = (_last_contiguous(t).transpose(1, 2) for t in (q, k, v))  # [B, S, H, D] views
-    return _fp8_bshd(q, k, v, key_lengths, sm_scale).transpose(1, 2)
+    run = _fp8_bshd if mode == "fp8" else _int8_bshd
+    return run(q, k, v, key_lengths, sm_scale).transpose(1, 2)
 
 
 def _norm_params(norm):
@@ -94,13 +118,16 @@ def _norm_params(norm):
     return None
 
 
-def fused_attention_core(attn, query, key, value, image_rotary_emb=None, key_lengths=None, fp8=True):
+def fused_attention_core(attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8"):
     """``q8_attention_core`` for the triton backend. ``[B, S, H*D]`` in, ``[B, Sq, H*D]`` out.
 
-    ``fp8``: norm_q/norm_k + RoPE + Hadamard + scale + e4m3 in one producer per operand, then the FP8
-    kernel. Else norm_q/norm_k + RoPE in one producer per operand (float rows), then SDPA.
+    ``mode="fp8"``: norm_q/norm_k + RoPE + Hadamard + scale + e4m3 in one producer per operand, then the FP8
+    kernel. ``"int8"``: norm_q/norm_k + RoPE in the INT8 producers (statistics pass, then smoothing, balancing,
+    scale and int8 codes), then the INT8 kernel reading ``value`` in place. ``"sdpa"``: norm_q/norm_k + RoPE in
+    one producer per operand (float rows), then SDPA.
     Returns ``None`` when this path cannot take the module/inputs (the caller runs the generic path).
     """
+    mode = attention_mode(mode)
     heads = attn.heads
     qn, kn = _norm_params(attn.norm_q), _norm_params(attn.norm_k)
     if qn is None or kn is None or query.shape[-1] % heads or key.shape[-1] != query.shape[-1]:
@@ -114,8 +141,8 @@ def fused_attention_core(attn, query, key, value, image_rotary_emb=None, key_len
         if cos.shape[-2:] != query.shape[-2:] or key.shape[1] != query.shape[1]:
             return None
         rope = tuple(_last_contiguous(t).unflatten(2, (heads, -1)) for t in (cos, sin))
-    if fp8:
-        out = _fp8_bshd(q, k, v, key_lengths, None, qn, kn, rope)
+    if mode != "sdpa":
+        out = (_fp8_bshd if mode == "fp8" else _int8_bshd)(q, k, v, key_lengths, None, qn, kn, rope)
     else:
         cos, sin = rope if rope is not None else (None, None)
         q, k = norm_rope(q, qn[0], qn[1], cos, sin), norm_rope(k, kn[0], kn[1], cos, sin)

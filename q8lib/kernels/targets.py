@@ -6,7 +6,8 @@ bundled in the triton wheel. This module enumerates the compile specs (:class:`S
 on a GPU of a given compute capability at LTX-Video's shapes, taking every choice from the launchers' own
 decision functions and tables (``row_quant.row_attempts``/``row_meta``, ``row_tune.json`` via
 ``_library.table_entry``, ``gemm._configs()`` and its ``EVEN_K`` heuristic, ``attn_producers.qk_meta``/``v_tiles``,
-``fp8_attention.fwd_config_for``); compiles one (:func:`compile_spec`) and reports its shared memory (Triton's
+``fp8_attention.fwd_config_for``, ``int8_producers.producer_meta``, ``int8_attention.int8_fwd_config_for``: the
+attention specs are in :mod:`.attn_targets`); compiles one (:func:`compile_spec`) and reports its shared memory (Triton's
 metadata), registers and spills (``ptxas -v``'s log of that compile) and tensor-core instructions (``mma.sync`` /
 ``wgmma``) (:func:`resources`). ``tests/test_kernel_targets.py`` checks them: shared memory within the opt-in
 maximum per block (sm_89: 101376 bytes, sm_90: 232448), no spills, ``wgmma`` on sm_90, ``mma`` on sm_89.
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
 import importlib
 import inspect
@@ -35,50 +35,14 @@ import warnings
 import torch
 
 from ..quant import FP8, INT8
-from . import attn_producers as _prod
-from . import fp8_attention as _fa
 from . import gemm as _gemm
 from . import row_quant as _rq
 from ._library import table_entry
+from ._target_base import _BATCH, _NAME, _PTR, _TOKENS, LTX_MODELS, SHARED_LIMIT, Spec
+from .attn_targets import fp8_attn_specs, int8_attn_specs
 
 __all__ = ["LTX_MODELS", "SHARED_LIMIT", "Spec", "compile_spec", "measure", "measure_all", "resources", "signature",
            "spec", "specs", "supported"]
-
-# Opt-in maximum of shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin): what a kernel may ask for.
-SHARED_LIMIT = {89: 99 * 1024, 90: 227 * 1024}
-
-# LTX-Video's transformer widths: hidden size, heads x head dim, feed-forward inner width (4x hidden).
-LTX_MODELS = {"2b": {"dim": 2048, "heads": 32, "head_dim": 64, "ffn": 8192},
-              "13b": {"dim": 4096, "heads": 32, "head_dim": 128, "ffn": 16384}}
-# Representative runtime sizes (they only decide argument types and 16-divisibility): 2 samples (CFG) of
-# 6144 video tokens (768x512, 121 frames), 128 text tokens.
-_BATCH, _TOKENS, _TEXT = 2, 6144, 128
-_PTR = {torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float16: "*fp16", INT8: "*i8", FP8: "*fp8e4nv"}
-_NAME = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16", INT8: "i8", FP8: "e4m3"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Spec:
-    """One kernel launch form to compile.
-
-    ``args``: the runtime (non-constexpr) arguments in kernel order, pointers as Triton pointer types
-    (``"*bf16"``; torch allocations are 16-byte aligned) and integers/floats as representative values, from
-    which :func:`signature` derives types and divisibility as Triton's JIT does. ``source``: where the launch
-    form comes from (table entry, default, autotune config). ``autotuned``: one of several autotune configs
-    (one that does not fit is skipped by the autotuner, not launched). ``dots``: the kernel issues ``tl.dot``
-    at these constexprs; ``wgmma``: its sm_90 PTX is expected to use ``wgmma`` (else ``mma.sync``).
-    """
-    label: str
-    kernel: str  # "module:function"
-    args: dict
-    constexprs: dict
-    num_warps: int
-    num_stages: int | None  # None: Triton's default (3), as a launch without num_stages
-    source: str
-    dots: bool = False
-    wgmma: bool = False
-    autotuned: bool = False
-
 
 def supported() -> str | None:
     """Why :func:`compile_spec` cannot run here (``None``: it can)."""
@@ -199,66 +163,14 @@ def _gemm_specs(cap: int) -> list[Spec]:
 HOPPER_ONLY = frozenset({"q8lib.kernels.gemm:_q8_gemm_tma_kernel"})
 
 
-def _attn_specs(cap: int) -> list[Spec]:
-    """The FP8 attention path at LTX's head dims (64: 2B, 128: 13B; 32 heads): the q/k producer for self-attention
-    (norm across heads + RoPE), cross-attention (norm, no RoPE) and the plain ``attention`` op (neither), bf16
-    and fp32 rows; the SDPA path's norm + RoPE producer; the v amax and quantization kernels; the attention
-    kernel without key lengths (self) and with them (cross, 128 text tokens)."""
-    out = []
-    for m in LTX_MODELS.values():
-        D, H = m["head_dim"], m["heads"]
-        x = {"sxb": _TOKENS * H * D, "sxs": H * D, "sxh": D}
-        for quant in (True, False):
-            forms = [(True, True), (True, False)] + ([(False, False)] if quant else [])
-            for norm, rope in forms:
-                for xd in (torch.bfloat16, torch.float32) if quant and norm and rope else (torch.bfloat16,):
-                    kind = _prod.qk_kind(D, norm, rope, quant)
-                    measured = table_entry(cap, kind)
-                    meta, _ = _prod.qk_meta(D, H, norm, norm, rope, quant, measured, capability=cap)
-                    warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
-                    p = _PTR[xd]
-                    rope_args = {"COS": p, "SIN": p, "scb": 0, "scs": H * D, "sch": D} if rope else \
-                        {"COS": p, "SIN": p, "scb": 0, "scs": 0, "sch": 0}
-                    args = {"X": p, **x, "W": p, **rope_args}
-                    if quant:
-                        args |= {"HAD": "*bf16", "OUT": "*fp8e4nv", "OUTS": "*fp32", "S": _TOKENS, "S_PAD": _TOKENS,
-                                 "H": H, "eps": 1e-5, "out_scale": 0.18, "n_tiles": 1000}
-                        meta["GRID_ROUND"] = False
-                    else:
-                        args |= {"OUT": p, "S": _TOKENS, "H": H, "eps": 1e-5, "n_tiles": 1000}
-                    name = "qk_quant" if quant else "norm_rope"
-                    kernel = "_qk_quant_kernel" if quant else "_qk_norm_rope_kernel"
-                    src = f"row_tune.json sm_{cap} {kind}" if measured else "default"
-                    out.append(Spec(f"attn/{name}/D{D}/{kind.rsplit('/', 1)[1]}/{_NAME[xd]}",
-                                    f"q8lib.kernels.attn_producers:{kernel}", args, meta, warps, stages, src,
-                                    dots=quant, wgmma=quant and meta["BLOCK_T"] * meta["HP"] % 64 == 0))
-        chunk, block_k, warps = _prod.v_tiles()
-        v = {"V": "*bf16", "svb": _TOKENS * H * D, "svs": H * D, "svh": D}
-        out.append(Spec(f"attn/v_amax/D{D}", "q8lib.kernels.attn_producers:_v_amax_kernel",
-                        {**v, "AMAX": "*fp32", "S": _TOKENS, "H": H}, {"D": D, "BLOCK_K": block_k, "CHUNK": chunk},
-                        warps, None, "v_tiles()"))
-        out.append(Spec(f"attn/v_quant/D{D}", "q8lib.kernels.attn_producers:_v_quant_kernel",
-                        {**v, "AMAX": "*fp32", "OUT": "*fp8e4nv", "OUTS": "*fp32", "S": _TOKENS, "S_PAD": _TOKENS,
-                         "H": H}, {"D": D, "BLOCK_K": block_k, "GRID_ROUND": False}, warps, None, "v_tiles()"))
-        bm, bn, warps, stages, fast_exp, warp_spec, split = _fa.fwd_config_for(D, cap)
-        for lens, sk in ((False, _TOKENS), (True, _TEXT)):
-            args = {"Q": "*fp8e4nv", "QS": "*fp32", "K": "*fp8e4nv", "KS": "*fp32", "VT": "*fp8e4nv", "VS": "*fp32",
-                    "LENS": "*i32" if lens else "*fp32", "O": "*bf16", "sob": _TOKENS * H * D, "sos": H * D, "soh": D,
-                    "H": H, "SQ": _TOKENS, "SQ_PAD": _TOKENS, "SK": sk, "SK_PAD": sk}
-            ce = {"D": D, "BLOCK_M": bm, "BLOCK_N": bn, "HAS_LENS": lens, "FAST_EXP": fast_exp, "GRID_ROUND": False,
-                  "WARP_SPEC": warp_spec, "SPLIT": split}
-            out.append(Spec(f"attn/fwd/D{D}/{'cross' if lens else 'self'}", "q8lib.kernels.fp8_attention:_attn_fwd_kernel",
-                            args, ce, warps, stages, f"fwd_config_for({D}, {cap})", dots=True, wgmma=True))
-    return out
-
-
 @functools.lru_cache(maxsize=8)
 def specs(capability: int, row_attempt: int = 0) -> tuple[Spec, ...]:
     """Every compile spec q8lib launches on a GPU of compute capability ``capability`` (89: Ada, 90: Hopper).
     ``row_attempt`` > 0: only the row kernel, at the eager launcher's later attempt (labels end in ``@<n>``)."""
     if row_attempt:
         return tuple(_row_specs(capability, row_attempt))
-    return tuple(_row_specs(capability) + _gemm_specs(capability) + _attn_specs(capability))
+    return tuple(_row_specs(capability) + _gemm_specs(capability) + fp8_attn_specs(capability)
+                 + int8_attn_specs(capability))
 
 
 def spec(capability: int, label: str) -> Spec:

@@ -1,0 +1,116 @@
+"""Compile specs of the attention kernels for :mod:`q8lib.kernels.targets` (FP8 and INT8 paths, LTX's head dims)."""
+from __future__ import annotations
+
+import torch
+
+from . import attn_producers as _prod
+from . import fp8_attention as _fa
+from . import int8_attention as _ia
+from . import int8_producers as _ip
+from ._library import table_entry
+from ._target_base import _NAME, _PTR, _TEXT, _TOKENS, LTX_MODELS, Spec
+
+__all__ = ["fp8_attn_specs", "int8_attn_specs"]
+
+
+def _rope_args(p: str, rope: bool, H: int, D: int) -> dict:
+    return {"COS": p, "SIN": p, "scb": 0, "scs": H * D if rope else 0, "sch": D if rope else 0}
+
+
+def fp8_attn_specs(cap: int) -> list[Spec]:
+    """The FP8 attention path at LTX's head dims (64: 2B, 128: 13B; 32 heads): the q/k producer for self-attention
+    (norm across heads + RoPE), cross-attention (norm, no RoPE) and the plain ``attention`` op (neither), bf16
+    and fp32 rows; the SDPA path's norm + RoPE producer; the v amax and quantization kernels; the attention
+    kernel without key lengths (self) and with them (cross, 128 text tokens)."""
+    out = []
+    for m in LTX_MODELS.values():
+        D, H = m["head_dim"], m["heads"]
+        x = {"sxb": _TOKENS * H * D, "sxs": H * D, "sxh": D}
+        for quant in (True, False):
+            forms = [(True, True), (True, False)] + ([(False, False)] if quant else [])
+            for norm, rope in forms:
+                for xd in (torch.bfloat16, torch.float32) if quant and norm and rope else (torch.bfloat16,):
+                    kind = _prod.qk_kind(D, norm, rope, quant)
+                    measured = table_entry(cap, kind)
+                    meta, _ = _prod.qk_meta(D, H, norm, norm, rope, quant, measured, capability=cap)
+                    warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
+                    p = _PTR[xd]
+                    args = {"X": p, **x, "W": p, **_rope_args(p, rope, H, D)}
+                    if quant:
+                        args |= {"HAD": "*bf16", "OUT": "*fp8e4nv", "OUTS": "*fp32", "S": _TOKENS, "S_PAD": _TOKENS,
+                                 "H": H, "eps": 1e-5, "out_scale": 0.18, "n_tiles": 1000}
+                        meta["GRID_ROUND"] = False
+                    else:
+                        args |= {"OUT": p, "S": _TOKENS, "H": H, "eps": 1e-5, "n_tiles": 1000}
+                    name = "qk_quant" if quant else "norm_rope"
+                    kernel = "_qk_quant_kernel" if quant else "_qk_norm_rope_kernel"
+                    src = f"row_tune.json sm_{cap} {kind}" if measured else "default"
+                    out.append(Spec(f"attn/{name}/D{D}/{kind.rsplit('/', 1)[1]}/{_NAME[xd]}",
+                                    f"q8lib.kernels.attn_producers:{kernel}", args, meta, warps, stages, src,
+                                    dots=quant, wgmma=quant and meta["BLOCK_T"] * meta["HP"] % 64 == 0))
+        chunk, block_k, warps = _prod.v_tiles()
+        v = {"V": "*bf16", "svb": _TOKENS * H * D, "svs": H * D, "svh": D}
+        out.append(Spec(f"attn/v_amax/D{D}", "q8lib.kernels.attn_producers:_v_amax_kernel",
+                        {**v, "AMAX": "*fp32", "S": _TOKENS, "H": H}, {"D": D, "BLOCK_K": block_k, "CHUNK": chunk},
+                        warps, None, "v_tiles()"))
+        out.append(Spec(f"attn/v_quant/D{D}", "q8lib.kernels.attn_producers:_v_quant_kernel",
+                        {**v, "AMAX": "*fp32", "OUT": "*fp8e4nv", "OUTS": "*fp32", "S": _TOKENS, "S_PAD": _TOKENS,
+                         "H": H}, {"D": D, "BLOCK_K": block_k, "GRID_ROUND": False}, warps, None, "v_tiles()"))
+        bm, bn, warps, stages, fast_exp, warp_spec, split = _fa.fwd_config_for(D, cap)
+        for lens, sk in ((False, _TOKENS), (True, _TEXT)):
+            args = {"Q": "*fp8e4nv", "QS": "*fp32", "K": "*fp8e4nv", "KS": "*fp32", "VT": "*fp8e4nv", "VS": "*fp32",
+                    "LENS": "*i32" if lens else "*fp32", "O": "*bf16", "sob": _TOKENS * H * D, "sos": H * D, "soh": D,
+                    "H": H, "SQ": _TOKENS, "SQ_PAD": _TOKENS, "SK": sk, "SK_PAD": sk}
+            ce = {"D": D, "BLOCK_M": bm, "BLOCK_N": bn, "HAS_LENS": lens, "FAST_EXP": fast_exp, "GRID_ROUND": False,
+                  "WARP_SPEC": warp_spec, "SPLIT": split}
+            out.append(Spec(f"attn/fwd/D{D}/{'cross' if lens else 'self'}", "q8lib.kernels.fp8_attention:_attn_fwd_kernel",
+                            args, ce, warps, stages, f"fwd_config_for({D}, {cap})", dots=True, wgmma=True))
+    return out
+
+
+# INT8 producer forms: (name, norm, rope, key lengths): self-attention q/k (norm + RoPE), cross-attention q (norm)
+# and k (norm, text lengths), the plain ``attention`` op (neither; k with and without lengths).
+_INT8_FORMS = (("self", True, True, False), ("cross", True, False, False), ("cross_lens", True, False, True),
+               ("plain", False, False, False), ("plain_lens", False, False, True))
+
+
+def int8_attn_specs(cap: int) -> list[Spec]:
+    """The INT8 attention path at LTX's head dims: the statistics and quantize producers (q: per-row scales, k:
+    block scales, shift) in every :data:`_INT8_FORMS` form, bf16 rows (fp32 too for self-attention); the kernel
+    for self-attention (bf16 ``v``, fp32 ``v`` converted in registers) and cross-attention (128 keys, lengths)."""
+    out = []
+    for m in LTX_MODELS.values():
+        D, H = m["head_dim"], m["heads"]
+        x = {"sxb": _TOKENS * H * D, "sxs": H * D, "sxh": D}
+        for form, norm, rope, lens in _INT8_FORMS:
+            for xd in (torch.bfloat16, torch.float32) if form == "self" else (torch.bfloat16,):
+                smeta, _ = _ip.producer_meta(D, H, norm, norm, rope, capability=cap, stats=True)
+                meta, _ = _ip.producer_meta(D, H, norm, norm, rope, capability=cap)
+                p = _PTR[xd]
+                common = {"X": p, **x, "W": p, **_rope_args(p, rope, H, D)}
+                tag = f"D{D}/{form}/{_NAME[xd]}"
+                warps, stages = smeta.pop("num_warps"), smeta.pop("num_stages")
+                out.append(Spec(f"attn_int8/stats/{tag}", "q8lib.kernels.int8_producers:_qk_stats_kernel",
+                                {**common, "LENS": "*i32" if lens else p, "ST": "*fp32", "S": _TOKENS, "B": 2,
+                                 "H": H, "NB": _TOKENS // _ip.KEY_BLOCK, "eps": 1e-5, "n_items": 1000},
+                                {**smeta, "KB": _ip.KEY_BLOCK, "HAS_LENS": lens}, warps, stages, "producer_meta(stats)"))
+                warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
+                ce = {**meta, "KB": _ip.KEY_BLOCK, "HAS_LENS": lens}
+                for block in (False, True) if not lens else (True,):
+                    args = {**common, "SHIFT": "*fp32", "FAC": "*fp32", "LENS": "*i32" if lens else "*fp32",
+                            "BAMAX": "*fp32", "OUT": "*i8", "OUTS": "*fp32", "S": _TOKENS, "S_PAD": _TOKENS, "H": H,
+                            "eps": 1e-5, "n_tiles": 1000}
+                    out.append(Spec(f"attn_int8/quant_{'k' if block else 'q'}/{tag}",
+                                    "q8lib.kernels.int8_producers:_qk_int8_kernel", args,
+                                    {**ce, "HAS_SHIFT": block, "PER_BLOCK": block}, warps, stages, "producer_meta()"))
+        bm, warps, stages, fast_exp, magic = _ia.int8_fwd_config_for(D, cap)
+        for name, lens, sk, vd in (("self", False, _TOKENS, torch.bfloat16), ("self_fp32v", False, _TOKENS, torch.float32),
+                                   ("cross", True, _TEXT, torch.bfloat16)):
+            args = {"Q": "*i8", "QS": "*fp32", "K": "*i8", "KS": "*fp32", "V": _PTR[vd], "svb": sk * H * D,
+                    "svs": H * D, "svh": D, "LENS": "*i32" if lens else "*fp32", "O": "*bf16", "sob": _TOKENS * H * D,
+                    "sos": H * D, "soh": D, "H": H, "SQ": _TOKENS, "SQ_PAD": _TOKENS, "SK": sk, "SK_PAD": sk}
+            ce = {"D": D, "BLOCK_M": bm, "BLOCK_N": _ip.KEY_BLOCK, "HAS_LENS": lens, "FAST_EXP": fast_exp,
+                  "MAGIC_CVT": magic, "PV_FP16": vd == torch.float16, "INTERP": False}
+            out.append(Spec(f"attn_int8/fwd/D{D}/{name}", "q8lib.kernels.int8_attention:_int8_attn_fwd_kernel", args,
+                            ce, warps, stages, f"int8_fwd_config_for({D}, {cap})", dots=True, wgmma=True))
+    return out
