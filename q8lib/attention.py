@@ -98,6 +98,9 @@ class Q8AttnProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
 
+_NO_INT8_LTX2 = "INT8 attention is built for LTX-Video 0.9.x's attention only; for LTX-2 use attention='fp8' or 'sdpa'"
+
+
 class Q8LTX2AttnProcessor(Q8AttnProcessor):
     """Attention processor for LTX-2's ``LTX2Attention`` (the work of diffusers' ``LTX2AudioVideoAttnProcessor``
     and ``LTX2PerturbedAttnProcessor``), FP8 or SDPA (INT8 is refused), with Q8 or ordinary projections.
@@ -115,8 +118,7 @@ class Q8LTX2AttnProcessor(Q8AttnProcessor):
     def __init__(self, mode: str | bool = "fp8", backend: str = "auto", *, fp8: bool | None = None):
         super().__init__(mode, backend, fp8=fp8)
         if self.mode == "int8":
-            raise SettingsError("INT8 attention is built for LTX-Video 0.9.x's attention only; for LTX-2 use "
-                                "attention='fp8' or 'sdpa'")
+            raise SettingsError(_NO_INT8_LTX2)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, query_rotary_emb=None,
                  key_rotary_emb=None, perturbation_mask=None, all_perturbed=None):
@@ -158,6 +160,16 @@ class Q8LTX2AttnProcessor(Q8AttnProcessor):
 
 def _attention_modules(model: nn.Module):
     return [(n, m) for n, m in model.named_modules() if hasattr(m, "set_processor") and hasattr(m, "processor")]
+
+
+def check_attention_mode(model: nn.Module, mode: str) -> None:
+    """Raise :class:`~q8lib.errors.SettingsError` unless every attention module of ``model`` can run ``mode``
+    (FP8: head sizes a power of two; INT8: not LTX-2's attention). Works on meta-device models, so callers
+    run it before any weight changes."""
+    if mode == "fp8":
+        check_fp8_attention(model)
+    if mode == "int8" and any(_processor_class(m) is Q8LTX2AttnProcessor for _, m in _attention_modules(model)):
+        raise SettingsError(_NO_INT8_LTX2)
 
 
 def check_fp8_attention(model: nn.Module) -> None:

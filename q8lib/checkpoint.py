@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .attention import check_fp8_attention
+from .attention import check_attention_mode
 from .config import Q8Config, Q8Runtime
 from .convert import (activate_q8, build_q8_skeleton, check_ltx_transformer, check_state_keys, is_quantized, ltx_classes,
                       quantize_, transformer_class)
@@ -282,8 +282,7 @@ def load_q8(
         raise Q8CheckpointError(f"{d / CONFIG_NAME} and {d / META_NAME} do not fit together: {e}") from None
     except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise Q8CheckpointError(f"{d / CONFIG_NAME}: not a valid LTX transformer config ({type(e).__name__}: {e})") from None
-    if runtime.attention == "fp8":
-        check_fp8_attention(model)  # SettingsError: use attention="sdpa"
+    check_attention_mode(model, runtime.attention)  # SettingsError: e.g. use attention="sdpa"
     where = files[0] if len(files) == 1 else d
     expected = model.state_dict()
     check_state_keys(set(expected), set(state), f"checkpoint {where}")

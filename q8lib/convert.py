@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .attention import check_fp8_attention, set_q8_attention
+from .attention import check_attention_mode, set_q8_attention
 from .config import KEEP_HIGH_PRECISION, KEEP_HIGH_PRECISION_LTX2, Q8Config, Q8Runtime
 from .errors import Q8CheckpointError, SettingsError, UnsupportedModelError
 from .fused import install_if_fast
@@ -182,8 +182,7 @@ def quantize_(model: nn.Module, config: Q8Config | None = None, filter_fn: Filte
         raise SettingsError(f"filter_fn must be a function (module, fqn) -> bool, got {type(filter_fn).__name__}")
     runtime = config.runtime(backend, attention)
     config = config_for(config, type(model).__name__)
-    if runtime.attention == "fp8":
-        check_fp8_attention(model)
+    check_attention_mode(model, runtime.attention)  # before any weight changes
     targets = modules_to_convert(model, config)
     if filter_fn is not None:
         left_out = tuple(name for name, m, _ in targets if not filter_fn(m, name))
@@ -225,8 +224,7 @@ def build_q8_skeleton(transformer_config: dict, config: Q8Config | None = None,
     config = config_for(config, cls.__name__)
     with torch.device("meta"):
         model = cls.from_config(_plain_config(transformer_config))
-        if runtime.attention == "fp8":
-            check_fp8_attention(model)
+        check_attention_mode(model, runtime.attention)
         for name, m, kind in modules_to_convert(model, config):
             _set_submodule(model, name, _skeleton_named(name, m, kind, config, runtime.backend))
     return model

@@ -352,3 +352,10 @@ def test_int8_attention_is_refused_for_ltx2_before_anything_changes():
     with pytest.raises(q8lib.SettingsError, match="INT8 attention"):
         q8lib.set_q8_attention(model, "int8")
     assert not hasattr(model, "_q8_original_processors")
+
+
+def test_int8_attention_is_refused_when_loading_an_ltx2_checkpoint(tmp_path):
+    model = q8lib.quantize_(tiny_ltx2(), q8lib.Q8Config(weight_dtype="int8"), progress=False)
+    q8lib.save_q8(model, tmp_path / "q8")
+    with pytest.raises(q8lib.SettingsError, match="INT8 attention"):
+        q8lib.load_q8(tmp_path / "q8", attention="int8")
