@@ -79,3 +79,35 @@ def round_bf16(x):
     bits = x.to(tl.int32, bitcast=True)
     bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
     return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def head_rows(H, HP: tl.constexpr, BLOCK_T: tl.constexpr, D: tl.constexpr):
+    """The rows of a q/k producer tile: ``BLOCK_T`` tokens x ``HP`` heads (padded to a power of two), token-major.
+    Returns the row ids ``r``, each row's head, the column ids ``d`` and whether the head exists (``< H``)."""
+    r = tl.arange(0, BLOCK_T * HP)
+    head = r % HP
+    return r, head, tl.arange(0, D), head < H
+
+
+@triton.jit
+def batch_head(H):
+    """``(bh, b, h)`` of a program whose grid axis 1 runs over batch x heads."""
+    bh = tl.program_id(1)
+    return bh, bh // H, bh % H
+
+
+@triton.jit
+def softmax_start(BLOCK_M: tl.constexpr, D: tl.constexpr):
+    """Online-softmax state of BLOCK_M query rows: running max (-inf), running sum (0), accumulator [BLOCK_M, D] (0)."""
+    return (tl.full([BLOCK_M], float("-inf"), tl.float32), tl.zeros([BLOCK_M], tl.float32),
+            tl.zeros([BLOCK_M, D], tl.float32))
+
+
+@triton.jit
+def key_length(LENS, b, SK, HAS_LENS: tl.constexpr):
+    """Keys of batch ``b`` that count: ``LENS[b]`` clamped to [1, SK] (``HAS_LENS``), else all ``SK``."""
+    length = SK
+    if HAS_LENS:
+        length = tl.minimum(tl.maximum(tl.load(LENS + b), 1), SK)
+    return length

@@ -26,7 +26,7 @@ import triton.language as tl
 from .. import reference as ref
 from ..hadamard import hadamard_signs, hadamard_transform
 from ..quant import quantize_rowwise
-from ._jit import to_e4m3
+from ._jit import batch_head, head_rows, to_e4m3
 from ._library import capability, dual_op, interpreting, launchable, programs, table_tune
 
 __all__ = ["SEQ_PAD", "pad_seq", "qk_kind", "qk_meta", "v_tiles", "launch_quant_qk", "launch_norm_rope",
@@ -90,11 +90,7 @@ def _qk_quant_kernel(
     """Persistent: each program loads the Hadamard matrix once and walks tiles of BLOCK_T tokens."""
     # float arguments arrive as fp64 when inductor launches the kernel; fp64 has no conversion to e4m3
     eps, out_scale = tl.cast(eps, tl.float32), tl.cast(out_scale, tl.float32)
-    R: tl.constexpr = BLOCK_T * HP  # rows of a tile: (token, head) pairs, heads padded to HP
-    r = tl.arange(0, R)
-    head = r % HP
-    d = tl.arange(0, D)
-    head_ok = head < H
+    r, head, d, head_ok = head_rows(H, HP, BLOCK_T, D)  # rows of a tile: (token, head) pairs, heads padded to HP
     hmat = tl.load(HAD + d[:, None] * D + d[None, :])
     n_tblk = S_PAD // BLOCK_T
     for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
@@ -131,11 +127,7 @@ def _qk_norm_rope_kernel(
 ):
     """norm_q/norm_k + RoPE for the SDPA path in one pass (the float rows, no rotation or quantization)."""
     eps = tl.cast(eps, tl.float32)  # fp64 when inductor launches the kernel
-    R: tl.constexpr = BLOCK_T * HP
-    r = tl.arange(0, R)
-    head = r % HP
-    d = tl.arange(0, D)
-    head_ok = head < H
+    r, head, d, head_ok = head_rows(H, HP, BLOCK_T, D)
     n_tblk = tl.cdiv(S, BLOCK_T)
     for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
         b = tile // n_tblk
@@ -155,9 +147,7 @@ def _v_amax_kernel(
     D: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
 ):
     pid_k = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    bh, b, h = batch_head(H)
     d = tl.arange(0, D)
     amax = tl.zeros([D], tl.float32)
     for k0 in range(pid_k * CHUNK, tl.minimum(pid_k * CHUNK + CHUNK, S), BLOCK_K):
@@ -177,9 +167,7 @@ def _v_quant_kernel(
     D: tl.constexpr, BLOCK_K: tl.constexpr, GRID_ROUND: tl.constexpr,
 ):
     pid_k = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    bh, b, h = batch_head(H)
     k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     d = tl.arange(0, D)
     v = tl.load(V + b.to(tl.int64) * svb + k.to(tl.int64)[:, None] * svs + h * svh + d[None, :],

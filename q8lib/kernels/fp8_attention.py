@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._jit import exp2, to_e4m3
+from ._jit import batch_head, exp2, key_length, softmax_start, to_e4m3
 from ._library import dual_op, interpreting, launchable
 from .attn_producers import SEQ_PAD
 
@@ -58,12 +58,9 @@ def _attn_fwd_kernel(
     """Each program owns BLOCK_M query rows (``SPLIT``: two sub-tiles of BLOCK_M rows, A and B,
     sharing every K/V load; their dots and softmaxes are independent, so the scheduler can run one
     sub-tile's softmax while the tensor cores work on the other's product)."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    bh, b, h = batch_head(H)
     ROWS: tl.constexpr = BLOCK_M * (2 if SPLIT else 1)
-    offs_a = pid_m * ROWS + tl.arange(0, BLOCK_M)
+    offs_a = tl.program_id(0) * ROWS + tl.arange(0, BLOCK_M)
     offs_b = offs_a + BLOCK_M
     offs_n = tl.arange(0, BLOCK_N)
     d = tl.arange(0, D)
@@ -71,18 +68,12 @@ def _attn_fwd_kernel(
     qa = tl.load(Q + (bh64 * SQ_PAD + offs_a[:, None]) * D + d[None, :])
     qsa = tl.load(QS + bh64 * SQ_PAD + offs_a)  # softmax scale * log2(e) folded in by the producer
     # m: running row max of s = qs * ks * (q8 . k8) in log2 units; l: running sum of P * 448
-    m_a = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_a = tl.zeros([BLOCK_M], tl.float32)
-    acc_a = tl.zeros([BLOCK_M, D], tl.float32)
+    m_a, l_a, acc_a = softmax_start(BLOCK_M, D)
     if SPLIT:
         qb = tl.load(Q + (bh64 * SQ_PAD + offs_b[:, None]) * D + d[None, :])
         qsb = tl.load(QS + bh64 * SQ_PAD + offs_b)
-        m_b = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        l_b = tl.zeros([BLOCK_M], tl.float32)
-        acc_b = tl.zeros([BLOCK_M, D], tl.float32)
-    length = SK
-    if HAS_LENS:
-        length = tl.minimum(tl.maximum(tl.load(LENS + b), 1), SK)
+        m_b, l_b, acc_b = softmax_start(BLOCK_M, D)
+    length = key_length(LENS, b, SK, HAS_LENS)
     k_ptrs = K + (bh64 * SK_PAD + offs_n[:, None]) * D + d[None, :]
     ks_ptrs = KS + bh64 * SK_PAD + offs_n
     vt_ptrs = VT + (bh64 * D + d[:, None]) * SK_PAD + offs_n[None, :]

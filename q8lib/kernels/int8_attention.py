@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .. import reference as ref
-from ._jit import round_bf16
+from ._jit import batch_head, key_length, round_bf16, softmax_start
 from ._library import dual_op, interpreting, launchable
 from .attn_producers import SEQ_PAD
 from .fp8_attention import _softmax_block, _store_out
@@ -64,22 +64,15 @@ def _int8_attn_fwd_kernel(
     FAST_EXP: tl.constexpr, MAGIC_CVT: tl.constexpr, PV_FP16: tl.constexpr, INTERP: tl.constexpr,
 ):
     """Each program owns BLOCK_M query rows of one (batch, head); BLOCK_N == KEY_BLOCK keys a step."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    bh, b, h = batch_head(H)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     d = tl.arange(0, D)
     bh64 = bh.to(tl.int64)
     q = tl.load(Q + (bh64 * SQ_PAD + offs_m[:, None]) * D + d[None, :])
     qs = tl.load(QS + bh64 * SQ_PAD + offs_m)
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, D], tl.float32)
-    length = SK
-    if HAS_LENS:
-        length = tl.minimum(tl.maximum(tl.load(LENS + b), 1), SK)
+    m_i, l_i, acc = softmax_start(BLOCK_M, D)
+    length = key_length(LENS, b, SK, HAS_LENS)
     k_ptrs = K + (bh64 * SK_PAD + offs_n[:, None]) * D + d[None, :]
     ks_base = bh64 * (SK_PAD // BLOCK_N)
     v_ptrs = V + b.to(tl.int64) * svb + offs_n.to(tl.int64)[:, None] * svs + h * svh + d[None, :]

@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from .. import reference as ref
+from ._jit import head_rows
 from ._library import capability, dual_op, interpreting, launchable, programs
 from .attn_producers import _norm_rope_f32, _norm_rope_rows, _pad_rows, _qk_launch, pad_seq, qk_meta
 
@@ -51,11 +52,7 @@ def _qk_stats_kernel(
 ):
     """Persistent: each program walks (batch, block) items, a block in sub-tiles of BLOCK_T tokens x HP heads."""
     eps = tl.cast(eps, tl.float32)  # fp64 when inductor launches the kernel
-    R: tl.constexpr = BLOCK_T * HP
-    r = tl.arange(0, R)
-    head = r % HP
-    d = tl.arange(0, D)
-    head_ok = head < H
+    r, head, d, head_ok = head_rows(H, HP, BLOCK_T, D)
     hh = tl.arange(0, HP)
     for item in range(tl.program_id(0), n_items, tl.num_programs(0)):
         b = item // NB
@@ -98,11 +95,7 @@ def _qk_int8_kernel(
 ):
     """Persistent, tiles of BLOCK_T tokens x HP heads (as ``_qk_quant_kernel``); int8 codes per row or per block."""
     eps = tl.cast(eps, tl.float32)  # fp64 when inductor launches the kernel
-    R: tl.constexpr = BLOCK_T * HP
-    r = tl.arange(0, R)
-    head = r % HP
-    d = tl.arange(0, D)
-    head_ok = head < H
+    r, head, d, head_ok = head_rows(H, HP, BLOCK_T, D)
     n_tblk = S_PAD // BLOCK_T
     for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
         b = tile // n_tblk
