@@ -28,6 +28,8 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 
+from ..errors import Q8FallbackWarning
+
 __all__ = ["dual_op", "opaque_op", "tracing", "launchable", "warn_fallback", "interpreting", "runs_here",
            "capability", "sm_count", "programs", "tune_table", "table_entry", "table_tune"]
 
@@ -38,7 +40,8 @@ def warn_fallback(op: str, reason: str) -> None:
     """One warning per (op, reason): the kernel cannot take this input, the reference runs instead."""
     if (op, reason) not in _WARNED:
         _WARNED.add((op, reason))
-        warnings.warn(f"q8lib triton backend: {op} falls back to the reference math ({reason})", stacklevel=3)
+        warnings.warn(Q8FallbackWarning(f"q8lib triton backend: {op} falls back to the reference math ({reason})"),
+                      stacklevel=3)
 
 
 # Read once: torch.compile traces the launchers, and module globals trace as constants.

@@ -18,7 +18,7 @@ import torch
 
 from ..app import loading
 from ..app.settings import TINY
-from ..errors import ModelUnavailableError
+from ..errors import ModelUnavailableError, Q8Warning
 from ..models import dummy_inputs
 
 __all__ = ["Params", "read_params", "quiet", "load_transformer", "transformer_config", "example_inputs"]
@@ -60,6 +60,7 @@ def quiet() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for category in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("default", category=Q8Warning)  # but q8lib's own (a fallback to the reference math, ...)
     try:
         from diffusers.utils import logging as dlog
 
