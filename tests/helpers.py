@@ -27,3 +27,14 @@ def outlier_heavy(*shape, channels=4, factor=50.0, dtype=torch.float32):
     idx = torch.randperm(shape[-1])[:channels]
     x[..., idx] *= factor
     return x
+
+
+def ltx_attention(cross: bool = False, dim_head: int = 64, heads: int = 2, device="cpu"):
+    """A diffusers ``LTXAttention`` (query dim 128; cross-attention from 96-wide context) with random weights."""
+    from diffusers.models.transformers.transformer_ltx import LTXAttention
+
+    attn = LTXAttention(query_dim=128, heads=heads, kv_heads=heads, dim_head=dim_head,
+                        cross_attention_dim=96 if cross else None)
+    for p in attn.parameters():
+        torch.nn.init.normal_(p, std=0.1 if p.ndim == 2 else 0.5)
+    return attn.eval().to(device)

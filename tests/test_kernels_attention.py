@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from helpers import rel_err
+from helpers import ltx_attention, rel_err
 from q8lib import reference as ref
 from q8lib.attention import apply_rotary_emb, q8_attention_core
 from q8lib.hadamard import hadamard_transform
@@ -212,13 +212,7 @@ def test_fake_implementations():
 
 
 def _ltx_attention(cross=False, dim_head=64, heads=2):
-    from diffusers.models.transformers.transformer_ltx import LTXAttention
-
-    attn = LTXAttention(query_dim=128, heads=heads, kv_heads=heads, dim_head=dim_head,
-                        cross_attention_dim=96 if cross else None)
-    for p in attn.parameters():
-        torch.nn.init.normal_(p, std=0.1 if p.ndim == 2 else 0.5)
-    return attn.eval().to(DEV)
+    return ltx_attention(cross, dim_head, heads, DEV)
 
 
 @pytest.mark.parametrize("cross", [False, True])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import rel_err
+from helpers import ltx_attention, rel_err
 from q8lib.kernels import _WARNED
 from q8lib import reference as ref
 
@@ -212,13 +212,7 @@ def test_attention_op_and_fallback(seed):
 
 
 def _ltx_attention(cross=False, heads=2):
-    from diffusers.models.transformers.transformer_ltx import LTXAttention
-
-    attn = LTXAttention(query_dim=128, heads=heads, kv_heads=heads, dim_head=64,
-                        cross_attention_dim=96 if cross else None)
-    for p in attn.parameters():
-        torch.nn.init.normal_(p, std=0.1 if p.ndim == 2 else 0.5)
-    return attn.eval().to(DEV)
+    return ltx_attention(cross, 64, heads, DEV)
 
 
 @pytest.mark.parametrize("cross", [False, True])
