@@ -9,11 +9,14 @@ import dataclasses
 import warnings
 from dataclasses import dataclass, field
 
+from .backends import ATTENTION_MODES
 from .errors import SettingsError
 from .quant import qdtype_from_name, qdtype_name
 from .versions import __version__
 
 FORMAT_VERSION = 1
+# Q8Runtime's attention choices: the backends' modes, or "keep" (diffusers' processors stay)
+RUNTIME_ATTENTION = ATTENTION_MODES + ("keep",)
 # ``quant_method`` of the ``quantization_config`` entry q8lib writes into a Q8 transformer's ``config.json``.
 # diffusers has no way to register a third-party quantizer, so its ``from_pretrained`` refuses such a folder
 # with "Unknown quantization type, got <quant_method> - supported types are: [...]": this text is that
@@ -97,8 +100,9 @@ class Q8Runtime:
     attention: str = "fp8"
 
     def __post_init__(self):
-        if not isinstance(self.attention, str) or self.attention not in ("fp8", "int8", "sdpa", "keep"):
-            raise SettingsError(f"attention must be 'fp8', 'int8', 'sdpa' or 'keep', got {self.attention!r}")
+        if not isinstance(self.attention, str) or self.attention not in RUNTIME_ATTENTION:
+            names = ", ".join(map(repr, RUNTIME_ATTENTION[:-1])) + f" or {RUNTIME_ATTENTION[-1]!r}"
+            raise SettingsError(f"attention must be {names}, got {self.attention!r}")
         if not isinstance(self.backend, str) or not self.backend:
             raise SettingsError(f"backend must be a name such as 'auto', 'reference' or 'triton', got {self.backend!r}")
 

@@ -15,6 +15,7 @@ import warnings
 import torch
 
 from .. import bench
+from ..config import RUNTIME_ATTENTION
 from ..errors import Q8Error, Q8Warning
 from ..versions import check_versions
 from . import run
@@ -39,7 +40,7 @@ def _add_model_args(p: argparse.ArgumentParser, precision: bool = True) -> None:
                        help="q8: 8-bit transformer (default); bf16: the unquantized transformer in --dtype")
     g.add_argument("--weight-dtype", default="auto", choices=["auto", "int8", "fp8_e4m3"],
                    help="8-bit type of the Q8 linears (auto: fp8_e4m3 on Hopper, else int8)")
-    g.add_argument("--attention", default="fp8", choices=["fp8", "int8", "sdpa", "keep"], help="attention of the Q8 transformer")
+    g.add_argument("--attention", default="fp8", choices=RUNTIME_ATTENTION, help="attention of the Q8 transformer")
     g.add_argument("--backend", default="auto",
                    help="q8lib backend: auto (fastest that runs here, reference otherwise with a warning), "
                         "reference, triton (fails if it cannot run)")
@@ -127,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--model", default="random-13b", help="random-13b (default), random-2b, tiny, or a hub id/folder")
     mem.add_argument("--precision", default="q8", choices=["q8", "bf16"])
     mem.add_argument("--weight-dtype", default="auto", choices=["auto", "int8", "fp8_e4m3"])
-    mem.add_argument("--attention", default="fp8", choices=["fp8", "int8", "sdpa", "keep"])
+    mem.add_argument("--attention", default="fp8", choices=RUNTIME_ATTENTION)
     mem.add_argument("--backend", default="auto")
     mem.add_argument("--device", default="auto")
     mem.add_argument("--frames", type=int, default=81)
@@ -143,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--batch", type=int, default=2)
     demo.add_argument("--dtype", default="int8", choices=["int8", "fp8_e4m3"])
-    demo.add_argument("--attention", default="fp8", choices=["fp8", "int8", "sdpa", "keep"])
+    demo.add_argument("--attention", default="fp8", choices=RUNTIME_ATTENTION)
     demo.set_defaults(func=_demo)
     return parser
 
