@@ -73,7 +73,10 @@ def quantize_rowwise(x: torch.Tensor, qdtype=INT8, check: bool = True) -> tuple[
     qmax = QMAX[qdtype]
     xf = x.float()
     amax = xf.abs().amax(dim=-1)
-    scale = amax / qmax
+    # times the float32 reciprocal, not "/ qmax": CUDA divides a tensor by a Python number that way and the CPU
+    # exactly, and the two differ in the last bit for ~half the rows, so a model quantized on the CPU (the offload
+    # path) would not be the one quantized on the GPU. A multiply rounds the same on every device.
+    scale = amax * (1.0 / qmax)
     up = torch.where(amax < TINY_AMAX, TINY_UPSCALE, 1.0)
     inv = torch.where(amax > 0, qmax / (amax * up), torch.zeros_like(amax))
     y = ((xf * up[..., None]) * inv[..., None]).clamp_(-qmax, qmax)

@@ -249,10 +249,6 @@ def test_gpu_offload_matches_the_resident_pipeline(seed):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("offload", ["model", "sequential"])
-@pytest.mark.xfail(strict=False, reason=(
-    "H200, session 6: the offloaded pipeline's frames differ from the resident one's by 0.0477 (relative), the same "
-    "figure for model and sequential offload, so a difference in how the CPU-built Q8 model is made, not the hooks; "
-    "on the CPU (test_model_offload_q8_pipeline) they are bit-identical. Not yet explained: see the session-6 note"))
 def test_gpu_load_pipeline_offload(seed, offload):
     """``load_pipeline(offload=...)`` builds on the CPU and still installs the fused blocks for the GPU."""
     from q8lib.app import load_pipeline, run_pipeline, settings_for

@@ -9,7 +9,7 @@ variant, all in the same run:
 * ``torchao_fp8_compile``: torchao FP8 row-wise dynamic quantization of the block linears + compile
 * ``q8lib`` / ``q8lib_compile``: q8lib with the device's default weight dtype, attention bf16 SDPA
 * ``q8lib_int8*`` / ``q8lib_fp8*``: an explicit weight dtype
-* ``q8lib_fp8attn*``: q8lib with FP8 attention (``Q8Config(attention="fp8")``)
+* ``q8lib_fp8attn*`` / ``q8lib_int8attn*``: q8lib with FP8 / INT8 attention (``quantize_(..., attention="fp8")``)
 * ``*_graph``: any of these with the whole forward in one CUDA graph (:mod:`q8lib.cudagraph`)
 
 Per variant (each in isolation: the previous model is freed and peak stats reset): median forward
@@ -64,6 +64,8 @@ VARIANTS = {
     "q8lib_norot_compile": ("q8lib", {"hadamard_block": 1, "attention": "sdpa"}, True),
     "q8lib_fp8attn": ("q8lib", {"attention": "fp8"}, False),
     "q8lib_fp8attn_compile": ("q8lib", {"attention": "fp8"}, True),
+    "q8lib_int8attn": ("q8lib", {"attention": "int8"}, False),
+    "q8lib_int8attn_compile": ("q8lib", {"attention": "int8"}, True),
 }
 # "<variant>_graph": the same, with the whole forward captured in one CUDA graph (q8lib.cudagraph),
 # which removes the host cost of launching ~500 kernels per forward. torch.compile's own

@@ -103,14 +103,14 @@ def int8_attn_specs(cap: int) -> list[Spec]:
                     out.append(Spec(f"attn_int8/quant_{'k' if block else 'q'}/{tag}",
                                     "q8lib.kernels.int8_producers:_qk_int8_kernel", args,
                                     {**ce, "HAS_SHIFT": block, "PER_BLOCK": block}, warps, stages, "producer_meta()"))
-        bm, warps, stages, fast_exp, magic = _ia.int8_fwd_config_for(D, cap)
         for name, lens, sk, vd in (("self", False, _TOKENS, torch.bfloat16), ("self_fp32v", False, _TOKENS, torch.float32),
                                    ("cross", True, _TEXT, torch.bfloat16)):
+            bm, warps, stages, fast_exp, magic = _ia.int8_fwd_config_for(D, cap, vd)
             args = {"Q": "*i8", "QS": "*fp32", "K": "*i8", "KS": "*fp32", "V": _PTR[vd], "svb": sk * H * D,
                     "svs": H * D, "svh": D, "LENS": "*i32" if lens else "*fp32", "O": "*bf16", "sob": _TOKENS * H * D,
                     "sos": H * D, "soh": D, "H": H, "SQ": _TOKENS, "SQ_PAD": _TOKENS, "SK": sk, "SK_PAD": sk}
             ce = {"D": D, "BLOCK_M": bm, "BLOCK_N": _ip.KEY_BLOCK, "HAS_LENS": lens, "FAST_EXP": fast_exp,
                   "MAGIC_CVT": magic, "PV_FP16": vd == torch.float16, "INTERP": False}
             out.append(Spec(f"attn_int8/fwd/D{D}/{name}", "q8lib.kernels.int8_attention:_int8_attn_fwd_kernel", args,
-                            ce, warps, stages, f"int8_fwd_config_for({D}, {cap})", dots=True, wgmma=True))
+                            ce, warps, stages, f"int8_fwd_config_for({D}, {cap}, {vd})", dots=True, wgmma=True))
     return out

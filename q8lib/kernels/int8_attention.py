@@ -27,8 +27,8 @@ from .attn_producers import SEQ_PAD
 from .fp8_attention import _softmax_block, _store_out
 from .int8_producers import KEY_BLOCK
 
-__all__ = ["INT8_FWD_CONFIG", "INT8_FWD_CONFIG_ADA", "INT8_FWD_CONFIG_CPU", "int8_fwd_config", "int8_fwd_config_for",
-           "launch_int8_fwd", "int8_attention_fwd", "int8_attention_fwd_ref"]
+__all__ = ["INT8_FWD_CONFIG", "INT8_FWD_CONFIG_ADA", "INT8_FWD_CONFIG_CPU", "INT8_FWD_CONFIG_FP32V", "int8_fwd_config",
+           "int8_fwd_config_for", "launch_int8_fwd", "int8_attention_fwd", "int8_attention_fwd_ref"]
 
 
 @triton.jit
@@ -97,25 +97,32 @@ def _int8_attn_fwd_kernel(
 # Tile configuration, launcher, op, fake
 
 # (BLOCK_M, num_warps, num_stages, fast_exp (inline ex2.approx.ftz), magic int32 -> float32 conversion); the key
-# tile is KEY_BLOCK (64: one k scale a tile). Starting points for the H200 sweep (benchmarks/bench_attention.py
-# --int8-sweep), not yet timed; they fit the shared memory and compile without spills for sm_90 / sm_89
-# (q8lib.kernels.targets, tests/test_kernel_targets.py).
-INT8_FWD_CONFIG = {64: (128, 8, 3, False, True), 128: (128, 8, 2, False, True)}
+# tile is KEY_BLOCK (64: one k scale a tile). Hopper: the fastest of the H200 sweep (benchmarks/bench_attention.py
+# --int8-sweep, benchmarks/results/attention_h200_int8.json): 0.524 ms at [2,32,3630,64] (was 0.569 with 128 rows
+# and 8 warps), 0.785 ms at D=128 (254 registers, no spills; was 1.205 with 2 stages). Every entry compiles without
+# spills for sm_90 / sm_89 within their shared memory (q8lib.kernels.targets, tests/test_kernel_targets.py).
+INT8_FWD_CONFIG = {64: (64, 4, 3, False, True), 128: (128, 4, 3, False, True)}
 # sm_89 (99 KB of shared memory a block; untested): 8 warps at D=128, where 4 need all 255 registers
 INT8_FWD_CONFIG_ADA = {64: (64, 4, 2, False, True), 128: (64, 8, 2, False, True)}
 INT8_FWD_CONFIG_CPU = (32, 4, 1, False, True)  # interpreter: small tiles, no inline PTX
+# float32 V (a float32 model): its P·V tiles need more registers; at D=128, 4 warps would spill on sm_90
+INT8_FWD_CONFIG_FP32V = {128: (128, 8, 3, False, True)}
 
 
-def int8_fwd_config(d: int, device: torch.device):
+def int8_fwd_config(d: int, device: torch.device, v_dtype: torch.dtype = torch.bfloat16):
     if device.type == "cpu":
         return INT8_FWD_CONFIG_CPU
     major, minor = torch.cuda.get_device_capability(device)
-    return int8_fwd_config_for(d, major * 10 + minor)
+    return int8_fwd_config_for(d, major * 10 + minor, v_dtype)
 
 
-def int8_fwd_config_for(d: int, capability: int):
-    """The kernel's tile config for head dim ``d`` on GPUs of compute capability ``capability`` (89: sm_89)."""
-    table = INT8_FWD_CONFIG_ADA if capability < 90 else INT8_FWD_CONFIG
+def int8_fwd_config_for(d: int, capability: int, v_dtype: torch.dtype = torch.bfloat16):
+    """The kernel's tile config for head dim ``d`` and values of ``v_dtype`` on GPUs of compute capability
+    ``capability`` (89: sm_89)."""
+    if capability < 90:
+        table = INT8_FWD_CONFIG_ADA
+    else:
+        table = {**INT8_FWD_CONFIG, **INT8_FWD_CONFIG_FP32V} if v_dtype == torch.float32 else INT8_FWD_CONFIG
     return table.get(d, table[64])
 
 
@@ -124,7 +131,7 @@ def launch_int8_fwd(q8, qs, k8, ks, v, key_lengths, out, config=None):
     (last stride 1). Returns the launched kernel handle."""
     B, H, sq_pad, D = q8.shape
     sq, sk = out.shape[1], v.shape[1]
-    bm, warps, stages, fast_exp, magic = config or int8_fwd_config(D, q8.device)
+    bm, warps, stages, fast_exp, magic = config or int8_fwd_config(D, q8.device, v.dtype)
     if SEQ_PAD % bm:
         raise ValueError(f"INT8 attention tile config {config} needs BLOCK_M dividing the sequence padding {SEQ_PAD}")
     lens = key_lengths if key_lengths is not None else qs  # dummy pointer when unused
