@@ -92,8 +92,8 @@ def int8_attn_specs(cap: int) -> list[Spec]:
                 warps, stages = smeta.pop("num_warps"), smeta.pop("num_stages")
                 out.append(Spec(f"attn_int8/stats/{tag}", "q8lib.kernels.int8_producers:_qk_stats_kernel",
                                 {**common, "LENS": "*i32" if lens else p, "ST": "*fp32", "S": _TOKENS, "B": 2,
-                                 "H": H, "NB": _TOKENS // _ip.KEY_BLOCK, "eps": 1e-5, "n_items": 1000},
-                                {**smeta, "KB": _ip.KEY_BLOCK, "HAS_LENS": lens}, warps, stages, "producer_meta(stats)"))
+                                 "H": H, "NB": _TOKENS // _ip.STATS_CHUNK, "eps": 1e-5, "n_items": 1000},
+                                {**smeta, "KB": _ip.STATS_CHUNK, "HAS_LENS": lens}, warps, stages, "producer_meta(stats)"))
                 warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
                 ce = {**meta, "KB": _ip.KEY_BLOCK, "HAS_LENS": lens}
                 for block in (False, True) if not lens else (True,):

@@ -9,8 +9,11 @@ kernel reads it where the projection wrote it.
 
 Two passes over each operand (smoothing and balancing need statistics over all tokens first):
 
-* ``_qk_stats_kernel``: per (batch, head, 64-token block, channel) the max, min and sum of the normed, rotated
-  (RoPE) rows over the valid tokens (``key_lengths`` for k): ``stats [3, B, H, Sp / 64, D]`` float32.
+* ``_qk_stats_kernel``: per (batch, head, chunk of :data:`STATS_CHUNK` tokens, channel) the max, min and sum of the
+  normed, rotated (RoPE) rows over the valid tokens (``key_lengths`` for k), folded by torch into
+  ``stats [3, B, H, Sp / 64, D]`` float32 per 64-token block. Chunks, not whole blocks, a program: one program a
+  block gave 114 programs at [2, 3630] (fewer than the H200's 132 SMs), each walking its block 2 tokens at a
+  time, and took 5.2 ms of a 50 ms 2B forward.
 * :func:`balance_from_stats` (torch, small tensors): the key mean, ``λ``, q's and k's per-channel factors and the
   amax of every k block after smoothing and balancing: ``max_c λ_c * max(max - mean, mean - min)``, the same
   float32 value the quantize pass meets (rounding is monotone), so k's block scales need no third pass.
@@ -31,10 +34,11 @@ from ._jit import head_rows
 from ._library import capability, dual_op, interpreting, launchable, programs
 from .attn_producers import _norm_rope_f32, _norm_rope_rows, _pad_rows, _qk_launch, pad_seq, qk_meta
 
-__all__ = ["KEY_BLOCK", "PRODUCER_TUNE", "producer_meta", "balance_from_stats", "launch_int8_quant_qk",
+__all__ = ["KEY_BLOCK", "STATS_CHUNK", "PRODUCER_TUNE", "producer_meta", "balance_from_stats", "launch_int8_quant_qk",
            "int8_quant_qk", "quant_qk_int8_ref"]
 
 KEY_BLOCK = ref.INT8_KEY_BLOCK  # keys sharing one int8 scale: the attention kernel's key tile
+STATS_CHUNK = 16  # tokens a program of the statistics pass reduces (a quarter of a key block)
 # Launch of both producers: the norm + RoPE producer's measured H100 form (attn_producers._QK_DEFAULT_TUNE); the
 # int8 producers are that kernel plus a shift, a factor and a rounding. Not timed on a GPU yet.
 PRODUCER_TUNE = {"block_t": 2, "warps": 4, "stages": 1, "per_sm": 4}
@@ -131,11 +135,11 @@ def producer_meta(D: int, H: int, norm: bool, weight: bool, rope: bool, interpre
                   capability: int = 90, stats: bool = False):
     """``(meta, per_sm)`` of the INT8 quantize producer (``stats``: the statistics one), what the launcher
     launches and ``q8lib.kernels.targets`` compiles: :data:`PRODUCER_TUNE` through ``attn_producers.qk_meta``,
-    ``BLOCK_T`` at most :data:`KEY_BLOCK`, and 8 warps from 2048 (statistics: three ``[heads, D]`` float32
+    ``BLOCK_T`` at most :data:`KEY_BLOCK` (statistics: :data:`STATS_CHUNK`), and 8 warps from 2048 (statistics: three ``[heads, D]`` float32
     accumulators) or 8192 (quantize) elements a tile on: with 4, ptxas spilled 4-756 bytes (sm_89/sm_90,
     32 heads of 64 or 128, triton 3.9)."""
     meta, per_sm = qk_meta(D, H, norm, weight, rope, False, PRODUCER_TUNE, interpret, capability)
-    meta["BLOCK_T"] = min(meta["BLOCK_T"], KEY_BLOCK)
+    meta["BLOCK_T"] = min(meta["BLOCK_T"], STATS_CHUNK if stats else KEY_BLOCK)
     if meta["HP"] * D * (1 if stats else meta["BLOCK_T"]) >= (2048 if stats else 8192):
         meta["num_warps"] = max(meta["num_warps"], 8)
     return meta, per_sm
@@ -151,15 +155,18 @@ def _launch_args(x, weight, eps, cos, sin, stats=False):
 
 
 def _stats(x, weight, eps, cos, sin, lens):
+    """``[3, B, H, Sp / KEY_BLOCK, D]``: max, min and sum per key block (from per-chunk statistics)."""
     B, S, H, D = x.shape
     nb = pad_seq(S) // KEY_BLOCK
-    st = torch.empty(3, B, H, nb, D, device=x.device, dtype=torch.float32)
+    split = KEY_BLOCK // STATS_CHUNK
+    st = torch.empty(3, B, H, nb * split, D, device=x.device, dtype=torch.float32)
     args, meta, per_sm = _launch_args(x, weight, eps, cos, sin, stats=True)
-    n_items = B * nb
+    n_items = B * nb * split
     launchable(_qk_stats_kernel, x)[(programs(x.device, n_items, per_sm),)](
-        *args, lens if lens is not None else x, st, S, B, H, nb, float(eps), n_items,
-        KB=KEY_BLOCK, HAS_LENS=lens is not None, **meta)
-    return st
+        *args, lens if lens is not None else x, st, S, B, H, nb * split, float(eps), n_items,
+        KB=STATS_CHUNK, HAS_LENS=lens is not None, **meta)
+    st = st.view(3, B, H, nb, split, D)
+    return torch.stack((st[0].amax(3), st[1].amin(3), st[2].sum(3)))
 
 
 def balance_from_stats(qst, kst, key_lengths, sk: int, out_scale: float):
