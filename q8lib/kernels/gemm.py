@@ -94,6 +94,8 @@ _q8_gemm_autotuned = triton.autotune(configs=_configs(), key=["M", "N", "K", "IS
 
 # ------------------------------------------------------------------------------------------------
 # Hopper (sm_90+): persistent, operands through TMA tensor descriptors
+# Warp specialization of the TMA kernel's tile loop: off until measured (benchmarks/sweep_gemm_ws.py)
+TMA_WARP_SPECIALIZE = False
 TMA_CONFIG = (128, 256, 128, 8, 3)  # BM, BN, BK, warps, stages (H200 sweep, benchmarks/results/kernels/gemm_h200.json)
 
 
@@ -112,7 +114,8 @@ def channel_epilogue(y, WS, BIAS, rn, N, HAS_BIAS: tl.constexpr, GELU: tl.conste
 @triton.jit
 def _q8_gemm_tma_kernel(X, W, XS, WS, BIAS, OUT, M, N, K, sxm, swn, som,
                         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
-                        NUM_PROGS: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, IS_INT: tl.constexpr):
+                        NUM_PROGS: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, IS_INT: tl.constexpr,
+                        WARP_SPEC: tl.constexpr = False):
     """Same math as :func:`_q8_gemm_body`; program ``p`` takes output tiles ``p, p + NUM_PROGS, ...`` (one
     program per SM), and the copy engine brings the [BM, BK] / [BN, BK] operand tiles (out-of-range rows
     and K columns read as zeros). Measured on the H200 at LTX's block shapes: int8 859-1274 TOP/s against
@@ -121,13 +124,15 @@ def _q8_gemm_tma_kernel(X, W, XS, WS, BIAS, OUT, M, N, K, sxm, swn, som,
     The TMA descriptors are made here, on the device, from plain pointers: host-side descriptors
     (``TensorDescriptor``) cannot cross a ``triton_op`` (torch's non-Dynamo tracing does not capture them:
     inductor then fails hashing the fake tensor they hold), and they cost host time at every eager call.
-    Device-side descriptors need Triton's scratch allocator (:func:`_scratch_allocator`; inductor sets its own)."""
+    Device-side descriptors need Triton's scratch allocator (:func:`_scratch_allocator`; inductor sets its own).
+    ``WARP_SPEC``: Triton's automatic warp specialization of the tile loop (a producer warp for the copies, consumer warp
+    groups for the dots and the epilogue of the previous tile), :data:`TMA_WARP_SPECIALIZE`."""
     x_desc = tl.make_tensor_descriptor(X, shape=[M, K], strides=[sxm, 1], block_shape=[BM, BK])
     w_desc = tl.make_tensor_descriptor(W, shape=[N, K], strides=[swn, 1], block_shape=[BN, BK])
     num_pid_m = tl.cdiv(M, BM)
     num_pid_n = tl.cdiv(N, BN)
     k_tiles = tl.cdiv(K, BK)
-    for tile in tl.range(tl.program_id(0), num_pid_m * num_pid_n, NUM_PROGS):
+    for tile in tl.range(tl.program_id(0), num_pid_m * num_pid_n, NUM_PROGS, warp_specialize=WARP_SPEC):
         width = GROUP_M * num_pid_n
         first_m = (tile // width) * GROUP_M
         gsize = tl.minimum(num_pid_m - first_m, GROUP_M)
@@ -224,7 +229,8 @@ def launch_gemm(x_q, x_scale, w_q, w_scale, bias, gelu, out, tiles=None):
         launchable(_q8_gemm_tma_kernel, x_q)[(progs,)](
             x_q, w_q, x_scale, w_scale, bias if bias is not None else w_scale, out, M, N, K,
             x_q.stride(0), w_q.stride(0), out.stride(0),
-            BM=bm, BN=bn, BK=bk, GROUP_M=8, NUM_PROGS=progs, num_warps=warps, num_stages=stages, **common)
+            BM=bm, BN=bn, BK=bk, GROUP_M=8, NUM_PROGS=progs, WARP_SPEC=TMA_WARP_SPECIALIZE, num_warps=warps,
+            num_stages=stages, **common)
         return out
     args = (x_q, x_scale, w_q, w_scale, bias if bias is not None else w_scale, out, M, N, K,
             x_q.stride(0), w_q.stride(0), out.stride(0))

@@ -152,7 +152,7 @@ def _gemm_specs(cap: int) -> list[Spec]:
             args = {"X": _PTR[qd], "W": _PTR[qd], "XS": "*fp32", "WS": "*fp32", "BIAS": "*bf16", "OUT": "*bf16",
                     "M": M, "N": N, "K": K, "sxm": K, "swn": K, "som": N}
             ce = {"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "NUM_PROGS": 132, "HAS_BIAS": True, "GELU": True,
-                  "IS_INT": qd == INT8}
+                  "IS_INT": qd == INT8, "WARP_SPEC": _gemm.TMA_WARP_SPECIALIZE}
             out.append(Spec(f"gemm_tma/{_NAME[qd]}/BM{bm}-BN{bn}-BK{bk}-s{stages}-w{warps}",
                             "q8lib.kernels.gemm:_q8_gemm_tma_kernel", args, ce, warps, stages, "gemm.TMA_CONFIG",
                             dots=True, wgmma=True))
