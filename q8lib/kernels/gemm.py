@@ -94,9 +94,12 @@ _q8_gemm_autotuned = triton.autotune(configs=_configs(), key=["M", "N", "K", "IS
 
 # ------------------------------------------------------------------------------------------------
 # Hopper (sm_90+): persistent, operands through TMA tensor descriptors
-# Warp specialization of the TMA kernel's tile loop: off until measured (benchmarks/sweep_gemm_ws.py)
-TMA_WARP_SPECIALIZE = False
-TMA_CONFIG = (128, 256, 128, 8, 3)  # BM, BN, BK, warps, stages (H200 sweep, benchmarks/results/kernels/gemm_h200.json)
+# BM, BN, BK, warps, stages and Triton's warp specialization of the tile loop. H200 sweep at the 2B block GEMMs
+# (benchmarks/sweep_gemm_ws.py, benchmarks/results/kernels/gemm_ws_h200.json): int8 GEMMs of a forward 19.9 ms with
+# warp specialization at 128x256x128 / 4 warps / 3 stages, 25.2 ms for the best without it (8 warps; 4 warps without
+# it: 87.7), cuBLAS row-wise fp8 17.8 ms. Triton applies it to this kernel only with 4 warps.
+TMA_WARP_SPECIALIZE = True
+TMA_CONFIG = (128, 256, 128, 4, 3)
 
 
 @triton.jit
@@ -157,9 +160,9 @@ def _q8_gemm_tma_kernel(X, W, XS, WS, BIAS, OUT, M, N, K, sxm, swn, som,
 
 def set_gemm_impl(name: str) -> str:
     """Force the GEMM route (``"auto"``, ``"triton"``, ``"triton_tma"``, ``"scaled_mm"``, ``"int_mm"``); returns
-    the previous one. ``"triton_tma"``: the Triton GEMM, as Hopper's persistent TMA kernel on sm_90+ (opt-in:
-    faster kernels; its descriptors are made on the device since session 6, which is not yet timed on a GPU;
-    benchmarks/NOTES_linear.md)."""
+    the previous one. ``"auto"``: cuBLAS fp8 on sm_90+, int8 through the Triton GEMM (on sm_90+ its persistent,
+    warp-specialized TMA form); ``"triton"``: the Triton pointer kernel (every GPU); ``"triton_tma"``: the TMA form
+    for fp8 too (benchmarks/NOTES_linear.md)."""
     global GEMM_IMPL
     if name not in ("auto", "triton", "triton_tma", "scaled_mm", "int_mm"):
         raise ValueError(f"GEMM implementation must be auto, triton, triton_tma, scaled_mm or int_mm, got {name!r}")
@@ -186,10 +189,11 @@ def gemm_impl(qdtype: torch.dtype, device: torch.device) -> str:
 
 
 def _tma_fits(x_q: torch.Tensor, w_q: torch.Tensor) -> bool:
-    """Whether the persistent TMA GEMM runs: chosen (``set_gemm_impl("triton_tma")``), a Hopper-or-newer
+    """Whether the persistent TMA GEMM runs: the default route or chosen (``set_gemm_impl("triton_tma")``; ``"triton"``
+    forces the pointer kernel), a Hopper-or-newer
     GPU (the copy engine; Ada keeps the pointer kernel), row-major 8-bit operands with 16-byte aligned
     rows and bases, and a Triton that makes tensor descriptors on the device (``tl.make_tensor_descriptor``)."""
-    if GEMM_IMPL != "triton_tma" or not (x_q.is_cuda and capability(x_q.device.index or 0) >= 90):
+    if GEMM_IMPL not in ("auto", "triton_tma") or not (x_q.is_cuda and capability(x_q.device.index or 0) >= 90):
         return False
     if x_q.stride(-1) != 1 or w_q.stride(-1) != 1 or x_q.stride(0) % 16 or w_q.stride(0) % 16:
         return False

@@ -146,7 +146,7 @@ def _gemm_specs(cap: int) -> list[Spec]:
             out.append(Spec(f"gemm/{_NAME[qd]}/{tag}", "q8lib.kernels.gemm:_q8_gemm_kernel", args, ce,
                             cfg.num_warps, cfg.num_stages, "gemm._configs() autotune", dots=True, wgmma=True,
                             autotuned=True))
-    if cap >= 90:  # Hopper's persistent TMA GEMM (launch_gemm takes it on sm_90+, when Q8LIB_GEMM=triton_tma)
+    if cap >= 90:  # Hopper's persistent TMA GEMM (launch_gemm takes it for int8 on sm_90+; fp8 with Q8LIB_GEMM=triton_tma)
         bm, bn, bk, warps, stages = _gemm.TMA_CONFIG
         for qd in (INT8, FP8):
             args = {"X": _PTR[qd], "W": _PTR[qd], "XS": "*fp32", "WS": "*fp32", "BIAS": "*bf16", "OUT": "*bf16",
