@@ -31,10 +31,10 @@ with the reason before anything is built. ``--budget-s`` stops the run at a wall
 running then and the rest are recorded as skipped. ``--micro`` adds per-op timings. JSON goes to
 ``benchmarks/results/`` (``--out``).
 
-H200 runs (one command each, under 9 minutes; memory per variant in ``benchmarks/NOTES_linear.md``)::
+H200 runs (one command each, under 9 minutes; expected memory per variant in ``benchmarks/NOTES_linear.md``)::
 
-    python -m q8lib.bench --config ltx2 --iters 8 --warmup 2 --budget-s 480 --out benchmarks/results/transformer_ltx2_h200.json
-    python -m q8lib.bench --config 13b --video 121,512,768 --iters 8 --warmup 2 --budget-s 480 \\
+    python -m q8lib.bench --config ltx2 --iters 8 --warmup 2 --budget-s 460 --out benchmarks/results/transformer_ltx2_h200.json
+    python -m q8lib.bench --config 13b --video 121,512,768 --iters 8 --warmup 2 --budget-s 460 \\
         --out benchmarks/results/transformer_13b_h200.json
 """
 from __future__ import annotations
