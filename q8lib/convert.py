@@ -25,6 +25,7 @@ from .modules import Q8GELU, Q8Linear, Q8RMSNorm, quantize_weight
 __all__ = [
     "check_ltx_transformer",
     "quantize_",
+    "quantize_block_",
     "convert_state_dict",
     "is_quantized",
     "build_q8_skeleton",
@@ -189,10 +190,18 @@ def quantize_(model: nn.Module, config: Q8Config | None = None, filter_fn: Filte
         config = Q8Config(weight_dtype=config.weight_dtype, hadamard_block=config.hadamard_block,
                           keep_high_precision=config.keep_high_precision + left_out)
         targets = modules_to_convert(model, config)
+    _convert_(model, targets, config, runtime.backend, progress)
+    activate_q8(model, config, runtime)
+    return model
+
+
+def _convert_(model: nn.Module, targets, config: Q8Config, backend: str, progress: bool = False) -> None:
+    """Swap each ``(name, module, kind)`` of ``targets`` for its filled Q8 module, one at a time (the extra
+    memory is one module). Every meta-device skeleton is built first: an unsupported shape fails before
+    anything changes."""
     from tqdm.auto import tqdm
 
-    # Build every (meta-device) skeleton first: an unsupported shape fails before anything changes.
-    targets = [(name, m, kind, _skeleton_named(name, m, kind, config, runtime.backend)) for name, m, kind in targets]
+    targets = [(name, m, kind, _skeleton_named(name, m, kind, config, backend)) for name, m, kind in targets]
     for name, m, kind, new in tqdm(targets, desc="q8lib quantize", disable=not progress, leave=False):
         state = {}
         if kind == "linear":
@@ -203,8 +212,22 @@ def quantize_(model: nn.Module, config: Q8Config | None = None, filter_fn: Filte
             state = {k: v.detach().clone() for k, v in m.state_dict().items()}
         new.load_state_dict(state, strict=True, assign=True)
         _set_submodule(model, name, new)
-    activate_q8(model, config, runtime)
-    return model
+
+
+@torch.no_grad()
+def quantize_block_(model: nn.Module, index: int, config: Q8Config, backend: str = "auto") -> None:
+    """Quantize transformer block ``index`` of ``model`` in place, as :func:`quantize_` does for every block
+    (same modules, same weights bit for bit), for a model built or loaded one block at a time: the other blocks
+    may still be on the meta device or not yet filled, so the peak is the Q8 blocks done plus one unquantized
+    block. Installs nothing at run time: once every block is done, call :func:`activate_q8` (attention
+    processors, fused blocks). ``config``'s default keep list stands for the model's own, as in :func:`quantize_`;
+    checks such as the attention mode are the caller's (:func:`check_q8_config` beforehand)."""
+    check_ltx_transformer(model)
+    if not 0 <= index < len(model.transformer_blocks):
+        raise SettingsError(f"block index {index} out of range: the model has {len(model.transformer_blocks)} blocks")
+    config = config_for(config, type(model).__name__)
+    prefix = f"transformer_blocks.{index}."
+    _convert_(model, [t for t in modules_to_convert(model, config) if t[0].startswith(prefix)], config, backend)
 
 
 def build_q8_skeleton(transformer_config: dict, config: Q8Config | None = None,

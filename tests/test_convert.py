@@ -54,6 +54,21 @@ def test_convert_state_dict_matches_quantize_(model):
     assert all(torch.equal(sd[k], ref[k]) for k in sd)
 
 
+def test_quantize_block_by_block_matches_quantize_(model):
+    """quantize_block_ on every block, then activate_q8: the model quantize_ makes (same tensors, same processors)."""
+    from q8lib.convert import activate_q8, quantize_block_
+
+    ref = q8lib.quantize_(copy.deepcopy(model), progress=False)
+    for i in range(len(model.transformer_blocks)):
+        quantize_block_(model, i, Q8Config())
+    activate_q8(model, Q8Config())
+    a, b = ref.state_dict(), model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert {type(p) for p in model.attn_processors.values()} == {Q8AttnProcessor}
+    with pytest.raises(q8lib.SettingsError, match="out of range"):
+        quantize_block_(model, len(model.transformer_blocks), Q8Config())
+
+
 def test_non_ltx_model_and_bad_dims():
     with pytest.raises(TypeError, match="LTXVideoTransformer3DModel"):
         q8lib.quantize_(torch.nn.Linear(4, 4))

@@ -1,0 +1,108 @@
+"""The benchmark's variants (:data:`VARIANTS`): what each one builds and runs, which cannot run here and why
+(:func:`skip_reason`), and how a variant's model is built (:func:`prepare_variant`) and compiled
+(:func:`compile_blocks`)."""
+from __future__ import annotations
+
+import gc
+import importlib.util
+
+import torch
+from torch import nn
+
+from ..config import Q8Config, Q8Runtime
+from ..convert import activate_q8, check_q8_config, quantize_block_
+from ..errors import Q8Error
+from .build import build_transformer
+
+__all__ = ["VARIANTS", "DEFAULT_VARIANTS", "LTX2_DEFAULT_VARIANTS", "compile_blocks", "skip_reason", "prepare_variant"]
+
+VARIANTS = {
+    # name: (kind, options, compile)
+    "bf16": ("bf16", {}, False),
+    "bf16_compile": ("bf16", {}, True),
+    "torchao_fp8_compile": ("torchao", {}, True),
+    "q8lib": ("q8lib", {"attention": "sdpa"}, False),
+    "q8lib_compile": ("q8lib", {"attention": "sdpa"}, True),
+    "q8lib_fp8": ("q8lib", {"weight_dtype": "fp8_e4m3", "attention": "sdpa"}, False),
+    "q8lib_fp8_compile": ("q8lib", {"weight_dtype": "fp8_e4m3", "attention": "sdpa"}, True),
+    "q8lib_int8": ("q8lib", {"weight_dtype": "int8", "attention": "sdpa"}, False),
+    "q8lib_int8_compile": ("q8lib", {"weight_dtype": "int8", "attention": "sdpa"}, True),
+    # no Hadamard rotation (hadamard_block=1): issue #13 asks whether the e4m3 path should rotate at all
+    "q8lib_norot": ("q8lib", {"hadamard_block": 1, "attention": "sdpa"}, False),
+    "q8lib_norot_compile": ("q8lib", {"hadamard_block": 1, "attention": "sdpa"}, True),
+    "q8lib_fp8attn": ("q8lib", {"attention": "fp8"}, False),
+    "q8lib_fp8attn_compile": ("q8lib", {"attention": "fp8"}, True),
+    "q8lib_int8attn": ("q8lib", {"attention": "int8"}, False),
+    "q8lib_int8attn_compile": ("q8lib", {"attention": "int8"}, True),
+}
+# "<variant>_graph": the same, with the whole forward captured in one CUDA graph (q8lib.cudagraph),
+# which removes the host cost of launching ~500 kernels per forward. torch.compile's own
+# mode="reduce-overhead" does not work with regional compilation: the 28 blocks share one compiled
+# region, and each replay overwrites the output the next block reads.
+VARIANTS.update({f"{k}_graph": v for k, v in list(VARIANTS.items())})
+DEFAULT_VARIANTS = ("bf16,bf16_compile,bf16_compile_graph,torchao_fp8_compile,q8lib,q8lib_compile,q8lib_compile_graph,"
+                    "q8lib_fp8attn_compile_graph,q8lib_int8_compile")
+# LTX-2: no INT8 attention (refused for LTX-2); torchao last (its compile is the slowest: the first to go when
+# --budget-s runs out)
+LTX2_DEFAULT_VARIANTS = ("bf16,bf16_compile,bf16_compile_graph,q8lib,q8lib_compile,q8lib_compile_graph,"
+                         "q8lib_fp8attn_compile,q8lib_fp8attn_compile_graph,torchao_fp8_compile")
+
+
+def compile_blocks(model, mode=True) -> None:
+    """Regional ``torch.compile`` (fullgraph) of the repeated transformer block, with ``mode`` if one is given."""
+    kw = {"fullgraph": True} if mode is True else {"fullgraph": True, "mode": mode}
+    try:
+        model.compile_repeated_blocks(**kw)
+    except (AttributeError, ValueError):  # older diffusers: compile each block
+        for b in model.transformer_blocks:
+            b.compile(**kw)
+
+
+def _q8_settings(opts: dict) -> tuple[Q8Config, Q8Runtime]:
+    fmt = {k: v for k, v in opts.items() if k in ("weight_dtype", "hadamard_block")}  # the weight format
+    return Q8Config(**fmt), Q8Runtime(**{k: v for k, v in opts.items() if k not in fmt})
+
+
+def skip_reason(name: str, cfg: dict, device) -> str | None:
+    """Why variant ``name`` cannot run on ``device`` for the transformer ``cfg``, found without building anything
+    (q8lib's settings are checked on a meta-device skeleton); ``None`` when it can."""
+    kind, opts, _ = VARIANTS[name]
+    if name.endswith("_graph") and torch.device(device).type != "cuda":
+        return "CUDA graphs need a GPU"
+    if kind == "torchao" and importlib.util.find_spec("torchao") is None:
+        return "torchao is not installed"
+    if kind == "q8lib":
+        try:
+            check_q8_config(cfg, *_q8_settings(opts))
+        except Q8Error as e:
+            return f"{type(e).__name__}: {e}"
+    return None
+
+
+def prepare_variant(name: str, cfg: dict, device):
+    """The model of benchmark variant ``name`` (see :data:`VARIANTS`), not yet compiled: ``(model, compile)``.
+
+    Built in bf16 (:func:`~q8lib.bench.build.build_transformer`); the 8-bit variants (q8lib, torchao) quantize
+    each block as soon as it is filled, so no bf16 copy of the whole model exists."""
+    kind, opts, comp = VARIANTS[name]
+    if kind == "torchao":
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+        from torchao.quantization import quantize_ as ao_quantize
+
+        ao = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+
+        def each(model, i):  # the block linears, as quantize_(model, filter_fn=linears in transformer_blocks)
+            ao_quantize(model.transformer_blocks[i], ao, filter_fn=lambda m, fqn: isinstance(m, nn.Linear))
+    elif kind == "q8lib":
+        config, runtime = _q8_settings(opts)
+
+        def each(model, i):
+            quantize_block_(model, i, config, runtime.backend)
+    else:
+        each = None
+    model = build_transformer(cfg, device, torch.bfloat16, each_block=each)
+    if kind == "q8lib":
+        activate_q8(model, config, runtime)
+    gc.collect()
+    torch.cuda.empty_cache()
+    return model, comp
