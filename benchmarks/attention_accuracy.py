@@ -3,7 +3,7 @@
 Pure PyTorch on the CPU; float64 truth. Every candidate scheme is emulated exactly where it matters:
 
 * e4m3 rounding by ``torch.float8_e4m3fn`` casts (round to nearest even, saturated at +-448), int8 by
-  ``torch.round`` (half to even) with saturation at +-127; scales ``amax / qmax`` in float32, as q8lib's
+  ``torch.round`` (half to even) with saturation at +-127; scales ``amax * (1 / qmax)`` in float32, as q8lib's
   producers compute them (:func:`q8lib.quant.quantize_rowwise` for per-token granularity).
 * products of 8-bit codes are summed exactly (float64 holds every int8/e4m3 dot product of these sizes
   exactly), then optionally through a model of Hopper's FP8 tensor-core accumulator (see :func:`fp22`):
@@ -102,7 +102,7 @@ def quantize_groups(x: torch.Tensor, fmt: str, rows: int = 1):
     xg = xf.unflatten(-2, (-1, rows))
     amax = xg.abs().amax(dim=(-2, -1), keepdim=True)
     qmax = QMAX[fmt]
-    scale = amax / qmax  # float32, as the producers compute it
+    scale = amax * (1.0 / qmax)  # float32, as the producers compute it
     inv = torch.where(amax > 0, qmax / amax, torch.zeros_like(amax))
     y = (xg * inv).clamp(-qmax, qmax)
     codes = round_e4m3(y) if fmt == "e4m3" else round_int8(y)
@@ -126,7 +126,7 @@ def quantize_channels(v: torch.Tensor, fmt: str, per: str = "channel"):
     inv = torch.where(amax > 0, qmax / amax, torch.zeros_like(amax))
     y = (vf * inv).clamp(-qmax, qmax)
     codes = round_e4m3(y) if fmt == "e4m3" else round_int8(y)
-    return codes, (amax / qmax).to(F64)
+    return codes, (amax * (1.0 / qmax)).to(F64)
 
 
 def chunked_dot(a: torch.Tensor, b: torch.Tensor, acc: torch.Tensor | None, k_chunk: int = 32,

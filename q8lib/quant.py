@@ -2,8 +2,8 @@
 
 ``quantize_rowwise(x)`` returns ``(q, scale)`` with ``x ≈ q.float() * scale[..., None]``:
 
-* int8: ``scale = amax / 127``, ``q = round_half_to_even(x * (127 / amax))``, in [-127, 127].
-* fp8 e4m3 (``torch.float8_e4m3fn``): ``scale = amax / 448``, ``q = e4m3(clamp(x * (448 / amax)))``
+* int8: ``scale = amax * (1 / 127)``, ``q = round_half_to_even(x * (127 / amax))``, in [-127, 127].
+* fp8 e4m3 (``torch.float8_e4m3fn``): ``scale = amax * (1 / 448)``, ``q = e4m3(clamp(x * (448 / amax)))``
   (round to nearest even by the cast); values saturate at ±448 instead of becoming NaN.
 
 ``amax`` is the max of ``|x|`` over the last dim, computed in float32. An all-zero row gets

@@ -113,7 +113,7 @@ def _qk_quant_kernel(
         q = to_e4m3(tl.minimum(tl.maximum((y * up[:, None]) * inv[:, None], -448.0), 448.0), GRID_ROUND)
         obase = (b * H + head).to(tl.int64) * S_PAD + tok
         tl.store(OUT + obase[:, None] * D + d[None, :], q, mask=head_ok[:, None])
-        tl.store(OUTS + obase, amax / 448.0, mask=head_ok)
+        tl.store(OUTS + obase, amax * (1.0 / 448.0), mask=head_ok)
 
 
 @triton.jit
@@ -179,7 +179,7 @@ def _v_quant_kernel(
     optr = OUT + (bh * D + d).to(tl.int64)[:, None] * S_PAD + k[None, :]
     tl.store(optr, tl.trans(q), mask=(k < S_PAD)[None, :])
     if pid_k == 0:
-        tl.store(OUTS + bh * D + d, amax / 448.0)
+        tl.store(OUTS + bh * D + d, amax * (1.0 / 448.0))
 
 
 # ------------------------------------------------------------------------------------------------

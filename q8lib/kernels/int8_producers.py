@@ -126,7 +126,7 @@ def _qk_int8_kernel(
         obase = bh * S_PAD + tok
         tl.store(OUT + obase[:, None] * D + d[None, :], v.to(tl.int8), mask=head_ok[:, None])
         if not PER_BLOCK:
-            tl.store(OUTS + obase, amax / 127.0, mask=head_ok)
+            tl.store(OUTS + obase, amax * (1.0 / 127.0), mask=head_ok)  # as quant.quantize_rowwise
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ def launch_int8_quant_qk(q, k, qweight, qeps, kweight, keps, cos, sin, key_lengt
     _quant(q, qweight, qeps, cos, sin, None, qfac.contiguous(), None, None, q8, qs)
     bamax = bamax.contiguous()
     _quant(k, kweight, keps, cos, sin, shift.contiguous(), kfac.contiguous(), lens, bamax, k8, None)
-    return bamax / 127.0
+    return bamax * (1.0 / 127.0)
 
 
 def _int8_quant_qk_impl(q: torch.Tensor, k: torch.Tensor, qweight: torch.Tensor | None, qeps: float,

@@ -151,7 +151,7 @@ def _row_quant_kernel(
                 if SOFT_FP8:
                     v = round_e4m3(v)
                 tl.store(optr, v.to(OUT.dtype.element_ty), mask=m2)
-            tl.store(QS + rows, amax / QMAX, mask=rmask)
+            tl.store(QS + rows, amax * (1.0 / QMAX), mask=rmask)  # as quant.quantize_rowwise: a multiply rounds alike everywhere
 
 
 def plan(K: int, hadamard_block: int | None, rotate: bool = True, tile_elems: int | None = None):
