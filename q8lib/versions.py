@@ -29,6 +29,8 @@ SUPPORTED = {
     "accelerate": (">=0.31", "diffusers 0.42's enable_model_cpu_offload / enable_sequential_cpu_offload ask for "
                              "accelerate>=0.31; q8lib.offload runs its hooks (_hf_hook, pre_forward/post_forward; "
                              "offload extra)"),
+    "av": (">=18", "PyAV for diffusers 0.42's encode_video (LTX-2's mp4 with its audio track) and LTX-2's "
+                   "conditioning-image re-encoding; tested 18.1.0, older releases untested (ltx2 extra)"),
 }
 
 

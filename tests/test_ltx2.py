@@ -324,13 +324,16 @@ def test_unsupported_inputs_fail_clearly(tmp_path):
         run(q8, pipeline_inputs(q8))
 
 
-def test_command_line_refuses_ltx2_naming_the_python_route(tmp_path):
-    from q8lib.app.loading import transformer_config
+def test_app_reads_and_loads_an_ltx2_transformer_from_its_config(tmp_path):
+    """The app layer takes the transformer class from config.json: an LTX-2 repo's transformer loads (and converts)
+    as an LTX2VideoTransformer3DModel (tests/test_app_pipelines.py runs whole LTX-2 pipelines)."""
+    from q8lib.app.loading import load_transformer, transformer_config
 
     _save_layout(tiny_ltx2("plain"), tmp_path / "LTX-2")
     (tmp_path / "LTX-2" / "model_index.json").write_text(json.dumps({"_class_name": "LTX2Pipeline"}))
-    with pytest.raises(q8lib.SettingsError, match=r"LTX-2 transformer.*q8lib\.quantize_\(pipe\.transformer\)"):
-        transformer_config(str(tmp_path / "LTX-2"))
+    assert transformer_config(str(tmp_path / "LTX-2"))["_class_name"] == "LTX2VideoTransformer3DModel"
+    q8 = load_transformer(str(tmp_path / "LTX-2"), "q8", q8_config=Q8Config(weight_dtype="int8"), dtype=torch.float32)
+    assert type(q8) is LTX2VideoTransformer3DModel and q8lib.is_quantized(q8)
 
 
 def test_fused_blocks_refuse_ltx2_blocks():

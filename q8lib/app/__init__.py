@@ -4,7 +4,8 @@
   what the command line, the notebooks and the benchmarks call;
 * :mod:`~q8lib.app.settings` (model names, :class:`GenerationSettings`, device/dtype/backend checks),
   :mod:`~q8lib.app.inputs` (image, prompt cache, outputs, W&B), :mod:`~q8lib.app.loading`
-  (:func:`load_pipeline`, :func:`load_transformer`), :mod:`~q8lib.app.prompts` (T5 embeddings and
+  (:func:`load_pipeline`, :func:`load_transformer`), :mod:`~q8lib.app.pipelines` (which diffusers pipeline
+  runs a model: LTX-Video 0.9.x, 0.9.7/0.9.8, LTX-2), :mod:`~q8lib.app.prompts` (T5 embeddings and
   their cache), :mod:`~q8lib.app.measure` (timed runs, memory), :mod:`~q8lib.app.video` (mp4, plots);
 * :mod:`~q8lib.app.cli`: ``q8lib`` itself, which parses arguments and prints reports only.
 

@@ -29,8 +29,10 @@ def _add_model_args(p: argparse.ArgumentParser, precision: bool = True) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="tiny",
                    help="'tiny' (embedded tiny default, CPU, offline; the default), a hub id such as "
-                        "Lightricks/LTX-Video or Lightricks/LTX-Video-0.9.7-dev (13B), a local diffusers pipeline "
-                        "folder, the aliases ltx-2b / ltx-13b, or random-2b / random-13b (full size, random weights)")
+                        "Lightricks/LTX-Video, Lightricks/LTX-Video-0.9.7-dev, Lightricks/LTX-Video-0.9.8-13B-distilled "
+                        "(LTXConditionPipeline) or Lightricks/LTX-2 (video + audio), a local diffusers pipeline folder "
+                        "(the pipeline follows its model_index.json), the aliases ltx-2b / ltx-13b, or random-2b / "
+                        "random-13b (full size, random weights)")
     g.add_argument("--checkpoint", default=None,
                    help="Q8 transformer: a q8lib checkpoint or the earlier public Q8 layout (folder or hub id); "
                         "without it the model's transformer is converted on the fly")
@@ -64,7 +66,8 @@ def _add_generation_args(p: argparse.ArgumentParser, output_default: str) -> Non
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default 3; <=1 disables CFG)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--fps", type=int, default=25, help="frame rate of the video (also conditions the model)")
-    g.add_argument("--image", default=None, help="first frame: image-to-video with LTXImageToVideoPipeline")
+    g.add_argument("--image", default=None, help="first frame: image-to-video (LTXImageToVideoPipeline, "
+                   "LTX2ImageToVideoPipeline; 0.9.7/0.9.8: a frame-0 condition of LTXConditionPipeline)")
     g.add_argument("--output", default=output_default, help="mp4 to write; a JSON sidecar goes beside it")
     r = p.add_argument_group("runs")
     r.add_argument("--prompt-cache", default=None, help="folder of cached prompt embeddings (default ~/.cache/q8lib/prompt_embeds, or $Q8LIB_CACHE)")

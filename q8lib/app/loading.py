@@ -1,10 +1,14 @@
 """Building what runs: an LTX pipeline (or its transformer alone) with a Q8 or an unquantized transformer.
 
-:func:`load_pipeline` builds ``LTXPipeline`` (text-to-video) or ``LTXImageToVideoPipeline`` from
+:func:`load_pipeline` builds the diffusers pipeline the model's ``model_index.json`` names
+(:mod:`q8lib.app.pipelines`: ``LTXPipeline`` / ``LTXImageToVideoPipeline``, ``LTXConditionPipeline`` for
+0.9.7/0.9.8, ``LTX2Pipeline`` / ``LTX2ImageToVideoPipeline`` for LTX-2) from
 
 * ``"tiny"``: the embedded tiny default (:func:`q8lib.tiny.default_pipeline`), CPU, offline;
 * a hub id or local directory in diffusers' layout (``"Lightricks/LTX-Video"``, the 13B
-  ``"Lightricks/LTX-Video-0.9.7-dev"``), whose bf16 transformer is converted on the fly;
+  ``"Lightricks/LTX-Video-0.9.7-dev"``, ``"Lightricks/LTX-2"``), whose bf16 transformer
+  (``LTXVideoTransformer3DModel`` or ``LTX2VideoTransformer3DModel``, as its ``config.json`` says) is converted
+  on the fly;
 * ``"random-2b"`` / ``"random-13b"``: full-size architectures with random weights and no text
   encoder, for speed and memory measurements (the 13B Q8 transformer is built directly in 8 bits,
   never as a bf16 copy);
@@ -16,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -25,13 +28,14 @@ from ..checkpoint import load_q8
 from ..config import Q8Config, Q8Runtime
 from ..convert import activate_q8, build_q8_skeleton, check_q8_config, quantize_
 from ..cudagraph import enable_cuda_graphs
-from ..errors import ModelUnavailableError, SettingsError
+from ..errors import SettingsError
 from ..fused import install_if_fast
-from ..ltx2 import LTX2_CLASS_NAME, is_ltx2
+from ..ltx2 import class_name_for_config, transformer_classes
 from ..models import T5_XXL_CONFIG
 from ..modules import Q8Linear
 from ..quant import QMAX
 from ..tiny.components import SHAPES_DIR, default_pipeline, has_default_pipeline, make_tiny_tokenizer
+from .pipelines import model_family, model_not_available, pipeline_class
 from .prompts import text_encoder_id_of, weights_id
 from .settings import (MODEL_ALIASES, RANDOM_MODELS, TINY, check_backend, check_cuda_graph, check_offload,
                        check_precision, resolve_device, resolve_dtype)
@@ -44,24 +48,6 @@ def _ltx():
     from diffusers import LTXVideoTransformer3DModel
 
     return LTXVideoTransformer3DModel
-
-
-def _pipeline_class(image_to_video: bool):
-    from diffusers import LTXImageToVideoPipeline, LTXPipeline
-
-    return LTXImageToVideoPipeline if image_to_video else LTXPipeline
-
-
-def model_not_available(model: str, err: Exception) -> ModelUnavailableError:
-    """The error for a hub/local model that could not be loaded (``err``), saying how to get it or what to use offline."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    how = ("HF_HUB_OFFLINE is set, so nothing is downloaded: unset it (with network access) or download first with "
-           f"`huggingface-cli download {model}`" if offline else
-           f"check the id and your network, or download with `huggingface-cli download {model}` and pass the folder")
-    return ModelUnavailableError(
-        f"could not load the LTX-Video model {model!r} ({type(err).__name__}: {str(err).splitlines()[0][:300]}). "
-        f"{how}. Without weights, use --model tiny: the embedded tiny LTX default that runs offline on a CPU "
-        "(or random-2b / random-13b for full-size random weights).")
 
 
 def random_q8_transformer(config: dict, q8_config: Q8Config | None = None, device="cpu", dtype=torch.bfloat16,
@@ -171,20 +157,12 @@ def transformer_config(model: str, subfolder: str | None = "transformer", local_
         cfg = dict(_ltx().load_config(model, subfolder=subfolder, local_files_only=local_files_only))
     except OSError as e:
         raise model_not_available(model, e) from None
-    if cfg.get("_class_name") == LTX2_CLASS_NAME:
-        raise _ltx2_unsupported(model)
     if Q8Config.is_quantization_config(cfg.get("quantization_config")):  # saved after q8lib.quantize_
         sub = " --checkpoint-subfolder " + subfolder if subfolder else ""
         raise SettingsError(f"{model} holds a transformer that q8lib already quantized (its config.json names q8lib), "
                             f"which needs no conversion: run it with --checkpoint {model}{sub}, or load it in Python "
                             "with q8lib.load_pipeline_q8 / q8lib.load_q8")
     return cfg
-
-
-def _ltx2_unsupported(what) -> SettingsError:
-    return SettingsError(f"{what} holds an LTX-2 transformer ({LTX2_CLASS_NAME}): q8lib's command line and app run "
-                         "LTX-Video 0.9.x pipelines only for now. In Python, q8lib.quantize_(pipe.transformer) converts "
-                         "the transformer of diffusers' LTX2Pipeline (experimental; see the README)")
 
 
 def load_transformer(model: str, precision: str = "q8", checkpoint: str | None = None,
@@ -202,19 +180,16 @@ def load_transformer(model: str, precision: str = "q8", checkpoint: str | None =
     if checkpoint is not None:
         if precision != "q8":
             raise SettingsError("a Q8 --checkpoint was given with --precision bf16; drop one of them")
-        transformer = load_q8(checkpoint, subfolder=checkpoint_subfolder, device=device, torch_dtype=dtype,
-                              local_files_only=local_files_only, **rt)
-        if is_ltx2(transformer):
-            raise _ltx2_unsupported(checkpoint)
-        return transformer
+        return load_q8(checkpoint, subfolder=checkpoint_subfolder, device=device, torch_dtype=dtype,
+                       local_files_only=local_files_only, **rt)
     if model == TINY:
         transformer = _to(default_pipeline().transformer, device, dtype)
         return quantize_(transformer, q8_config, progress=False, **rt) if precision == "q8" else transformer
     if model in RANDOM_MODELS:
         return _random_components(model, precision, q8_config, runtime, device, dtype, seed, need_vae=False)[1]
-    try:
-        transformer = _ltx().from_pretrained(model, subfolder=subfolder, torch_dtype=dtype,
-                                             local_files_only=local_files_only)
+    cls = transformer_classes()[class_name_for_config(transformer_config(model, subfolder, local_files_only))]
+    try:  # LTXVideoTransformer3DModel or LTX2VideoTransformer3DModel, as its config.json says
+        transformer = cls.from_pretrained(model, subfolder=subfolder, torch_dtype=dtype, local_files_only=local_files_only)
     except OSError as e:
         raise model_not_available(model, e) from e
     transformer = transformer.to(device).eval()
@@ -243,14 +218,21 @@ def load_pipeline(
 ):
     """Build an LTX pipeline whose transformer is Q8 (``precision="q8"``) or unquantized (``"bf16"``).
 
+    The pipeline class follows the model's ``model_index.json`` and transformer ``config.json``
+    (:func:`~q8lib.app.pipelines.model_family`): ``LTXPipeline`` / ``LTXImageToVideoPipeline`` for LTX-Video
+    0.9.0-0.9.5, ``LTXConditionPipeline`` for 0.9.7 / 0.9.8, ``LTX2Pipeline`` / ``LTX2ImageToVideoPipeline`` (or
+    ``LTX2ConditionPipeline`` for a folder saved from it) for LTX-2.
+
     Args:
         model: ``"tiny"``, ``"random-2b"``, ``"random-13b"``, an alias (``"ltx-2b"``, ``"ltx-13b"``),
-            a hub id such as ``"Lightricks/LTX-Video"`` or a local diffusers pipeline directory.
+            a hub id such as ``"Lightricks/LTX-Video"``, ``"Lightricks/LTX-Video-0.9.7-dev"``,
+            ``"Lightricks/LTX-2"``, or a local diffusers pipeline directory.
         checkpoint: a q8lib checkpoint or the earlier public Q8 layout (local dir or hub id) that
             replaces ``model``'s transformer; without it a Q8 transformer is converted on the fly.
         q8_config, runtime: the weight format of an on-the-fly conversion and the Q8 transformer's
             backend/attention (default ``q8_config.runtime()``).
-        image_to_video: build ``LTXImageToVideoPipeline`` instead of ``LTXPipeline``.
+        image_to_video: the run conditions on a first-frame image (``LTXImageToVideoPipeline`` instead of
+            ``LTXPipeline``, ``LTX2ImageToVideoPipeline`` instead of ``LTX2Pipeline``; condition pipelines take it).
         load_text_encoder: ``False`` skips T5 (use cached prompt embeddings, see :class:`PromptCache`).
         offload: ``"none"``, ``"model"`` (diffusers' ``enable_model_cpu_offload``: one component on the GPU at a
             time) or ``"sequential"`` (``enable_sequential_cpu_offload``: one module's weights at a time, the
@@ -273,6 +255,10 @@ def load_pipeline(
     check_offload(offload, device, compile)
     if full_size_text_encoder and model not in RANDOM_MODELS:
         raise SettingsError(f"full_size_text_encoder is for the random-* models; {model!r} loads its own text encoder")
+    family = model_family(model, local_files_only)  # config files only: an unknown pipeline fails before any weight
+    if cuda_graph and family.name == "ltx2":
+        raise SettingsError("--cuda-graph is not supported for LTX-2 models yet (q8lib's CUDA graphs are tested on "
+                            "LTX-Video's transformer only); use --compile")
     if cuda_graph:
         check_cuda_graph(device, offload)
     q8_config = q8_config or Q8Config()
@@ -280,7 +266,7 @@ def load_pipeline(
     backend = check_backend(precision, runtime.backend, device)
     if precision == "q8" and checkpoint is None:  # a conversion that cannot work fails before any download
         check_q8_config(transformer_config(model, local_files_only=local_files_only), q8_config, runtime)
-    cls = _pipeline_class(image_to_video)
+    cls = pipeline_class(family, image_to_video)
     build_device = "cpu" if offload != "none" else device
 
     # Components other than the transformer first, so a missing model fails before any conversion.
@@ -323,6 +309,9 @@ def load_pipeline(
     else:
         transformer = load_transformer(model, precision, checkpoint, checkpoint_subfolder, q8_config, build_device,
                                        dtype, local_files_only, seed, runtime)
+        if type(transformer).__name__ != family.transformer:
+            raise SettingsError(f"the checkpoint {checkpoint} holds a {type(transformer).__name__}, but {model} runs a "
+                                f"{family.transformer} ({family.pipeline}); pass a checkpoint converted from this model")
         pipe.register_modules(transformer=transformer)
 
     _to(pipe.vae, None, dtype)
@@ -347,6 +336,7 @@ def load_pipeline(
                            weight_dtype=q8_config.weight_dtype if precision == "q8" else None,
                            attention=runtime.attention if precision == "q8" else None,
                            offload=offload, vae_tiling=vae_tiling, image_to_video=image_to_video,
+                           family=family.name, pipeline=type(pipe).__name__,
                            compile=compile, cuda_graph=cuda_graph, full_size_text_encoder=full_size_text_encoder)
     return pipe
 

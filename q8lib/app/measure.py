@@ -22,6 +22,7 @@ from ..timing import Spans
 from ..tiny.components import default_pipeline
 from ..versions import package_versions
 from .loading import load_transformer
+from .pipelines import call_arguments
 from .settings import TINY, GenerationSettings, check_backend, check_precision, resolve_device, resolve_dtype
 
 __all__ = ["oom_message", "run_pipeline", "transformer_memory", "environment"]
@@ -46,8 +47,10 @@ def run_pipeline(pipe, settings: GenerationSettings, embeds: dict, image=None, p
     (:func:`~q8lib.app.prompts.encode_prompts`), or ``{}`` to have the pipeline's text encoder encode
     ``settings.prompt`` inside the timed call.
 
-    Returns ``{"frames": [N, F, 3, H, W] float32 CPU in [0, 1], "timings": {...}, "memory": {...}}``
-    where timings hold ``end_to_end_s`` (pipeline call: denoising + VAE decode, not loading),
+    ``image`` conditions the first frame (:func:`~q8lib.app.pipelines.call_arguments` passes it the way the
+    pipeline takes it). Returns ``{"frames": [N, F, 3, H, W] float32 CPU in [0, 1], "audio": [N, C, S] float32 CPU
+    or None, "audio_sample_rate": int or None, "timings": {...}, "memory": {...}}`` (audio: LTX-2's waveform,
+    ``C`` channels of ``S`` samples at the vocoder's output rate) where timings hold ``end_to_end_s`` (pipeline call: denoising + VAE decode, not loading),
     ``transformer_s`` (sum of transformer forwards, CUDA events on GPUs), ``transformer_forward_ms``
     (median per forward), ``vae_decode_s`` and the number of forwards.
     """
@@ -62,8 +65,7 @@ def run_pipeline(pipe, settings: GenerationSettings, embeds: dict, image=None, p
                   guidance_scale=settings.guidance_scale, generator=gen, output_type="pt",
                   num_videos_per_prompt=settings.num_videos_per_prompt,
                   max_sequence_length=settings.max_sequence_length)
-    if image is not None:
-        kwargs["image"] = image
+    kwargs.update(call_arguments(pipe, settings, image))
     pipe.set_progress_bar_config(disable=not progress, desc="denoising", leave=False)
     cuda = device.type == "cuda"
     spans, decode = Spans(cuda), Spans(cuda)
@@ -110,7 +112,10 @@ def run_pipeline(pipe, settings: GenerationSettings, embeds: dict, image=None, p
     timings = dict(end_to_end_s=total, transformer_s=sum(fwd) / 1e3,
                    transformer_forward_ms=statistics.median(fwd) if fwd else None, transformer_forwards=len(fwd),
                    vae_decode_s=sum(dec) / 1e3)
-    return dict(frames=out.frames.float().cpu(), timings=timings,
+    audio = getattr(out, "audio", None)
+    rate = pipe.vocoder.config.output_sampling_rate if audio is not None else None
+    return dict(frames=out.frames.float().cpu(), audio=None if audio is None else audio.float().cpu(),
+                audio_sample_rate=rate, timings=timings,
                 memory={k: round(v, 3) for k, v in mem.items()})
 
 

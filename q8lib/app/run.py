@@ -33,6 +33,7 @@ from ..tiny.components import default_pipeline
 from .inputs import WandbRun, check_video_output, load_image, needs_text_encoder, open_prompt_cache
 from .loading import load_pipeline, load_transformer, transformer_config
 from .measure import environment, run_pipeline, transformer_memory
+from .pipelines import check_family_packages, model_family
 from .prompts import encode_prompts, free_text_encoder
 from .settings import (MODEL_ALIASES, TINY, check_backend, check_cuda_graph, check_offload, resolve_device,
                        resolve_dtype, settings_for)
@@ -97,11 +98,14 @@ def sidecar_for(output: str | Path) -> Path:
 
 def _prepare(o: RunOptions, command: str, default_output: str):
     """Every check of a generate/compare run, in the order a user can fix them, before any model loads:
-    settings, output path, device, dtype, backend, CUDA graph, checkpoint, image, prompt cache."""
-    settings = settings_for(MODEL_ALIASES.get(o.model, o.model), o.prompt, negative_prompt=o.negative_prompt,
-                            num_frames=o.frames, height=o.height, width=o.width, num_inference_steps=o.steps,
-                            guidance_scale=o.guidance, seed=o.seed, frame_rate=o.fps)
+    the model's family (its config files: which pipeline, which defaults), settings, output path and the packages
+    the outputs need, device, dtype, backend, CUDA graph, checkpoint, image, prompt cache."""
+    family = model_family(o.model)
+    settings = settings_for(MODEL_ALIASES.get(o.model, o.model), o.prompt, family.defaults,
+                            negative_prompt=o.negative_prompt, num_frames=o.frames, height=o.height, width=o.width,
+                            num_inference_steps=o.steps, guidance_scale=o.guidance, seed=o.seed, frame_rate=o.fps)
     out = check_video_output(o.output or default_output, o.warmup, o.repeats, not o.no_video)
+    check_family_packages(family, not o.no_video and command == "generate", o.image is not None)
     device = resolve_device(o.device)
     dtype = resolve_dtype(o.dtype, device)
     if command == "compare" and o.offload == "sequential":
@@ -119,7 +123,7 @@ def _prepare(o: RunOptions, command: str, default_output: str):
     image = load_image(o.image)
     cache = open_prompt_cache(o.prompt_cache, not o.no_prompt_cache)
     return dict(settings=settings, out=out, device=device, dtype=dtype, q8_config=q8_config, runtime=runtime,
-                backend=backend, image=image, cache=cache)
+                backend=backend, image=image, cache=cache, family=family)
 
 
 def _median_timings(runs: list) -> dict:
@@ -167,17 +171,19 @@ def generate(prompt: str, **options) -> dict:
                                       checkpoint_subfolder=o.checkpoint_subfolder, compile=o.compile,
                                       cuda_graph=o.cuda_graph)
     runs = _runs(pipe, settings, embeds, run["image"], o)
-    videos = runs[-1]["frames"]
+    videos, audio, rate = runs[-1]["frames"], runs[-1]["audio"], runs[-1]["audio_sample_rate"]  # audio: LTX-2's
     paths = [] if o.no_video else [out if i == 0 else out.with_name(f"{out.stem}_{i}{out.suffix}")
                                    for i in range(len(videos))]
     report = dict(kind="q8lib generate", **environment(run["device"]), shape=_shape(pipe, settings),
                   settings=dataclasses.asdict(settings), pipeline=pipe.q8lib_info,
                   results=dict(load_s=load_s, **enc, timings=_median_timings(runs),
                                memory=runs[-1]["memory"], runs=[dict(timings=r["timings"], memory=r["memory"]) for r in runs],
-                               warmup_runs=o.warmup),
+                               warmup_runs=o.warmup,
+                               audio=None if audio is None else dict(sample_rate=rate, channels=audio.shape[1],
+                                                                     seconds=audio.shape[-1] / rate)),
                   outputs=[str(p) for p in paths])
-    for v, p in zip(videos, paths):  # each file is written whole or not at all (q8lib.outputs)
-        write_video(v, p, settings.frame_rate)
+    for i, (v, p) in enumerate(zip(videos, paths)):  # each file is written whole or not at all (q8lib.outputs)
+        write_video(v, p, settings.frame_rate, None if audio is None else audio[i], rate)
     write_json(sidecar_for(out), report)
     if wb:
         t = report["results"]["timings"]
@@ -218,6 +224,8 @@ def compare(prompt: str, **options) -> dict:
     summary = dict(psnr_db_mean=statistics.mean(finite) if finite else float("inf"),
                    psnr_db_min=min(per_frame["psnr_db"]), ssim_mean=statistics.mean(per_frame["ssim"]),
                    ssim_min=min(per_frame["ssim"]), max_abs_diff=float((ref - q8).abs().max()))
+    if ref_runs[-1]["audio"] is not None:  # LTX-2: how far the Q8 run's waveform is from the reference's
+        summary["audio_relative_error"] = relative_error(q8_runs[-1]["audio"], ref_runs[-1]["audio"])
     ref_t, q8_t = _median_timings(ref_runs), _median_timings(q8_runs)
     report = dict(kind="q8lib compare", **environment(device), shape=_shape(pipe, settings),
                   settings=dataclasses.asdict(settings),

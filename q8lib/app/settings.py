@@ -114,9 +114,11 @@ class GenerationSettings:
                     latent=[lf, lh, lw], video_tokens=lf * lh * lw, text_tokens=self.max_sequence_length)
 
 
-def settings_for(model: str, prompt: str, **overrides) -> GenerationSettings:
-    """Settings with the model's defaults (tiny or full size) where ``overrides`` give ``None``; validated."""
+def settings_for(model: str, prompt: str, model_defaults: dict | None = None, **overrides) -> GenerationSettings:
+    """Settings with the model's defaults (tiny or full size, updated with ``model_defaults``: a model family's own,
+    such as LTX-2's 121 frames at 512x768) where ``overrides`` give ``None``; validated."""
     base = default_settings() if model == TINY else dict(FULL_SIZE_SETTINGS)
+    base.update(model_defaults or {})
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(GenerationSettings)})
     if unknown:
         raise SettingsError(f"unknown generation settings {unknown}; known: "

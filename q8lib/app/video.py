@@ -35,22 +35,36 @@ def side_by_side(*videos: torch.Tensor, gap: int = 4) -> torch.Tensor:
     return torch.cat(parts, dim=-1)
 
 
-def write_video(frames: torch.Tensor, path: str | Path, fps: int = 25) -> Path:
-    """Write ``[F, 3, H, W]`` in ``[0, 1]`` as an H.264 mp4 (imageio-ffmpeg via diffusers' ``export_to_video``).
+def write_video(frames: torch.Tensor, path: str | Path, fps: int = 25, audio: torch.Tensor | None = None,
+                audio_sample_rate: int | None = None) -> Path:
+    """Write ``[F, 3, H, W]`` in ``[0, 1]`` as an H.264 mp4; with ``audio`` (``[C, S]`` float waveform in ``[-1, 1]``,
+    one or two channels, at ``audio_sample_rate`` Hz: LTX-2's) an AAC track goes into the same file.
 
-    Frames are padded (edge pixels) to multiples of 16 on the way in, which players need.
+    Without audio the frames go through imageio-ffmpeg (diffusers' ``export_to_video``); with audio through PyAV
+    (diffusers' ``encode_video``, which LTX-2's pipelines document; :func:`q8lib.app.pipelines.check_family_packages`
+    checks that PyAV is installed before a run starts). Frames are padded (edge pixels) to multiples of 16 on the
+    way in, which players need.
     """
-    from diffusers.utils import export_to_video
-
     frames = check_video(frames).clamp(0, 1).cpu()
     h, w = frames.shape[-2:]
     ph, pw = (-h) % 16, (-w) % 16
     if ph or pw:
         frames = F.pad(frames, (0, pw, 0, ph), mode="replicate")
+    if audio is not None and (audio.dim() not in (1, 2) or not audio_sample_rate or audio_sample_rate < 1):
+        raise SettingsError(f"audio must be [channels, samples] or [samples] with a positive sample rate, got shape "
+                            f"{tuple(audio.shape)} at {audio_sample_rate!r} Hz")
     path = Path(path)
-    arrays = [f.permute(1, 2, 0).numpy() for f in frames]
     with atomic_path(path) as tmp:  # a failed or interrupted write leaves no half-written mp4
-        export_to_video(arrays, str(tmp), fps=fps)
+        if audio is None:
+            from diffusers.utils import export_to_video
+
+            export_to_video([f.permute(1, 2, 0).numpy() for f in frames], str(tmp), fps=fps)
+        else:
+            from diffusers.utils import encode_video
+
+            pixels = (frames * 255).round().to(torch.uint8).permute(0, 2, 3, 1)  # [F, H, W, 3]
+            encode_video(pixels, fps=fps, output_path=str(tmp), audio=audio.float().cpu(),
+                         audio_sample_rate=int(audio_sample_rate))
     return path
 
 

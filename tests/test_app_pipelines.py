@@ -1,0 +1,183 @@
+"""Issue #17 part 2: LTX-2 and LTX-Video 0.9.7/0.9.8 models through the app layer and the command line, offline.
+
+Tiny repos in the hub layout (tests/pipeline_folders.py) go through the real loading code: the pipeline class is read
+from ``model_index.json`` and ``transformer/config.json``, the transformer converted with ``q8lib.quantize_``, LTX-2's
+audio written into the mp4. CPU, reference backend, fp32.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+import q8lib.app.run as runmod
+from q8lib import Q8Config, quantize_, save_q8
+from q8lib.app import GenerationSettings, encode_prompts, load_pipeline, run_pipeline
+from q8lib.app.cli import main
+from q8lib.app.pipelines import model_family, pipeline_class
+from q8lib.errors import MissingPackageError, ModelUnavailableError, SettingsError
+from helpers import rel_err
+from pipeline_folders import ltx097_folder, ltx2_folder
+
+pytestmark = pytest.mark.filterwarnings("ignore::q8lib.errors.Q8FallbackWarning")  # CPU: the reference math on purpose
+SMALL = ["--frames", "9", "--height", "32", "--width", "32", "--steps", "2", "--quiet", "--device", "cpu",
+         "--dtype", "fp32", "--negative-prompt", ""]
+
+
+@pytest.fixture(scope="module")
+def repos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repos")
+    return dict(ltx2=str(ltx2_folder(root / "LTX-2")), ltx097=str(ltx097_folder(root / "LTX-Video-0.9.7-dev")),
+                ltx2_condition=str(ltx2_folder(root / "LTX-2-condition", pipeline="LTX2ConditionPipeline")))
+
+
+def _settings(seed, **kw):
+    kw = {**dict(negative_prompt="", num_frames=9, height=32, width=32, num_inference_steps=2, max_sequence_length=16,
+                 seed=seed % 2**31), **kw}
+    return GenerationSettings(prompt="a red circle moving right", **kw).validate()
+
+
+def test_pipeline_class_comes_from_the_model_files(repos, tmp_path):
+    """The pipeline follows model_index.json and the transformer's config.json, whatever the folder is called."""
+    import diffusers
+
+    want = {("ltx2", False): diffusers.LTX2Pipeline, ("ltx2", True): diffusers.LTX2ImageToVideoPipeline,
+            ("ltx097", False): diffusers.LTXConditionPipeline, ("ltx097", True): diffusers.LTXConditionPipeline,
+            ("ltx2_condition", False): diffusers.LTX2ConditionPipeline,
+            ("ltx2_condition", True): diffusers.LTX2ConditionPipeline}
+    for (name, image), cls in want.items():
+        assert pipeline_class(model_family(repos[name]), image) is cls, (name, image)
+    assert model_family(repos["ltx2"]).audio and not model_family(repos["ltx097"]).audio
+    assert model_family("tiny").name == "ltx" and pipeline_class(model_family("tiny"), True).__name__ == \
+        "LTXImageToVideoPipeline"
+    # an LTX-2 pipeline around an LTX-1 transformer, and a pipeline q8lib does not run: refused, naming what was found
+    bad = tmp_path / "mixed"
+    bad.mkdir()
+    (bad / "model_index.json").write_text(json.dumps({"_class_name": "LTX2Pipeline"}))
+    (bad / "transformer").mkdir()
+    (bad / "transformer" / "config.json").write_text(json.dumps({"_class_name": "LTXVideoTransformer3DModel"}))
+    with pytest.raises(SettingsError, match="names LTX2Pipeline, which runs a LTX2VideoTransformer3DModel.*describes "
+                                            "a LTXVideoTransformer3DModel"):
+        load_pipeline(str(bad), device="cpu")
+    (bad / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(SettingsError, match="holds a FluxPipeline; q8lib runs LTXPipeline"):
+        load_pipeline(str(bad), device="cpu")
+
+
+def test_hub_ids_offline_say_how_to_get_them(tmp_path, monkeypatch):
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for repo in ("Lightricks/LTX-2", "Lightricks/LTX-Video-0.9.8-13B-distilled"):
+        with pytest.raises(ModelUnavailableError, match=f"huggingface-cli download {repo}"):
+            load_pipeline(repo, device="cpu")
+
+
+# fp32 vs Q8 (int8, FP8 attention, reference backend), 2 steps, CFG 3, decoded outputs, seeds 0-5 (random weights):
+#   LTX-2 frames 0.0098-0.0151, audio waveform 0.0004-0.0006; 0.9.7-style frames 0.0016-0.0018. Bounds: max + ~40%.
+@pytest.mark.parametrize("name,frames_bound,audio_bound", [("ltx2", 0.021, 0.0009), ("ltx097", 0.0025, None)])
+def test_q8_pipeline_matches_unquantized(repos, seed, name, frames_bound, audio_bound):
+    ref = load_pipeline(repos[name], precision="bf16", device="cpu", dtype="fp32")
+    q8 = load_pipeline(repos[name], precision="q8", device="cpu", dtype="fp32", q8_config=Q8Config(weight_dtype="int8"))
+    assert type(q8.transformer).__name__ == model_family(repos[name]).transformer
+    assert q8.q8lib_info["family"] == model_family(repos[name]).name and q8.q8lib_info["pipeline"] == type(q8).__name__
+    s = _settings(seed, guidance_scale=3.0)
+    embeds, _ = encode_prompts(ref, s, repos[name], None)
+    a, b = run_pipeline(ref, s, embeds, progress=False), run_pipeline(q8, s, embeds, progress=False)
+    assert a["frames"].shape == b["frames"].shape == (1, 9, 3, 32, 32)
+    assert 1e-4 < rel_err(a["frames"], b["frames"]) < frames_bound
+    if audio_bound is None:
+        assert a["audio"] is None
+    else:  # [videos, channels, samples] at the vocoder's rate
+        assert a["audio"].shape[:2] == (1, 2) and a["audio_sample_rate"] == 16000
+        assert 1e-5 < rel_err(a["audio"], b["audio"]) < audio_bound
+
+
+def test_image_conditions_each_family(repos, seed):
+    """--image: LTX2ImageToVideoPipeline, LTXConditionPipeline (image=), LTX2ConditionPipeline (conditions=)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed % 2**31)
+    img = Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).byte().numpy())
+    s = _settings(seed, guidance_scale=1.0)
+    for name in ("ltx097", "ltx2_condition") + (("ltx2",) if _has_av() else ()):
+        pipe = load_pipeline(repos[name], precision="q8", device="cpu", dtype="fp32", image_to_video=True)
+        embeds, _ = encode_prompts(pipe, s, repos[name], None)
+        out = run_pipeline(pipe, s, embeds, image=img, progress=False)
+        assert out["frames"].shape == (1, 9, 3, 32, 32) and torch.isfinite(out["frames"]).all(), name
+
+
+def test_checkpoint_of_another_family_is_refused(repos, tmp_path):
+    ck = save_q8(quantize_(load_pipeline("tiny", precision="bf16", device="cpu").transformer, Q8Config(),
+                           progress=False), tmp_path / "ck")
+    with pytest.raises(SettingsError, match="holds a LTXVideoTransformer3DModel, but .* runs a "
+                                            "LTX2VideoTransformer3DModel"):
+        load_pipeline(repos["ltx2"], device="cpu", checkpoint=str(ck))
+    with pytest.raises(SettingsError, match="--cuda-graph is not supported for LTX-2"):
+        load_pipeline(repos["ltx2"], device="cpu", cuda_graph=True)
+
+
+def _has_av():
+    import importlib.util
+
+    return importlib.util.find_spec("av") is not None
+
+
+@pytest.mark.skipif(not _has_av(), reason="PyAV (the ltx2 extra) writes LTX-2's audio")
+def test_cli_generate_ltx2_writes_video_with_audio(repos, tmp_path, capsys):
+    import av
+
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--model", repos["ltx2"], "--prompt", "a red circle moving right", *SMALL,
+                 "--guidance", "3", "--no-prompt-cache", "--output", str(out)]) == 0
+    rep = json.loads(out.with_suffix(".json").read_text())
+    assert rep["pipeline"]["pipeline"] == "LTX2Pipeline" and rep["pipeline"]["precision"] == "q8"
+    assert rep["results"]["audio"]["sample_rate"] == 16000 and rep["results"]["audio"]["channels"] == 2
+    with av.open(str(out)) as f:
+        assert [s.type for s in f.streams] == ["video", "audio"]
+        assert f.streams.video[0].frames == 9 and f.streams.audio[0].rate == 16000
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_compare_ltx097(repos, tmp_path, capsys):
+    out = tmp_path / "c.mp4"
+    assert main(["compare", "--model", repos["ltx097"], "--prompt", "a red circle moving right", *SMALL,
+                 "--no-prompt-cache", "--output", str(out)]) == 0
+    rep = json.loads(out.with_suffix(".json").read_text())
+    assert rep["pipeline"]["pipeline"] == "LTXConditionPipeline"
+    # random weights, 2 steps, seeds 0-5: per-frame PSNR min 58.7-60.3 dB, SSIM min 0.99995-0.99997
+    assert rep["results"]["metrics"]["psnr_db_min"] > 50 and rep["results"]["metrics"]["ssim_min"] > 0.999
+
+
+def test_missing_pyav_fails_before_loading(repos, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "av" else real(n, *a))
+    monkeypatch.setattr(runmod, "load_pipeline", lambda *a, **k: pytest.fail("loaded before the PyAV check"))
+    assert main(["generate", "--model", repos["ltx2"], "--prompt", "x", *SMALL, "--output", str(tmp_path / "v.mp4")]) == 2
+    assert "LTX-2 needs PyAV for writing the video with its audio track: pip install 'q8lib[ltx2]'" in \
+        capsys.readouterr().err
+    with pytest.raises(MissingPackageError, match="re-encoding the conditioning image"):
+        runmod.generate("x", model=repos["ltx2"], image=str(tmp_path / "missing.png"), no_video=True, device="cpu")
+
+
+def test_ltx2_defaults_follow_the_model_card(repos, monkeypatch):
+    """Without --frames/--height/--width/--steps/--guidance an LTX-2 run takes LTX-2's card values (and 1024 prompt
+    tokens), checked before any loading."""
+    seen = {}
+
+    def stop(o, run, *a, **k):
+        seen.update(run["settings"].__dict__)
+        raise SettingsError("stop")
+
+    monkeypatch.setattr(runmod, "_load", stop)
+    with pytest.raises(SettingsError, match="stop"):
+        runmod.generate("x", model=repos["ltx2"], no_video=True, device="cpu")
+    assert (seen["num_frames"], seen["height"], seen["width"], seen["num_inference_steps"], seen["guidance_scale"],
+            seen["max_sequence_length"]) == (121, 512, 768, 40, 4.0, 1024)
