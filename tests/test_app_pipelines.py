@@ -181,3 +181,13 @@ def test_ltx2_defaults_follow_the_model_card(repos, monkeypatch):
         runmod.generate("x", model=repos["ltx2"], no_video=True, device="cpu")
     assert (seen["num_frames"], seen["height"], seen["width"], seen["num_inference_steps"], seen["guidance_scale"],
             seen["max_sequence_length"]) == (121, 512, 768, 40, 4.0, 1024)
+
+
+def test_memory_command_refuses_ltx2_before_loading(repos, monkeypatch):
+    """``transformer_memory`` (the ``memory`` command) measures LTX-Video transformers; an LTX-2 repo is refused with
+    the benchmark command to use, before any weights load."""
+    from q8lib.app import measure
+
+    monkeypatch.setattr(measure, "load_transformer", lambda *a, **k: pytest.fail("loaded weights"))
+    with pytest.raises(SettingsError, match="q8lib.bench --config ltx2"):
+        measure.transformer_memory(repos["ltx2"], device="cpu")

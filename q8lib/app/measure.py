@@ -21,7 +21,8 @@ from ..models import dummy_inputs, module_bytes, param_count
 from ..timing import Spans
 from ..tiny.components import default_pipeline
 from ..versions import package_versions
-from .loading import load_transformer
+from ..ltx2 import LTX2_CLASS_NAME
+from .loading import load_transformer, transformer_config
 from .pipelines import call_arguments
 from .settings import TINY, GenerationSettings, check_backend, check_precision, resolve_device, resolve_dtype
 
@@ -135,6 +136,10 @@ def transformer_memory(model: str = "random-13b", num_frames: int = 81, height: 
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise SettingsError(f"{name} must be a whole number >= 1, got {v!r}")
     check_precision(precision)
+    if transformer_config(model).get("_class_name") == LTX2_CLASS_NAME:  # before any weights load
+        raise SettingsError(f"{model} holds an LTX-2 transformer: the memory command measures LTX-Video transformers "
+                            "(video tokens only); for LTX-2 (video + audio) use the benchmark: python -m q8lib.bench "
+                            "--config ltx2")
     device = resolve_device(device)
     dtype = resolve_dtype(None, device)
     q8_config = q8_config or Q8Config()
