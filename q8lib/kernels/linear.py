@@ -6,8 +6,8 @@
 * ``matmul``: the 8-bit GEMM with the scale/bias/GELU epilogue. On Hopper (sm_90+) fp8 goes to
   cuBLAS' row-wise scaled GEMM (``torch._scaled_mm`` with fast accumulation; fastest measured,
   see benchmarks/NOTES_linear.md); int8, and fp8 elsewhere (Ada, sm_89: by design, untested
-  here), go to the Triton GEMM in ``gemm.py``. ``Q8LIB_GEMM=triton|scaled_mm|int_mm`` (or
-  :func:`set_gemm_impl`) overrides the choice (benchmarks).
+  here), go to the Triton GEMM in ``gemm.py`` (on sm_90+ its persistent, warp-specialized TMA form).
+  ``Q8LIB_GEMM=triton|triton_tma|scaled_mm|int_mm`` (or :func:`set_gemm_impl`) overrides the choice (benchmarks).
 
 Every kernel is a ``torch.library`` op (namespace ``q8lib``). The row ops are registered by
 :func:`~q8lib.kernels._library.dual_op`: on CUDA a ``triton_op`` whose launcher torch.compile traces,
