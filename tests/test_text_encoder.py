@@ -118,3 +118,14 @@ def test_errors_come_before_any_change():
     assert isinstance(encoder.model.language_model.layers[0].mlp.down_proj, nn.Linear)
     with pytest.raises(SettingsError, match="already quantized"):
         quantize_text_encoder_(encoder, weight_dtype="int8")
+
+
+def test_readme_snippet(monkeypatch, tmp_path):
+    """README's text-encoder-q8 snippet, with the tiny LTX-2 pipeline in place of the hub download."""
+    from diffusers import LTX2Pipeline
+    from pipeline_folders import ltx2_components
+    from snippets import run_snippet
+
+    monkeypatch.setattr(LTX2Pipeline, "from_pretrained", classmethod(lambda cls, *a, **k: cls(**ltx2_components(0))))
+    ns = run_snippet("text-encoder-q8", tmp_path)
+    assert ns["pipe"].text_encoder is None and ns["embeds"].shape == (1, 256, 3 * 32) and ns["mask"].shape == (1, 256)
