@@ -26,6 +26,7 @@ from .lora import load_lora
 from .modules import Q8GELU, Q8Linear, Q8RMSNorm, quantize_weight
 from .pretrained import load_pipeline_q8
 from .quant import dequantize_rowwise, quantize_rowwise
+from .text_encoder import quantize_text_encoder_
 from .versions import __version__
 
 __all__ = ["Q8AttnProcessor", "Q8LTX2AttnProcessor", "mask_to_key_lengths", "restore_attention", "set_q8_attention", "Backend", "get_backend",
@@ -36,4 +37,4 @@ __all__ = ["Q8AttnProcessor", "Q8LTX2AttnProcessor", "mask_to_key_lengths", "res
            "BackendUnavailableError", "ModelUnavailableError", "Q8CheckpointError", "Q8Error", "Q8FallbackWarning",
            "Q8Warning", "SettingsError", "UnsupportedModelError", "hadamard_matrix", "hadamard_transform",
            "inspect_transformer", "load_lora", "Q8GELU", "Q8Linear", "Q8RMSNorm", "quantize_weight",
-           "dequantize_rowwise", "quantize_rowwise"]
+           "dequantize_rowwise", "quantize_rowwise", "quantize_text_encoder_"]

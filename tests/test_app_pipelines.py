@@ -191,3 +191,34 @@ def test_memory_command_refuses_ltx2_before_loading(repos, monkeypatch):
     monkeypatch.setattr(measure, "load_transformer", lambda *a, **k: pytest.fail("loaded weights"))
     with pytest.raises(SettingsError, match="q8lib.bench --config ltx2"):
         measure.transformer_memory(repos["ltx2"], device="cpu")
+
+
+def test_cli_generate_ltx2_with_q8_text_encoder(repos, tmp_path, capsys, monkeypatch):
+    """--text-encoder-precision q8: Gemma's layer linears in 8 bits before the prompt is encoded, recorded in the
+    report, and the prompt cache keys its embeddings apart from the unquantized encoder's."""
+    import q8lib.app.loading as loading
+
+    seen = []
+    real = loading.quantize_text_encoder_
+    monkeypatch.setattr(loading, "quantize_text_encoder_", lambda enc, **kw: seen.append(type(enc).__name__) or real(enc, **kw))
+    cache = str(tmp_path / "cache")
+
+    def gen(precision):
+        out = tmp_path / f"{precision}.mp4"
+        assert main(["generate", "--model", repos["ltx2"], "--prompt", "a red circle moving right", *SMALL, "--no-video",
+                     "--weight-dtype", "int8", "--text-encoder-precision", precision, "--prompt-cache", cache,
+                     "--output", str(out)]) == 0
+        return json.loads(out.with_suffix(".json").read_text())
+
+    q8 = gen("q8")
+    assert seen == ["Gemma3ForConditionalGeneration"]
+    assert q8["pipeline"]["text_encoder_precision"] == "q8" and q8["pipeline"]["text_encoder_weight_dtype"] == "int8"
+    assert q8["results"]["prompt_cache"] == "miss"
+    bf16 = gen("bf16")  # a bf16 run never gets the Q8 encoder's embeddings
+    assert bf16["results"]["prompt_cache"] == "miss" and bf16["pipeline"]["text_encoder_precision"] == "bf16"
+    assert bf16["results"]["prompt_cache_key"] != q8["results"]["prompt_cache_key"]
+    again = gen("q8")  # cached: the text encoder is not even loaded
+    assert again["results"]["prompt_cache"] == "hit" and seen == ["Gemma3ForConditionalGeneration"]
+    assert again["results"]["prompt_cache_key"] == q8["results"]["prompt_cache_key"]
+    with pytest.raises(SettingsError, match="no text encoder"):
+        load_pipeline("random-2b", device="cpu", text_encoder_precision="q8")

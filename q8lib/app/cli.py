@@ -42,6 +42,9 @@ def _add_model_args(p: argparse.ArgumentParser, precision: bool = True) -> None:
                        help="q8: 8-bit transformer (default); bf16: the unquantized transformer in --dtype")
     g.add_argument("--weight-dtype", default="auto", choices=["auto", "int8", "fp8_e4m3"],
                    help="8-bit type of the Q8 linears (auto: fp8_e4m3 on Hopper, else int8)")
+    g.add_argument("--text-encoder-precision", default="bf16", choices=["bf16", "q8"],
+                   help="q8: the text encoder's layer linears (Gemma 3 for LTX-2, T5) in 8 bits of --weight-dtype while "
+                        "it encodes the prompt (it is freed before denoising either way); bf16: as loaded, in --dtype")
     g.add_argument("--attention", default="fp8", choices=RUNTIME_ATTENTION, help="attention of the Q8 transformer")
     g.add_argument("--backend", default="auto",
                    help="q8lib backend: auto (fastest that runs here, reference otherwise with a warning), "

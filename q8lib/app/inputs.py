@@ -59,15 +59,17 @@ def open_prompt_cache(folder: str | None, enabled: bool = True) -> PromptCache |
     return cache
 
 
-def needs_text_encoder(model: str, settings: GenerationSettings, cache: PromptCache | None) -> bool:
-    """False when the embeddings of a hub/local model are cached: T5 is then not even loaded."""
+def needs_text_encoder(model: str, settings: GenerationSettings, cache: PromptCache | None,
+                       text_encoder_suffix: str = "") -> bool:
+    """False when the embeddings of a hub/local model are cached: T5 is then not even loaded. ``text_encoder_suffix``
+    (:func:`~q8lib.app.prompts.text_encoder_suffix`) keys an 8-bit text encoder's embeddings apart."""
     model = MODEL_ALIASES.get(model, model)
     if model in RANDOM_MODELS:
         return False
     if cache is None or model == TINY:  # the tiny key hashes the (cheap) encoder itself
         return True
     model_id = str(Path(model).resolve()) if Path(model).is_dir() else model
-    return not cache.path(PromptCache.key(model_id, settings)).exists()
+    return not cache.path(PromptCache.key(model_id + text_encoder_suffix, settings)).exists()
 
 
 def check_video_output(output, warmup: int, repeats: int, write_video: bool) -> Path:

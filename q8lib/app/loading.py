@@ -34,9 +34,10 @@ from ..ltx2 import class_name_for_config, transformer_classes
 from ..models import T5_XXL_CONFIG
 from ..modules import Q8Linear
 from ..quant import QMAX
+from ..text_encoder import quantize_text_encoder_
 from ..tiny.components import SHAPES_DIR, default_pipeline, has_default_pipeline, make_tiny_tokenizer
 from .pipelines import model_family, model_not_available, pipeline_class
-from .prompts import text_encoder_id_of, weights_id
+from .prompts import text_encoder_id_of, text_encoder_suffix, weights_id
 from .settings import (MODEL_ALIASES, RANDOM_MODELS, TINY, check_backend, check_cuda_graph, check_offload,
                        check_precision, resolve_device, resolve_dtype)
 
@@ -215,6 +216,7 @@ def load_pipeline(
     compile: bool = False,
     cuda_graph: bool = False,
     full_size_text_encoder: bool = False,
+    text_encoder_precision: str = "bf16",
 ):
     """Build an LTX pipeline whose transformer is Q8 (``precision="q8"``) or unquantized (``"bf16"``).
 
@@ -245,6 +247,9 @@ def load_pipeline(
         full_size_text_encoder: ``random-*`` models only: add a T5 encoder of the real size with random
             weights (:func:`placeholder_text_encoder`), so memory measurements see the component a real
             pipeline holds; without it they have no text encoder (random prompt embeddings).
+        text_encoder_precision: ``"bf16"`` (the text encoder as loaded, in ``dtype``) or ``"q8"``: the linears of its
+            layers in 8 bits (:func:`q8lib.text_encoder.quantize_text_encoder_`, ``q8_config.weight_dtype``), right
+            after it loads; the prompt cache keys its embeddings apart from the unquantized encoder's.
     Returns:
         the pipeline, on ``device``, with ``pipe.q8lib_info`` describing what was loaded.
     """
@@ -253,6 +258,12 @@ def load_pipeline(
     dtype = resolve_dtype(dtype, device)
     check_precision(precision)
     check_offload(offload, device, compile)
+    if text_encoder_precision not in ("bf16", "q8"):
+        raise SettingsError(f"text_encoder_precision (--text-encoder-precision) must be 'bf16' or 'q8', got "
+                            f"{text_encoder_precision!r}")
+    if text_encoder_precision == "q8" and model in RANDOM_MODELS and not full_size_text_encoder:
+        raise SettingsError(f"{model} has no text encoder (random prompt embeddings) to run in 8 bits; drop "
+                            "--text-encoder-precision q8")
     if full_size_text_encoder and model not in RANDOM_MODELS:
         raise SettingsError(f"full_size_text_encoder is for the random-* models; {model!r} loads its own text encoder")
     family = model_family(model, local_files_only)  # config files only: an unknown pipeline fails before any weight
@@ -314,6 +325,10 @@ def load_pipeline(
                                 f"{family.transformer} ({family.pipeline}); pass a checkpoint converted from this model")
         pipe.register_modules(transformer=transformer)
 
+    q8_text = text_encoder_precision == "q8"
+    if q8_text and getattr(pipe, "text_encoder", None) is not None:  # before offload hooks and prompt encoding
+        quantize_text_encoder_(pipe.text_encoder, weight_dtype=q8_config.weight_dtype, backend=runtime.backend,
+                               progress=False)
     _to(pipe.vae, None, dtype)
     if precision == "q8" and offload != "none":  # built on the CPU: the fused blocks for the device that runs them
         install_if_fast(pipe.transformer, runtime, device=device)
@@ -331,13 +346,16 @@ def load_pipeline(
         enable_cuda_graphs(pipe.transformer)
     if model != TINY:
         text_encoder_id = text_encoder_id_of(None, model)
+    text_encoder_id += text_encoder_suffix(text_encoder_precision, q8_config.weight_dtype)
     pipe.q8lib_info = dict(model=model, text_encoder_id=text_encoder_id, precision=precision,
                            checkpoint=str(checkpoint) if checkpoint else None, backend=backend, device=str(device), dtype=str(dtype).replace("torch.", ""),
                            weight_dtype=q8_config.weight_dtype if precision == "q8" else None,
                            attention=runtime.attention if precision == "q8" else None,
                            offload=offload, vae_tiling=vae_tiling, image_to_video=image_to_video,
                            family=family.name, pipeline=type(pipe).__name__,
-                           compile=compile, cuda_graph=cuda_graph, full_size_text_encoder=full_size_text_encoder)
+                           compile=compile, cuda_graph=cuda_graph, full_size_text_encoder=full_size_text_encoder,
+                           text_encoder_precision=text_encoder_precision,
+                           text_encoder_weight_dtype=q8_config.weight_dtype if q8_text else None)
     return pipe
 
 

@@ -22,7 +22,7 @@ from ..outputs import atomic_path
 from ..tiny.components import default_pipeline
 from .settings import RANDOM_MODELS, TINY, GenerationSettings
 
-__all__ = ["default_cache_dir", "PromptCache", "weights_id", "text_encoder_id_of", "random_prompt_embeds",
+__all__ = ["default_cache_dir", "PromptCache", "weights_id", "text_encoder_id_of", "text_encoder_suffix", "random_prompt_embeds",
            "encode_prompts", "free_text_encoder"]
 
 
@@ -85,6 +85,12 @@ def weights_id(module) -> str:
         h.update(k.encode())
         h.update(t.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def text_encoder_suffix(text_encoder_precision: str = "bf16", weight_dtype: str | None = None) -> str:
+    """What :func:`text_encoder_id_of`'s id gets for an 8-bit text encoder (``""`` for the unquantized one), so
+    embeddings of a Q8 encoder are never served to a bf16 run, nor the reverse, nor int8's to fp8_e4m3."""
+    return "" if text_encoder_precision == "bf16" else f"|text-encoder:{text_encoder_precision}-{weight_dtype}"
 
 
 def text_encoder_id_of(pipe, model: str, seed: int = 0) -> str:

@@ -34,7 +34,7 @@ from .inputs import WandbRun, check_video_output, load_image, needs_text_encoder
 from .loading import load_pipeline, load_transformer, transformer_config
 from .measure import environment, run_pipeline, transformer_memory
 from .pipelines import check_family_packages, model_family
-from .prompts import encode_prompts, free_text_encoder
+from .prompts import encode_prompts, free_text_encoder, text_encoder_suffix
 from .settings import (MODEL_ALIASES, TINY, check_backend, check_cuda_graph, check_offload, resolve_device,
                        resolve_dtype, settings_for)
 from .video import plot_metrics, side_by_side, write_video
@@ -81,6 +81,7 @@ class RunOptions:
     wandb_project: str = "q8lib"
     compile: bool = False
     cuda_graph: bool = False
+    text_encoder_precision: str = "bf16"  # "q8": the text encoder's layer linears in 8 bits (q8lib.text_encoder)
 
 
 def q8_options(weight_dtype: str = "auto", hadamard_block: int | None | str = "auto", backend: str = "auto",
@@ -147,8 +148,10 @@ def _load(o: RunOptions, run: dict, precision: str, **extra):
     start = time.perf_counter()
     pipe = load_pipeline(o.model, precision=precision, image_to_video=run["image"] is not None, device=run["device"],
                          dtype=run["dtype"], q8_config=run["q8_config"], runtime=run["runtime"],
-                         load_text_encoder=needs_text_encoder(o.model, run["settings"], run["cache"]),
-                         offload=o.offload, vae_tiling=o.vae_tiling, **extra)
+                         load_text_encoder=needs_text_encoder(o.model, run["settings"], run["cache"], text_encoder_suffix(
+                             o.text_encoder_precision, run["q8_config"].weight_dtype)),
+                         offload=o.offload, vae_tiling=o.vae_tiling, text_encoder_precision=o.text_encoder_precision,
+                         **extra)
     load_s = time.perf_counter() - start
     embeds, enc = encode_prompts(pipe, run["settings"], pipe.q8lib_info["model"], run["cache"])
     if not o.keep_text_encoder:
