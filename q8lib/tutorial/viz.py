@@ -16,6 +16,7 @@ from ..bench.results import is_pipeline_run, load_results, provenance, result_ta
 
 __all__ = [
     "DPI",
+    "HISTORY_DPI",
     "FONT_SIZE",
     "STYLE",
     "use_style",
@@ -42,6 +43,9 @@ __all__ = [
 ]
 
 DPI = 110  # figure resolution: sharp enough to read at the notebook's width, small enough to commit
+# Notebook 06 draws one chart per committed results file (until it shows chosen files only: issue 18); those
+# charts use fewer dots per inch so that the notebook stays under the 1 MB that tests/test_notebooks_meta.py allows.
+HISTORY_DPI = 80
 FONT_SIZE = 9  # the smallest text in a figure (ticks, legends); titles and labels are one or two points larger
 STYLE = {
     "figure.dpi": DPI,
@@ -62,12 +66,12 @@ def use_style() -> None:
     plt.rcParams.update(STYLE)
 
 
-def small_figure(ncols: int = 1, nrows: int = 1, width: float = 4.0, height: float = 2.6, **kw):
-    """``plt.subplots`` in :data:`STYLE` with a given size per panel (inches) at :data:`DPI`."""
+def small_figure(ncols: int = 1, nrows: int = 1, width: float = 4.0, height: float = 2.6, dpi: int = DPI, **kw):
+    """``plt.subplots`` in :data:`STYLE` with a given size per panel (inches) at ``dpi`` (default :data:`DPI`)."""
     import matplotlib.pyplot as plt
 
     use_style()
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), dpi=DPI, **kw)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), dpi=dpi, **kw)
     return fig, axes
 
 
@@ -401,7 +405,7 @@ def plot_result_tables(result: dict, title: str | None = None):
         return None
     variants = list(dict.fromkeys(r["variant"] for rows in tables.values() for r in rows))
     unit = next(iter(tables.values()))[0]["time_unit"]
-    fig, (ax_t, ax_m) = small_figure(ncols=2, width=4.6, height=3.6)
+    fig, (ax_t, ax_m) = small_figure(ncols=2, width=4.2, height=3.4, dpi=HISTORY_DPI)
     width = 0.8 / len(variants)
     x = np.arange(len(tables))
     for i, variant in enumerate(variants):
