@@ -202,7 +202,7 @@ def _convert_(model: nn.Module, targets, config: Q8Config, backend: str, progres
     from tqdm.auto import tqdm
 
     targets = [(name, m, kind, _skeleton_named(name, m, kind, config, backend)) for name, m, kind in targets]
-    for name, m, kind, new in tqdm(targets, desc="q8lib quantize", disable=not progress, leave=False):
+    for name, m, kind, new in tqdm(targets, desc="q8lib quantize", unit="module", disable=not progress, leave=False):
         state = {}
         if kind == "linear":
             _quantize_linear_state("", m, config, state)

@@ -18,7 +18,7 @@ class InspectReport:
 
     params: dict = field(default_factory=dict)  # module type -> parameter count
     flops: dict = field(default_factory=dict)  # module type -> FLOPs per forward
-    converted: list = field(default_factory=list)  # dotted names that become Q8
+    converted: list = field(default_factory=list)  # dotted names that become Q8 (GELUs as their projection)
     kept: list = field(default_factory=list)  # dotted names of linears kept in high precision
     shape: dict = field(default_factory=dict)
 
@@ -29,6 +29,30 @@ class InspectReport:
     @property
     def total_flops(self):
         return sum(self.flops.values())
+
+    def converted_by_kind(self) -> dict:
+        """``{kind: count}`` of :attr:`converted`: self-/cross-attention and feed-forward linears (a GELU counts
+        once, as its projection, which runs with the GELU fused) and block norms; what ``quantize_`` replaces."""
+        counts: dict = {}
+        for name in self.converted:
+            kind = "feed-forward linear" if ".ff." in name else _kind(name, None)
+            kind = {"norms": "block norm", "NoneType": "other module"}.get(kind, kind)
+            counts[kind] = counts.get(kind, 0) + 1
+        order = ("self-attn linear", "cross-attn linear", "feed-forward linear", "block norm")
+        return dict(sorted(counts.items(), key=lambda kc: (order.index(kc[0]) if kc[0] in order else len(order), kc[0])))
+
+    def converted_summary(self) -> str:
+        """One line: how many modules Q8 converts, by kind, and per block where every block holds the same."""
+        counts = self.converted_by_kind()
+        blocks = {n.split(".")[1] for n in self.converted if n.startswith("transformer_blocks.")}
+        n = len(blocks)
+        per_block = bool(n) and all(c % n == 0 for c in counts.values()) and all(
+            name.startswith("transformer_blocks.") for name in self.converted)
+        each = {k: c // n if per_block else c for k, c in counts.items()}
+        parts = ", ".join(f"{c} {k}{'s' if c != 1 else ''}" for k, c in each.items())
+        if per_block:
+            return f"{len(self.converted)} converted modules = {n} blocks x {len(self.converted) // n} ({parts})"
+        return f"{len(self.converted)} converted modules ({parts})"
 
     def table(self) -> str:
         rows = [f"{'module type':<28}{'params':>14}{'share':>8}{'GFLOP/fwd':>14}{'share':>8}"]
@@ -51,8 +75,10 @@ def inspect_transformer(model: nn.Module, num_tokens: int = 3630, text_tokens: i
     check_ltx_transformer(model)
     config = config_for(config or Q8Config(), type(model).__name__)
     rep = InspectReport(shape=dict(num_tokens=num_tokens, text_tokens=text_tokens, batch=batch))
-    converted = {n for n, _, _ in modules_to_convert(model, config)}
+    targets = modules_to_convert(model, config)
+    converted = {n for n, _, _ in targets}
     converted |= {n for n, m in model.named_modules() if isinstance(m, (Q8Linear, Q8GELU, Q8RMSNorm))}
+    norms = {n for n, _, kind in targets if kind == "norm"}
     for name, m in model.named_modules():
         kind = _kind(name, m)
         for pname, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
@@ -72,8 +98,8 @@ def inspect_transformer(model: nn.Module, num_tokens: int = 3630, text_tokens: i
             sk = text_tokens if name.endswith("attn2") else num_tokens
             rep.flops["attention (softmax(QKᵀ)V)"] = rep.flops.get("attention (softmax(QKᵀ)V)", 0) + (
                 4 * batch * m.heads * num_tokens * sk * m.head_dim)
-        elif name in converted and not isinstance(m, Q8GELU):
-            rep.converted.append(name)  # norms
+        elif name in norms or isinstance(m, Q8RMSNorm):
+            rep.converted.append(name)  # block norms; a GELU is listed as its projection, the linear above
     return rep
 
 

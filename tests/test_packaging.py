@@ -27,9 +27,10 @@ def _name(req):
 def test_environment_yml_matches_pyproject():
     proj = _pyproject()["project"]
     reqs = set(proj["dependencies"])
-    for extra in ("gpu", "notebooks", "dev"):
-        reqs |= set(proj["optional-dependencies"][extra])
+    for extra in proj["optional-dependencies"].values():  # every extra: the environment has all of them
+        reqs |= set(extra)
     assert _env_pip() == reqs, f"environment.yml pip section and pyproject differ: {_env_pip() ^ reqs}"
+    assert {"papermill", "wandb"} <= {_name(r) for r in reqs}, "notebooks/README.md and README.md tell users to run these"
 
 
 def test_diffusers_is_pinned():

@@ -1,7 +1,8 @@
 """Plots, videos and benchmark tables for the tutorial notebooks (matplotlib, imageio, ipywidgets).
 
-Nothing here computes Q8 math; it draws what the rest of q8lib measured. Figures default to a small
-size and dpi so that notebooks with committed outputs stay small.
+Nothing here computes Q8 math; it draws what the rest of q8lib measured. Every figure is drawn in one
+readable style (:data:`STYLE`: :data:`DPI` dots per inch, text of at least 9 pt, legends rather than text
+inside bars), which :func:`use_style` installs and :func:`small_figure` applies.
 """
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ from ..bench.results import is_pipeline_run, load_results, provenance, result_ta
 
 __all__ = [
     "DPI",
+    "HISTORY_DPI",
+    "FONT_SIZE",
+    "STYLE",
+    "use_style",
     "small_figure",
     "plot_shares",
     "plot_layer_sqnr",
@@ -37,14 +42,36 @@ __all__ = [
     "plot_quoted_reference",
 ]
 
-DPI = 72
+DPI = 110  # figure resolution: sharp enough to read at the notebook's width, small enough to commit
+# Notebook 06 draws one chart per committed results file (until it shows chosen files only: issue 18); those
+# charts use fewer dots per inch so that the notebook stays under the 1 MB that tests/test_notebooks_meta.py allows.
+HISTORY_DPI = 80
+FONT_SIZE = 9  # the smallest text in a figure (ticks, legends); titles and labels are one or two points larger
+STYLE = {
+    "figure.dpi": DPI,
+    "font.size": FONT_SIZE + 1,
+    "axes.titlesize": FONT_SIZE + 2,
+    "axes.labelsize": FONT_SIZE + 1,
+    "xtick.labelsize": FONT_SIZE,
+    "ytick.labelsize": FONT_SIZE,
+    "legend.fontsize": FONT_SIZE,
+    "figure.titlesize": FONT_SIZE + 2,
+}
 
 
-def small_figure(ncols: int = 1, nrows: int = 1, width: float = 4.0, height: float = 2.6, **kw):
-    """``plt.subplots`` with a small size per panel (inches) at :data:`DPI`."""
+def use_style() -> None:
+    """Install :data:`STYLE` in matplotlib's ``rcParams`` (every later figure and text of the session uses it)."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), dpi=DPI, **kw)
+    plt.rcParams.update(STYLE)
+
+
+def small_figure(ncols: int = 1, nrows: int = 1, width: float = 4.0, height: float = 2.6, dpi: int = DPI, **kw):
+    """``plt.subplots`` in :data:`STYLE` with a given size per panel (inches) at ``dpi`` (default :data:`DPI`)."""
+    import matplotlib.pyplot as plt
+
+    use_style()
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), dpi=dpi, **kw)
     return fig, axes
 
 
@@ -58,38 +85,69 @@ def plot_shares(report, ax=None, title: str | None = None):
     f = [100 * report.flops.get(k, 0) / max(report.total_flops, 1) for k in kinds]
     ax.barh(y - 0.2, p, height=0.4, label="parameters")
     ax.barh(y + 0.2, f, height=0.4, label="forward FLOPs")
-    ax.set_yticks(y, kinds, fontsize=8)
+    ax.set_yticks(y, kinds)
     ax.set_xlabel("share of the transformer (%)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(loc="lower right")
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title)
     return ax
 
 
+_LAYER_KINDS = (  # (suffix of a converted layer's name, legend label, colour)
+    (("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0"), "self-attention linear", "tab:blue"),
+    (("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"), "cross-attention linear", "tab:purple"),
+    (("ff.net.0", "ff.net.0.proj", "ff.net.2"), "feed-forward linear", "tab:orange"),
+    (("norm1", "norm2"), "block norm", "tab:green"),
+)
+
+
+def _layer_kind(name: str) -> tuple[str, str]:
+    for suffixes, label, color in _LAYER_KINDS:
+        if name.endswith(suffixes):
+            return label, color
+    return "other", "tab:brown"
+
+
 def plot_layer_sqnr(sqnr: dict, ax=None, highlight: str | None = None, title: str | None = None):
-    """One bar per converted layer (dB); infinite values (bit-exact layers) are drawn at the top and
-    marked 'exact'; ``highlight`` outlines one layer."""
+    """One bar per converted layer (dB), coloured by kind (legend), blocks separated and labelled on the
+    x axis; infinite values (bit-exact layers) are drawn hatched at the top of the axis; ``highlight``
+    outlines one layer in black."""
+    from matplotlib.patches import Patch
+
     if ax is None:
         _, ax = small_figure(width=7.0, height=2.8)
     names = list(sqnr)
     vals = np.array([sqnr[n] for n in names], dtype=float)
     finite = vals[np.isfinite(vals)]
     top = (finite.max() if finite.size else 0.0) + 5
-    shown = np.where(np.isfinite(vals), vals, top)
-    colors = ["tab:gray" if not np.isfinite(v) else "tab:blue" for v in vals]
-    bars = ax.bar(np.arange(len(names)), shown, color=colors)
-    if highlight in sqnr:
-        i = names.index(highlight)
-        bars[i].set_color("tab:orange")
-    for i, v in enumerate(vals):
+    kinds = [_layer_kind(n) for n in names]
+    x = np.arange(len(names))
+    bars = ax.bar(x, np.where(np.isfinite(vals), vals, top), color=[c for _, c in kinds], width=0.8)
+    for bar, v in zip(bars, vals):
         if not np.isfinite(v):
-            ax.text(i, top, "exact", rotation=90, ha="center", va="top", fontsize=6, color="white")
-    short = [n.replace("transformer_blocks.", "b").replace(".to_out.0", ".out") for n in names]
-    ax.set_xticks(np.arange(len(names)), short, rotation=90, fontsize=6)
+            bar.set_hatch("///")
+            bar.set_alpha(0.45)
+    if highlight in sqnr:
+        bars[names.index(highlight)].set_edgecolor("black")
+        bars[names.index(highlight)].set_linewidth(1.5)
+    blocks = [n.split(".")[1] if n.startswith("transformer_blocks.") else "" for n in names]
+    starts = [i for i, b in enumerate(blocks) if i == 0 or b != blocks[i - 1]]
+    for i in starts[1:]:
+        ax.axvline(i - 0.5, color="0.6", lw=0.8)
+    ends = starts[1:] + [len(names)]
+    ax.set_xticks([(s + e - 1) / 2 for s, e in zip(starts, ends)],
+                  [f"block {blocks[s]}" if blocks[s] else "" for s in starts])
+    ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_ylabel("SQNR (dB)")
-    ax.set_xlabel("converted layer")
+    legend = [Patch(color=c, label=l) for l, c in dict(kinds).items()]
+    if not np.all(np.isfinite(vals)):
+        legend.append(Patch(facecolor="white", edgecolor="0.4", hatch="///", label="bit-exact (∞ dB)"))
+    if highlight in sqnr:
+        legend.append(Patch(facecolor="white", edgecolor="black", linewidth=1.5,
+                            label=highlight.replace("transformer_blocks.", "block ")))
+    ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title)
     return ax
 
 
@@ -108,7 +166,7 @@ def plot_layer_scatter(ref, q8, ax=None, title: str | None = None, max_points: i
     ax.set_xlabel("reference output")
     ax.set_ylabel("Q8 output")
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title)
     return ax
 
 
@@ -147,6 +205,7 @@ def frame_strip(videos: dict, n: int = 5, title: str | None = None):
     """A grid: one row per video ``{label: frames}``, ``n`` evenly spaced frames per row."""
     import matplotlib.pyplot as plt
 
+    use_style()
     first = next(iter(videos.values()))
     T = len(first)
     idx = np.linspace(0, T - 1, min(n, T)).round().astype(int)
@@ -160,11 +219,11 @@ def frame_strip(videos: dict, n: int = 5, title: str | None = None):
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
-                ax.set_ylabel(label, fontsize=8)
+                ax.set_ylabel(label)
             if r == len(videos) - 1:
-                ax.set_xlabel(f"frame {t}", fontsize=8)
+                ax.set_xlabel(f"frame {t}")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 
@@ -174,6 +233,7 @@ def frame_scrubber(videos: dict):
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
+    use_style()
     vids = {k: to_uint8(v) for k, v in videos.items()}
     T = min(len(v) for v in vids.values())
 
@@ -181,7 +241,7 @@ def frame_scrubber(videos: dict):
         fig, axes = plt.subplots(1, len(vids), figsize=(2.2 * len(vids), 2.4), dpi=DPI, squeeze=False)
         for ax, (label, v) in zip(axes[0], vids.items()):
             ax.imshow(v[frame], interpolation="nearest")
-            ax.set_title(f"{label}, frame {frame}", fontsize=8)
+            ax.set_title(f"{label}, frame {frame}")
             ax.axis("off")
         plt.show()
 
@@ -345,7 +405,7 @@ def plot_result_tables(result: dict, title: str | None = None):
         return None
     variants = list(dict.fromkeys(r["variant"] for rows in tables.values() for r in rows))
     unit = next(iter(tables.values()))[0]["time_unit"]
-    fig, (ax_t, ax_m) = small_figure(ncols=2, width=4.6, height=3.6)
+    fig, (ax_t, ax_m) = small_figure(ncols=2, width=4.2, height=3.4, dpi=HISTORY_DPI)
     width = 0.8 / len(variants)
     x = np.arange(len(tables))
     for i, variant in enumerate(variants):
@@ -354,13 +414,13 @@ def plot_result_tables(result: dict, title: str | None = None):
         ax_t.bar(x + i * width, times, width, label=variant)
         ax_m.bar(x + i * width, mems, width, label=variant)
     for ax, label in ((ax_t, f"time ({unit})"), (ax_m, "peak memory (MB)")):
-        ax.set_xticks(x + 0.4 - width / 2, [k or "transformer" for k in tables], fontsize=7, rotation=15)
+        ax.set_xticks(x + 0.4 - width / 2, [k or "transformer" for k in tables], rotation=15)
         ax.set_ylabel(label)
         ax.set_xlabel("shape")
     ax_t.set_yscale("log")
     handles, labels = ax_t.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False)
-    fig.suptitle(title or result.get("_file", ""), fontsize=9)
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
+    fig.suptitle(title or result.get("_file", ""))
     fig.tight_layout(rect=(0, 0.06 * ((len(labels) + 3) // 4) + 0.02, 1, 1))
     return fig
 
@@ -375,8 +435,7 @@ def plot_quoted_reference(ref: dict = None):
     ax_t.set_ylabel("time per video (s)")
     ax_m.set_ylabel("memory (MB, as reported)")
     for ax in (ax_t, ax_m):
-        ax.tick_params(axis="x", labelsize=8)
         ax.set_xlabel("transformer")
-    fig.suptitle("QUOTED, not measured here: RTX 4090, sayakpaul/q8-ltx-video README", fontsize=9)
+    fig.suptitle("QUOTED, not measured here: RTX 4090, sayakpaul/q8-ltx-video README")
     fig.tight_layout()
     return fig
