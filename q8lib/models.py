@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 __all__ = ["LTX_2B_CONFIG", "LTX_13B_CONFIG", "T5_XXL_CONFIG", "LTXModel", "CATALOGUE", "dummy_inputs", "module_bytes",
-           "param_count", "LTX2_CONFIG", "LTX23_CONFIG", "LTX2_TINY_CONFIG", "ltx2_dummy_inputs"]
+           "param_count", "LTX2_CONFIG", "LTX23_CONFIG", "LTX2_TINY_CONFIG", "ltx2_dummy_inputs", "LTX_VAE_SCALE_FACTORS",
+           "latent_grid"]
 
 # The real architectures (diffusers defaults for 2B; the 13B variant's widths).
 LTX_2B_CONFIG = dict(in_channels=128, out_channels=128, num_attention_heads=32, attention_head_dim=64,
@@ -74,6 +75,22 @@ CATALOGUE = {
     "2b": LTXModel("2b", "Lightricks/LTX-Video", LTX_2B_CONFIG, q8_directly=False),
     "13b": LTXModel("13b", "Lightricks/LTX-Video-0.9.7-dev", LTX_13B_CONFIG, q8_directly=True),
 }
+
+
+# LTX-Video 0.9.x's VAE (diffusers' AutoencoderKLLTXVideo defaults, every release): 8x in time, 32x in space.
+LTX_VAE_SCALE_FACTORS = (8, 32, 32)
+
+
+def latent_grid(frames: int, height: int, width: int, scale_factors=LTX_VAE_SCALE_FACTORS) -> tuple[int, int, int]:
+    """The latent grid ``(frames, height, width)`` of a video of ``frames`` at ``height`` x ``width`` pixels, as
+    the LTX pipelines compute it: the VAE keeps the first frame and compresses the others ``scale_factors[0]``x
+    in time (``1 + (frames - 1) // 8``), and ``scale_factors[1:]``x in space (``height // 32``, ``width // 32``).
+    LTX-2's factors are its config's ``vae_scale_factors``; LTX-Video 0.9.x's :data:`LTX_VAE_SCALE_FACTORS`."""
+    ft, fh, fw = scale_factors
+    if frames < 1 or (frames - 1) % ft or height % fh or width % fw:
+        raise ValueError(f"{frames} frames at {height}x{width}: the pipelines take 1 + {ft}k frames and sizes that "
+                         f"are multiples of {fh}x{fw}")
+    return 1 + (frames - 1) // ft, height // fh, width // fw
 
 
 def dummy_inputs(config: dict, batch: int = 2, frames: int = 3, height: int = 8, width: int = 8,

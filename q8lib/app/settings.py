@@ -20,7 +20,7 @@ import torch
 
 from ..backends import get_backend, list_backends, resolve_backend
 from ..errors import BackendUnavailableError, MissingPackageError, Q8FallbackWarning, SettingsError
-from ..models import CATALOGUE
+from ..models import CATALOGUE, latent_grid
 from ..tiny.components import SHAPES_GENERATION
 
 __all__ = ["TINY", "RANDOM_MODELS", "MODEL_ALIASES", "DEFAULT_NEGATIVE_PROMPT", "FULL_SIZE_SETTINGS",
@@ -108,7 +108,7 @@ class GenerationSettings:
 
     def shape(self, spatial: int = 32, temporal: int = 8) -> dict:
         """Video and latent shape (transformer batch counts the CFG copy)."""
-        lf, lh, lw = (self.num_frames - 1) // temporal + 1, self.height // spatial, self.width // spatial
+        lf, lh, lw = latent_grid(self.num_frames, self.height, self.width, (temporal, spatial, spatial))
         batch = self.num_videos_per_prompt * (2 if self.cfg else 1)
         return dict(frames=self.num_frames, height=self.height, width=self.width, transformer_batch=batch,
                     latent=[lf, lh, lw], video_tokens=lf * lh * lw, text_tokens=self.max_sequence_length)

@@ -20,16 +20,12 @@ from torch import nn
 
 from ..convert import transformer_class
 from ..ltx2 import is_ltx2
-from ..models import (LTX2_CONFIG, LTX2_TINY_CONFIG, LTX23_CONFIG, LTX_2B_CONFIG, LTX_13B_CONFIG, dummy_inputs,
-                      ltx2_dummy_inputs)
+from ..models import (LTX2_CONFIG, LTX2_TINY_CONFIG, LTX23_CONFIG, LTX_2B_CONFIG, LTX_13B_CONFIG,
+                      LTX_VAE_SCALE_FACTORS, dummy_inputs, latent_grid, ltx2_dummy_inputs)
 from ..tiny.components import TINY_TRANSFORMER_CONFIG
 
 __all__ = ["BenchModel", "BENCH_MODELS", "LTX_VAE_SCALE_FACTORS", "latent_grid", "audio_latent_frames",
            "meta_transformer", "build_transformer", "bench_inputs", "linear_flops", "outputs"]
-
-# LTX-Video 0.9.x's VAE (diffusers' AutoencoderKLLTXVideo defaults, every release): 8x in time, 32x in space.
-LTX_VAE_SCALE_FACTORS = (8, 32, 32)
-
 
 @dataclass(frozen=True)
 class BenchModel:
@@ -60,18 +56,6 @@ BENCH_MODELS = {
     "ltx2-tiny": BenchModel("LTX-2 tiny (LTX2_TINY_CONFIG, CPU smoke run)", LTX2_TINY_CONFIG, text=16,
                             video=(17, 64, 96), fp32_skip=_LTX2_FP32),
 }
-
-
-def latent_grid(frames: int, height: int, width: int, scale_factors=LTX_VAE_SCALE_FACTORS) -> tuple[int, int, int]:
-    """The latent grid ``(frames, height, width)`` of a video of ``frames`` at ``height`` x ``width`` pixels, as
-    the LTX pipelines compute it: the VAE keeps the first frame and compresses the others ``scale_factors[0]``x
-    in time (``1 + (frames - 1) // 8``), and ``scale_factors[1:]``x in space (``height // 32``, ``width // 32``).
-    LTX-2's factors are its config's ``vae_scale_factors``; LTX-Video 0.9.x's :data:`LTX_VAE_SCALE_FACTORS`."""
-    ft, fh, fw = scale_factors
-    if frames < 1 or (frames - 1) % ft or height % fh or width % fw:
-        raise ValueError(f"{frames} frames at {height}x{width}: the pipelines take 1 + {ft}k frames and sizes that "
-                         f"are multiples of {fh}x{fw}")
-    return 1 + (frames - 1) // ft, height // fh, width // fw
 
 
 def audio_latent_frames(frames: int, config: dict, fps: float = 24.0) -> int:
