@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 __all__ = ["LTX_2B_CONFIG", "LTX_13B_CONFIG", "T5_XXL_CONFIG", "LTXModel", "CATALOGUE", "dummy_inputs", "module_bytes",
-           "param_count", "LTX2_CONFIG", "LTX23_CONFIG", "LTX2_TINY_CONFIG", "ltx2_dummy_inputs", "LTX_VAE_SCALE_FACTORS",
-           "latent_grid"]
+           "param_count", "LTX2_CONFIG", "LTX23_CONFIG", "LTX2_TINY_CONFIG", "ltx2_dummy_inputs",
+           "LTX_VAE_SCALE_FACTORS", "latent_grid"]
 
 # The real architectures (diffusers defaults for 2B; the 13B variant's widths).
 LTX_2B_CONFIG = dict(in_channels=128, out_channels=128, num_attention_heads=32, attention_head_dim=64,
