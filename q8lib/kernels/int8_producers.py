@@ -11,7 +11,7 @@ Two passes over each operand (smoothing and balancing need statistics over all t
 
 * ``_qk_stats_kernel``: per (batch, head, chunk of :data:`STATS_CHUNK` tokens, channel) the max, min and sum of the
   normed, rotated (RoPE) rows over the valid tokens (``key_lengths`` for k), folded by torch into
-  ``stats [3, B, H, Sp / 64, D]`` float32 per 64-token block. Chunks, not whole blocks, a program: one program a
+  ``(max, min, sum)`` float32 ``[B, H, Sp / 64, D]`` per 64-token block. Chunks, not whole blocks, a program: one program a
   block gave 114 programs at [2, 3630] (fewer than the H200's 132 SMs), each walking its block 2 tokens at a
   time, and took 5.2 ms of a 50 ms 2B forward.
 * :func:`balance_from_stats` (torch, small tensors): the key mean, ``λ``, q's and k's per-channel factors and the
@@ -49,7 +49,7 @@ def _qk_stats_kernel(
     X, sxb, sxs, sxh,  # [B, S, H, D], stride over D is 1
     W, COS, SIN, scb, scs, sch,  # as in attn_producers._qk_quant_kernel
     LENS,  # [B] int32 valid tokens (HAS_LENS; clamped to [1, S])
-    ST,  # [3, B, H, NB, D] float32: max, min, sum over the valid tokens of each KB-token block
+    ST,  # [3, B, H, NB, D] float32: max, min, sum over the valid tokens of each KB-token chunk
     S, B, H, NB, eps, n_items,
     D: tl.constexpr, HP: tl.constexpr, BLOCK_T: tl.constexpr, KB: tl.constexpr,
     HAS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROPE: tl.constexpr, HAS_LENS: tl.constexpr,
@@ -135,8 +135,8 @@ def producer_meta(D: int, H: int, norm: bool, weight: bool, rope: bool, interpre
                   capability: int = 90, stats: bool = False):
     """``(meta, per_sm)`` of the INT8 quantize producer (``stats``: the statistics one), what the launcher
     launches and ``q8lib.kernels.targets`` compiles: :data:`PRODUCER_TUNE` through ``attn_producers.qk_meta``,
-    ``BLOCK_T`` at most :data:`KEY_BLOCK` (statistics: :data:`STATS_CHUNK`), and 8 warps from 2048 (statistics: three ``[heads, D]`` float32
-    accumulators) or 8192 (quantize) elements a tile on: with 4, ptxas spilled 4-756 bytes (sm_89/sm_90,
+    ``BLOCK_T`` at most :data:`KEY_BLOCK` (statistics: :data:`STATS_CHUNK`), and 8 warps from 2048 (statistics:
+    three ``[heads, D]`` float32 accumulators) or 8192 (quantize) elements a tile on: with 4, ptxas spilled 4-756 bytes (sm_89/sm_90,
     32 heads of 64 or 128, triton 3.9)."""
     meta, per_sm = qk_meta(D, H, norm, weight, rope, False, PRODUCER_TUNE, interpret, capability)
     meta["BLOCK_T"] = min(meta["BLOCK_T"], STATS_CHUNK if stats else KEY_BLOCK)
@@ -155,7 +155,7 @@ def _launch_args(x, weight, eps, cos, sin, stats=False):
 
 
 def _stats(x, weight, eps, cos, sin, lens):
-    """``[3, B, H, Sp / KEY_BLOCK, D]``: max, min and sum per key block (from per-chunk statistics)."""
+    """``(max, min, sum)``, each ``[B, H, Sp / KEY_BLOCK, D]``, per key block (folded from per-chunk statistics)."""
     B, S, H, D = x.shape
     nb = pad_seq(S) // KEY_BLOCK
     split = KEY_BLOCK // STATS_CHUNK
@@ -166,14 +166,14 @@ def _stats(x, weight, eps, cos, sin, lens):
         *args, lens if lens is not None else x, st, S, B, H, nb * split, float(eps), n_items,
         KB=STATS_CHUNK, HAS_LENS=lens is not None, **meta)
     st = st.view(3, B, H, nb, split, D)
-    return torch.stack((st[0].amax(3), st[1].amin(3), st[2].sum(3)))
+    return st[0].amax(3), st[1].amin(3), st[2].sum(3)
 
 
 def balance_from_stats(qst, kst, key_lengths, sk: int, out_scale: float):
-    """From the producers' statistics (``[3, B, H, NB, D]``: max, min, sum per block) -> ``(shift, kfac, qfac,
+    """From the producers' statistics (``(max, min, sum)``, each ``[B, H, NB, D]``, per block) -> ``(shift, kfac, qfac,
     kblock_amax)``: the key mean ``[B, H, D]``, k's factor ``λ``, q's factor ``out_scale / λ`` and the amax
     ``[B, H, NBk]`` of each k block after smoothing and balancing (0 for blocks without valid keys)."""
-    n = torch.full((kst.shape[1],), float(sk), device=kst.device) if key_lengths is None else \
+    n = torch.full((kst[2].shape[0],), float(sk), device=kst[2].device) if key_lengths is None else \
         key_lengths.clamp(1, sk).float()
     shift = kst[2].sum(2) / n[:, None, None]
     lo, hi = kst[0] - shift[:, :, None], shift[:, :, None] - kst[1]  # -inf for blocks without valid keys
