@@ -11,9 +11,9 @@ Two passes over each operand (smoothing and balancing need statistics over all t
 
 * ``_qk_stats_kernel``: per (batch, head, chunk of :data:`STATS_CHUNK` tokens, channel) the max, min and sum of the
   normed, rotated (RoPE) rows over the valid tokens (``key_lengths`` for k), folded by torch into
-  ``(max, min, sum)`` float32 ``[B, H, Sp / 64, D]`` per 64-token block. Chunks, not whole blocks, a program: one program a
-  block gave 114 programs at [2, 3630] (fewer than the H200's 132 SMs), each walking its block 2 tokens at a
-  time, and took 5.2 ms of a 50 ms 2B forward.
+  ``(max, min, sum)`` float32 ``[B, H, Sp / 64, D]`` per 64-token block. Chunks, not whole blocks, a program:
+  one program a block gave 114 programs at [2, 3630] (fewer than the H200's 132 SMs), each walking its block 2
+  tokens at a time, and took 5.2 ms of a 50 ms 2B forward.
 * :func:`balance_from_stats` (torch, small tensors): the key mean, ``λ``, q's and k's per-channel factors and the
   amax of every k block after smoothing and balancing: ``max_c λ_c * max(max - mean, mean - min)``, the same
   float32 value the quantize pass meets (rounding is monotone), so k's block scales need no third pass.
@@ -136,8 +136,8 @@ def producer_meta(D: int, H: int, norm: bool, weight: bool, rope: bool, interpre
     """``(meta, per_sm)`` of the INT8 quantize producer (``stats``: the statistics one), what the launcher
     launches and ``q8lib.kernels.targets`` compiles: :data:`PRODUCER_TUNE` through ``attn_producers.qk_meta``,
     ``BLOCK_T`` at most :data:`KEY_BLOCK` (statistics: :data:`STATS_CHUNK`), and 8 warps from 2048 (statistics:
-    three ``[heads, D]`` float32 accumulators) or 8192 (quantize) elements a tile on: with 4, ptxas spilled 4-756 bytes (sm_89/sm_90,
-    32 heads of 64 or 128, triton 3.9)."""
+    three ``[heads, D]`` float32 accumulators) or 8192 (quantize) elements a tile on: with 4, ptxas spilled
+    4-756 bytes (sm_89/sm_90, 32 heads of 64 or 128, triton 3.9)."""
     meta, per_sm = qk_meta(D, H, norm, weight, rope, False, PRODUCER_TUNE, interpret, capability)
     meta["BLOCK_T"] = min(meta["BLOCK_T"], STATS_CHUNK if stats else KEY_BLOCK)
     if meta["HP"] * D * (1 if stats else meta["BLOCK_T"]) >= (2048 if stats else 8192):
