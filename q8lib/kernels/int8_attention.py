@@ -119,10 +119,9 @@ def int8_fwd_config(d: int, device: torch.device, v_dtype: torch.dtype = torch.b
 def int8_fwd_config_for(d: int, capability: int, v_dtype: torch.dtype = torch.bfloat16):
     """The kernel's tile config for head dim ``d`` and values of ``v_dtype`` on GPUs of compute capability
     ``capability`` (89: sm_89)."""
-    if capability < 90:
-        table = INT8_FWD_CONFIG_ADA
-    else:
-        table = {**INT8_FWD_CONFIG, **INT8_FWD_CONFIG_FP32V} if v_dtype == torch.float32 else INT8_FWD_CONFIG
+    if capability >= 90 and v_dtype == torch.float32 and d in INT8_FWD_CONFIG_FP32V:
+        return INT8_FWD_CONFIG_FP32V[d]
+    table = INT8_FWD_CONFIG_ADA if capability < 90 else INT8_FWD_CONFIG
     return table.get(d, table[64])
 
 
