@@ -30,6 +30,9 @@ VARIANTS = {
     # no Hadamard rotation (hadamard_block=1): issue #13 asks whether the e4m3 path should rotate at all
     "q8lib_norot": ("q8lib", {"hadamard_block": 1, "attention": "sdpa"}, False),
     "q8lib_norot_compile": ("q8lib", {"hadamard_block": 1, "attention": "sdpa"}, True),
+    # int8 with a block-diagonal rotation (issue #13: the full-width Hadamard is most of int8's row-kernel cost;
+    # the row kernel rotates blocks of <= 128 in one product)
+    "q8lib_int8_hb128_compile": ("q8lib", {"weight_dtype": "int8", "hadamard_block": 128, "attention": "sdpa"}, True),
     "q8lib_fp8attn": ("q8lib", {"attention": "fp8"}, False),
     "q8lib_fp8attn_compile": ("q8lib", {"attention": "fp8"}, True),
     "q8lib_int8attn": ("q8lib", {"attention": "int8"}, False),
