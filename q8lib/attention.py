@@ -17,12 +17,13 @@ from torch import nn
 from .backends import attention_mode, resolve_backend
 from .errors import SettingsError
 from .ltx2 import key_mask, ltx2_attention_core
+from .modules import Q8Linear
 from .offload import is_offloaded, onloaded
 from .quant import host_sync_allowed
 from .reference import apply_rotary_emb, attention_inputs
 
 __all__ = ["Q8AttnProcessor", "Q8LTX2AttnProcessor", "q8_attention_core", "mask_to_key_lengths", "check_fp8_attention",
-           "set_q8_attention", "restore_attention", "apply_rotary_emb"]
+           "set_q8_attention", "restore_attention", "apply_rotary_emb", "project_qkv"]
 
 
 def mask_to_key_lengths(mask: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -69,6 +70,35 @@ def q8_attention_core(attn, query, key, value, image_rotary_emb=None, key_length
     return out.transpose(1, 2).flatten(2, 3).to(value.dtype)
 
 
+def _shared_format(lins) -> tuple | None:
+    """``(qdtype, hadamard_block, backend)`` when the projections are all bare ``Q8Linear`` of one format (so one
+    quantization of their input serves all); ``None`` otherwise (LoRA layers, high-precision or mixed linears)."""
+    if not all(type(m) is Q8Linear for m in lins):
+        return None
+    formats = {(m.qdtype, m.hadamard_block, m.backend, m.in_features) for m in lins}
+    return next(iter(formats))[:3] if len(formats) == 1 else None
+
+
+def project_qkv(attn, hidden_states, context, need_qk: bool = True):
+    """``(to_q(hidden_states), to_k(context), to_v(context))``; ``q`` and ``k`` are ``None`` unless ``need_qk``.
+
+    With Q8 projections of one format the context is rotated and quantized once for ``to_k`` and ``to_v``, and
+    in self-attention (``context is hidden_states``) those codes serve ``to_q`` too: one row pass instead of one
+    per projection. Outputs are in their input's dtype, as each ``Q8Linear`` called on its own gives."""
+    kv = _shared_format((attn.to_k, attn.to_v))
+    if kv is None:
+        value, key, c_q = attn.to_v(context), (attn.to_k(context) if need_qk else None), None
+    else:
+        c_q, c_s = resolve_backend(kv[2], context.device).quantize_activation(context, kv[0], kv[1])
+        value = attn.to_v(c_q, c_s, context.dtype)
+        key = attn.to_k(c_q, c_s, context.dtype) if need_qk else None
+    if not need_qk:
+        return None, None, value
+    if c_q is not None and hidden_states is context and _shared_format((attn.to_q, attn.to_k)) is not None:
+        return attn.to_q(c_q, c_s, hidden_states.dtype), key, value
+    return attn.to_q(hidden_states), key, value
+
+
 class Q8AttnProcessor:
     """Attention processor for ``LTXAttention`` with FP8 (``mode="fp8"``), INT8 (``"int8"``) or SDPA attention.
 
@@ -92,7 +122,7 @@ class Q8AttnProcessor:
 
     def _attend(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb):
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        query, key, value = project_qkv(attn, hidden_states, context)
         key_lengths = None if attention_mask is None else mask_to_key_lengths(attention_mask, hidden_states.shape[0])
         out = q8_attention_core(attn, query, key, value, image_rotary_emb, key_lengths, self.mode, self.backend)
         return attn.to_out[1](attn.to_out[0](out))
@@ -137,13 +167,12 @@ class Q8LTX2AttnProcessor(Q8AttnProcessor):
                      key_rotary_emb, perturbation_mask, all_perturbed):
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         gate_logits = None if attn.to_gate_logits is None else attn.to_gate_logits(hidden_states)
-        value = attn.to_v(context)
         if all_perturbed is None:  # as diffusers: a host sync, only when STG passes a mask without the flag
             all_perturbed = perturbation_mask is not None and bool((perturbation_mask == 0).all())
+        query, key, value = project_qkv(attn, hidden_states, context, need_qk=not all_perturbed)
         if all_perturbed:
             out = value
         else:
-            query, key = attn.to_q(hidden_states), attn.to_k(context)
             key_lengths, bias = key_mask(attention_mask, hidden_states.shape[0])
             if bias is None and key_rotary_emb is None and attn.rope_type == "interleaved":
                 out = q8_attention_core(attn, query, key, value, query_rotary_emb, key_lengths, self.mode, self.backend)

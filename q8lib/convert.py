@@ -19,7 +19,7 @@ from .config import KEEP_HIGH_PRECISION, KEEP_HIGH_PRECISION_LTX2, Q8Config, Q8R
 from .errors import Q8CheckpointError, SettingsError, UnsupportedModelError
 from .fused import install_if_fast
 from .lora import check_no_adapters
-from .ltx2 import LTX2_CLASS_NAME, class_name_for_config, is_ltx2, transformer_classes
+from .ltx2 import LTX2_CLASS_NAME, class_name_for_config, transformer_classes
 from .modules import Q8GELU, Q8Linear, Q8RMSNorm, quantize_weight
 
 __all__ = [
@@ -268,8 +268,8 @@ def activate_q8(model: nn.Module, config: Q8Config, runtime: Q8Runtime | None = 
         model.register_to_config(quantization_config=config.to_quantization_config())
     if runtime.attention != "keep":
         set_q8_attention(model, runtime.attention, backend=runtime.backend)
-    if not is_ltx2(model):  # fused blocks exist for LTX-1's block only; LTX-2 runs diffusers' block forward
-        install_if_fast(model, runtime)  # fused block forward where the triton backend runs
+    # fused block forward (LTX-1's blocks only) and fused FFNs (the other blocks) where the triton backend runs
+    install_if_fast(model, runtime)
 
 
 @torch.no_grad()

@@ -19,6 +19,10 @@ read and written as few times as possible:
 * a block whose linears carry an active LoRA adapter (:mod:`q8lib.lora`) runs diffusers' forward,
   which gives each linear, and so the adapter, its float input (the check: about 2 us per block).
 
+:func:`install_fused_ffns` gives the FFNs of blocks without a fused forward (LTX-2's, whose blocks have
+another layout, or LTX-1 blocks that are not fully Q8) the same FFN path: their input quantized once, the
+GELU in the down-projection's quantizer (or the GEMM epilogue) instead of a pass of its own.
+
 :func:`install_fused_blocks` swaps the forward of every eligible block (instance attribute, no
 class patching; also the model's ``rope``); :func:`uninstall_fused_blocks` undoes it. Works with any backend, so the CPU
 reference checks the fused path against the unfused one.
@@ -36,7 +40,8 @@ from .modules import Q8GELU, Q8Linear
 from .offload import is_offloaded, onloaded
 from .quant import host_sync_allowed
 
-__all__ = ["install_fused_blocks", "uninstall_fused_blocks", "fused_block_forward", "is_fused", "compact_rope_forward"]
+__all__ = ["install_fused_blocks", "uninstall_fused_blocks", "fused_block_forward", "is_fused", "compact_rope_forward",
+           "install_fused_ffns", "uninstall_fused_ffns", "fused_ffn_forward"]
 
 
 def _block_linears(block):
@@ -105,6 +110,68 @@ def _ffn(be, ff, x_q, x_s, out_dtype):
     else:  # a GEMM without that epilogue (cuBLAS): GELU in the down-projection's quantizer instead
         h_q, h_s = be.gelu_quantize(_linear(be, up, x_q, x_s, out_dtype), qd, hb)
     return _linear(be, down, h_q, h_s, out_dtype)
+
+
+def _ffn_slots(ff) -> list:
+    net = ff.net
+    return [(net[0]._modules, "proj"), (net._modules, "2")]
+
+
+def _ffn_eligible(ff) -> bool:
+    """Whether ``ff`` is diffusers' ``FeedForward`` as q8lib converts it: ``[Q8GELU, Dropout, Q8Linear, Dropout?]``
+    (LoRA layers around the linears allowed) with both linears in one 8-bit format."""
+    net = getattr(ff, "net", None)
+    if type(ff).__name__ != "FeedForward" or not isinstance(net, nn.ModuleList) or len(net) not in (3, 4):
+        return False
+    if not isinstance(net[0], Q8GELU) or not all(isinstance(m, nn.Dropout) for m in list(net)[1::2]):
+        return False
+    up, down = _q8(net[0].proj), _q8(net[2])
+    return isinstance(up, Q8Linear) and isinstance(down, Q8Linear) and (
+        (up.qdtype, up.hadamard_block, up.backend) == (down.qdtype, down.hadamard_block, down.backend))
+
+
+def fused_ffn_forward(self, hidden_states):
+    """``FeedForward.forward`` on Q8 modules (bound by :func:`install_fused_ffns`): ``[..., D]`` in and out.
+    Runs diffusers' forward when a LoRA adapter needs the linears' float inputs or dropout is active."""
+    if _runs_adapter(self._q8_ffn["slots"]) or (self.training and any(m.p > 0 for m in list(self.net)[1::2])):
+        return type(self).forward(self, hidden_states)
+    if is_offloaded(self):
+        with onloaded(list(self.modules())[1:]):
+            return _ffn_from_float(self, hidden_states)
+    return _ffn_from_float(self, hidden_states)
+
+
+def _ffn_from_float(ff, x):
+    up = _q8(ff.net[0].proj)
+    be = resolve_backend(ff._q8_ffn["backend"], x.device)
+    return _ffn(be, ff, *be.quantize_activation(x, up.qdtype, up.hadamard_block), x.dtype)
+
+
+def _ffns(model: nn.Module) -> list:
+    """The eligible FFNs of blocks that run diffusers' forward (a fused block runs its FFN itself)."""
+    return [m for b in _blocks(model) if not is_fused(b) for m in b.modules() if _ffn_eligible(m)]
+
+
+def install_fused_ffns(model: nn.Module, backend: str = "auto") -> int:
+    """Give every eligible FFN (:func:`_ffn_eligible`) in the blocks without a fused forward the fused FFN forward;
+    returns how many. Undo with :func:`uninstall_fused_ffns`."""
+    n = 0
+    for ff in _ffns(model):
+        if "_q8_ffn" not in ff.__dict__:
+            ff._q8_ffn = {"backend": backend, "slots": _ffn_slots(ff)}
+            ff.forward = types.MethodType(fused_ffn_forward, ff)
+            n += 1
+    return n
+
+
+def uninstall_fused_ffns(model: nn.Module) -> int:
+    """Restore diffusers' forward on every FFN :func:`install_fused_ffns` changed; returns how many."""
+    n = 0
+    for m in model.modules():
+        if "_q8_ffn" in m.__dict__:
+            del m.forward, m._q8_ffn
+            n += 1
+    return n
 
 
 def _key_lengths(mask, batch):
@@ -273,12 +340,16 @@ def uninstall_fused_blocks(model: nn.Module) -> int:
 def install_if_fast(model: nn.Module, config, device: torch.device | str | None = None) -> int:
     """The hook of ``quantize_``/``load_q8``: install the fused forward when ``config.backend``
     resolves, for ``device`` (default: the model's device), to a backend whose fused ops are single kernels
-    (``Backend.fused_blocks``: the triton backend); elsewhere diffusers' forward stays. ``device`` is for a
+    (``Backend.fused_blocks``: the triton backend), and the fused FFN forward in the blocks left with diffusers'
+    forward (:func:`install_fused_ffns`: LTX-2, or ``attention="keep"``); elsewhere diffusers' forward stays.
+    Returns the number of fused blocks. ``device`` is for a
     model built on the CPU that runs on a GPU (CPU offload)."""
-    if config.attention == "keep":  # the fused forward runs q8lib's attention core; "keep" means diffusers'
-        return 0
     p = next(iter(model.parameters()), None)
     if p is None or not resolve_backend(config.backend, p.device if device is None else device).fused_blocks:
         return 0
-    return install_fused_blocks(model, config.attention, backend=config.backend,
-                                bias_dtype=getattr(model, "dtype", torch.bfloat16))
+    n = 0
+    if config.attention != "keep":  # the fused forward runs q8lib's attention core; "keep" means diffusers'
+        n = install_fused_blocks(model, config.attention, backend=config.backend,
+                                 bias_dtype=getattr(model, "dtype", torch.bfloat16))
+    install_fused_ffns(model, config.backend)  # the FFNs of the blocks left with diffusers' forward
+    return n

@@ -24,8 +24,12 @@ video-to-audio cross-attention (``audio_to_video_attn``, ``video_to_audio_attn``
   (:func:`q8lib.attention.q8_attention_core`, the fused q/k producers on a GPU); the other attentions, and with
   the released split RoPE every RoPE'd one, apply ``norm_q``/``norm_k`` and RoPE in PyTorch, then the backend's
   attention op (its q/k/v quantizers, then the FP8 kernel): correct, not yet as fused as LTX-1's.
-* **No fused blocks**: diffusers' ``LTX2VideoTransformerBlock.forward`` runs on the Q8 modules (each linear
-  quantizes its own input). Context parallelism is not supported with q8lib's LTX-2 attention.
+* **No fused blocks**: diffusers' ``LTX2VideoTransformerBlock.forward`` runs on the Q8 modules. Two fusions work
+  below the block: each attention quantizes its context once for ``to_k``/``to_v`` (and for ``to_q`` in
+  self-attention: :func:`q8lib.attention.project_qkv`), and on the triton backend each FFN runs q8lib's FFN path
+  (:func:`q8lib.fused.install_fused_ffns`: the GELU in the down-projection's quantizer, not a pass of its own).
+  The norms, modulations and gated residuals stay separate passes (inductor fuses them under compile).
+  Context parallelism is not supported with q8lib's LTX-2 attention.
 """
 from __future__ import annotations
 

@@ -362,3 +362,75 @@ def test_int8_attention_is_refused_when_loading_an_ltx2_checkpoint(tmp_path):
     q8lib.save_q8(model, tmp_path / "q8")
     with pytest.raises(q8lib.SettingsError, match="INT8 attention"):
         q8lib.load_q8(tmp_path / "q8", attention="int8")
+
+
+def _count_quantizations(monkeypatch):
+    from q8lib.backends import get_backend
+
+    be, calls = get_backend("reference"), []
+    orig = type(be).quantize_activation
+    monkeypatch.setattr(type(be), "quantize_activation", lambda self, x, *a, **k: calls.append(x.shape) or
+                        orig(self, x, *a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_qkv_share_one_quantization_per_input(variant, monkeypatch):
+    """Q8 projections of one format quantize each input once: self-attention's q/k/v one row pass, cross-attention's
+    k/v one pass of the context (and q one of the hidden states); the outputs are the ones each projection gives on
+    its own (same codes, bit-identical)."""
+    from q8lib.attention import project_qkv
+
+    model = q8lib.quantize_(tiny_ltx2(variant), Q8Config(weight_dtype="int8", backend="reference"), progress=False)
+    blk = model.transformer_blocks[0]
+    torch.manual_seed(0)
+    x, ctx = torch.randn(2, 12, model.config.num_attention_heads * 64), torch.randn(2, 5, blk.attn2.to_k.in_features)
+    calls = _count_quantizations(monkeypatch)
+    with torch.no_grad():
+        for attn, h, c, passes in ((blk.attn1, x, x, 1), (blk.attn2, x, ctx, 2)):
+            calls.clear()
+            shared = project_qkv(attn, h, c)
+            assert len(calls) == passes
+            for a, b in zip(shared, (attn.to_q(h), attn.to_k(c), attn.to_v(c))):
+                assert torch.equal(a, b)
+            calls.clear()
+            q, k, v = project_qkv(attn, h, c, need_qk=False)  # STG, all perturbed: only the values
+            assert q is None and k is None and torch.equal(v, attn.to_v(c)) and len(calls) == 2
+
+
+# Fused FFN vs diffusers' FFN on the same Q8 modules (tiny LTX-2, float32): the same math, so the same outputs,
+# whether the backend's GEMM applies the GELU (the reference backend) or the down-projection's quantizer does (cuBLAS
+# fp8 on a GPU, emulated by ``gemm_fuses_gelu`` returning False). In bf16 the two paths round at different points
+# (the GELU output vs the GEMM output): 0.9-1.5% (int8) / 1.4-2.7% (fp8_e4m3) apart on this tiny random model, seeds
+# 0-9, where the bf16 model itself is 0.7-0.9% from fp32; the GPU benchmark records the full-size error vs bf16.
+@pytest.mark.parametrize("weight_dtype", ["int8", "fp8_e4m3"])
+@pytest.mark.parametrize("gemm_gelu", [True, False])
+def test_fused_ffns_match_diffusers_ffn(seed, weight_dtype, gemm_gelu, monkeypatch):
+    from q8lib.backends import get_backend
+    from q8lib.fused import install_fused_ffns, uninstall_fused_ffns
+
+    model = tiny_ltx2("gated" if seed % 2 else "plain", seed % 1000)
+    inputs = pipeline_inputs(model, seed % 1000)
+    q8 = q8lib.quantize_(model, Q8Config(weight_dtype=weight_dtype, backend="reference"), progress=False)
+    ref = run(q8, inputs)
+    monkeypatch.setattr(type(get_backend("reference")), "gemm_fuses_gelu", lambda self, qdtype, device: gemm_gelu)
+    assert install_fused_ffns(q8, "reference") == 2 * q8.config.num_layers  # ff and audio_ff of every block
+    assert install_fused_ffns(q8, "reference") == 0  # idempotent
+    for r, o in zip(ref, run(q8, inputs)):
+        assert torch.equal(r, o)
+    assert uninstall_fused_ffns(q8) == 2 * q8.config.num_layers
+    assert not any("forward" in m.__dict__ for m in q8.modules())
+
+
+def test_fused_ffns_installed_where_the_fast_backend_runs(monkeypatch):
+    """``install_if_fast`` gives LTX-2's FFNs the fused forward when the backend's fused ops are single kernels
+    (also with diffusers' attention kept), and leaves them alone on the reference backend."""
+    from q8lib.backends import get_backend
+    from q8lib.fused import install_if_fast
+
+    q8 = q8lib.quantize_(tiny_ltx2(), Q8Config(weight_dtype="int8", backend="reference"), progress=False)
+    ffns = [m for m in q8.modules() if type(m).__name__ == "FeedForward"]
+    assert len(ffns) == 2 * q8.config.num_layers and not any("_q8_ffn" in m.__dict__ for m in ffns)
+    monkeypatch.setattr(type(get_backend("reference")), "fused_blocks", True)
+    assert install_if_fast(q8, q8lib.Q8Runtime(backend="reference", attention="keep")) == 0  # no fused blocks
+    assert all("_q8_ffn" in m.__dict__ for m in ffns)

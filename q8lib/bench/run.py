@@ -61,6 +61,8 @@ def mem(what):
         return None
     if what == "reset":
         return torch.cuda.reset_peak_memory_stats()
+    if what == "reserved":  # what the caching allocator held at most (CUDA graph pools included)
+        return torch.cuda.max_memory_reserved() / 2**20
     return (torch.cuda.max_memory_allocated() if what == "peak" else torch.cuda.memory_allocated()) / 2**20
 
 
@@ -134,6 +136,7 @@ def run_group(group, cfg, inputs, refs, device, args, all_flops, log, results: d
                     shared = {"weights_mb": mem("now"), "build_peak_mb": mem("peak"), "build_s": time.time() - t0}
                     if VARIANTS[name][0] == "q8lib":
                         shared["fused_blocks"] = sum("_q8_fused" in b.__dict__ for b in model.transformer_blocks)
+                        shared["fused_ffns"] = sum("_q8_ffn" in m.__dict__ for m in model.modules())
                         shared["weight_dtype"] = model._q8_config.weight_dtype
                     log(f"{name}: built in {shared['build_s']:.0f} s, weights {shared['weights_mb']} MiB")
                     y = model(**inputs)  # eager warm-up (also autotunes the Triton GEMMs)
@@ -148,16 +151,16 @@ def run_group(group, cfg, inputs, refs, device, args, all_flops, log, results: d
                 else:
                     res.update(shared, same_build_as=group[0])
                 fwd = functools.partial(model, **inputs)
+                mem("reset")  # before the capture: the graph's private pool holds the activations a replay uses
                 if name.endswith("_graph"):
                     tc = time.time()
                     fwd = functools.partial(CUDAGraphForward(model), **inputs)
                     y = fwd()
                     res["capture_s"] = time.time() - tc
-                mem("reset")
                 times = time_ms(fwd, args.iters, args.warmup)
                 res["fwd_ms"] = statistics.median(times)
                 res["fwd_ms_min"], res["fwd_ms_max"] = min(times), max(times)
-                res["peak_mb"] = mem("peak")
+                res["peak_mb"], res["reserved_peak_mb"] = mem("peak"), mem("reserved")
                 res["est_50_steps_s"] = 50 * res["fwd_ms"] / 1e3
                 res["linear_tflops_effective"] = all_flops / res["fwd_ms"] / 1e9
                 _errors(res, outputs(y), refs)  # the output of the last untimed call, as timed (eager/compiled/graph)
