@@ -182,8 +182,6 @@ def test_load_results_and_tables(tmp_path):
     a = viz.result_tables(results[0])
     assert list(a) == ["s1"] and a["s1"][0]["tflops"] == 300.0
     assert "GPU" in viz.describe_result(results[2]) and "unreadable" in viz.describe_result(results[1])
-    assert viz.plot_result_tables(results[2]) is not None
-    assert viz.plot_result_tables({"results": {"x": {"error": "e"}}}) is None
     assert viz.load_results(tmp_path / "missing") == []
 
 

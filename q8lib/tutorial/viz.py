@@ -2,7 +2,8 @@
 
 Nothing here computes Q8 math; it draws what the rest of q8lib measured. Every figure is drawn in one
 readable style (:data:`STYLE`: :data:`DPI` dots per inch, text of at least 9 pt, legends rather than text
-inside bars), which :func:`use_style` installs and :func:`small_figure` applies.
+inside bars), which :func:`use_style` installs and :func:`small_figure` applies. Notebook 06's benchmark
+figures are in :mod:`q8lib.tutorial.results_plots`.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from ..bench.results import is_pipeline_run, load_results, provenance, result_ta
 
 __all__ = [
     "DPI",
-    "HISTORY_DPI",
     "FONT_SIZE",
     "STYLE",
     "use_style",
@@ -28,7 +28,6 @@ __all__ = [
     "videos_html",
     "frame_strip",
     "frame_scrubber",
-    "EARLIER_WORK_RTX4090",
     "load_results",  # q8lib.bench.results, re-exported for the notebooks
     "provenance",
     "describe_result",
@@ -38,14 +37,9 @@ __all__ = [
     "result_tables",
     "format_table",
     "versus",
-    "plot_result_tables",
-    "plot_quoted_reference",
 ]
 
 DPI = 110  # figure resolution: sharp enough to read at the notebook's width, small enough to commit
-# Notebook 06 draws one chart per committed results file (until it shows chosen files only: issue 18); those
-# charts use fewer dots per inch so that the notebook stays under the 1 MB that tests/test_notebooks_meta.py allows.
-HISTORY_DPI = 80
 FONT_SIZE = 9  # the smallest text in a figure (ticks, legends); titles and labels are one or two points larger
 STYLE = {
     "figure.dpi": DPI,
@@ -250,23 +244,7 @@ def frame_scrubber(videos: dict):
 
 
 # ------------------------------------------------------------------------------------------------
-# Benchmarks
-EARLIER_WORK_RTX4090 = {
-    "source": "sayakpaul/q8-ltx-video README, 'Performance' section (commit 2558983b353b822374e18dadc99855521af87e80)",
-    "url": "https://github.com/sayakpaul/q8-ltx-video#performance",
-    "device": "NVIDIA GeForce RTX 4090 (Ada, sm_89), CUDA 12.6, PyTorch 2.5.1, diffusers 0.33.0.dev0",
-    "setting": ("LTXPipeline denoising loop only (precomputed prompt embeddings, no text encoder, no VAE decode: "
-                "output_type='latent'), 81 frames, 480x704, 50 steps, max_sequence_length=128; the Q8 run used "
-                "q8_kernels' CUDA-graph wrapper (per the repository's benchmark.py at commit 368f549)"),
-    "memory_note": "memory as stated in the README table; benchmark.py does not record memory, so how it was measured is not given",
-    "results": {
-        "bf16 (non-Q8)": {"time_s": 16.192, "memory_mb": 7172.86},
-        "Q8 (q8_kernels)": {"time_s": 9.572, "memory_mb": 5413.51},
-    },
-    "note": "quoted from the earlier work; not measured by q8lib",
-}
-
-
+# Benchmarks (notebook 06's figures are in q8lib.tutorial.results_plots)
 def describe_result(result: dict) -> str:
     """A header per results file: file, device, date, main versions and the benchmarked shape."""
     if "_error" in result:
@@ -394,48 +372,3 @@ def versus(rows: list[dict], time_baseline: str, memory_baseline: str | None = N
             line += f", {r['peak_mb'] / base_m:>4.0%} of the peak memory of {memory_baseline or time_baseline}"
         out.append(line)
     return "\n".join(out)
-
-
-def plot_result_tables(result: dict, title: str | None = None):
-    """Grouped bars of time (left) and peak memory (right) per variant for every table of one results
-    file; ``None`` when nothing in it has a time."""
-    tables = {k: [r for r in v if r["time"] is not None] for k, v in result_tables(result).items()}
-    tables = {k: v for k, v in tables.items() if v}
-    if not tables:
-        return None
-    variants = list(dict.fromkeys(r["variant"] for rows in tables.values() for r in rows))
-    unit = next(iter(tables.values()))[0]["time_unit"]
-    fig, (ax_t, ax_m) = small_figure(ncols=2, width=4.2, height=3.4, dpi=HISTORY_DPI)
-    width = 0.8 / len(variants)
-    x = np.arange(len(tables))
-    for i, variant in enumerate(variants):
-        times = [next((r["time"] for r in rows if r["variant"] == variant), np.nan) for rows in tables.values()]
-        mems = [next((r["peak_mb"] or np.nan for r in rows if r["variant"] == variant), np.nan) for rows in tables.values()]
-        ax_t.bar(x + i * width, times, width, label=variant)
-        ax_m.bar(x + i * width, mems, width, label=variant)
-    for ax, label in ((ax_t, f"time ({unit})"), (ax_m, "peak memory (MB)")):
-        ax.set_xticks(x + 0.4 - width / 2, [k or "transformer" for k in tables], rotation=15)
-        ax.set_ylabel(label)
-        ax.set_xlabel("shape")
-    ax_t.set_yscale("log")
-    handles, labels = ax_t.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
-    fig.suptitle(title or result.get("_file", ""))
-    fig.tight_layout(rect=(0, 0.06 * ((len(labels) + 3) // 4) + 0.02, 1, 1))
-    return fig
-
-
-def plot_quoted_reference(ref: dict = None):
-    """Bar charts of the earlier work's quoted RTX 4090 numbers (:data:`EARLIER_WORK_RTX4090`), labelled as quoted."""
-    ref = ref or EARLIER_WORK_RTX4090
-    names = list(ref["results"])
-    fig, (ax_t, ax_m) = small_figure(ncols=2, width=3.4, height=2.6)
-    ax_t.bar(names, [ref["results"][n]["time_s"] for n in names], color=["tab:gray", "tab:purple"])
-    ax_m.bar(names, [ref["results"][n]["memory_mb"] for n in names], color=["tab:gray", "tab:purple"])
-    ax_t.set_ylabel("time per video (s)")
-    ax_m.set_ylabel("memory (MB, as reported)")
-    for ax in (ax_t, ax_m):
-        ax.set_xlabel("transformer")
-    fig.suptitle("QUOTED, not measured here: RTX 4090, sayakpaul/q8-ltx-video README")
-    fig.tight_layout()
-    return fig
