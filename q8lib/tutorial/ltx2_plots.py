@@ -168,16 +168,17 @@ def format_profile_table(profile: dict, variants=("bf16_compile", "q8lib_compile
     """The forward split of ``variants`` side by side: ms and share of the forward per part, kernel launches."""
     splits = {v: profile_split(profile, v) for v in variants}
     res = profile["results"]
-    lines = [f"{'':<12}" + "".join(f"{label(v):>30}" for v in variants)]
+    w = max(len(label(v)) for v in variants) + 4
+    lines = [f"{'':<12}" + "".join(f"{label(v):>{w}}" for v in variants)]
     for part in ("GEMM", "attention", "glue", "host gap", "forward"):
         cells = []
         for v in variants:
             ms, share = splits[v][part], splits[v][part] / splits[v]["forward"]
             cells.append(f"{ms:>9.0f} ms" + (f" ({share:4.0%})" if part != "forward" else " " * 7))
-        lines.append((f"{part:<12}" + "".join(f"{c:>30}" for c in cells)).rstrip())
+        lines.append((f"{part:<12}" + "".join(f"{c:>{w}}" for c in cells)).rstrip())
     launches = [sum(res[v]["profile"][f"{k}_launches"] for k in ("gemm", "attention", "glue")) for v in variants]
     glue = [res[v]["profile"]["glue_launches"] for v in variants]
-    lines.append(f"{'launches':<12}" + "".join(f"{f'{n:.0f} ({g:.0f} glue)':>30}" for n, g in zip(launches, glue)))
+    lines.append(f"{'launches':<12}" + "".join(f"{f'{n:.0f} ({g:.0f} glue)':>{w}}" for n, g in zip(launches, glue)))
     return "\n".join(lines)
 
 
