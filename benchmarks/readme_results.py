@@ -31,24 +31,57 @@ def _f(v, fmt):
     return "–" if v is None else format(v, fmt)
 
 
-def _transformer(d) -> list[str]:
+# newest same-run benchmarks of the full-size 13B and LTX-2 (H200, session 8), shown after the 2B table
+FULL_SIZE = ("transformer_13b_h200.json", "transformer_ltx2_h200.json")
+LTX2_FOLLOWUP = "transformer_ltx2_h200_ffn.json"
+UNDER_REPORTED = ("\\* peak taken after the CUDA graph's capture (runs before session 8): the activations in the "
+                  "graph's pool are missing, so it under-reports; `benchmarks/results/transformer_h200_s8.json` measures "
+                  "it from before the capture: q8lib + compile + graph {} MB against bf16 + compile's {} MB ({:.2f}x).")
+
+
+def _under_reported(r: dict, name: str) -> bool:
+    return name.endswith("_graph") and "reserved_peak_mb" not in r
+
+
+def _transformer(d, file=TRANSFORMER, note="") -> list[str]:
     s = d["shape"]
+    extra = f", {s['audio_tokens']} audio tokens" if s.get("audio_tokens") else ""
     out = [f"**Transformer forward**, {s['model']} ({s['num_layers']} blocks), {s['tokens']} latent tokens "
-           f"({'x'.join(map(str, s['latent']))}) x batch {s['batch']}, {s['text_tokens']} text tokens; "
+           f"({'x'.join(map(str, s['latent']))}){extra} x batch {s['batch']}, {s['text_tokens']} text tokens; "
            f"{d['device']}, torch {d['versions']['torch']}, triton {d['versions']['triton']}, {d['date'][:10]}; "
-           f"{d['timing']} (`benchmarks/results/{TRANSFORMER}`; `q8lib_norot*`: fp8 without the rotation, the "
-           "default fp8 format since session 5).", "",
+           f"{d['timing']} (`benchmarks/results/{file}`{note}).", "",
            "| variant | fwd ms | x bf16+compile | 50 steps s | peak MB | x bf16 peak | rel err vs bf16 | cos vs bf16 |",
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    starred = False
     for name, r in d["results"].items():
-        if "error" in r:
-            out.append(f"| {name} | failed (see JSON) | | | | | | |")
+        if "error" in r or "skipped" in r:
+            out.append(f"| {name} | {'failed' if 'error' in r else 'skipped'} (see JSON) | | | | | | |")
             continue
+        star = "\\*" if _under_reported(r, name) else ""
+        starred |= bool(star)
         out.append(f"| {name} | {_f(r.get('fwd_ms'), '.1f')} | {_f(r.get('x_vs_bf16_compile'), '.2f')} | "
-                   f"{_f(r.get('est_50_steps_s'), '.2f')} | {_f(r.get('peak_mb'), '.0f')} | "
-                   f"{_f(r.get('peak_x_vs_bf16'), '.2f')} | {_f(r.get('rel_err_vs_bf16'), '.4f')} | "
+                   f"{_f(r.get('est_50_steps_s'), '.2f')} | {_f(r.get('peak_mb'), '.0f')}{star} | "
+                   f"{_f(r.get('peak_x_vs_bf16'), '.2f')}{star} | {_f(r.get('rel_err_vs_bf16'), '.4f')} | "
                    f"{_f(r.get('cos_vs_bf16'), '.5f')} |")
+    s8 = _load("transformer_h200_s8.json")
+    if starred and file == TRANSFORMER and s8:
+        q, b = s8["results"]["q8lib_compile_graph"]["peak_mb"], s8["results"]["bf16_compile"]["peak_mb"]
+        out += ["", UNDER_REPORTED.format(round(q), round(b), q / b)]
+    elif starred:
+        out += ["", "\\* under-reported, as above."]
     return out
+
+
+def _ltx2_followup(ltx2: dict) -> list[str]:
+    """The later LTX-2 call with the fused FFNs and shared q/k/v quantization (no bf16 run of its own)."""
+    f = _load(LTX2_FOLLOWUP)
+    if not f:
+        return []
+    r, base = f["results"]["q8lib_compile_graph"], ltx2["results"]["bf16_compile"]
+    return [f"A later call of the same session with the fused FFNs and one quantization per attention input "
+            f"(`benchmarks/results/{LTX2_FOLLOWUP}`, q8lib + compile + graph only, no bf16 run of its own): "
+            f"{r['fwd_ms']:.1f} ms ({r['fwd_ms'] / base['fwd_ms']:.2f}x the bf16 + compile above), peak "
+            f"{r['peak_mb']:.0f} MB measured from before the capture.", ""]
 
 
 def _attention(d) -> list[str]:
@@ -160,7 +193,14 @@ def render() -> str:
     parts = []
     t = _load(TRANSFORMER)
     if t:
-        parts += _transformer(t) + [""]
+        parts += _transformer(t, note="; `q8lib_norot*`: fp8 without the rotation, the default fp8 format since "
+                                      "session 5") + [""]
+    for name in FULL_SIZE:
+        f = _load(name)
+        if f:
+            parts += _transformer(f, name, "; random weights") + [""]
+            if "audio_tokens" in f["shape"]:
+                parts += _ltx2_followup(f)
     a = _load("attention_h100.json")
     if a:
         parts += _attention(a) + [""]
