@@ -135,8 +135,11 @@ def fused_ffn_forward(self, hidden_states):
     Runs diffusers' forward when a LoRA adapter needs the linears' float inputs or dropout is active."""
     if _runs_adapter(self._q8_ffn["slots"]) or (self.training and any(m.p > 0 for m in list(self.net)[1::2])):
         return type(self).forward(self, hidden_states)
-    if is_offloaded(self):
-        with onloaded(list(self.modules())[1:]):
+    # sequential CPU offload hooks sit on the modules that hold tensors (the two linears, not the FFN): this
+    # forward reads their weights without calling them, so it loads them for the call
+    linears = [_q8(self.net[0].proj), _q8(self.net[2])]
+    if any(is_offloaded(m) for m in linears):
+        with onloaded(linears):
             return _ffn_from_float(self, hidden_states)
     return _ffn_from_float(self, hidden_states)
 

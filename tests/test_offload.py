@@ -277,3 +277,23 @@ def test_gpu_readme_snippets(monkeypatch, tmp_path):
     exec(compile(code, "README.md:memory-options", "exec"), namespace)
     assert namespace["pipe"].transformer.transformer_blocks[0].attn1.to_q.weight.is_meta
     assert len(namespace["video"]) == 17
+
+
+def test_sequential_offload_with_fused_ffns(seed):
+    """The fused FFN forward (blocks without a fused forward: here attn2 kept in bf16) reads the two linears' 8-bit
+    weights without calling them: under sequential offload it loads them for the call and gives them back."""
+    from q8lib.fused import install_fused_ffns
+
+    model = make_tiny_transformer(seed=seed % 1000)
+    q8lib.quantize_(model, q8lib.Q8Config(weight_dtype="int8", keep_high_precision=("attn2",)),
+                    backend="test_direct_reads", progress=False)
+    assert install_fused_blocks(model, backend="test_direct_reads") == 0  # not fully Q8: diffusers' block forward
+    assert install_fused_ffns(model, "test_direct_reads") == len(model.transformer_blocks)
+    inputs = dummy_inputs(dict(model.config), 2, 2, 4, 4, 8, seed=seed)
+    with torch.no_grad():
+        want = model(**inputs).sample
+    _sequential_offload(model)
+    with torch.no_grad():
+        got = model(**inputs).sample
+    assert torch.equal(got, want)
+    assert all(m.weight.is_meta for m in model.modules() if isinstance(m, Q8Linear))  # nothing kept
