@@ -83,6 +83,7 @@ def test_e4m3_values_and_fields():
         A.e4m3_fields(256)
 
 
+@pytest.mark.slow  # loads the tiny transformer: ~15 s on 2 cores
 def test_tiny_model_activations():
     import q8lib.tutorial as tut
 
