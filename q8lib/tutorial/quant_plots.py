@@ -39,9 +39,9 @@ def _np(x) -> np.ndarray:
     return x.detach().float().reshape(-1, x.shape[-1]).cpu().numpy()
 
 
-def plot_channel_max(x: torch.Tensor, ax=None, title: str | None = None):
+def plot_channel_max(x: torch.Tensor, ax=None, title: str | None = None, legend: bool = True):
     """Per-channel ``max |x|`` over the tokens of ``x [tokens, K]``, before and after the Hadamard rotation
-    (log y axis, legend)."""
+    (log y axis; a legend unless ``legend=False``)."""
     if ax is None:
         _, ax = small_figure(width=4.0, height=2.6)
     plain, rotated = _np(x), _np(hadamard_transform(x.float()))
@@ -49,15 +49,16 @@ def plot_channel_max(x: torch.Tensor, ax=None, title: str | None = None):
     ax.semilogy(np.abs(rotated).max(0), lw=0.8, color=ROTATED, label="Hadamard-rotated")
     ax.set_xlabel("channel")
     ax.set_ylabel("max |x| over tokens")
-    ax.legend(loc="upper right")
+    if legend:
+        ax.legend(loc="best")
     if title:
         ax.set_title(title)
     return ax
 
 
-def plot_value_histogram(x: torch.Tensor, ax=None, bins: int = 81, title: str | None = None):
+def plot_value_histogram(x: torch.Tensor, ax=None, bins: int = 81, title: str | None = None, legend: bool = True):
     """Histogram of all values of ``x`` before and after the rotation, log count (the tails are what set
-    the per-token scale)."""
+    the per-token scale; a legend unless ``legend=False``)."""
     if ax is None:
         _, ax = small_figure(width=4.0, height=2.6)
     plain, rotated = _np(x).ravel(), _np(hadamard_transform(x.float())).ravel()
@@ -68,7 +69,8 @@ def plot_value_histogram(x: torch.Tensor, ax=None, bins: int = 81, title: str | 
     ax.set_yscale("log")
     ax.set_xlabel("value")
     ax.set_ylabel("count (log)")
-    ax.legend(loc="upper right")
+    if legend:
+        ax.legend(loc="best")
     if title:
         ax.set_title(title)
     return ax
@@ -76,13 +78,15 @@ def plot_value_histogram(x: torch.Tensor, ax=None, bins: int = 81, title: str | 
 
 def plot_rotation_effect(acts: dict, names=None, width: float = 4.0, height: float = 2.5):
     """One row per activation ``{name: x}`` (or the chosen ``names``): per-channel max |x| (left) and the value
-    histogram (right), plain and rotated. Returns the figure."""
+    histogram (right), plain and rotated; one legend for the figure, above the panels. Returns the figure."""
     names = list(acts) if names is None else list(names)
     fig, axes = small_figure(ncols=2, nrows=len(names), width=width, height=height, squeeze=False)
     for row, name in zip(axes, names):
-        plot_channel_max(acts[name], ax=row[0], title=f"{short_name(name)}: per-channel max")
-        plot_value_histogram(acts[name], ax=row[1], title=f"{short_name(name)}: values")
-    fig.tight_layout()
+        plot_channel_max(acts[name], ax=row[0], title=f"{short_name(name)}: per-channel max", legend=False)
+        plot_value_histogram(acts[name], ax=row[1], title=f"{short_name(name)}: values", legend=False)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=2, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (height * len(names))))
     return fig
 
 
@@ -92,10 +96,10 @@ def plot_error_bars(rows: list[dict], ax=None, title: str | None = None):
     if ax is None:
         _, ax = small_figure(width=max(5.0, 1.1 * len(rows)), height=3.0)
     pos = np.arange(len(rows))
-    labels = [f"{short_name(r['name'])}\n{r['format']}" for r in rows]
+    labels = ["\n".join(short_name(r["name"]).split(".", 1)) + f"\n{r['format']}" for r in rows]
     for offset, key, color, label in ((-0.2, "plain", PLAIN, "plain"), (0.2, "rotated", ROTATED, "Hadamard-rotated")):
         bars = ax.bar(pos + offset, [100 * r[key] for r in rows], width=0.4, color=color, label=label)
-        ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=1)
+        ax.bar_label(bars, fmt="{:#.3g}", fontsize=8, padding=1)  # as in format_error_table
     ax.set_xticks(pos, labels, fontsize=8)
     ax.set_ylabel("relative error (%)")
     ax.set_ylim(0, 1.18 * max(100 * max(r["plain"], r["rotated"]) for r in rows))
