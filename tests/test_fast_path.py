@@ -97,3 +97,9 @@ def test_live_timing_and_weights():
     live = fp.live_result({"bf16": t, "q8lib_compile": None}, "cpu")
     assert live["_file"] == "this run (cpu)" and list(live["results"]) == ["bf16"]
     assert fp.ladder(live, "bf16")[0]["ms"] == t["ms"]
+
+
+def test_format_times():
+    t = {"ms": 2.0, "min_ms": 1.5, "max_ms": 3.0, "extra_peak_mb": None}
+    text = fp.format_times({"bf16_compile": t, "q8lib": dict(t, ms=1.0), "q8lib_compile_graph": None})
+    assert "0.50x" in text and "not run on this device" in text and "q8lib, eager" in text

@@ -3,7 +3,8 @@ fused kernels, measured live on any device and read from the committed H200 resu
 
 Two halves. **Live** (:func:`time_forward`, :func:`weights_mb`, :func:`live_result`): time a forward on the device
 the notebook runs on (CUDA events with warm-up and a median on a GPU, the wall clock on a CPU:
-:func:`q8lib.timing.time_ms`) and the GPU memory it adds at its peak, and shape the timings like a benchmark file so the same figure draws them.
+:func:`q8lib.timing.time_ms`) and the GPU memory it adds at its peak, and shape the timings like a benchmark file so
+the same figure draws them.
 **Committed** (:func:`load`, :func:`ladder`, :func:`milestones`, :func:`profile_rows`, :func:`memory_rows` and the
 ``plot_*`` functions): the JSON that ``python -m q8lib.bench`` wrote on the H200 (``benchmarks/results/``), drawn in
 :data:`q8lib.tutorial.viz.STYLE`: linear axes from zero, the value written on each mark, the bf16 + compile time as
@@ -22,7 +23,8 @@ from ..timing import time_ms
 from .results_plots import family, timed_variants, variant_label
 from .viz import FONT_SIZE, small_figure
 
-__all__ = ["STEPS", "LADDERS", "MILESTONES", "PARTS", "label", "load", "weights_mb", "time_forward", "live_result",
+__all__ = ["STEPS", "LADDERS", "MILESTONES", "PARTS", "label", "load", "weights_mb", "time_forward", "format_times",
+           "live_result",
            "ladder", "format_ladders", "plot_steps", "milestones", "format_milestones", "profile_rows",
            "format_profile", "plot_profile_split", "memory_rows", "plot_memory"]
 
@@ -55,7 +57,10 @@ MILESTONES = (
 
 
 def label(variant: str) -> str:
-    """:func:`~q8lib.tutorial.results_plots.variant_label`, with ``", eager"`` on variants that are not compiled."""
+    """:func:`~q8lib.tutorial.results_plots.variant_label`, with ``", eager"`` on variants that are not compiled; a
+    name with a space in it is already a label and comes back as it is."""
+    if " " in variant:
+        return variant
     text = variant_label(variant)
     return text if "compile" in variant else f"{text}, eager"
 
@@ -92,6 +97,22 @@ def time_forward(fn, iters: int = 10, warmup: int = 3) -> dict:
     times = time_ms(fn, iters, warmup)
     extra = (torch.cuda.max_memory_allocated() - before) / 2**20 if cuda else None
     return {"ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "extra_peak_mb": extra}
+
+
+def format_times(times: dict, baseline: str = "bf16_compile") -> str:
+    """Timings ``{variant: time_forward(...) or None}`` as a table: median (min-max) ms, the multiple of ``baseline``'s
+    time, the extra peak MiB (``-`` without a GPU); ``None`` entries (not run here) say so."""
+    base = (times.get(baseline) or {}).get("ms")
+    w = max(18, len(baseline) + 4)
+    lines = [f"{'variant':<32}{'median ms':>11}{'min-max':>17}{'x ' + baseline:>{w}}{'extra peak MiB':>16}"]
+    for v, t in times.items():
+        if not t:
+            lines.append(f"{label(v):<32}{'not run on this device':>34}")
+            continue
+        ratio = f"{t['ms'] / base:.2f}x" if base else "-"
+        peak = "-" if t["extra_peak_mb"] is None else f"{t['extra_peak_mb']:.0f}"
+        lines.append(f"{label(v):<32}{t['ms']:>11.1f}{t['min_ms']:>8.1f} - {t['max_ms']:<6.1f}{ratio:>{w}}{peak:>16}")
+    return "\n".join(lines)
 
 
 def live_result(times: dict, device: str = "") -> dict:
@@ -161,7 +182,7 @@ def plot_steps(panels: dict, title: str | None = None, unit: str = "ms"):
         if ref:
             ax.axhline(ref["ms"], color="black", ls="--", lw=1, zorder=1)
         ax.set_xticks(x, ["\n".join(s.rsplit(" ", 1)) if " " in s else s for s in STEPS])
-        ax.set_xlim(-0.6, len(STEPS) - 0.4)
+        ax.set_xlim(-0.75, len(STEPS) - 0.4)
         ax.set_ylim(0, top * 1.12)
         ax.set_title(name)
         ax.grid(axis="y", color="0.9", lw=0.8, zorder=0)
