@@ -20,6 +20,7 @@ NAMES = [
     "05_q8_attention_inference",
     "06_benchmark_plots",
     "07_ltx2_in_8_bits",
+    "08_making_it_fast",
 ]
 
 
@@ -27,7 +28,7 @@ def _read(name):
     return nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
 
 
-def test_the_seven_notebooks_exist():
+def test_the_notebooks_exist():
     assert sorted(p.stem for p in NB_DIR.glob("*.ipynb")) == NAMES
 
 
