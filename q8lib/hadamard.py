@@ -57,14 +57,24 @@ def hadamard_signs(n: int, dtype: torch.dtype, device: torch.device) -> torch.Te
     """The unnormalised ``[n, n]`` Sylvester matrix (entries ±1, exact in any float dtype), cached per
     size, dtype and device; ``hadamard_matrix(n) == hadamard_signs(n, ...) / sqrt(n)``.
 
-    Not cached while torch.compile traces with fake tensors (a ``triton_op``'s launcher): the cache would keep
-    a fake tensor that later eager calls cannot read."""
+    Not cached while torch.compile traces (Dynamo, or fake tensors in a ``triton_op``'s launcher): the cache
+    would keep a fake tensor that later eager calls cannot read, and Dynamo cannot trace the cache lookup; there
+    the matrix is built from tensor ops (log2(n) doublings) that the trace records."""
+    if torch.compiler.is_compiling():
+        return _built_signs(n, dtype, device)
     from torch._guards import detect_fake_mode
 
-    if detect_fake_mode() is not None:  # from Python numbers: no cached tensor is created under the fake mode
-        return torch.tensor([[1.0 - 2.0 * (bin(i & j).count("1") & 1) for j in range(n)] for i in range(n)],
-                            dtype=dtype, device=device)
+    if detect_fake_mode() is not None:
+        return _built_signs(n, dtype, device)
     return _cached_signs(n, dtype, device)
+
+
+def _built_signs(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Sylvester's construction, ``H_2k = [[H_k, H_k], [H_k, -H_k]]``, in tensor ops."""
+    h = torch.ones(1, 1, dtype=dtype, device=device)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h
 
 
 @functools.lru_cache(maxsize=64)

@@ -163,6 +163,21 @@ def test_fused_block_compiles_fullgraph_cpu(seed, monkeypatch):
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("weight_dtype", ["int8", "fp8_e4m3"])
+def test_reference_backend_compiles_fullgraph_cpu(seed, weight_dtype):
+    """What a CPU user gets by default (the reference backend, diffusers' block forward) traces into one graph per
+    block. Regression: the rotation's cached ±1 matrix (``hadamard_signs``) stopped Dynamo ("torch.* op returned
+    non-Tensor")."""
+    model = make_tiny_transformer(seed=seed % 1000)
+    args, kw = _inputs(model.config)
+    q = q8lib.quantize_(model, q8lib.Q8Config(weight_dtype=weight_dtype), progress=False)
+    eager = _run(q, args, kw)
+    torch._dynamo.reset()
+    q.compile_repeated_blocks(fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(_run(q, args, kw), eager, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+
+
 def test_key_lengths_cached_per_mask(seed):
     from q8lib.fused import _key_lengths
 
