@@ -122,7 +122,8 @@ def test_opencv_branch_with_a_fake_cv2(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="q8lib.app.video"):
         p = write_video(torch.rand(5, 3, 40, 36), tmp_path / "v.mp4", fps=8)
     assert p.read_bytes() == b"fake mp4" and "with opencv (mp4v)" in caplog.text
-    assert _FakeWriter.calls[:3] == [("open", "avc1", 8.0, (48, 48)), ("release", "avc1"), ("open", "mp4v", 8.0, (48, 48))]
+    assert _FakeWriter.calls[:3] == [("open", "avc1", 8.0, (48, 48)), ("release", "avc1"),
+                                     ("open", "mp4v", 8.0, (48, 48))]
     assert _FakeWriter.calls[3:] == [("write", (48, 48, 3), "uint8")] * 5 + [("release", "mp4v")]
     assert sorted(x.name for x in tmp_path.iterdir()) == ["v.mp4"]  # no partial file left
 
