@@ -116,6 +116,17 @@ def test_shrink_outputs_replaces_the_largest_outputs():
     assert len(json.dumps(nb)) < 1e6
 
 
+def test_coalesce_streams_merges_consecutive_prints():
+    outs = [{"output_type": "stream", "name": "stdout", "text": ["a\n"]},
+            {"output_type": "stream", "name": "stdout", "text": "b\nc\n"},
+            {"output_type": "stream", "name": "stderr", "text": ["w\n"]},
+            {"output_type": "stream", "name": "stdout", "text": ["d\n"]}]
+    nb = {"cells": [{"cell_type": "code", "outputs": outs}, {"cell_type": "markdown", "source": "x"}]}
+    gpu_run.coalesce_streams(nb)
+    assert [(o["name"], "".join(o["text"])) for o in nb["cells"][0]["outputs"]] == [
+        ("stdout", "a\nb\nc\n"), ("stderr", "w\n"), ("stdout", "d\n")]
+
+
 def test_gpu_record_and_the_executor_refusals(tmp_path):
     torch = pytest.importorskip("torch")
     rec = gpu_run.gpu_record()

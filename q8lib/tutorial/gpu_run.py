@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .gpu_variants import GPU_DIR, REGENERATE, VARIANTS, banner, read_notebook, variant_problems, write_notebook
 
-__all__ = ["gpu_record", "shrink_outputs", "execute_variant", "run_variants"]
+__all__ = ["gpu_record", "coalesce_streams", "shrink_outputs", "execute_variant", "run_variants"]
 
 MAX_NOTEBOOK_MB = 8.0  # per executed variant, after shrink_outputs (the device tool returns files up to 16 MB)
 
@@ -54,6 +54,22 @@ def gpu_record() -> dict:
 
 def _output_bytes(out: dict) -> int:
     return len(json.dumps(out, ensure_ascii=False).encode("utf-8"))
+
+
+def coalesce_streams(nb: dict) -> None:
+    """Merge consecutive stdout (stderr) outputs of a cell into one, as ``jupyter nbconvert --execute`` does;
+    nbclient keeps every message apart, so one ``print`` loop would show as many output blocks."""
+    for cell in nb["cells"]:
+        merged = []
+        for out in cell.get("outputs", []):
+            prev = merged[-1] if merged else None
+            if prev and out["output_type"] == prev["output_type"] == "stream" and out["name"] == prev["name"]:
+                text = "".join(prev["text"]) + "".join(out["text"])
+                prev["text"] = text.splitlines(keepends=True)
+            else:
+                merged.append(out)
+        if "outputs" in cell:
+            cell["outputs"] = merged
 
 
 def shrink_outputs(nb: dict, max_mb: float = MAX_NOTEBOOK_MB) -> list[str]:
@@ -111,6 +127,7 @@ def execute_variant(nb_dir: str | Path, name: str, out_dir: str | Path | None = 
             last = str(e).strip().splitlines()[-1][:500] if str(e).strip() else ""
             record["error"] = f"{type(e).__name__}: {last}"
     nb = json.loads(nbformat.writes(node))
+    coalesce_streams(nb)
     record.update(wall_s=round(time.perf_counter() - start, 1), env=env)
     removed = shrink_outputs(nb, max_mb)
     if removed:
