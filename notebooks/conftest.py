@@ -18,3 +18,7 @@ import tempfile as _tempfile
 _cache = _tempfile.mkdtemp(prefix="q8lib-notebooks-")
 os.environ["Q8LIB_CACHE"] = os.path.join(_cache, "q8lib")
 os.environ.setdefault("MPLCONFIGDIR", os.path.join(_cache, "matplotlib"))
+
+# The GPU variants (notebooks/gpu/, see its README.md) run on a GPU machine only, never under nbval here;
+# tests/test_notebooks_gpu_variants.py checks that they stay in sync with these notebooks.
+collect_ignore_glob = ["gpu/*"]

@@ -70,6 +70,7 @@ def test_generate_bf16_image_to_video_and_repeats(tmp_path, seed):
     rep = json.loads((tmp_path / "v.json").read_text())
     assert rep["pipeline"]["image_to_video"] and rep["pipeline"]["precision"] == "bf16"
     assert len(rep["results"]["runs"]) == 2 and rep["results"]["warmup_runs"] == 1
+    assert rep["video_writer"] == "imageio-ffmpeg"  # the first of q8lib.app.video.VIDEO_WRITERS, installed here
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -91,11 +92,13 @@ def test_bad_settings_fail_before_loading(tmp_path, capsys, no_model, flags, mes
 def test_no_video_and_missing_video_writer(tmp_path, capsys, monkeypatch):
     assert _gen(tmp_path, "--no-video", cmd="compare", name="c.mp4") == 0
     rep = json.loads((tmp_path / "c.json").read_text())
-    assert rep["outputs"]["video"] is None and not (tmp_path / "c.mp4").exists()
-    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
-    monkeypatch.setattr(runmod, "load_pipeline", lambda *a, **k: pytest.fail("loaded before the imageio check"))
+    assert rep["outputs"]["video"] is None and rep["video_writer"] is None and not (tmp_path / "c.mp4").exists()
+    for writer_module in ("imageio_ffmpeg", "av", "cv2"):  # no mp4 writer at all
+        monkeypatch.setitem(sys.modules, writer_module, None)
+    monkeypatch.setattr(runmod, "load_pipeline", lambda *a, **k: pytest.fail("loaded before the mp4 writer check"))
     assert _gen(tmp_path) == 2
-    assert "pip install imageio imageio-ffmpeg, or pass --no-video" in capsys.readouterr().err
+    assert "pip install imageio-ffmpeg, or pip install av, or pip install opencv-python-headless, or pass --no-video" \
+        in capsys.readouterr().err
 
 
 def test_hub_model_offline_message(tmp_path, capsys, monkeypatch):

@@ -6,7 +6,6 @@ seconds, not after minutes of loading.
 """
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from ..errors import MissingPackageError, Q8Warning, SettingsError
 from ..outputs import check_output_dir, check_output_file
 from .prompts import PromptCache
 from .settings import MODEL_ALIASES, RANDOM_MODELS, TINY, GenerationSettings
+from .video import video_writer
 
 __all__ = ["load_image", "open_prompt_cache", "needs_text_encoder", "check_video_output", "WandbRun"]
 
@@ -73,15 +73,16 @@ def needs_text_encoder(model: str, settings: GenerationSettings, cache: PromptCa
 
 
 def check_video_output(output, warmup: int, repeats: int, write_video: bool) -> Path:
-    """Check the run counts, the mp4 path and (unless ``write_video=False``) the mp4 writer; returns the path."""
+    """Check the run counts, the mp4 path and (unless ``write_video=False``) that an mp4 writer is installed
+    (:func:`~q8lib.app.video.video_writer`); returns the path."""
     if warmup < 0 or repeats < 1:
         raise SettingsError(f"--warmup must be >= 0 and --repeats >= 1, got {warmup} and {repeats}")
     out = check_output_file(output, (".mp4",), "--output")
     if write_video:
-        missing = [m for m in ("imageio", "imageio_ffmpeg") if importlib.util.find_spec(m) is None]
-        if missing:
-            raise MissingPackageError(f"writing mp4 needs imageio and imageio-ffmpeg (missing: {', '.join(missing)}): "
-                                      "pip install imageio imageio-ffmpeg, or pass --no-video")
+        try:
+            video_writer()  # imageio-ffmpeg, else PyAV, else OpenCV
+        except MissingPackageError as e:
+            raise MissingPackageError(f"{e}, or pass --no-video") from None
     return out
 
 

@@ -37,7 +37,7 @@ from .pipelines import check_family_packages, model_family
 from .prompts import encode_prompts, free_text_encoder, text_encoder_suffix
 from .settings import (MODEL_ALIASES, TINY, check_backend, check_cuda_graph, check_offload, resolve_device,
                        resolve_dtype, settings_for)
-from .video import plot_metrics, side_by_side, write_video
+from .video import plot_metrics, side_by_side, video_writer, write_video
 
 __all__ = ["RunOptions", "generate", "compare", "memory", "convert", "convert_checkpoint", "demo", "sidecar_for",
            "q8_options"]
@@ -184,7 +184,7 @@ def generate(prompt: str, **options) -> dict:
                                warmup_runs=o.warmup,
                                audio=None if audio is None else dict(sample_rate=rate, channels=audio.shape[1],
                                                                      seconds=audio.shape[-1] / rate)),
-                  outputs=[str(p) for p in paths])
+                  outputs=[str(p) for p in paths], video_writer=video_writer(audio is not None) if paths else None)
     for i, (v, p) in enumerate(zip(videos, paths)):  # each file is written whole or not at all (q8lib.outputs)
         write_video(v, p, settings.frame_rate, None if audio is None else audio[i], rate)
     write_json(sidecar_for(out), report)
@@ -240,7 +240,8 @@ def compare(prompt: str, **options) -> dict:
                                reference=dict(timings=ref_t, memory=ref_runs[-1]["memory"]),
                                q8=dict(timings=q8_t, memory=q8_runs[-1]["memory"]),
                                warmup_runs=o.warmup, repeats=o.repeats),
-                  outputs=dict(video=None if o.no_video else str(out), plot=str(plot) if plot else None))
+                  outputs=dict(video=None if o.no_video else str(out), plot=str(plot) if plot else None),
+                  video_writer=None if o.no_video else video_writer())
     if not o.no_video:  # each file is written whole or not at all (q8lib.outputs)
         write_video(side_by_side(ref, q8), out, settings.frame_rate)
     write_json(sidecar_for(out), report)
