@@ -54,6 +54,10 @@ VARIANTS = {
         shows="a whole LTXPipeline run at the full size (81 frames of 480x704, 50 steps) with the bf16 and then the "
               "Q8 transformer (Triton kernels, FP8 attention): timings and memory on the GPU; random weights, so "
               "the videos are noise and the PSNR/SSIM only say how close the two runs are"),
+    "08_making_it_fast": dict(
+        env={}, est_s=120,
+        shows="every step live on the GPU with the tiny model (eager, regional compile, CUDA graph, fused kernels), "
+              "timed with CUDA events; the H200 story from the committed JSON as on the CPU"),
     "07_ltx2_in_8_bits": dict(
         env={}, est_s=90,
         shows="the tiny LTX-2 converted to fp8/int8 and run through the GPU kernels (the CPU run uses the reference "
