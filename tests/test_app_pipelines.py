@@ -117,8 +117,45 @@ def test_checkpoint_of_another_family_is_refused(repos, tmp_path):
     with pytest.raises(SettingsError, match="holds a LTXVideoTransformer3DModel, but .* runs a "
                                             "LTX2VideoTransformer3DModel"):
         load_pipeline(repos["ltx2"], device="cpu", checkpoint=str(ck))
-    with pytest.raises(SettingsError, match="--cuda-graph is not supported for LTX-2"):
+    with pytest.raises(SettingsError, match="--cuda-graph needs --device cuda"):  # LTX-2 takes CUDA graphs on GPUs
         load_pipeline(repos["ltx2"], device="cpu", cuda_graph=True)
+
+
+@pytest.mark.parametrize("name,image,guidance,steps", [("ltx2", False, 3.0, 3), ("ltx2_condition", True, 1.0, 2),
+                                                        ("ltx2", True, 3.0, 2)])
+def test_ltx2_calls_keep_one_cuda_graph_key_per_call_site(repos, seed, name, image, guidance, steps):
+    """--cuda-graph on LTX-2: ``CUDAGraphForward`` captures a graph per call key (``q8lib.cudagraph.graph_key``:
+    tensor shapes/dtypes/strides, every other argument's repr). diffusers' LTX-2 pipelines call the transformer
+    from three sites a step (CFG batch, STG pass, modality-isolation pass); each site must keep its key at every
+    step (timesteps as tensors, not floats), or each step would capture anew and soon exceed ``max_graphs``. The
+    weights stay where they are (a graph replays fixed addresses) and the outputs are the (video, audio) pair that
+    ``CUDAGraphForward`` clones out of the graph's memory."""
+    import inspect
+
+    from PIL import Image
+    from torch.utils import _pytree as pytree
+
+    from q8lib.cudagraph import CUDAGraphForward, graph_key
+
+    if image and name == "ltx2" and not _has_av():
+        pytest.skip("LTX2ImageToVideoPipeline re-encodes the image with PyAV")
+    pipe = load_pipeline(repos[name], precision="q8", device="cpu", dtype="fp32", image_to_video=image)
+    keys, outs = [], []
+    pipe.transformer.register_forward_pre_hook(lambda m, a, k: keys.append(graph_key(a, k)[0]), with_kwargs=True)
+    pipe.transformer.register_forward_hook(lambda m, a, o: outs.append(o))
+    addresses = [t.data_ptr() for t in pipe.transformer.state_dict().values()]
+    s = _settings(seed, guidance_scale=guidance, num_inference_steps=steps)
+    embeds, _ = encode_prompts(pipe, s, repos[name], None)
+    img = Image.fromarray((torch.rand(32, 32, 3) * 255).byte().numpy()) if image else None
+    run_pipeline(pipe, s, embeds, image=img, progress=False)
+    per_step = len(keys) // steps
+    assert per_step == 3 and len(keys) == steps * per_step, len(keys)
+    assert all(keys[i * per_step:(i + 1) * per_step] == keys[:per_step] for i in range(steps))
+    max_graphs = inspect.signature(CUDAGraphForward).parameters["max_graphs"].default
+    assert len(set(keys)) == per_step <= max_graphs
+    assert [t.data_ptr() for t in pipe.transformer.state_dict().values()] == addresses
+    assert all(isinstance(o, tuple) and len(pytree.tree_leaves(o)) == 2 and
+               all(isinstance(t, torch.Tensor) for t in pytree.tree_leaves(o)) for o in outs)
 
 
 def _has_av():
