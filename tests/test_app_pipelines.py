@@ -7,6 +7,7 @@ audio written into the mp4. CPU, reference backend, fp32.
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -220,14 +221,31 @@ def test_ltx2_defaults_follow_the_model_card(repos, monkeypatch):
             seen["max_sequence_length"]) == (121, 512, 768, 40, 4.0, 1024)
 
 
-def test_memory_command_refuses_ltx2_before_loading(repos, monkeypatch):
-    """``transformer_memory`` (the ``memory`` command) measures LTX-Video transformers; an LTX-2 repo is refused with
-    the benchmark command to use, before any weights load."""
+def test_cli_memory_measures_ltx2(repos, tmp_path, capsys, monkeypatch):
+    """``q8lib memory`` on an LTX-2 repo: video and audio tokens as the benchmark builds them (latent grid of the
+    config's vae_scale_factors (8, 32, 32): 9 frames of 32x32 -> 2x1x1; audio of 9 frames at 24 fps: round(9.375) = 9
+    tokens), 1024 text tokens by default (LTX2Pipeline's max_sequence_length); bad shapes fail before loading."""
     from q8lib.app import measure
 
+    out = tmp_path / "m.json"
+    args = ["memory", "--model", repos["ltx2"], "--device", "cpu", "--frames", "9", "--height", "32", "--width", "32",
+            "--repeats", "1"]
+    assert main([*args, "--output", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["shape"]["latent"] == [2, 1, 1] and rep["shape"]["video_tokens"] == 2
+    assert rep["shape"]["audio_tokens"] == 9 and rep["shape"]["text_tokens"] == 1024
+    assert rep["results"]["output_finite"] and rep["results"]["precision"] == "q8"
+    assert rep["results"]["params"] > 1_000_000 and len(rep["results"]["forward_ms"]) == 1
+    assert "2 + 9 audio tokens, 1024 text tokens x batch 2" in capsys.readouterr().out
+    assert main([*args, "--batch", "1", "--text-tokens", "8", "--precision", "bf16", "--output", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["shape"]["text_tokens"] == 8 and rep["shape"]["transformer_batch"] == 1
+    assert rep["results"]["precision"] == "bf16" and rep["results"]["output_finite"]
     monkeypatch.setattr(measure, "load_transformer", lambda *a, **k: pytest.fail("loaded weights"))
-    with pytest.raises(SettingsError, match="q8lib.bench --config ltx2"):
-        measure.transformer_memory(repos["ltx2"], device="cpu")
+    for flags, message in ((["--frames", "10"], "8k\\+1"), (["--height", "48"], "height must be a positive multiple"),
+                           (["--text-tokens", "0"], "text_tokens must be a whole number >= 1")):
+        assert main([*args, *flags]) == 2
+        assert re.search(message, capsys.readouterr().err), flags
 
 
 def test_cli_generate_ltx2_with_q8_text_encoder(repos, tmp_path, capsys, monkeypatch):
