@@ -181,6 +181,31 @@ def test_cli_generate_ltx2_writes_video_with_audio(repos, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_cli_convert_ltx2_then_generate_from_checkpoint(repos, tmp_path, capsys):
+    """``q8lib convert`` on an LTX-2 repo writes a Q8 LTX-2 checkpoint; ``generate --checkpoint`` runs the repo's
+    pipeline with it (no on-the-fly conversion); an LTX-1 model refuses it, naming both transformers."""
+    from q8lib import load_q8
+
+    ck = tmp_path / "ck"
+    assert main(["convert", repos["ltx2"], str(ck), "--weight-dtype", "fp8_e4m3", "--report",
+                 str(tmp_path / "size.json")]) == 0
+    assert "q8lib weights" in capsys.readouterr().out
+    rep = json.loads((tmp_path / "size.json").read_text())
+    # tiny LTX-2 (LTX2_TINY_CONFIG): 753,664 of its 1,237,280 parameters in 8 bits, 2.47 -> 1.79 MB (int8: ratio 0.72)
+    assert rep["params_8bit"] == 753_664 and 0.65 < rep["ratio"] < 0.8
+    assert type(load_q8(ck)).__name__ == "LTX2VideoTransformer3DModel"
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--model", repos["ltx2"], "--checkpoint", str(ck), "--prompt", "a red circle moving right",
+                 *SMALL, "--no-video", "--no-prompt-cache", "--output", str(out)]) == 0
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["pipeline"]["checkpoint"] == str(ck) and side["pipeline"]["pipeline"] == "LTX2Pipeline"
+    # the checkpoint's format is reported, not --weight-dtype's default (int8 on a CPU)
+    assert side["pipeline"]["weight_dtype"] == "fp8_e4m3" and side["results"]["timings"]["transformer_forwards"] == 6
+    assert main(["generate", "--checkpoint", str(ck), "--prompt", "x", *SMALL, "--no-video",
+                 "--output", str(tmp_path / "t.mp4")]) == 2
+    assert "holds a LTX2VideoTransformer3DModel, but tiny runs a LTXVideoTransformer3DModel" in capsys.readouterr().err
+
+
 def test_cli_compare_ltx097(repos, tmp_path, capsys):
     out = tmp_path / "c.mp4"
     assert main(["compare", "--model", repos["ltx097"], "--prompt", "a red circle moving right", *SMALL,

@@ -346,9 +346,10 @@ def load_pipeline(
     if model != TINY:
         text_encoder_id = text_encoder_id_of(None, model)
     text_encoder_id += text_encoder_suffix(text_encoder_precision, q8_config.weight_dtype)
+    weights = getattr(pipe.transformer, "_q8_config", None) or q8_config  # a checkpoint's own format
     pipe.q8lib_info = dict(model=model, text_encoder_id=text_encoder_id, precision=precision,
                            checkpoint=str(checkpoint) if checkpoint else None, backend=backend, device=str(device), dtype=str(dtype).replace("torch.", ""),
-                           weight_dtype=q8_config.weight_dtype if precision == "q8" else None,
+                           weight_dtype=weights.weight_dtype if precision == "q8" else None,
                            attention=runtime.attention if precision == "q8" else None,
                            offload=offload, vae_tiling=vae_tiling, image_to_video=image_to_video,
                            family=family.name, pipeline=type(pipe).__name__,
