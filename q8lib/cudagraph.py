@@ -17,8 +17,14 @@ or, inside a diffusers pipeline, ``enable_cuda_graphs(pipe.transformer)`` (undo:
 
 Each new signature (tensor shapes/dtypes/devices and the values of non-tensor arguments) is
 warmed up and captured on first use (a few forwards); later calls copy the inputs into the
-captured buffers and replay. Outputs are cloned out of the graph's memory unless
-``clone_outputs=False`` (then they are overwritten by the next call). Inference only: call it
+captured buffers and replay (:func:`graph_key` is that signature). A pipeline whose step calls the transformer
+from several call sites keeps one graph per site: LTX-2's pipelines (diffusers 0.42.1) call it three times a step
+(the CFG batch, the spatio-temporal-guidance pass with ``spatio_temporal_guidance_blocks``, the modality-isolation
+pass with ``isolate_modalities=True``), each with one signature at every step (timesteps arrive as tensors;
+``tests/test_app_pipelines.py`` checks it), so three graphs. Outputs (tensors, tuples such as LTX-2's
+``return_dict=False`` pair, diffusers' output dataclasses: pytree nodes) are cloned out of the graph's memory unless
+``clone_outputs=False`` (then the next call, of any signature, may overwrite them: the graphs share one memory
+pool). Inference only: call it
 under ``torch.inference_mode()``/``no_grad``; the model's weights must not be reassigned
 (in-place updates are seen by the graph). So a model under CPU offload (diffusers'
 ``enable_model_cpu_offload`` / ``enable_sequential_cpu_offload``, group offloading), whose weights are
@@ -32,12 +38,21 @@ from torch.utils import _pytree as pytree
 from .errors import BackendUnavailableError, SettingsError
 from .offload import check_not_offloaded, is_offloaded
 
-__all__ = ["CUDAGraphForward", "enable_cuda_graphs", "disable_cuda_graphs"]
+__all__ = ["CUDAGraphForward", "enable_cuda_graphs", "disable_cuda_graphs", "graph_key"]
 
 
 def _signature(flat):
     return tuple((("T", tuple(a.shape), a.dtype, a.device, a.stride()) if isinstance(a, torch.Tensor) else ("V", repr(a)))
                  for a in flat)
+
+
+def graph_key(args: tuple, kwargs: dict):
+    """``(key, flat, spec)`` of a call ``forward(*args, **kwargs)``: the call flattened (``torch.utils._pytree``) and
+    the key :class:`CUDAGraphForward` keeps one graph per: shapes, dtypes, devices and strides of the tensors, the
+    ``repr`` of every other leaf, and the call's structure. Calls with equal keys replay the same graph (CPU-safe:
+    tests check that a pipeline's calls keep one key per call site across denoising steps)."""
+    flat, spec = pytree.tree_flatten((args, kwargs))
+    return (_signature(flat), spec), flat, spec
 
 
 class CUDAGraphForward:
@@ -89,8 +104,7 @@ class CUDAGraphForward:
     def __call__(self, *args, **kwargs):
         if self._owner is not None and is_offloaded(self._owner):  # offloaded after a capture (one lookup)
             self._check_offload()
-        flat, spec = pytree.tree_flatten((args, kwargs))
-        key = (_signature(flat), spec)
+        key, flat, spec = graph_key(args, kwargs)
         entry = self.graphs.get(key)
         if entry is None:
             entry = self.graphs[key] = self._capture(flat, spec)

@@ -7,6 +7,7 @@ audio written into the mp4. CPU, reference backend, fp32.
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -117,8 +118,45 @@ def test_checkpoint_of_another_family_is_refused(repos, tmp_path):
     with pytest.raises(SettingsError, match="holds a LTXVideoTransformer3DModel, but .* runs a "
                                             "LTX2VideoTransformer3DModel"):
         load_pipeline(repos["ltx2"], device="cpu", checkpoint=str(ck))
-    with pytest.raises(SettingsError, match="--cuda-graph is not supported for LTX-2"):
+    with pytest.raises(SettingsError, match="--cuda-graph needs --device cuda"):  # LTX-2 takes CUDA graphs on GPUs
         load_pipeline(repos["ltx2"], device="cpu", cuda_graph=True)
+
+
+@pytest.mark.parametrize("name,image,guidance,steps", [("ltx2", False, 3.0, 3), ("ltx2_condition", True, 1.0, 2),
+                                                        ("ltx2", True, 3.0, 2)])
+def test_ltx2_calls_keep_one_cuda_graph_key_per_call_site(repos, seed, name, image, guidance, steps):
+    """--cuda-graph on LTX-2: ``CUDAGraphForward`` captures a graph per call key (``q8lib.cudagraph.graph_key``:
+    tensor shapes/dtypes/strides, every other argument's repr). diffusers' LTX-2 pipelines call the transformer
+    from three sites a step (CFG batch, STG pass, modality-isolation pass); each site must keep its key at every
+    step (timesteps as tensors, not floats), or each step would capture anew and soon exceed ``max_graphs``. The
+    weights stay where they are (a graph replays fixed addresses) and the outputs are the (video, audio) pair that
+    ``CUDAGraphForward`` clones out of the graph's memory."""
+    import inspect
+
+    from PIL import Image
+    from torch.utils import _pytree as pytree
+
+    from q8lib.cudagraph import CUDAGraphForward, graph_key
+
+    if image and name == "ltx2" and not _has_av():
+        pytest.skip("LTX2ImageToVideoPipeline re-encodes the image with PyAV")
+    pipe = load_pipeline(repos[name], precision="q8", device="cpu", dtype="fp32", image_to_video=image)
+    keys, outs = [], []
+    pipe.transformer.register_forward_pre_hook(lambda m, a, k: keys.append(graph_key(a, k)[0]), with_kwargs=True)
+    pipe.transformer.register_forward_hook(lambda m, a, o: outs.append(o))
+    addresses = [t.data_ptr() for t in pipe.transformer.state_dict().values()]
+    s = _settings(seed, guidance_scale=guidance, num_inference_steps=steps)
+    embeds, _ = encode_prompts(pipe, s, repos[name], None)
+    img = Image.fromarray((torch.rand(32, 32, 3) * 255).byte().numpy()) if image else None
+    run_pipeline(pipe, s, embeds, image=img, progress=False)
+    per_step = len(keys) // steps
+    assert per_step == 3 and len(keys) == steps * per_step, len(keys)
+    assert all(keys[i * per_step:(i + 1) * per_step] == keys[:per_step] for i in range(steps))
+    max_graphs = inspect.signature(CUDAGraphForward).parameters["max_graphs"].default
+    assert len(set(keys)) == per_step <= max_graphs
+    assert [t.data_ptr() for t in pipe.transformer.state_dict().values()] == addresses
+    assert all(isinstance(o, tuple) and len(pytree.tree_leaves(o)) == 2 and
+               all(isinstance(t, torch.Tensor) for t in pytree.tree_leaves(o)) for o in outs)
 
 
 def _has_av():
@@ -141,6 +179,31 @@ def test_cli_generate_ltx2_writes_video_with_audio(repos, tmp_path, capsys):
         assert [s.type for s in f.streams] == ["video", "audio"]
         assert f.streams.video[0].frames == 9 and f.streams.audio[0].rate == 16000
     assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_convert_ltx2_then_generate_from_checkpoint(repos, tmp_path, capsys):
+    """``q8lib convert`` on an LTX-2 repo writes a Q8 LTX-2 checkpoint; ``generate --checkpoint`` runs the repo's
+    pipeline with it (no on-the-fly conversion); an LTX-1 model refuses it, naming both transformers."""
+    from q8lib import load_q8
+
+    ck = tmp_path / "ck"
+    assert main(["convert", repos["ltx2"], str(ck), "--weight-dtype", "fp8_e4m3", "--report",
+                 str(tmp_path / "size.json")]) == 0
+    assert "q8lib weights" in capsys.readouterr().out
+    rep = json.loads((tmp_path / "size.json").read_text())
+    # tiny LTX-2 (LTX2_TINY_CONFIG): 753,664 of its 1,237,280 parameters in 8 bits, 2.47 -> 1.79 MB (int8: ratio 0.72)
+    assert rep["params_8bit"] == 753_664 and 0.65 < rep["ratio"] < 0.8
+    assert type(load_q8(ck)).__name__ == "LTX2VideoTransformer3DModel"
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--model", repos["ltx2"], "--checkpoint", str(ck), "--prompt", "a red circle moving right",
+                 *SMALL, "--no-video", "--no-prompt-cache", "--output", str(out)]) == 0
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["pipeline"]["checkpoint"] == str(ck) and side["pipeline"]["pipeline"] == "LTX2Pipeline"
+    # the checkpoint's format is reported, not --weight-dtype's default (int8 on a CPU)
+    assert side["pipeline"]["weight_dtype"] == "fp8_e4m3" and side["results"]["timings"]["transformer_forwards"] == 6
+    assert main(["generate", "--checkpoint", str(ck), "--prompt", "x", *SMALL, "--no-video",
+                 "--output", str(tmp_path / "t.mp4")]) == 2
+    assert "holds a LTX2VideoTransformer3DModel, but tiny runs a LTXVideoTransformer3DModel" in capsys.readouterr().err
 
 
 def test_cli_compare_ltx097(repos, tmp_path, capsys):
@@ -183,14 +246,31 @@ def test_ltx2_defaults_follow_the_model_card(repos, monkeypatch):
             seen["max_sequence_length"]) == (121, 512, 768, 40, 4.0, 1024)
 
 
-def test_memory_command_refuses_ltx2_before_loading(repos, monkeypatch):
-    """``transformer_memory`` (the ``memory`` command) measures LTX-Video transformers; an LTX-2 repo is refused with
-    the benchmark command to use, before any weights load."""
+def test_cli_memory_measures_ltx2(repos, tmp_path, capsys, monkeypatch):
+    """``q8lib memory`` on an LTX-2 repo: video and audio tokens as the benchmark builds them (latent grid of the
+    config's vae_scale_factors (8, 32, 32): 9 frames of 32x32 -> 2x1x1; audio of 9 frames at 24 fps: round(9.375) = 9
+    tokens), 1024 text tokens by default (LTX2Pipeline's max_sequence_length); bad shapes fail before loading."""
     from q8lib.app import measure
 
+    out = tmp_path / "m.json"
+    args = ["memory", "--model", repos["ltx2"], "--device", "cpu", "--frames", "9", "--height", "32", "--width", "32",
+            "--repeats", "1"]
+    assert main([*args, "--output", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["shape"]["latent"] == [2, 1, 1] and rep["shape"]["video_tokens"] == 2
+    assert rep["shape"]["audio_tokens"] == 9 and rep["shape"]["text_tokens"] == 1024
+    assert rep["results"]["output_finite"] and rep["results"]["precision"] == "q8"
+    assert rep["results"]["params"] > 1_000_000 and len(rep["results"]["forward_ms"]) == 1
+    assert "2 + 9 audio tokens, 1024 text tokens x batch 2" in capsys.readouterr().out
+    assert main([*args, "--batch", "1", "--text-tokens", "8", "--precision", "bf16", "--output", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["shape"]["text_tokens"] == 8 and rep["shape"]["transformer_batch"] == 1
+    assert rep["results"]["precision"] == "bf16" and rep["results"]["output_finite"]
     monkeypatch.setattr(measure, "load_transformer", lambda *a, **k: pytest.fail("loaded weights"))
-    with pytest.raises(SettingsError, match="q8lib.bench --config ltx2"):
-        measure.transformer_memory(repos["ltx2"], device="cpu")
+    for flags, message in ((["--frames", "10"], "8k\\+1"), (["--height", "48"], "height must be a positive multiple"),
+                           (["--text-tokens", "0"], "text_tokens must be a whole number >= 1")):
+        assert main([*args, *flags]) == 2
+        assert re.search(message, capsys.readouterr().err), flags
 
 
 def test_cli_generate_ltx2_with_q8_text_encoder(repos, tmp_path, capsys, monkeypatch):

@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=_bench)
 
     mem = sub.add_parser("memory", help="transformer-only peak GPU memory and forward time at one shape")
-    mem.add_argument("--model", default="random-13b", help="random-13b (default), random-2b, tiny, or a hub id/folder")
+    mem.add_argument("--model", default="random-13b",
+                     help="random-13b (default), random-2b, tiny, or a hub id/folder (LTX-Video or LTX-2)")
     mem.add_argument("--precision", default="q8", choices=["q8", "bf16"])
     mem.add_argument("--weight-dtype", default="auto", choices=["auto", "int8", "fp8_e4m3"])
     mem.add_argument("--attention", default="fp8", choices=RUNTIME_ATTENTION)
@@ -141,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--height", type=int, default=480)
     mem.add_argument("--width", type=int, default=704)
     mem.add_argument("--batch", type=int, default=2, help="transformer batch (2 = one video with CFG)")
+    mem.add_argument("--text-tokens", type=int, default=None,
+                     help="prompt tokens (default: the pipeline's max_sequence_length, 128 for LTX-Video, 1024 for LTX-2)")
     mem.add_argument("--repeats", type=int, default=3)
     mem.add_argument("--limit-gib", type=float, default=None, help="report whether the peak fits under this")
     mem.add_argument("--output", default=None, help="write the result JSON here")
@@ -205,12 +208,14 @@ def _bench(args) -> int:
 
 def _memory(args) -> int:
     report = run.memory(args.model, args.precision, args.weight_dtype, args.attention, args.backend, args.device,
-                        args.frames, args.height, args.width, args.batch, args.repeats, args.limit_gib, args.output)
-    rep = report["results"]
+                        args.frames, args.height, args.width, args.batch, args.repeats, args.limit_gib, args.output,
+                        args.text_tokens)
+    rep, shape = report["results"], report["shape"]
     peak = f"peak {rep['peak_gib']:.2f} GiB (weights {rep['weights_gib']:.2f} GiB)" if "peak_gib" in rep \
         else "peak memory is measured on CUDA devices only"
-    print(f"{rep['model']} {rep['precision']} ({rep['backend']}) at {report['shape']['video_tokens']} tokens x batch "
-          f"{args.batch}: {peak}, forward {rep['forward_ms_median']:.1f} ms"
+    audio = f" + {shape['audio_tokens']} audio" if "audio_tokens" in shape else ""
+    print(f"{rep['model']} {rep['precision']} ({rep['backend']}) at {shape['video_tokens']}{audio} tokens, "
+          f"{shape['text_tokens']} text tokens x batch {args.batch}: {peak}, forward {rep['forward_ms_median']:.1f} ms"
           + (f", fits {args.limit_gib} GiB: {rep['fits']}" if "fits" in rep else ""))
     return 0
 

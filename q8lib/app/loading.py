@@ -243,7 +243,9 @@ def load_pipeline(
         compile: regional ``torch.compile`` of the transformer (fullgraph on the repeated block).
         cuda_graph: replay each transformer forward from one CUDA graph (:mod:`q8lib.cudagraph`;
             GPU only, not with offload): removes the host cost of launching the Q8 kernels, which
-            otherwise leaves the GPU idle for a large share of each forward.
+            otherwise leaves the GPU idle for a large share of each forward. LTX-2's pipelines call the
+            transformer three times a step (CFG batch, STG pass, modality-isolation pass): three graphs, each
+            captured once and replayed at every step.
         full_size_text_encoder: ``random-*`` models only: add a T5 encoder of the real size with random
             weights (:func:`placeholder_text_encoder`), so memory measurements see the component a real
             pipeline holds; without it they have no text encoder (random prompt embeddings).
@@ -267,9 +269,6 @@ def load_pipeline(
     if full_size_text_encoder and model not in RANDOM_MODELS:
         raise SettingsError(f"full_size_text_encoder is for the random-* models; {model!r} loads its own text encoder")
     family = model_family(model, local_files_only)  # config files only: an unknown pipeline fails before any weight
-    if cuda_graph and family.name == "ltx2":
-        raise SettingsError("--cuda-graph is not supported for LTX-2 models yet (q8lib's CUDA graphs are tested on "
-                            "LTX-Video's transformer only); use --compile")
     if cuda_graph:
         check_cuda_graph(device, offload)
     q8_config = q8_config or Q8Config()
@@ -347,9 +346,10 @@ def load_pipeline(
     if model != TINY:
         text_encoder_id = text_encoder_id_of(None, model)
     text_encoder_id += text_encoder_suffix(text_encoder_precision, q8_config.weight_dtype)
+    weights = getattr(pipe.transformer, "_q8_config", None) or q8_config  # a checkpoint's own format
     pipe.q8lib_info = dict(model=model, text_encoder_id=text_encoder_id, precision=precision,
                            checkpoint=str(checkpoint) if checkpoint else None, backend=backend, device=str(device), dtype=str(dtype).replace("torch.", ""),
-                           weight_dtype=q8_config.weight_dtype if precision == "q8" else None,
+                           weight_dtype=weights.weight_dtype if precision == "q8" else None,
                            attention=runtime.attention if precision == "q8" else None,
                            offload=offload, vae_tiling=vae_tiling, image_to_video=image_to_video,
                            family=family.name, pipeline=type(pipe).__name__,

@@ -1,5 +1,6 @@
 """Measuring a run: :func:`run_pipeline` (one generation, timed and with its peak memory),
-:func:`transformer_memory` (the transformer alone at one shape), :func:`environment` (what ran where).
+:func:`transformer_memory` (the transformer alone at one shape: LTX-Video's or LTX-2's, video and audio tokens),
+:func:`environment` (what ran where).
 
 Transformer forwards are timed with CUDA events on GPUs (:class:`q8lib.timing.Spans`), without a
 host sync inside the denoising loop; a CUDA out-of-memory error becomes
@@ -15,15 +16,16 @@ from datetime import datetime, timezone
 
 import torch
 
+from ..bench.build import bench_inputs, outputs
 from ..config import Q8Config, Q8Runtime
 from ..errors import GPUOutOfMemoryError, SettingsError
-from ..models import dummy_inputs, module_bytes, param_count
+from ..ltx2 import LTX2_CLASS_NAME, class_name_for_config
+from ..models import dummy_inputs, latent_grid, module_bytes, param_count
 from ..timing import Spans
 from ..tiny.components import default_pipeline
 from ..versions import package_versions
-from ..ltx2 import LTX2_CLASS_NAME
 from .loading import load_transformer, transformer_config
-from .pipelines import call_arguments
+from .pipelines import FAMILIES, call_arguments
 from .settings import TINY, GenerationSettings, check_backend, check_precision, resolve_device, resolve_dtype
 
 __all__ = ["oom_message", "run_pipeline", "transformer_memory", "environment"]
@@ -122,24 +124,36 @@ def run_pipeline(pipe, settings: GenerationSettings, embeds: dict, image=None, p
 
 
 
+# The prompt length of a memory measurement without ``text_tokens``: the pipeline's default max_sequence_length
+# (LTXPipeline / LTXConditionPipeline: 128; LTX2Pipeline: 1024, padded to it: every token counts).
+LTX_TEXT_TOKENS = 128
+
+
 def transformer_memory(model: str = "random-13b", num_frames: int = 81, height: int = 480, width: int = 704,
-                       batch: int = 2, text_tokens: int = 128, repeats: int = 3, precision: str = "q8",
+                       batch: int = 2, text_tokens: int | None = None, repeats: int = 3, precision: str = "q8",
                        q8_config: Q8Config | None = None, device=None, seed: int = 0,
                        runtime: Q8Runtime | None = None) -> dict:
-    """Transformer-only peak memory and forward time at one shape (random inputs, no VAE/T5).
+    """Transformer-only peak memory and forward time at one shape (random inputs, no VAE/text encoder).
 
-    ``batch`` is the transformer batch (2 = one video with CFG). On CUDA the peak is
-    ``torch.cuda.max_memory_allocated`` over model build and ``repeats`` forwards; forward
-    times are CUDA-event medians after one warm-up forward. On CPU no peak is reported.
+    ``batch`` is the transformer batch (2 = one video with CFG); ``text_tokens`` (default: the pipeline's
+    ``max_sequence_length``, 128 for LTX-Video, 1024 for LTX-2) the prompt length. LTX-Video's inputs:
+    :func:`~q8lib.models.dummy_inputs`, the latent grid of the VAE (32x spatial, 8x temporal; the tiny default's
+    own). LTX-2's (``LTX2VideoTransformer3DModel``): the benchmark's (:func:`q8lib.bench.build.bench_inputs`): the
+    latent grid of the config's ``vae_scale_factors``, the audio tokens of the video's duration at 24 fps
+    (:func:`q8lib.bench.build.audio_latent_frames`; 121 frames: 126) and the RoPE coordinates as ``LTX2Pipeline``
+    passes them. On CUDA the peak is ``torch.cuda.max_memory_allocated`` over model build and ``repeats``
+    forwards; forward times are CUDA-event medians after one warm-up forward. On CPU no peak is reported.
     """
     for name, v in (("batch", batch), ("repeats", repeats), ("text_tokens", text_tokens)):
+        if name == "text_tokens" and v is None:
+            continue
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise SettingsError(f"{name} must be a whole number >= 1, got {v!r}")
     check_precision(precision)
-    if transformer_config(model).get("_class_name") == LTX2_CLASS_NAME:  # before any weights load
-        raise SettingsError(f"{model} holds an LTX-2 transformer: the memory command measures LTX-Video transformers "
-                            "(video tokens only); for LTX-2 (video + audio) use the benchmark: python -m q8lib.bench "
-                            "--config ltx2")
+    cfg = transformer_config(model)  # before any weights load
+    ltx2 = class_name_for_config(cfg) == LTX2_CLASS_NAME
+    if text_tokens is None:
+        text_tokens = FAMILIES["ltx2"].defaults["max_sequence_length"] if ltx2 else LTX_TEXT_TOKENS
     device = resolve_device(device)
     dtype = resolve_dtype(None, device)
     q8_config = q8_config or Q8Config()
@@ -151,7 +165,11 @@ def transformer_memory(model: str = "random-13b", num_frames: int = 81, height: 
         spatial, temporal = vae.spatial_compression_ratio, vae.temporal_compression_ratio
     s = GenerationSettings(prompt="x", num_frames=num_frames, height=height, width=width,
                            max_sequence_length=text_tokens).validate()
-    lf, lh, lw = s.shape(spatial, temporal)["latent"]
+    try:
+        lf, lh, lw = latent_grid(num_frames, height, width, cfg["vae_scale_factors"] if ltx2 else
+                                 (temporal, spatial, spatial))
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
@@ -159,27 +177,32 @@ def transformer_memory(model: str = "random-13b", num_frames: int = 81, height: 
     transformer = load_transformer(model, precision, q8_config=q8_config, device=device, dtype=dtype, seed=seed,
                                    runtime=runtime)
     weights_gib = torch.cuda.memory_allocated(device) / 2**30 if cuda else None
-    inputs = dummy_inputs(dict(transformer.config), batch, lf, lh, lw, text_tokens, seed=seed, device=device,
-                          dtype=dtype, text_kept=text_tokens // 3)  # right padding, as T5 gives
+    if ltx2:  # the benchmark's inputs (text of text_tokens, no padding: LTX-2's connectors hand over all-ones masks)
+        inputs = bench_inputs(cfg, batch, lf, lh, lw, text_tokens, device, dtype)
+    else:
+        inputs = dummy_inputs(dict(transformer.config), batch, lf, lh, lw, text_tokens, seed=seed, device=device,
+                              dtype=dtype, text_kept=text_tokens // 3)  # right padding, as T5 gives
     spans = Spans(cuda)
     try:
         with torch.no_grad():
             for i in range(repeats + 1):
                 if i:
                     spans.start()
-                y = transformer(**inputs).sample
+                y = outputs(transformer(**inputs))
                 if i:
                     spans.stop()
     except torch.OutOfMemoryError as e:
         raise GPUOutOfMemoryError(oom_message(s, device)) from e
     fwd = spans.ms()
+    shape = dict(frames=num_frames, height=height, width=width, transformer_batch=batch, latent=[lf, lh, lw],
+                 video_tokens=lf * lh * lw, text_tokens=text_tokens)
+    if ltx2:
+        shape["audio_tokens"] = inputs["audio_num_frames"]
     out = dict(model=model, precision=precision, backend=backend, weight_dtype=q8_config.weight_dtype,
                attention=runtime.attention, device=str(device), dtype=str(dtype).replace("torch.", ""),
-               shape=dict(frames=num_frames, height=height, width=width, transformer_batch=batch,
-                          latent=[lf, lh, lw], video_tokens=lf * lh * lw, text_tokens=text_tokens),
-               params=param_count(transformer),
+               shape=shape, params=param_count(transformer),
                forward_ms=fwd, forward_ms_median=statistics.median(fwd) if fwd else None,
-               output_finite=bool(torch.isfinite(y).all()))
+               output_finite=all(bool(torch.isfinite(t).all()) for t in y.values()))
     out["transformer_weights_gib"] = round(module_bytes(transformer) / 2**30, 3)
     if cuda:
         out.update(weights_gib=round(weights_gib, 3), peak_gib=round(torch.cuda.max_memory_allocated(device) / 2**30, 3),

@@ -297,17 +297,20 @@ def convert(source: str, output: str, subfolder: str | None = "transformer", wei
 
 def memory(model: str = "random-13b", precision: str = "q8", weight_dtype: str = "auto", attention: str = "fp8",
            backend: str = "auto", device="auto", frames: int = 81, height: int = 480, width: int = 704, batch: int = 2,
-           repeats: int = 3, limit_gib: float | None = None, output: str | None = None) -> dict:
-    """Transformer-only peak memory and forward time at one shape (:func:`~q8lib.app.measure.transformer_memory`)
-    as a report (``results.fits`` says whether the peak fits under ``limit_gib``); written to ``output`` if given."""
+           repeats: int = 3, limit_gib: float | None = None, output: str | None = None,
+           text_tokens: int | None = None) -> dict:
+    """Transformer-only peak memory and forward time at one shape (:func:`~q8lib.app.measure.transformer_memory`:
+    LTX-Video or LTX-2, whose audio tokens follow the video's duration; ``text_tokens`` default: the pipeline's
+    prompt length, 128 or 1024) as a report (``results.fits`` says whether the peak fits under ``limit_gib``);
+    written to ``output`` if given."""
     if output:
         check_output_file(output, (".json",), "--output")
     if limit_gib is not None and not limit_gib > 0:
         raise SettingsError(f"--limit-gib must be a positive number of GiB, got {limit_gib}")
     device = resolve_device(device)
     q8_config, runtime = q8_options(weight_dtype, None, backend, attention)
-    rep = transformer_memory(MODEL_ALIASES.get(model, model), frames, height, width, batch, repeats=repeats,
-                             precision=precision, q8_config=q8_config, device=device, runtime=runtime)
+    rep = transformer_memory(MODEL_ALIASES.get(model, model), frames, height, width, batch, text_tokens,
+                             repeats=repeats, precision=precision, q8_config=q8_config, device=device, runtime=runtime)
     report = dict(kind="q8lib memory", **environment(device), shape=rep.pop("shape"), results=rep)
     if limit_gib is not None and "peak_gib" in rep:
         rep["limit_gib"] = limit_gib
