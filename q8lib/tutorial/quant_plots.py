@@ -47,13 +47,7 @@ def plot_channel_max(x: torch.Tensor, ax=None, title: str | None = None, legend:
     plain, rotated = _np(x), _np(hadamard_transform(x.float()))
     ax.semilogy(np.abs(plain).max(0), lw=0.8, color=PLAIN, label="plain")
     ax.semilogy(np.abs(rotated).max(0), lw=0.8, color=ROTATED, label="Hadamard-rotated")
-    ax.set_xlabel("channel")
-    ax.set_ylabel("max |x| over tokens")
-    if legend:
-        ax.legend(loc="best")
-    if title:
-        ax.set_title(title)
-    return ax
+    return _label(ax, "channel", "max |x| over tokens", legend, title)
 
 
 def plot_value_histogram(x: torch.Tensor, ax=None, bins: int = 81, title: str | None = None, legend: bool = True):
@@ -67,8 +61,13 @@ def plot_value_histogram(x: torch.Tensor, ax=None, bins: int = 81, title: str | 
     ax.hist(plain, bins=edges, histtype="step", lw=1.0, color=PLAIN, label="plain")
     ax.hist(rotated, bins=edges, histtype="step", lw=1.0, color=ROTATED, label="Hadamard-rotated")
     ax.set_yscale("log")
-    ax.set_xlabel("value")
-    ax.set_ylabel("count (log)")
+    return _label(ax, "value", "count (log)", legend, title)
+
+
+def _label(ax, xlabel: str, ylabel: str, legend: bool, title: str | None):
+    """Axis labels, the legend (unless ``legend=False``) and the title (if any) of one panel."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     if legend:
         ax.legend(loc="best")
     if title:
