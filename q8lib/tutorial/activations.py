@@ -103,12 +103,13 @@ def short_name(name: str) -> str:
 
 
 def format_error_table(rows: list[dict]) -> str:
-    """Plain-text table of :func:`quantization_errors` rows, errors in percent, 3 significant digits (trailing zeros kept)."""
+    """Plain-text table of :func:`quantization_errors` rows: errors in percent to 3 significant digits (trailing zeros
+    kept), their ratio to 2 decimals (its third digit moves with the CPU's summation order)."""
     out = [f"{'layer input':<28}{'K':>6}{'max/mean':>10}{'format':>10}{'plain %':>10}{'rotated %':>11}"
            f"{'rotated/plain':>15}"]
     for r in rows:
         out.append(f"{short_name(r['name']):<28}{r['K']:>6}{r['outlier_ratio']:>#10.3g}{r['format']:>10}"
-                   f"{100 * r['plain']:>#10.3g}{100 * r['rotated']:>#11.3g}{r['rotated'] / r['plain']:>#15.3g}")
+                   f"{100 * r['plain']:>#10.3g}{100 * r['rotated']:>#11.3g}{r['rotated'] / r['plain']:>15.2f}")
     return "\n".join(out)
 
 
