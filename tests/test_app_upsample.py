@@ -67,7 +67,8 @@ def test_q8_two_stages_match_unquantized(repos, seed):
     a = run_two_stage(ref, load_upsampler(plan, ref), plan, s, embeds, progress=False)
     b = run_two_stage(q8, load_upsampler(plan, q8), plan, s, embeds, progress=False)
     assert a["latents"] == b["latents"] == dict(stage1=[1, 8, 3, 8, 16], upsampled=[1, 8, 3, 16, 32])
-    assert a["stage2_frames_shape"] == [1, 9, 3, 64, 128] and a["frames"].shape == b["frames"].shape == (1, 9, 3, 64, 96)
+    assert a["stage2_frames_shape"] == [1, 9, 3, 64, 128]
+    assert a["frames"].shape == b["frames"].shape == (1, 9, 3, 64, 96)
     assert 1e-4 < rel_err(a["frames"], b["frames"]) < 0.0013
 
 

@@ -133,7 +133,8 @@ def load_upsampler(plan: UpsamplePlan, pipe):
     from diffusers import LTXLatentUpsamplePipeline
     from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
 
-    model = LTXLatentUpsamplerModel.from_pretrained(plan.upsampler, subfolder=plan.subfolder, torch_dtype=pipe.vae.dtype)
+    model = LTXLatentUpsamplerModel.from_pretrained(plan.upsampler, subfolder=plan.subfolder,
+                                                    torch_dtype=pipe.vae.dtype)
     model = model.to(pipe._execution_device).eval()
     return LTXLatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=model)
 
