@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     fast.add_argument("--compile", action="store_true", help="regional torch.compile of the transformer blocks")
     fast.add_argument("--cuda-graph", action="store_true",
                       help="replay each transformer forward from one CUDA graph (needs --device cuda; first step captures)")
+    gen.add_argument("--upsampler", default=None, metavar="REPO_OR_DIR",
+                     help="two stages (LTX-Video 0.9.7/0.9.8): generate at 2/3 size, upsample the latents 2x with this "
+                          "latent upsampler (e.g. Lightricks/ltxv-spatial-upscaler-0.9.7), denoise again (strength 0.4 "
+                          "of 10 steps), resize to --height/--width (diffusers' documented recipe)")
     gen.set_defaults(func=_generate)
 
     cmp_ = sub.add_parser("compare", help="same seed, unquantized vs Q8: side-by-side mp4, per-frame PSNR/SSIM JSON and plot")

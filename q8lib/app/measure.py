@@ -45,13 +45,16 @@ def oom_message(settings: GenerationSettings | None, device) -> str:
             "--guidance 1 (no CFG halves the transformer batch).")
 
 
-def run_pipeline(pipe, settings: GenerationSettings, embeds: dict, image=None, progress: bool = True) -> dict:
+def run_pipeline(pipe, settings: GenerationSettings, embeds: dict, image=None, progress: bool = True,
+                 extra: dict | None = None) -> dict:
     """Generate with ``pipe`` and measure. ``embeds``: the prompt embeddings as the pipeline takes them
     (:func:`~q8lib.app.prompts.encode_prompts`), or ``{}`` to have the pipeline's text encoder encode
     ``settings.prompt`` inside the timed call.
 
     ``image`` conditions the first frame (:func:`~q8lib.app.pipelines.call_arguments` passes it the way the
-    pipeline takes it). Returns ``{"frames": [N, F, 3, H, W] float32 CPU in [0, 1], "audio": [N, C, S] float32 CPU
+    pipeline takes it); ``extra``: more pipeline arguments, over these (the two-stage run's
+    ``output_type="latent"``, ``latents``, ``denoise_strength``: :mod:`q8lib.app.upsample`; with
+    ``output_type="latent"``, ``frames`` holds the latents). Returns ``{"frames": [N, F, 3, H, W] float32 CPU in [0, 1], "audio": [N, C, S] float32 CPU
     or None, "audio_sample_rate": int or None, "timings": {...}, "memory": {...}}`` (audio: LTX-2's waveform,
     ``C`` channels of ``S`` samples at the vocoder's output rate) where timings hold ``end_to_end_s`` (pipeline call: denoising + VAE decode, not loading),
     ``transformer_s`` (sum of transformer forwards, CUDA events on GPUs), ``transformer_forward_ms``
@@ -69,6 +72,7 @@ def run_pipeline(pipe, settings: GenerationSettings, embeds: dict, image=None, p
                   num_videos_per_prompt=settings.num_videos_per_prompt,
                   max_sequence_length=settings.max_sequence_length)
     kwargs.update(call_arguments(pipe, settings, image))
+    kwargs.update(extra or {})
     pipe.set_progress_bar_config(disable=not progress, desc="denoising", leave=False)
     cuda = device.type == "cuda"
     spans, decode = Spans(cuda), Spans(cuda)

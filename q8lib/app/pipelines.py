@@ -8,7 +8,8 @@ A model folder or hub repo names its pipeline in ``model_index.json`` (``_class_
   also the tiny default and the ``random-*`` models;
 * ``"ltx-condition"``: LTX-Video 0.9.7 / 0.9.8 (``LTXConditionPipeline``, diffusers' pipeline for them): the same
   pipeline with or without an image, which conditions frame 0; a latent upsampler ships separately
-  (``Lightricks/ltxv-spatial-upscaler-0.9.7``);
+  (``Lightricks/ltxv-spatial-upscaler-0.9.7``), run in two stages by ``generate --upsampler``
+  (:mod:`q8lib.app.upsample`);
 * ``"ltx2"``: LTX-2 (``LTX2Pipeline``; video and audio): ``LTX2Pipeline``, or ``LTX2ImageToVideoPipeline`` with an
   image; a folder saved from ``LTX2ConditionPipeline`` keeps that pipeline (the image becomes an
   ``LTX2VideoCondition`` at frame 0). Its latent upsampler is the repo's ``latent_upsampler/`` folder.

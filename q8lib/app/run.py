@@ -35,6 +35,7 @@ from .loading import load_pipeline, load_transformer, transformer_config
 from .measure import environment, run_pipeline, transformer_memory
 from .pipelines import check_family_packages, model_family
 from .prompts import encode_prompts, free_text_encoder, text_encoder_suffix
+from .upsample import RECIPE, load_upsampler, plan_upsample, run_two_stage
 from .settings import (MODEL_ALIASES, TINY, check_backend, check_cuda_graph, check_offload, resolve_device,
                        resolve_dtype, settings_for)
 from .video import plot_metrics, side_by_side, video_writer, write_video
@@ -82,6 +83,7 @@ class RunOptions:
     compile: bool = False
     cuda_graph: bool = False
     text_encoder_precision: str = "bf16"  # "q8": the text encoder's layer linears in 8 bits (q8lib.text_encoder)
+    upsampler: str | None = None  # generate: two stages with this latent upsampler (q8lib.app.upsample)
 
 
 def q8_options(weight_dtype: str = "auto", hadamard_block: int | None | str = "auto", backend: str = "auto",
@@ -107,6 +109,10 @@ def _prepare(o: RunOptions, command: str, default_output: str):
                             num_inference_steps=o.steps, guidance_scale=o.guidance, seed=o.seed, frame_rate=o.fps)
     out = check_video_output(o.output or default_output, o.warmup, o.repeats, not o.no_video)
     check_family_packages(family, not o.no_video and command == "generate", o.image is not None)
+    if o.upsampler is not None and command != "generate":
+        raise SettingsError(f"--upsampler runs with generate only, not {command}")
+    plan = None if o.upsampler is None else plan_upsample(o.upsampler, family, MODEL_ALIASES.get(o.model, o.model),
+                                                          settings, transformer_config(o.model))
     device = resolve_device(o.device)
     dtype = resolve_dtype(o.dtype, device)
     if command == "compare" and o.offload == "sequential":
@@ -124,7 +130,7 @@ def _prepare(o: RunOptions, command: str, default_output: str):
     image = load_image(o.image)
     cache = open_prompt_cache(o.prompt_cache, not o.no_prompt_cache)
     return dict(settings=settings, out=out, device=device, dtype=dtype, q8_config=q8_config, runtime=runtime,
-                backend=backend, image=image, cache=cache, family=family)
+                backend=backend, image=image, cache=cache, family=family, plan=plan)
 
 
 def _median_timings(runs: list) -> dict:
@@ -132,11 +138,18 @@ def _median_timings(runs: list) -> dict:
     return {k: statistics.median(r["timings"][k] for r in runs) for k in keys}
 
 
-def _runs(pipe, settings, embeds, image, o: RunOptions) -> list:
+def _runs(pipe, settings, embeds, image, o: RunOptions, up=None, plan=None) -> list:
+    """Warm-up runs (2 steps; stage 1's with an upsampler), then ``o.repeats`` measured runs (two stages with
+    ``plan``: :func:`~q8lib.app.upsample.run_two_stage`)."""
+    def one(s, progress):
+        if plan is not None:
+            return run_two_stage(pipe, up, plan, s, embeds, image, progress)
+        return run_pipeline(pipe, s, embeds, image, progress=progress)
+
     warm = dataclasses.replace(settings, num_inference_steps=min(2, settings.num_inference_steps))
     for _ in range(o.warmup):
-        run_pipeline(pipe, warm, embeds, image, progress=False)
-    return [run_pipeline(pipe, settings, embeds, image, progress=not o.quiet) for _ in range(o.repeats)]
+        one(warm, False)
+    return [one(settings, not o.quiet) for _ in range(o.repeats)]
 
 
 def _shape(pipe, settings) -> dict:
@@ -173,7 +186,12 @@ def generate(prompt: str, **options) -> dict:
     pipe, embeds, enc, load_s = _load(o, run, o.precision, checkpoint=o.checkpoint,
                                       checkpoint_subfolder=o.checkpoint_subfolder, compile=o.compile,
                                       cuda_graph=o.cuda_graph)
-    runs = _runs(pipe, settings, embeds, run["image"], o)
+    plan, up, up_load_s = run["plan"], None, None
+    if plan is not None:
+        start = time.perf_counter()
+        up = load_upsampler(plan, pipe)
+        up_load_s = time.perf_counter() - start
+    runs = _runs(pipe, settings, embeds, run["image"], o, up, plan)
     videos, audio, rate = runs[-1]["frames"], runs[-1]["audio"], runs[-1]["audio_sample_rate"]  # audio: LTX-2's
     paths = [] if o.no_video else [out if i == 0 else out.with_name(f"{out.stem}_{i}{out.suffix}")
                                    for i in range(len(videos))]
@@ -185,6 +203,12 @@ def generate(prompt: str, **options) -> dict:
                                audio=None if audio is None else dict(sample_rate=rate, channels=audio.shape[1],
                                                                      seconds=audio.shape[-1] / rate)),
                   outputs=[str(p) for p in paths], video_writer=video_writer(audio is not None) if paths else None)
+    if plan is not None:  # the two stages' sizes, the upsampler and the recipe (timings: stage1_*, upsample_s, stage2_*)
+        report["upsample"] = dict(upsampler=plan.upsampler, subfolder=plan.subfolder, load_s=up_load_s,
+                                  stage1=dict(height=plan.stage1[0], width=plan.stage1[1]),
+                                  stage2=dict(height=plan.stage2[0], width=plan.stage2[1]),
+                                  resized_to=dict(height=plan.target[0], width=plan.target[1]),
+                                  latents=runs[-1]["latents"], recipe=RECIPE)
     for i, (v, p) in enumerate(zip(videos, paths)):  # each file is written whole or not at all (q8lib.outputs)
         write_video(v, p, settings.frame_rate, None if audio is None else audio[i], rate)
     write_json(sidecar_for(out), report)

@@ -1,0 +1,180 @@
+"""Two-stage generation with a latent upsampler (``q8lib generate --upsampler REPO_OR_DIR``).
+
+LTX-Video 0.9.7 / 0.9.8 (``LTXConditionPipeline``) follow diffusers' documented recipe, the "LTX-Video 0.9.7 includes
+a spatial latent upscaler" example of ``docs/source/en/api/pipelines/ltx_video.md`` (huggingface/diffusers; the
+``LTXLatentUpsamplePipeline`` module in diffusers 0.42.1 has no example of its own):
+
+1. generate at 2/3 of the requested size, rounded down to a multiple the pipeline and the VAE accept
+   (``round_to_nearest_resolution_acceptable_by_vae``; ``LTXConditionPipeline`` also wants multiples of 32), with
+   ``output_type="latent"``;
+2. ``LTXLatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=...)(latents=..., output_type="latent")``: 2x the
+   latent height and width;
+3. denoise again at the upsampled size from those latents with ``denoise_strength=0.4`` of
+   ``num_inference_steps=10`` (4 steps), the same prompt embeddings and image, a fresh generator of the same seed;
+   both stages pass ``decode_timestep=0.05, decode_noise_scale=0.025, image_cond_noise_scale=0.0,
+   guidance_rescale=0.7`` as the example does (guidance, frames and the stage-1 steps are the run's settings);
+4. decode, then resize the frames to the requested size (the example's ``frame.resize``; here bicubic, antialiased).
+
+The same pipeline object (its Q8 transformer) runs both denoising stages. With ``--cuda-graph`` the two stages are
+two input signatures, so :class:`q8lib.cudagraph.CUDAGraphForward` captures one graph per stage (it keeps up to 8).
+The distilled 0.9.7 / 0.9.8 recipes (custom timesteps, ``adain_factor``, tone mapping) are not applied.
+
+LTX-2 is refused: diffusers' documented two-stage recipe (``ltx2.md``, "Two-stages Generation") refines the
+upsampled latents with the distilled LoRA, which q8lib does not load, and the ``LTX2LatentUpsamplePipeline``
+docstring example only re-encodes and decodes a finished video at 2x, without a second denoising stage.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelUnavailableError, SettingsError
+from .measure import run_pipeline
+from .pipelines import Family
+from .settings import GenerationSettings
+
+__all__ = ["RECIPE", "UpsamplePlan", "plan_upsample", "load_upsampler", "run_two_stage"]
+
+# diffusers' ltx_video.md, LTX-Video 0.9.7 example: the values passed to each stage.
+RECIPE = dict(source="diffusers docs/source/en/api/pipelines/ltx_video.md, 'LTX-Video 0.9.7 includes a spatial "
+                     "latent upscaler' example (LTX-Video-0.9.7-dev + ltxv-spatial-upscaler-0.9.7)",
+              downscale_factor=2 / 3, upsample_factor=2, stage2_steps=10, stage2_denoise_strength=0.4,
+              both_stages=dict(decode_timestep=0.05, decode_noise_scale=0.025, image_cond_noise_scale=0.0,
+                               guidance_rescale=0.7))
+PIPELINE_MULTIPLE = 32  # LTXConditionPipeline.check_inputs: height and width divisible by 32
+
+
+@dataclass(frozen=True)
+class UpsamplePlan:
+    """What a two-stage run does: the upsampler's source (``subfolder`` of it, or ``None``: the folder itself) and the
+    stage sizes (stage 2 is ``upsample_factor`` x stage 1; the frames are resized to ``target`` at the end)."""
+
+    upsampler: str
+    subfolder: str | None
+    target: tuple[int, int]
+    stage1: tuple[int, int]
+    stage2: tuple[int, int]
+
+
+def _upsampler_config(upsampler: str) -> tuple[dict, str | None]:
+    """The latent upsampler's ``config.json`` (config only): ``latent_upsampler/`` of an ``LTXLatentUpsamplePipeline``
+    repo (``Lightricks/ltxv-spatial-upscaler-0.9.7``), or the folder/repo of the model itself."""
+    from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
+
+    errors = []
+    for sub in ("latent_upsampler", None):
+        try:
+            return dict(LTXLatentUpsamplerModel.load_config(upsampler, subfolder=sub)), sub
+        except (OSError, ValueError) as e:
+            errors.append(f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    raise ModelUnavailableError(
+        f"--upsampler {upsampler!r}: no latent upsampler config found (neither latent_upsampler/config.json nor "
+        f"config.json; {errors[0]}). Pass a local folder or a hub id such as Lightricks/ltxv-spatial-upscaler-0.9.7 "
+        f"(download with `huggingface-cli download Lightricks/ltxv-spatial-upscaler-0.9.7` when offline)")
+
+
+def _vae_spatial_ratio(model: str) -> int:
+    from diffusers import AutoencoderKLLTXVideo
+
+    cfg = AutoencoderKLLTXVideo.load_config(model, subfolder="vae")
+    if cfg.get("spatial_compression_ratio"):
+        return int(cfg["spatial_compression_ratio"])
+    return int(cfg.get("patch_size", 1) * 2 ** sum(cfg.get("spatio_temporal_scaling", ())))
+
+
+def plan_upsample(upsampler: str, family: Family, model: str, settings: GenerationSettings,
+                  transformer_config: dict) -> UpsamplePlan:
+    """Check a two-stage run before anything loads (config files only) and return its plan.
+
+    :class:`SettingsError` when ``family`` has no upsampler recipe q8lib can run (LTX-Video 0.9.0-0.9.5 and the tiny
+    default have no upsampler; LTX-2's recipe needs the distilled LoRA), when the upsampler's latent channels differ
+    from the transformer's, or when the stage-1 size (2/3 of ``settings``' size, rounded down) is below the multiple
+    the pipeline and the VAE need."""
+    if family.name == "ltx2":
+        raise SettingsError(
+            "--upsampler with LTX-2: diffusers' documented LTX-2 two-stage recipe (docs ltx2.md, 'Two-stages "
+            "Generation') refines the 2x-upsampled latents in stage 2 with the distilled LoRA "
+            "(Lightricks/LTX-2 ltx-2-19b-distilled-lora-384), which q8lib does not load onto the Q8 transformer; "
+            "run LTX-2 in one stage (drop --upsampler)")
+    if family.upsampler != "LTXLatentUpsamplerModel":
+        raise SettingsError(
+            f"--upsampler: {model} is a {family.pipeline} model (LTX-Video 0.9.0-0.9.5 or the tiny default), which "
+            "has no latent upsampler; the two-stage recipe runs LTX-Video 0.9.7 / 0.9.8 (LTXConditionPipeline) models "
+            "such as Lightricks/LTX-Video-0.9.7-dev")
+    cfg, sub = _upsampler_config(upsampler)
+    if cfg.get("_class_name") not in (None, "LTXLatentUpsamplerModel"):
+        raise SettingsError(f"--upsampler {upsampler!r} holds a {cfg['_class_name']}, not an LTXLatentUpsamplerModel")
+    channels = transformer_config.get("in_channels")
+    if cfg.get("in_channels") != channels:
+        raise SettingsError(f"--upsampler {upsampler!r} upsamples {cfg.get('in_channels')}-channel latents, but "
+                            f"{model}'s transformer works on {channels}-channel latents: use the upsampler made for it")
+    if cfg.get("spatial_upsample", True) is False:
+        raise SettingsError(f"--upsampler {upsampler!r} is not a spatial upsampler (spatial_upsample=false)")
+    multiple = math.lcm(PIPELINE_MULTIPLE, _vae_spatial_ratio(model))
+    f, up = RECIPE["downscale_factor"], RECIPE["upsample_factor"]
+    stage1 = tuple(int(v * f) - int(v * f) % multiple for v in (settings.height, settings.width))
+    if min(stage1) < multiple:
+        least = math.ceil(multiple / f / PIPELINE_MULTIPLE) * PIPELINE_MULTIPLE
+        raise SettingsError(
+            f"--upsampler: stage 1 runs at 2/3 of {settings.height}x{settings.width} rounded down to a multiple of "
+            f"{multiple} (what the pipeline and the VAE accept), which leaves {stage1[0]}x{stage1[1]}; --height and "
+            f"--width must be at least {least}")
+    return UpsamplePlan(upsampler, sub, (settings.height, settings.width), stage1, (stage1[0] * up, stage1[1] * up))
+
+
+def load_upsampler(plan: UpsamplePlan, pipe):
+    """``LTXLatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=...)``: the pipeline's own VAE (not a second copy
+    from the upsampler repo), the upsampler on the pipeline's device in the VAE's dtype."""
+    from diffusers import LTXLatentUpsamplePipeline
+    from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
+
+    model = LTXLatentUpsamplerModel.from_pretrained(plan.upsampler, subfolder=plan.subfolder,
+                                                    torch_dtype=pipe.vae.dtype)
+    model = model.to(pipe._execution_device).eval()
+    return LTXLatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=model)
+
+
+def _resize(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(frames.shape[-2:]) == tuple(size):
+        return frames
+    n, f = frames.shape[:2]
+    out = torch.nn.functional.interpolate(frames.flatten(0, 1), size=size, mode="bicubic", antialias=True,
+                                          align_corners=False)
+    return out.clamp(0, 1).view(n, f, *out.shape[1:])
+
+
+def run_two_stage(pipe, up, plan: UpsamplePlan, settings: GenerationSettings, embeds: dict, image=None,
+                  progress: bool = True) -> dict:
+    """One two-stage generation (the module's recipe), measured: :func:`~q8lib.app.measure.run_pipeline`'s result
+    (frames at the requested size, ``audio`` ``None``) whose timings sum both stages and the upsampling and also
+    hold each stage's own (``stage1_*``, ``upsample_s``, ``stage2_*``); ``latents`` gives the latent shapes."""
+    both = RECIPE["both_stages"]
+    s1 = dataclasses.replace(settings, height=plan.stage1[0], width=plan.stage1[1])
+    first = run_pipeline(pipe, s1, embeds, image, progress, extra=dict(both, output_type="latent"))
+    latents = first["frames"].to(pipe._execution_device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        upsampled = up(latents=latents, output_type="latent").frames
+    if latents.device.type == "cuda":
+        torch.cuda.synchronize(latents.device)
+    upsample_s = time.perf_counter() - start
+    s2 = dataclasses.replace(settings, height=plan.stage2[0], width=plan.stage2[1],
+                             num_inference_steps=RECIPE["stage2_steps"])
+    second = run_pipeline(pipe, s2, embeds, image, progress,
+                          extra=dict(both, latents=upsampled, denoise_strength=RECIPE["stage2_denoise_strength"]))
+    t1, t2 = first["timings"], second["timings"]
+    timings = dict(end_to_end_s=t1["end_to_end_s"] + upsample_s + t2["end_to_end_s"],
+                   transformer_s=t1["transformer_s"] + t2["transformer_s"],
+                   transformer_forwards=t1["transformer_forwards"] + t2["transformer_forwards"],
+                   vae_decode_s=t2["vae_decode_s"], upsample_s=upsample_s,
+                   **{f"stage1_{k}": v for k, v in t1.items() if k != "vae_decode_s"},
+                   **{f"stage2_{k}": v for k, v in t2.items()})
+    memory = {f"stage{i}_{k}": v for i, r in ((1, first), (2, second)) for k, v in r["memory"].items()}
+    return dict(second, frames=_resize(second["frames"], plan.target), timings=timings, memory=memory,
+                latents=dict(stage1=list(latents.shape), upsampled=list(upsampled.shape)),
+                stage2_frames_shape=list(second["frames"].shape))

@@ -1,0 +1,97 @@
+"""Issue #17: two-stage generation with a latent upsampler (q8lib.app.upsample), offline on tiny hub-layout repos.
+
+A 0.9.7-style ``LTXConditionPipeline`` repo and a ``Lightricks/ltxv-spatial-upscaler-0.9.7``-style upsampler repo
+(tests/pipeline_folders.py) go through the real loading code; CPU, reference backend, fp32.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import q8lib.app.run as runmod
+from q8lib import Q8Config
+from q8lib.app import GenerationSettings, encode_prompts, load_pipeline
+from q8lib.app.cli import main
+from q8lib.app.loading import transformer_config
+from q8lib.app.pipelines import model_family
+from q8lib.app.upsample import RECIPE, load_upsampler, plan_upsample, run_two_stage
+from q8lib.errors import SettingsError
+from helpers import rel_err
+from pipeline_folders import ltx097_folder, ltx2_folder, ltx_upsampler_folder
+
+pytestmark = pytest.mark.filterwarnings("ignore::q8lib.errors.Q8FallbackWarning")  # CPU: the reference math on purpose
+# 64x96 requested: stage 1 at 2/3 rounded down to multiples of 32 (32x64), stage 2 at 64x128, resized to 64x96.
+SMALL = ["--frames", "9", "--height", "64", "--width", "96", "--steps", "2", "--quiet", "--device", "cpu",
+         "--dtype", "fp32", "--negative-prompt", "", "--no-prompt-cache"]
+
+
+@pytest.fixture(scope="module")
+def repos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repos")
+    return dict(ltx097=str(ltx097_folder(root / "LTX-Video-0.9.7-dev")),
+                upsampler=str(ltx_upsampler_folder(root / "ltxv-spatial-upscaler-0.9.7")))
+
+
+def test_cli_generate_two_stages(repos, tmp_path):
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--model", repos["ltx097"], "--upsampler", repos["upsampler"],
+                 "--prompt", "a red circle moving right", *SMALL, "--output", str(out)]) == 0
+    assert out.stat().st_size > 0
+    rep = json.loads(out.with_suffix(".json").read_text())
+    up = rep["upsample"]
+    assert up["upsampler"] == repos["upsampler"] and up["subfolder"] == "latent_upsampler"
+    assert (up["stage1"], up["stage2"], up["resized_to"]) == (dict(height=32, width=64), dict(height=64, width=128),
+                                                               dict(height=64, width=96))
+    # [batch, channels, latent frames, height / 4, width / 4] (the tiny VAE compresses 4x), then 2x height and width
+    assert up["latents"] == dict(stage1=[1, 8, 3, 8, 16], upsampled=[1, 8, 3, 16, 32])
+    assert up["recipe"]["stage2_denoise_strength"] == 0.4 and up["recipe"]["stage2_steps"] == 10
+    t = rep["results"]["timings"]
+    # stage 1: the 2 steps asked for; stage 2: 0.4 of 10 steps
+    assert (t["stage1_transformer_forwards"], t["stage2_transformer_forwards"], t["transformer_forwards"]) == (2, 4, 6)
+    assert t["upsample_s"] > 0 and t["end_to_end_s"] >= t["stage1_end_to_end_s"] + t["stage2_end_to_end_s"]
+    assert rep["shape"]["height"] == 64 and rep["shape"]["width"] == 96
+
+
+# fp32 vs Q8 (int8, FP8 attention, reference backend) through both stages, 2 + 4 steps, CFG 3, 64x96, seeds 0-5
+# (random weights): frames relative error 0.00094-0.00101. Bound: max + ~30%.
+def test_q8_two_stages_match_unquantized(repos, seed):
+    m = repos["ltx097"]
+    s = GenerationSettings(prompt="a red circle moving right", negative_prompt="", num_frames=9, height=64, width=96,
+                           num_inference_steps=2, guidance_scale=3.0, max_sequence_length=16,
+                           seed=seed % 2**31).validate()
+    plan = plan_upsample(repos["upsampler"], model_family(m), m, s, transformer_config(m))
+    ref = load_pipeline(m, precision="bf16", device="cpu", dtype="fp32")
+    q8 = load_pipeline(m, precision="q8", device="cpu", dtype="fp32", q8_config=Q8Config(weight_dtype="int8"))
+    embeds, _ = encode_prompts(ref, s, m, None)
+    a = run_two_stage(ref, load_upsampler(plan, ref), plan, s, embeds, progress=False)
+    b = run_two_stage(q8, load_upsampler(plan, q8), plan, s, embeds, progress=False)
+    assert a["latents"] == b["latents"] == dict(stage1=[1, 8, 3, 8, 16], upsampled=[1, 8, 3, 16, 32])
+    assert a["stage2_frames_shape"] == [1, 9, 3, 64, 128]
+    assert a["frames"].shape == b["frames"].shape == (1, 9, 3, 64, 96)
+    assert 1e-4 < rel_err(a["frames"], b["frames"]) < 0.0013
+
+
+def test_refusals_before_anything_loads(repos, tmp_path, capsys, monkeypatch):
+    def no_loading(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(runmod, "load_pipeline", no_loading)
+    out = str(tmp_path / "v.mp4")
+    cases = [
+        (["--model", "tiny", "--upsampler", repos["upsampler"]], "has no latent upsampler"),
+        (["--model", repos["ltx097"], "--upsampler", repos["upsampler"], "--height", "32"],
+         "--height and --width must be at least 64"),
+        (["--model", repos["ltx097"], "--upsampler", str(tmp_path / "nothing")], "no latent upsampler config found"),
+    ]
+    for flags, message in cases:
+        args = ["generate", "--prompt", "x", *SMALL, "--output", out, *flags]
+        assert main(args) == 2, flags
+        assert message in capsys.readouterr().err, flags
+    ltx2 = ltx2_folder(tmp_path / "LTX-2", upsampler=True)
+    assert main(["generate", "--prompt", "x", *SMALL, "--output", out, "--model", str(ltx2),
+                 "--upsampler", str(ltx2 / "latent_upsampler")]) == 2
+    assert "distilled LoRA" in capsys.readouterr().err
+    with pytest.raises(SettingsError, match="generate only"):
+        runmod.compare("x", model=repos["ltx097"], upsampler=repos["upsampler"], device="cpu", no_video=True)
+    assert RECIPE["downscale_factor"] == 2 / 3
