@@ -20,7 +20,7 @@ import torch
 
 from ..bench.results import load_result
 from ..timing import time_ms
-from .results_plots import family, timed_variants, variant_label
+from .results_plots import PROFILE_PARTS, family, step_label, timed_variants
 from .viz import FONT_SIZE, small_figure
 
 __all__ = ["STEPS", "LADDERS", "MILESTONES", "PARTS", "label", "load", "weights_mb", "time_forward", "format_times",
@@ -36,10 +36,7 @@ LADDERS = {
     "q8lib": ("q8lib", "q8lib_compile", "q8lib_compile_graph", "q8lib_fp8attn_compile_graph"),
 }
 _LINE = {"bf16": "0.45", "q8lib": "tab:blue"}
-#: The profile split's parts: (key in a ``profile`` record, legend label, colour), as notebook 06 draws them.
-PARTS = (("gemm_ms", "GEMMs (linears)", "tab:blue"), ("attention_ms", "attention", "tab:purple"),
-         ("glue_ms", "glue (norms, quantization, elementwise)", "tab:olive"),
-         ("host_gap_ms", "host gap (GPU idle, waiting for Python)", "0.8"))
+PARTS = PROFILE_PARTS  #: the profile split's parts, as notebook 06 draws them
 #: What got the milliseconds back, session by session: (results file, variant, session, what changed).
 MILESTONES = (
     ("transformer_h100.json", "q8lib", "2 (H100)", "eager: every q8lib kernel launched from Python"),
@@ -57,12 +54,8 @@ MILESTONES = (
 
 
 def label(variant: str) -> str:
-    """:func:`~q8lib.tutorial.results_plots.variant_label`, with ``", eager"`` on variants that are not compiled; a
-    name with a space in it is already a label and comes back as it is."""
-    if " " in variant:
-        return variant
-    text = variant_label(variant)
-    return text if "compile" in variant else f"{text}, eager"
+    """:func:`~q8lib.tutorial.results_plots.step_label` (kept here for the notebook's calls)."""
+    return step_label(variant)
 
 
 def load(results_dir, names) -> dict[str, dict]:

@@ -18,29 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .results_plots import step_label
 from .viz import small_figure
 
-__all__ = ["LTX2_RESULTS", "LTX2_PROFILE", "VARIANT_LABELS", "GIB", "load_ltx2_results", "label", "time_rows",
+__all__ = ["LTX2_RESULTS", "LTX2_PROFILE", "GIB", "load_ltx2_results", "label", "time_rows",
            "memory_rows", "format_time_table", "plot_forward_time", "plot_peak_memory", "profile_split",
            "format_profile_table", "top_kernels"]
 
 LTX2_RESULTS = "transformer_ltx2_h200.json"
 LTX2_PROFILE = "transformer_ltx2_h200_profile.json"
 GIB = 2**30
-# What each variant of the LTX-2 benchmark runs (q8lib.bench.variants): "q8lib" = 8-bit linears (fp8_e4m3 on an
-# H200) with PyTorch's SDPA attention; "fp8attn" adds q8lib's FP8 attention; "compile" = torch.compile of each
-# block; "graph" = the whole forward replayed as one CUDA graph.
-VARIANT_LABELS = {
-    "bf16": "bf16, eager",
-    "bf16_compile": "bf16 + compile",
-    "bf16_compile_graph": "bf16 + compile + graph",
-    "q8lib": "q8lib, eager",
-    "q8lib_compile": "q8lib + compile",
-    "q8lib_compile_graph": "q8lib + compile + graph",
-    "q8lib_fp8attn_compile": "q8lib + FP8 attn + compile",
-    "q8lib_fp8attn_compile_graph": "q8lib + FP8 attn + compile + graph",
-    "torchao_fp8_compile": "torchao fp8 + compile",
-}
 _COLOURS = {"bf16": "tab:gray", "q8lib": "tab:purple", "torchao": "tab:orange"}
 
 
@@ -53,8 +40,8 @@ def load_ltx2_results(results_dir) -> tuple[dict, dict | None]:
 
 
 def label(variant: str) -> str:
-    """A readable name for a benchmark variant (the variant itself when it has none)."""
-    return VARIANT_LABELS.get(variant, variant)
+    """A readable name for a benchmark variant (:func:`~q8lib.tutorial.results_plots.step_label`)."""
+    return step_label(variant)
 
 
 def _colour(variant: str) -> str:
@@ -82,14 +69,15 @@ def memory_rows(result: dict) -> list[dict]:
 
 def format_time_table(result: dict, baseline: str = "bf16_compile") -> str:
     """Time, speed against ``baseline``, peak memory (``*_graph``: marked as under-reported) and error per variant."""
-    res = result["results"]
-    lines = [f"{'variant':<36}{'fwd ms':>8}{'x ' + baseline:>18}{'peak GiB':>10}{'video err':>11}{'audio err':>11}"]
-    for r in time_rows(result, baseline):
+    res, rows = result["results"], time_rows(result, baseline)
+    w = max([len(r["label"]) for r in rows] + [7]) + 2
+    lines = [f"{'variant':<{w}}{'fwd ms':>8}{'x ' + baseline:>18}{'peak GiB':>10}{'video err':>11}{'audio err':>11}"]
+    for r in rows:
         peak = res[r["variant"]].get("peak_mb")
         peak_s = "-" if peak is None else f"{peak * 2**20 / GIB:.1f}" + ("*" if r["variant"].endswith("_graph") else "")
         err = "-" if r["rel_err"] is None else f"{r['rel_err']:.4f}"
         aerr = "-" if r["audio_rel_err"] is None else f"{r['audio_rel_err']:.4f}"
-        lines.append(f"{r['label']:<36}{r['fwd_ms']:>8.0f}{r['speedup']:>17.2f}x{peak_s:>10}{err:>11}{aerr:>11}")
+        lines.append(f"{r['label']:<{w}}{r['fwd_ms']:>8.0f}{r['speedup']:>17.2f}x{peak_s:>10}{err:>11}{aerr:>11}")
     lines.append("* peak measured after the CUDA graph capture: the graph pool's activations are not counted")
     return "\n".join(lines)
 

@@ -18,7 +18,9 @@ from .viz import FONT_SIZE, small_figure
 __all__ = [
     "EARLIER_WORK_RTX4090",
     "BASELINES",
+    "PROFILE_PARTS",
     "variant_label",
+    "step_label",
     "family",
     "timed_variants",
     "ordered",
@@ -74,6 +76,15 @@ def variant_label(name: str) -> str:
     mods = [_WORDS.get(t, t) for t in rest if t not in ("compile", "graph")]
     tail = [_WORDS[t] for t in rest if t in ("compile", "graph")]
     return " ".join([head + (", " + ", ".join(mods) if mods else "")] + tail)
+
+
+def step_label(variant: str) -> str:
+    """:func:`variant_label` with ``", eager"`` on variants that are not compiled (tables that list eager and compiled
+    variants side by side); a name with a space in it is already a label and comes back as it is."""
+    if " " in variant:
+        return variant
+    text = variant_label(variant)
+    return text if "compile" in variant else f"{text}, eager"
 
 
 def family(name: str) -> str:
@@ -253,9 +264,10 @@ def plot_time_memory(result: dict, baseline: str = "bf16_compile", variants=None
     return fig
 
 
-_PARTS = (("gemm_ms", "GEMMs (linears)", "tab:blue"), ("attention_ms", "attention", "tab:purple"),
-          ("glue_ms", "glue (norms, quantization, elementwise)", "tab:olive"),
-          ("host_gap_ms", "host gap (GPU idle)", "0.8"))
+#: The profile split's parts: (key in a ``profile`` record, legend label, colour).
+PROFILE_PARTS = (("gemm_ms", "GEMMs (linears)", "tab:blue"), ("attention_ms", "attention", "tab:purple"),
+                 ("glue_ms", "glue (norms, quantization, elementwise)", "tab:olive"),
+                 ("host_gap_ms", "host gap (GPU idle, waiting for the host)", "0.8"))
 
 
 def plot_profile(result: dict, variants=None, baseline: str = "bf16_compile", title: str | None = None):
@@ -266,7 +278,7 @@ def plot_profile(result: dict, variants=None, baseline: str = "bf16_compile", ti
     fig, ax = small_figure(width=9.0, height=0.5 * len(names) + 1.9)
     y = np.arange(len(names))
     left = np.zeros(len(names))
-    for key, label, color in _PARTS:
+    for key, label, color in PROFILE_PARTS:
         vals = np.array([max(var[n]["profile"].get(key, 0.0), 0.0) for n in names])
         ax.barh(y, vals, left=left, color=color, height=0.7, label=label)
         left += vals
