@@ -253,6 +253,19 @@ def test_gpu_gemm_routes(seed, monkeypatch, impl, qd, M, N, K):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["auto", "triton_tma"])
+@pytest.mark.parametrize("qd", QDTYPES)
+def test_gpu_gemm_float32_output(seed, monkeypatch, impl, qd):
+    """A float32 model's GEMMs (notebook 07's tiny LTX-2 on a GPU): the TMA kernel's float32 epilogue tile does not
+    fit shared memory beside its operand stages, so that output takes the pointer kernel."""
+    monkeypatch.setattr(G, "GEMM_IMPL", impl)
+    xq, xs, wq, ws, b = _gemm_operands(200, 384, 256, qd)
+    y = L.matmul(xq, xs, wq, ws, b, "gelu_tanh", torch.float32)
+    ref = R.q8_matmul_ref(xq, xs, wq, ws, b.double(), "gelu_tanh", torch.float32)
+    assert y.dtype == torch.float32 and rel_err(ref, y) < (1e-4 if qd == INT8 else 5e-3)  # fp8: fast accumulation
+
+
+@pytest.mark.gpu
 def test_gpu_compile_inductor_and_cuda_graph(seed):
     from q8lib.modules import quantize_weight
 

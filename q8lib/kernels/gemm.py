@@ -70,8 +70,13 @@ def _q8_gemm_body(XQ, XS, WQ, WS, BIAS, OUT, M, N, K, sxm, swn, som,
             b = tl.load(b_ptr)
         else:
             kmask = rk[None, :] < K - k * BK
-            a = tl.load(a_ptr, mask=kmask, other=0)
-            b = tl.load(b_ptr, mask=kmask, other=0)
+            # the fill value in the operand's type: an int 0 cannot be cast to e4m3 on a GPU (the interpreter allows it)
+            if IS_INT:
+                a = tl.load(a_ptr, mask=kmask, other=0)
+                b = tl.load(b_ptr, mask=kmask, other=0)
+            else:
+                a = tl.load(a_ptr, mask=kmask, other=0.0)
+                b = tl.load(b_ptr, mask=kmask, other=0.0)
         acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32 if IS_INT else tl.float32)
         a_ptr += BK
         b_ptr += BK
@@ -188,12 +193,17 @@ def gemm_impl(qdtype: torch.dtype, device: torch.device) -> str:
     return "triton"
 
 
-def _tma_fits(x_q: torch.Tensor, w_q: torch.Tensor) -> bool:
+def _tma_fits(x_q: torch.Tensor, w_q: torch.Tensor, out: torch.Tensor) -> bool:
     """Whether the persistent TMA GEMM runs: the default route or chosen (``set_gemm_impl("triton_tma")``; ``"triton"``
     forces the pointer kernel), a Hopper-or-newer
     GPU (the copy engine; Ada keeps the pointer kernel), row-major 8-bit operands with 16-byte aligned
-    rows and bases, and a Triton that makes tensor descriptors on the device (``tl.make_tensor_descriptor``)."""
+    rows and bases, a 16-bit output, and a Triton that makes tensor descriptors on the device
+    (``tl.make_tensor_descriptor``). A float32 output (a float32 model) takes the pointer kernel: at
+    :data:`TMA_CONFIG` its [128, 256] float32 epilogue tile, staged in shared memory beside three operand stages,
+    needs 278,880 bytes where the H200 has 232,448 (measured: notebook 07's GPU run)."""
     if GEMM_IMPL not in ("auto", "triton_tma") or not (x_q.is_cuda and capability(x_q.device.index or 0) >= 90):
+        return False
+    if out.element_size() > 2:
         return False
     if x_q.stride(-1) != 1 or w_q.stride(-1) != 1 or x_q.stride(0) % 16 or w_q.stride(0) % 16:
         return False
@@ -226,7 +236,7 @@ def launch_gemm(x_q, x_scale, w_q, w_scale, bias, gelu, out, tiles=None):
     if M == 0 or N == 0:
         return out
     common = dict(HAS_BIAS=bias is not None, GELU=gelu, IS_INT=x_q.dtype == INT8)
-    if tiles is None and _tma_fits(x_q, w_q):
+    if tiles is None and _tma_fits(x_q, w_q, out):
         _scratch_allocator()
         bm, bn, bk, warps, stages = TMA_CONFIG
         progs = min(triton.cdiv(M, bm) * triton.cdiv(N, bn), sm_count(x_q.device.index or 0))

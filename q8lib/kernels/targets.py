@@ -146,6 +146,13 @@ def _gemm_specs(cap: int) -> list[Spec]:
             out.append(Spec(f"gemm/{_NAME[qd]}/{tag}", "q8lib.kernels.gemm:_q8_gemm_kernel", args, ce,
                             cfg.num_warps, cfg.num_stages, "gemm._configs() autotune", dots=True, wgmma=True,
                             autotuned=True))
+        # a K that is not a multiple of BK (tiny models only): the masked K-tail path, which the LTX shapes never take
+        args = {"XQ": _PTR[qd], "XS": "*fp32", "WQ": _PTR[qd], "WS": "*fp32", "BIAS": "*bf16", "OUT": "*fp32",
+                "M": 200, "N": 384, "K": 200, "sxm": 200, "swn": 200, "som": 384}
+        ce = {"BM": 128, "BN": 256, "BK": 64, "GROUP_M": 8, "HAS_BIAS": True, "GELU": True, "IS_INT": qd == INT8,
+              "EVEN_K": False}
+        out.append(Spec(f"gemm_ragged_k/{_NAME[qd]}/BM128-BN256-BK64-s4-w8", "q8lib.kernels.gemm:_q8_gemm_kernel", args,
+                        ce, 8, 4, "gemm._configs() autotune, K % BK != 0", dots=True, wgmma=True, autotuned=True))
     if cap >= 90:  # Hopper's persistent TMA GEMM (launch_gemm takes it for int8 on sm_90+; fp8 with Q8LIB_GEMM=triton_tma)
         bm, bn, bk, warps, stages = _gemm.TMA_CONFIG
         for qd in (INT8, FP8):
