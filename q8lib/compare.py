@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import SettingsError
+from .fused import module_forwards
 from .modules import Q8GELU, Q8Linear, Q8RMSNorm
 
 __all__ = ["sqnr_db", "converted_layers", "layer_outputs", "layer_sqnr"]
@@ -68,7 +69,8 @@ def layer_outputs(ref_model: nn.Module, q8_model: nn.Module, run, isolated: bool
     ``run(model)`` performs one forward pass (same inputs for both models). With ``isolated=True``
     each Q8 module is fed exactly the input its high-precision twin saw, so the difference is the
     error that layer alone adds; with ``isolated=False`` both models run end to end and the
-    difference includes everything accumulated upstream.
+    difference includes everything accumulated upstream (fused blocks run diffusers' forward meanwhile,
+    :func:`q8lib.fused.module_forwards`, so that every converted module is seen).
     """
     names = converted_layers(q8_model)
     if not names:
@@ -78,7 +80,8 @@ def layer_outputs(ref_model: nn.Module, q8_model: nn.Module, run, isolated: bool
     if isolated:
         q8_out = {n: q8_mods[n](*args, **kwargs) for n, (args, kwargs, _) in ref.items()}
     else:
-        q8_out = {n: out for n, (_, _, out) in _capture(q8_model, names, run).items()}
+        with module_forwards(q8_model):
+            q8_out = {n: out for n, (_, _, out) in _capture(q8_model, names, run).items()}
     return {n: (ref[n][2], q8_out[n]) for n in names if n in ref and n in q8_out}
 
 

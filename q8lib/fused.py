@@ -29,6 +29,7 @@ reference checks the fused path against the unfused one.
 """
 from __future__ import annotations
 
+import contextlib
 import types
 
 import torch
@@ -41,7 +42,7 @@ from .offload import is_offloaded, onloaded
 from .quant import host_sync_allowed
 
 __all__ = ["install_fused_blocks", "uninstall_fused_blocks", "fused_block_forward", "is_fused", "compact_rope_forward",
-           "install_fused_ffns", "uninstall_fused_ffns", "fused_ffn_forward"]
+           "install_fused_ffns", "uninstall_fused_ffns", "fused_ffn_forward", "module_forwards"]
 
 
 def _block_linears(block):
@@ -175,6 +176,20 @@ def uninstall_fused_ffns(model: nn.Module) -> int:
             del m.forward, m._q8_ffn
             n += 1
     return n
+
+
+@contextlib.contextmanager
+def module_forwards(model: nn.Module):
+    """Inside the ``with``, fused blocks and FFNs run diffusers' forward, so every Q8 module is called as a module
+    (forward hooks see each one, e.g. :func:`q8lib.compare.layer_outputs`); the fused forwards come back after.
+    Same math: the fused path only arranges the same ops into fewer passes."""
+    parked = [(m, m.__dict__.pop("forward")) for m in model.modules()
+              if ("_q8_fused" in m.__dict__ or "_q8_ffn" in m.__dict__) and "forward" in m.__dict__]
+    try:
+        yield model
+    finally:
+        for m, fwd in parked:
+            m.forward = fwd
 
 
 def _key_lengths(mask, batch):

@@ -162,6 +162,27 @@ def test_layer_sqnr_on_the_tiny_transformer():
         layer_sqnr(model, model, lambda m: m(**kw))
 
 
+def test_layer_outputs_in_the_model_sees_every_layer_of_fused_blocks():
+    """On a GPU ``quantize_`` installs fused blocks, which call their kernels, not the modules: the in-model
+    capture must still see every converted layer (found by notebook 04's GPU run), and leave the blocks fused."""
+    import q8lib
+    from q8lib import tutorial
+    from q8lib.compare import converted_layers, layer_outputs
+    from q8lib.fused import install_fused_blocks, is_fused
+
+    model = tutorial.load_transformer("tiny")
+    q8 = q8lib.quantize_(copy.deepcopy(model), q8lib.Q8Config(), progress=False)
+    kw = tutorial.example_inputs(model.config, frames=2, height=4, width=4)
+    unfused = layer_outputs(model, q8, lambda m: m(**kw), isolated=False)
+    assert install_fused_blocks(q8, "sdpa") == len(q8.transformer_blocks)
+    fused = layer_outputs(model, q8, lambda m: m(**kw), isolated=False)
+    assert list(fused) == list(unfused) == converted_layers(q8)
+    for n, (r, q) in fused.items():
+        torch.testing.assert_close(q, unfused[n][1], rtol=0, atol=0)
+        assert r is not q
+    assert all(is_fused(b) for b in q8.transformer_blocks)
+
+
 def test_load_results_and_tables(tmp_path):
     from q8lib.tutorial import viz
 
