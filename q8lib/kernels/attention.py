@@ -6,7 +6,7 @@ Hadamard matrix along the head dim, the softmax scale (times log2(e), so the ker
 over key blocks with ``P * 448`` cast to e4m3 for ``P @ V`` and the row sum kept in float32 from the
 unquantized ``P``. Keys at positions ``>= key_lengths[b]`` (clamped to ``[1, Sk]``) are masked.
 
-``torch.library`` ops (namespace ``q8lib``, with fake implementations; on CUDA ``triton_op``\s that inductor
+``torch.library`` ops (namespace ``q8lib``, with fake implementations; on CUDA ``triton_op`` ops that inductor
 launches from its own code, see :mod:`q8lib.kernels._library`), so the whole path traces under
 ``torch.compile(fullgraph=True)`` and replays in CUDA graphs:
 
