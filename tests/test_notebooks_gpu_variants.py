@@ -116,6 +116,21 @@ def test_shrink_outputs_replaces_the_largest_outputs():
     assert len(json.dumps(nb)) < 1e6
 
 
+def test_artifacts_left_out_are_named(tmp_path):
+    """An artifact too large to bring back (notebook 05's side-by-side noise video: > 15 MB) or not written is named
+    in the run record, not skipped silently."""
+    name = "05_q8_attention_inference"
+    (rel,) = gv.VARIANTS[name]["artifacts"]
+    nb_dir = tmp_path / "notebooks"
+    nb_dir.mkdir()
+    assert gpu_run._artifacts(nb_dir, name) == ([], [f"{rel}: not written"])
+    video = nb_dir / rel
+    video.parent.mkdir(parents=True)
+    video.write_bytes(b"0" * 2000)
+    assert gpu_run._artifacts(nb_dir, name) == ([nb_dir / rel], [])
+    assert gpu_run._artifacts(nb_dir, name, max_bytes=1000)[1] == [f"{rel}: 0.0 MB, over 0.001 MB"]
+
+
 def test_coalesce_streams_merges_consecutive_prints():
     outs = [{"output_type": "stream", "name": "stdout", "text": ["a\n"]},
             {"output_type": "stream", "name": "stdout", "text": "b\nc\n"},

@@ -132,6 +132,9 @@ def execute_variant(nb_dir: str | Path, name: str, out_dir: str | Path | None = 
     removed = shrink_outputs(nb, max_mb)
     if removed:
         record["outputs_removed"] = removed
+    artifacts, left_out = _artifacts(nb_dir, name)
+    if left_out:
+        record["artifacts_left_out"] = left_out
     nb["metadata"]["q8lib"]["executed_on"] = record
     nb["cells"][0]["source"] = banner(name, record).splitlines(keepends=True)
     write_notebook(nb, path)
@@ -139,11 +142,24 @@ def execute_variant(nb_dir: str | Path, name: str, out_dir: str | Path | None = 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, out_dir / path.name)
-        for rel in VARIANTS[name].get("artifacts", []):
-            src = nb_dir / rel
-            if src.is_file() and src.stat().st_size < 15e6:
-                shutil.copy2(src, out_dir / src.name)
+        for src in artifacts:
+            shutil.copy2(src, out_dir / src.name)
     return record
+
+
+def _artifacts(nb_dir: Path, name: str, max_bytes: float = 15e6) -> tuple[list[Path], list[str]]:
+    """The artifacts of ``name``'s run to copy out, and why any other is left out (missing, or over ``max_bytes``:
+    the device tool brings back files of at most 16 MiB)."""
+    keep, left_out = [], []
+    for rel in VARIANTS[name].get("artifacts", []):
+        src = nb_dir / rel
+        if not src.is_file():
+            left_out.append(f"{rel}: not written")
+        elif src.stat().st_size >= max_bytes:
+            left_out.append(f"{rel}: {src.stat().st_size / 1e6:.1f} MB, over {max_bytes / 1e6:g} MB")
+        else:
+            keep.append(src)
+    return keep, left_out
 
 
 def run_variants(nb_dir: str | Path, names=None, out_dir: str | Path | None = None, deadline_s: float = 540,
