@@ -110,3 +110,19 @@ def test_time_budget_ends_the_run_and_records_the_rest_as_skipped(tmp_path):
                  "--budget-s", "0.001", "--out", str(out)]) == 0
     res = json.loads(out.read_text())["results"]
     assert list(res) == ["bf16", "q8lib"] and all("time budget of 0.001 s" in r["skipped"] for r in res.values())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--iters", "0"], "--iters must be >= 1"), (["--batch", "0"], "--batch must be >= 1"),
+    (["--layers", "-1"], "--layers must be >= 1"), (["--warmup", "-1"], "--warmup must be >= 0"),
+    (["--budget-s", "-5"], "--budget-s must be a positive"), (["--text", "0"], "--text must be >= 1"),
+    (["--frames", "0"], "--frames must be >= 1"), (["--audio", "5"], "has no audio stream"),
+    (["--fp32", "--no-fp32"], "contradict"), (["--video", "abc"], "FRAMES,HEIGHT,WIDTH as integers"),
+    (["--video", "81,480"], "three integers"),
+])
+def test_bad_arguments_fail_before_anything_is_built(tmp_path, capsys, extra, message):
+    out = tmp_path / "never.json"
+    with pytest.raises(SystemExit) as e:
+        main(["--config", "tiny", "--out", str(out), *extra])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == []

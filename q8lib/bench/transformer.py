@@ -64,7 +64,12 @@ def _shape(bm, cfg, args) -> dict:
     """The run's shape: pixels (``--video`` or the config's), the latent grid (``--frames/--height/--width``
     override it), token counts."""
     ltx2 = "audio_in_channels" in cfg
-    video = tuple(int(v) for v in args.video.replace("x", ",").split(",")) if args.video else bm.video
+    try:
+        video = tuple(int(v) for v in args.video.replace("x", ",").split(",")) if args.video else bm.video
+    except ValueError:
+        raise ValueError(f"--video takes FRAMES,HEIGHT,WIDTH as integers (e.g. 81,480,704), got {args.video!r}") from None
+    if len(video) != 3:
+        raise ValueError(f"--video takes three integers FRAMES,HEIGHT,WIDTH (e.g. 81,480,704), got {args.video!r}")
     latent = list(latent_grid(*video, cfg["vae_scale_factors"] if ltx2 else LTX_VAE_SCALE_FACTORS))
     for i, k in enumerate(("frames", "height", "width")):
         if getattr(args, k) is not None:
@@ -76,6 +81,23 @@ def _shape(bm, cfg, args) -> dict:
         frames = video[0] if video else 1 + (latent[0] - 1) * cfg["vae_scale_factors"][0]
         shape["audio_tokens"] = args.audio or audio_latent_frames(frames, cfg)
     return shape
+
+
+def _argument_problem(args) -> str | None:
+    """What is wrong with the numeric arguments (``None``: nothing), said before anything is built."""
+    at_least = {"--layers": (args.layers, 1), "--batch": (args.batch, 1), "--frames": (args.frames, 1),
+                "--height": (args.height, 1), "--width": (args.width, 1), "--audio": (args.audio, 1),
+                "--text": (args.text, 1), "--iters": (args.iters, 1), "--warmup": (args.warmup, 0)}
+    for flag, (value, low) in at_least.items():
+        if value is not None and value < low:
+            return f"{flag} must be >= {low}, got {value}"
+    if args.budget_s is not None and not args.budget_s > 0:
+        return f"--budget-s must be a positive number of seconds, got {args.budget_s}"
+    if args.audio is not None and "ltx2" not in args.config:
+        return f"--audio sets LTX-2's audio tokens; --config {args.config} has no audio stream"
+    if args.fp32 and args.no_fp32:
+        return "--fp32 and --no-fp32 contradict each other"
+    return None
 
 
 def _fp32_skip(bm, cfg, args, device) -> str | None:
@@ -118,6 +140,9 @@ def main(argv=None) -> int:
                     help="also record each variant's profile split (GEMM / attention / glue / host gaps)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/transformer_<gpu>.json)")
     args = ap.parse_args(argv)
+    problem = _argument_problem(args)
+    if problem:
+        ap.error(problem)
     if not torch.cuda.is_available() and "tiny" not in args.config:
         print("q8lib.bench needs a CUDA GPU (or --config tiny / ltx2-tiny for a CPU smoke run).", file=sys.stderr)
         return 2
@@ -163,9 +188,11 @@ def main(argv=None) -> int:
         + (f", {shape['audio_tokens']} audio tokens" if ltx2 else "") + f", {shape['text_tokens']} text tokens, "
         f"batch {args.batch}; {all_flops / 1e12:.1f} TFLOP of linears per forward")
 
-    def save():
+    def save():  # after every variant, so a run cut short keeps what it measured; atomic, never a half-written file
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(report, indent=2) + "\n")
+        tmp = out_path.with_name(f".{out_path.name}.tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(out_path)
 
     inputs = bench_inputs(cfg, args.batch, *latent, shape["text_tokens"], device, **in_kw)
     with torch.inference_mode(), time_budget(args.budget_s) as check_budget:
