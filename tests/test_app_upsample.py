@@ -15,7 +15,7 @@ from q8lib.app import GenerationSettings, encode_prompts, load_pipeline
 from q8lib.app.cli import main
 from q8lib.app.loading import transformer_config
 from q8lib.app.pipelines import model_family
-from q8lib.app.upsample import RECIPE, load_upsampler, plan_upsample, run_two_stage
+from q8lib.app.upsample import RECIPE, load_upsampler, ltx2_distilled_recipe, plan_upsample, run_two_stage
 from q8lib.errors import SettingsError
 from helpers import rel_err
 from pipeline_folders import ltx097_folder, ltx2_folder, ltx_upsampler_folder
@@ -91,7 +91,79 @@ def test_refusals_before_anything_loads(repos, tmp_path, capsys, monkeypatch):
     ltx2 = ltx2_folder(tmp_path / "LTX-2", upsampler=True)
     assert main(["generate", "--prompt", "x", *SMALL, "--output", out, "--model", str(ltx2),
                  "--upsampler", str(ltx2 / "latent_upsampler")]) == 2
-    assert "distilled LoRA" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "distilled LoRA" in err and "add --distilled" in err
+    distilled_cases = [
+        (["--model", str(ltx2), "--distilled"], "drop --steps"),  # SMALL passes --steps
+        (["--model", repos["ltx097"], "--distilled", "--upsampler", repos["upsampler"]], "LTX-2's distilled"),
+        (["--model", str(ltx2), "--distilled", "--upsampler", repos["upsampler"]], "not an LTX2LatentUpsamplerModel"),
+    ]
+    for flags, message in distilled_cases:
+        args = ["generate", "--prompt", "x", *SMALL, "--output", out, *flags]
+        if "drop --steps" not in message:
+            args.remove("--steps"), args.remove("2")
+        assert main(args) == 2, flags
+        assert message in capsys.readouterr().err, flags
+    with pytest.raises(SettingsError, match="generate only"):
+        runmod.compare("x", model=str(ltx2), distilled=True, device="cpu", no_video=True)
     with pytest.raises(SettingsError, match="generate only"):
         runmod.compare("x", model=repos["ltx097"], upsampler=repos["upsampler"], device="cpu", no_video=True)
     assert RECIPE["downscale_factor"] == 2 / 3
+
+
+# LTX-2 distilled checkpoints (--distilled): diffusers' "Distilled checkpoint generation" recipe on a tiny LTX-2 repo
+LTX2_SMALL = ["--frames", "9", "--height", "64", "--width", "64", "--quiet", "--device", "cpu", "--dtype", "fp32",
+              "--negative-prompt", "", "--no-prompt-cache", "--distilled"]
+
+
+@pytest.fixture(scope="module")
+def ltx2_repo(tmp_path_factory):
+    return ltx2_folder(tmp_path_factory.mktemp("repos") / "LTX-2-distilled", upsampler=True)
+
+
+def test_cli_ltx2_distilled_two_stages(ltx2_repo, tmp_path):
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--model", str(ltx2_repo), "--upsampler", str(ltx2_repo / "latent_upsampler"),
+                 "--prompt", "a red circle moving right", *LTX2_SMALL, "--output", str(out)]) == 0
+    assert out.stat().st_size > 0
+    rep = json.loads(out.with_suffix(".json").read_text())
+    up = rep["upsample"]
+    assert (up["stage1"], up["stage2"], up["resized_to"]) == (dict(height=32, width=32), dict(height=64, width=64),
+                                                               dict(height=64, width=64))
+    # [batch, 16 channels, latent frames, height / 4, width / 4] (the tiny LTX-2 VAE compresses 4x), then 2x
+    assert up["latents"] == dict(stage1=[1, 16, 3, 8, 8], upsampled=[1, 16, 3, 16, 16])
+    recipe = up["recipe"]
+    assert len(recipe["stage1_sigmas"]) == 8 and len(recipe["stage2_sigmas"]) == 3
+    assert recipe["stage2_noise_scale"] == recipe["stage2_sigmas"][0] and recipe["guides"]["stg_scale"] == 0.0
+    t = rep["results"]["timings"]
+    # every guide off: one transformer call a step (diffusers' defaults would make it three: CFG off, STG, modality)
+    assert (t["stage1_transformer_forwards"], t["stage2_transformer_forwards"]) == (8, 3)
+    assert rep["settings"]["num_inference_steps"] == 8 and rep["settings"]["guidance_scale"] == 1.0
+    assert rep["results"]["audio"]["channels"] == 2
+
+
+def test_cli_ltx2_distilled_one_stage(ltx2_repo, tmp_path):
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--model", str(ltx2_repo), "--prompt", "a red circle moving right", *LTX2_SMALL,
+                 "--output", str(out), "--no-video"]) == 0
+    rep = json.loads(out.with_suffix(".json").read_text())
+    assert rep["results"]["timings"]["transformer_forwards"] == 8 and "upsample" not in rep
+    assert rep["distilled"]["recipe"]["stage1_sigmas"] == ltx2_distilled_recipe()["stage1_sigmas"]
+
+
+# fp32 vs Q8 (int8, FP8 attention, reference backend) through both distilled stages, 8 + 3 steps, 64x64, seeds 0-5
+# (random weights): frames relative error 0.0022-0.0034, audio 5.8e-5-1.5e-4. Bounds: max + ~30%.
+def test_q8_ltx2_distilled_two_stages_match_unquantized(ltx2_repo, seed):
+    m = str(ltx2_repo)
+    s = GenerationSettings(prompt="a red circle moving right", negative_prompt="", num_frames=9, height=64, width=64,
+                           num_inference_steps=8, guidance_scale=1.0, max_sequence_length=16,
+                           seed=seed % 2**31).validate()
+    plan = plan_upsample(m + "/latent_upsampler", model_family(m), m, s, transformer_config(m), distilled=True)
+    ref = load_pipeline(m, precision="bf16", device="cpu", dtype="fp32")
+    q8 = load_pipeline(m, precision="q8", device="cpu", dtype="fp32", q8_config=Q8Config(weight_dtype="int8"))
+    embeds, _ = encode_prompts(ref, s, m, None)
+    a = run_two_stage(ref, load_upsampler(plan, ref), plan, s, embeds, progress=False)
+    b = run_two_stage(q8, load_upsampler(plan, q8), plan, s, embeds, progress=False)
+    assert a["frames"].shape == b["frames"].shape == (1, 9, 3, 64, 64)
+    assert 1e-4 < rel_err(a["frames"], b["frames"]) < 0.0045
+    assert 0 < rel_err(a["audio"], b["audio"]) < 2e-4

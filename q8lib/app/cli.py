@@ -110,7 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--upsampler", default=None, metavar="REPO_OR_DIR",
                      help="two stages (LTX-Video 0.9.7/0.9.8): generate at 2/3 size, upsample the latents 2x with this "
                           "latent upsampler (e.g. Lightricks/ltxv-spatial-upscaler-0.9.7), denoise again (strength 0.4 "
-                          "of 10 steps), resize to --height/--width (diffusers' documented recipe)")
+                          "of 10 steps), resize to --height/--width (diffusers' documented recipe); LTX-2 with "
+                          "--distilled: half size, 2x, 3 refining steps")
+    gen.add_argument("--distilled", action="store_true",
+                     help="an LTX-2 distilled checkpoint: its recipe (8 steps at the distilled sigmas, guidance 1; "
+                          "with --upsampler the two-stage one); fixes --steps and --guidance")
     gen.set_defaults(func=_generate)
 
     cmp_ = sub.add_parser("compare", help="same seed, unquantized vs Q8: side-by-side mp4, per-frame PSNR/SSIM JSON and plot")

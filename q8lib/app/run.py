@@ -35,7 +35,7 @@ from .loading import load_pipeline, load_transformer, transformer_config
 from .measure import environment, run_pipeline, transformer_memory
 from .pipelines import check_family_packages, model_family
 from .prompts import encode_prompts, free_text_encoder, text_encoder_suffix
-from .upsample import RECIPE, load_upsampler, plan_upsample, run_two_stage
+from .upsample import distilled_stage, ltx2_distilled_recipe, load_upsampler, plan_upsample, run_two_stage
 from .settings import (MODEL_ALIASES, TINY, check_backend, check_cuda_graph, check_offload, resolve_device,
                        resolve_dtype, settings_for)
 from .video import plot_metrics, side_by_side, video_writer, write_video
@@ -84,6 +84,7 @@ class RunOptions:
     cuda_graph: bool = False
     text_encoder_precision: str = "bf16"  # "q8": the text encoder's layer linears in 8 bits (q8lib.text_encoder)
     upsampler: str | None = None  # generate: two stages with this latent upsampler (q8lib.app.upsample)
+    distilled: bool = False  # generate: an LTX-2 distilled checkpoint, run with its recipe (q8lib.app.upsample)
 
 
 def q8_options(weight_dtype: str = "auto", hadamard_block: int | None | str = "auto", backend: str = "auto",
@@ -104,15 +105,21 @@ def _prepare(o: RunOptions, command: str, default_output: str):
     the model's family (its config files: which pipeline, which defaults), settings, output path and the packages
     the outputs need, device, dtype, backend, CUDA graph, checkpoint, image, prompt cache."""
     family = model_family(o.model)
+    if o.distilled:
+        _check_distilled(o, family, command)
     settings = settings_for(MODEL_ALIASES.get(o.model, o.model), o.prompt, family.defaults,
                             negative_prompt=o.negative_prompt, num_frames=o.frames, height=o.height, width=o.width,
                             num_inference_steps=o.steps, guidance_scale=o.guidance, seed=o.seed, frame_rate=o.fps)
+    if o.distilled:  # the recipe's stage-1 steps and guidance, so the settings (and the report) say what runs
+        stage1 = distilled_stage(1)
+        settings = dataclasses.replace(settings, num_inference_steps=stage1["num_inference_steps"],
+                                       guidance_scale=stage1["guidance_scale"])
     out = check_video_output(o.output or default_output, o.warmup, o.repeats, not o.no_video)
     check_family_packages(family, not o.no_video and command == "generate", o.image is not None)
     if o.upsampler is not None and command != "generate":
         raise SettingsError(f"--upsampler runs with generate only, not {command}")
     plan = None if o.upsampler is None else plan_upsample(o.upsampler, family, MODEL_ALIASES.get(o.model, o.model),
-                                                          settings, transformer_config(o.model))
+                                                          settings, transformer_config(o.model), o.distilled)
     device = resolve_device(o.device)
     dtype = resolve_dtype(o.dtype, device)
     if command == "compare" and o.offload == "sequential":
@@ -133,6 +140,19 @@ def _prepare(o: RunOptions, command: str, default_output: str):
                 backend=backend, image=image, cache=cache, family=family, plan=plan)
 
 
+def _check_distilled(o: RunOptions, family, command: str) -> None:
+    """``--distilled``: LTX-2 only, generate only, and the recipe fixes the steps and the guidance."""
+    if command != "generate":
+        raise SettingsError(f"--distilled runs with generate only, not {command}")
+    if family.name != "ltx2":
+        raise SettingsError(f"--distilled is LTX-2's distilled-checkpoint recipe; {o.model} is an {family.pipeline} "
+                            "model (the distilled LTX-Video 0.9.7/0.9.8 recipes are not implemented)")
+    fixed = [flag for flag, value in (("--steps", o.steps), ("--guidance", o.guidance)) if value is not None]
+    if fixed:
+        raise SettingsError(f"--distilled fixes the steps and the guidance (diffusers' LTX-2 distilled recipe: 8 "
+                            f"sigmas, guidance 1; 3 more steps in stage 2 with --upsampler): drop {' and '.join(fixed)}")
+
+
 def _median_timings(runs: list) -> dict:
     keys = [k for k, v in runs[0]["timings"].items() if isinstance(v, (int, float))]
     return {k: statistics.median(r["timings"][k] for r in runs) for k in keys}
@@ -144,7 +164,7 @@ def _runs(pipe, settings, embeds, image, o: RunOptions, up=None, plan=None) -> l
     def one(s, progress):
         if plan is not None:
             return run_two_stage(pipe, up, plan, s, embeds, image, progress)
-        return run_pipeline(pipe, s, embeds, image, progress=progress)
+        return run_pipeline(pipe, s, embeds, image, progress=progress, extra=distilled_stage(1) if o.distilled else None)
 
     warm = dataclasses.replace(settings, num_inference_steps=min(2, settings.num_inference_steps))
     for _ in range(o.warmup):
@@ -208,7 +228,9 @@ def generate(prompt: str, **options) -> dict:
                                   stage1=dict(height=plan.stage1[0], width=plan.stage1[1]),
                                   stage2=dict(height=plan.stage2[0], width=plan.stage2[1]),
                                   resized_to=dict(height=plan.target[0], width=plan.target[1]),
-                                  latents=runs[-1]["latents"], recipe=RECIPE)
+                                  latents=runs[-1]["latents"], recipe=plan.recipe())
+    elif o.distilled:
+        report["distilled"] = dict(recipe={k: v for k, v in ltx2_distilled_recipe().items() if "stage2" not in k})
     for i, (v, p) in enumerate(zip(videos, paths)):  # each file is written whole or not at all (q8lib.outputs)
         write_video(v, p, settings.frame_rate, None if audio is None else audio[i], rate)
     write_json(sidecar_for(out), report)

@@ -1,4 +1,5 @@
-"""Two-stage generation with a latent upsampler (``q8lib generate --upsampler REPO_OR_DIR``).
+"""Two-stage generation with a latent upsampler (``q8lib generate --upsampler REPO_OR_DIR``) and LTX-2's distilled recipe
+(``--distilled``).
 
 LTX-Video 0.9.7 / 0.9.8 (``LTXConditionPipeline``) follow diffusers' documented recipe, the "LTX-Video 0.9.7 includes
 a spatial latent upscaler" example of ``docs/source/en/api/pipelines/ltx_video.md`` (huggingface/diffusers; the
@@ -19,9 +20,16 @@ The same pipeline object (its Q8 transformer) runs both denoising stages. With `
 two input signatures, so :class:`q8lib.cudagraph.CUDAGraphForward` captures one graph per stage (it keeps up to 8).
 The distilled 0.9.7 / 0.9.8 recipes (custom timesteps, ``adain_factor``, tone mapping) are not applied.
 
-LTX-2 is refused: diffusers' documented two-stage recipe (``ltx2.md``, "Two-stages Generation") refines the
-upsampled latents with the distilled LoRA, which q8lib does not load, and the ``LTX2LatentUpsamplePipeline``
-docstring example only re-encodes and decodes a finished video at 2x, without a second denoising stage.
+LTX-2 distilled checkpoints (``--distilled``) follow diffusers' "Distilled checkpoint generation" example of
+``docs/source/en/api/pipelines/ltx2.md`` (:func:`ltx2_distilled_recipe`): stage 1 at half the requested size with the
+distilled sigmas (``DISTILLED_SIGMA_VALUES``, 8 steps) and every guide off (:data:`DISTILLED_GUIDES`), ``output_type=
+"latent"`` (video and audio latents); ``LTX2LatentUpsamplePipeline`` 2x; stage 2 from the upsampled video latents and
+stage 1's audio latents with ``STAGE_2_DISTILLED_SIGMA_VALUES`` (3 steps), ``noise_scale`` = their first value, guides
+off; decode (video and audio).
+The sigma values are read from ``diffusers.pipelines.ltx2.utils``, so they follow the installed diffusers.
+
+The LTX-2 *dev* checkpoints' two-stage recipe (``ltx2.md``, "Two-stages Generation") refines the upsampled latents with
+the distilled LoRA, which q8lib does not load onto LTX-2's Q8 transformer: refused, with the distilled route named.
 """
 from __future__ import annotations
 
@@ -38,7 +46,8 @@ from .measure import run_pipeline
 from .pipelines import Family
 from .settings import GenerationSettings
 
-__all__ = ["RECIPE", "UpsamplePlan", "plan_upsample", "load_upsampler", "run_two_stage"]
+__all__ = ["RECIPE", "UpsamplePlan", "plan_upsample", "load_upsampler", "run_two_stage", "ltx2_distilled_recipe",
+           "distilled_stage"]
 
 # diffusers' ltx_video.md, LTX-Video 0.9.7 example: the values passed to each stage.
 RECIPE = dict(source="diffusers docs/source/en/api/pipelines/ltx_video.md, 'LTX-Video 0.9.7 includes a spatial "
@@ -46,7 +55,26 @@ RECIPE = dict(source="diffusers docs/source/en/api/pipelines/ltx_video.md, 'LTX-
               downscale_factor=2 / 3, upsample_factor=2, stage2_steps=10, stage2_denoise_strength=0.4,
               both_stages=dict(decode_timestep=0.05, decode_noise_scale=0.025, image_cond_noise_scale=0.0,
                                guidance_rescale=0.7))
-PIPELINE_MULTIPLE = 32  # LTXConditionPipeline.check_inputs: height and width divisible by 32
+PIPELINE_MULTIPLE = 32  # LTXConditionPipeline / LTX2Pipeline check_inputs: height and width divisible by 32
+
+
+def ltx2_distilled_recipe() -> dict:
+    """diffusers' ltx2.md "Distilled checkpoint generation" example: the values passed to each stage (the sigmas from
+    the installed diffusers' ``diffusers.pipelines.ltx2.utils``)."""
+    from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES
+
+    return dict(source="diffusers docs/source/en/api/pipelines/ltx2.md, 'Distilled checkpoint generation' example",
+                downscale_factor=1 / 2, upsample_factor=2, guides=dict(DISTILLED_GUIDES),
+                stage1_sigmas=list(DISTILLED_SIGMA_VALUES), stage2_sigmas=list(STAGE_2_DISTILLED_SIGMA_VALUES),
+                stage2_noise_scale=STAGE_2_DISTILLED_SIGMA_VALUES[0])
+
+
+# Every guide off: one transformer call a step, as the distilled checkpoints are run. diffusers' example passes only
+# guidance_scale=1.0, which with diffusers 0.42's LTX2Pipeline defaults (the LTX-2.5 reference: STG 1.0, modality
+# isolation 3.0, audio guidance 7.0) would leave STG and modality guidance on: three calls a step (checked on the tiny
+# LTX-2). "STG 0.0 (not 1.0) means disabled; all other guidance is disabled at 1.0" (ltx2.md).
+DISTILLED_GUIDES = dict(guidance_scale=1.0, audio_guidance_scale=1.0, stg_scale=0.0, audio_stg_scale=0.0,
+                        modality_scale=1.0, audio_modality_scale=1.0)
 
 
 @dataclass(frozen=True)
@@ -59,84 +87,113 @@ class UpsamplePlan:
     target: tuple[int, int]
     stage1: tuple[int, int]
     stage2: tuple[int, int]
+    family: str = "ltx"  # "ltx": LTX-Video 0.9.7/0.9.8 (RECIPE); "ltx2": LTX-2 distilled (ltx2_distilled_recipe())
+
+    def recipe(self) -> dict:
+        return ltx2_distilled_recipe() if self.family == "ltx2" else RECIPE
 
 
-def _upsampler_config(upsampler: str) -> tuple[dict, str | None]:
-    """The latent upsampler's ``config.json`` (config only): ``latent_upsampler/`` of an ``LTXLatentUpsamplePipeline``
-    repo (``Lightricks/ltxv-spatial-upscaler-0.9.7``), or the folder/repo of the model itself."""
+def _upsampler_class(family: str):
+    if family == "ltx2":
+        from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+
+        return LTX2LatentUpsamplerModel
     from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
 
+    return LTXLatentUpsamplerModel
+
+
+def _upsampler_config(upsampler: str, family: str = "ltx") -> tuple[dict, str | None]:
+    """The latent upsampler's ``config.json`` (config only): ``latent_upsampler/`` of an ``LTXLatentUpsamplePipeline``
+    repo (``Lightricks/ltxv-spatial-upscaler-0.9.7``) or of an LTX-2 repo, or the folder/repo of the model itself."""
+    example = "Lightricks/LTX-2 (its latent_upsampler/)" if family == "ltx2" else "Lightricks/ltxv-spatial-upscaler-0.9.7"
     errors = []
     for sub in ("latent_upsampler", None):
         try:
-            return dict(LTXLatentUpsamplerModel.load_config(upsampler, subfolder=sub)), sub
+            return dict(_upsampler_class(family).load_config(upsampler, subfolder=sub)), sub
         except (OSError, ValueError) as e:
             errors.append(f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
     raise ModelUnavailableError(
         f"--upsampler {upsampler!r}: no latent upsampler config found (neither latent_upsampler/config.json nor "
-        f"config.json; {errors[0]}). Pass a local folder or a hub id such as Lightricks/ltxv-spatial-upscaler-0.9.7 "
-        f"(download with `huggingface-cli download Lightricks/ltxv-spatial-upscaler-0.9.7` when offline)")
+        f"config.json; {errors[0]}). Pass a local folder or a hub id such as {example} "
+        f"(download it with `huggingface-cli download` when offline)")
 
 
-def _vae_spatial_ratio(model: str) -> int:
-    from diffusers import AutoencoderKLLTXVideo
+def _vae_spatial_ratio(model: str, family: str = "ltx") -> int:
+    from diffusers import AutoencoderKLLTX2Video, AutoencoderKLLTXVideo
 
-    cfg = AutoencoderKLLTXVideo.load_config(model, subfolder="vae")
+    cfg = (AutoencoderKLLTX2Video if family == "ltx2" else AutoencoderKLLTXVideo).load_config(model, subfolder="vae")
     if cfg.get("spatial_compression_ratio"):
         return int(cfg["spatial_compression_ratio"])
     return int(cfg.get("patch_size", 1) * 2 ** sum(cfg.get("spatio_temporal_scaling", ())))
 
 
 def plan_upsample(upsampler: str, family: Family, model: str, settings: GenerationSettings,
-                  transformer_config: dict) -> UpsamplePlan:
+                  transformer_config: dict, distilled: bool = False) -> UpsamplePlan:
     """Check a two-stage run before anything loads (config files only) and return its plan.
 
     :class:`SettingsError` when ``family`` has no upsampler recipe q8lib can run (LTX-Video 0.9.0-0.9.5 and the tiny
-    default have no upsampler; LTX-2's recipe needs the distilled LoRA), when the upsampler's latent channels differ
-    from the transformer's, or when the stage-1 size (2/3 of ``settings``' size, rounded down) is below the multiple
-    the pipeline and the VAE need."""
+    default have no upsampler; LTX-2 dev checkpoints' recipe needs the distilled LoRA: LTX-2 runs two stages with
+    ``distilled=True``, for its distilled checkpoints), when the upsampler's class or latent channels do not fit the
+    transformer, or when the stage-1 size (2/3 of ``settings``' size for LTX-Video, 1/2 for LTX-2, rounded down) is
+    below the multiple the pipeline and the VAE need."""
     if family.name == "ltx2":
-        raise SettingsError(
-            "--upsampler with LTX-2: diffusers' documented LTX-2 two-stage recipe (docs ltx2.md, 'Two-stages "
-            "Generation') refines the 2x-upsampled latents in stage 2 with the distilled LoRA "
-            "(Lightricks/LTX-2 ltx-2-19b-distilled-lora-384), which q8lib does not load onto the Q8 transformer; "
-            "run LTX-2 in one stage (drop --upsampler)")
+        if not distilled:
+            raise SettingsError(
+                "--upsampler with an LTX-2 dev checkpoint: diffusers' documented LTX-2 two-stage recipe (docs ltx2.md, "
+                "'Two-stages Generation') refines the 2x-upsampled latents with the distilled LoRA (Lightricks/LTX-2 "
+                "ltx-2-19b-distilled-lora-384), which q8lib does not load onto the Q8 transformer. With an LTX-2 "
+                "distilled checkpoint add --distilled (the 'Distilled checkpoint generation' recipe); else run one "
+                "stage (drop --upsampler)")
+        return _plan(upsampler, "ltx2", model, settings, transformer_config)
+    if distilled:
+        raise SettingsError(f"--distilled is LTX-2's distilled recipe; {model} is an {family.pipeline} model (the "
+                            "distilled LTX-Video 0.9.7/0.9.8 recipes are not implemented)")
     if family.upsampler != "LTXLatentUpsamplerModel":
         raise SettingsError(
             f"--upsampler: {model} is a {family.pipeline} model (LTX-Video 0.9.0-0.9.5 or the tiny default), which "
             "has no latent upsampler; the two-stage recipe runs LTX-Video 0.9.7 / 0.9.8 (LTXConditionPipeline) models "
             "such as Lightricks/LTX-Video-0.9.7-dev")
-    cfg, sub = _upsampler_config(upsampler)
-    if cfg.get("_class_name") not in (None, "LTXLatentUpsamplerModel"):
-        raise SettingsError(f"--upsampler {upsampler!r} holds a {cfg['_class_name']}, not an LTXLatentUpsamplerModel")
+    return _plan(upsampler, "ltx", model, settings, transformer_config)
+
+
+def _plan(upsampler: str, family: str, model: str, settings: GenerationSettings, transformer_config: dict):
+    cfg, sub = _upsampler_config(upsampler, family)
+    cls = _upsampler_class(family).__name__
+    if cfg.get("_class_name") not in (None, cls):
+        raise SettingsError(f"--upsampler {upsampler!r} holds a {cfg['_class_name']}, not an {cls} (what "
+                            f"{model} needs)")
     channels = transformer_config.get("in_channels")
     if cfg.get("in_channels") != channels:
         raise SettingsError(f"--upsampler {upsampler!r} upsamples {cfg.get('in_channels')}-channel latents, but "
                             f"{model}'s transformer works on {channels}-channel latents: use the upsampler made for it")
     if cfg.get("spatial_upsample", True) is False:
         raise SettingsError(f"--upsampler {upsampler!r} is not a spatial upsampler (spatial_upsample=false)")
-    multiple = math.lcm(PIPELINE_MULTIPLE, _vae_spatial_ratio(model))
-    f, up = RECIPE["downscale_factor"], RECIPE["upsample_factor"]
+    multiple = math.lcm(PIPELINE_MULTIPLE, _vae_spatial_ratio(model, family))
+    recipe = ltx2_distilled_recipe() if family == "ltx2" else RECIPE
+    f, up = recipe["downscale_factor"], recipe["upsample_factor"]
     stage1 = tuple(int(v * f) - int(v * f) % multiple for v in (settings.height, settings.width))
     if min(stage1) < multiple:
         least = math.ceil(multiple / f / PIPELINE_MULTIPLE) * PIPELINE_MULTIPLE
         raise SettingsError(
-            f"--upsampler: stage 1 runs at 2/3 of {settings.height}x{settings.width} rounded down to a multiple of "
-            f"{multiple} (what the pipeline and the VAE accept), which leaves {stage1[0]}x{stage1[1]}; --height and "
-            f"--width must be at least {least}")
-    return UpsamplePlan(upsampler, sub, (settings.height, settings.width), stage1, (stage1[0] * up, stage1[1] * up))
+            f"--upsampler: stage 1 runs at {'1/2' if family == 'ltx2' else '2/3'} of {settings.height}x"
+            f"{settings.width} rounded down to a multiple of {multiple} (what the pipeline and the VAE accept), which "
+            f"leaves {stage1[0]}x{stage1[1]}; --height and --width must be at least {least}")
+    return UpsamplePlan(upsampler, sub, (settings.height, settings.width), stage1, (stage1[0] * up, stage1[1] * up),
+                        family)
 
 
 def load_upsampler(plan: UpsamplePlan, pipe):
-    """``LTXLatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=...)``: the pipeline's own VAE (not a second copy
-    from the upsampler repo), the upsampler on the pipeline's device in the VAE's dtype."""
-    from diffusers import LTXLatentUpsamplePipeline
-    from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
+    """``LTXLatentUpsamplePipeline`` (LTX-2: ``LTX2LatentUpsamplePipeline``) ``(vae=pipe.vae, latent_upsampler=...)``:
+    the pipeline's own VAE (not a second copy from the upsampler repo), the upsampler on the pipeline's device in the
+    VAE's dtype."""
+    from diffusers import LTX2LatentUpsamplePipeline, LTXLatentUpsamplePipeline
 
-    model = LTXLatentUpsamplerModel.from_pretrained(plan.upsampler, subfolder=plan.subfolder,
-                                                    torch_dtype=pipe.vae.dtype)
+    model = _upsampler_class(plan.family).from_pretrained(plan.upsampler, subfolder=plan.subfolder,
+                                                          torch_dtype=pipe.vae.dtype)
     model = model.to(pipe._execution_device).eval()
-    return LTXLatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=model)
+    cls = LTX2LatentUpsamplePipeline if plan.family == "ltx2" else LTXLatentUpsamplePipeline
+    return cls(vae=pipe.vae, latent_upsampler=model)
 
 
 def _resize(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -152,10 +209,16 @@ def run_two_stage(pipe, up, plan: UpsamplePlan, settings: GenerationSettings, em
                   progress: bool = True) -> dict:
     """One two-stage generation (the module's recipe), measured: :func:`~q8lib.app.measure.run_pipeline`'s result
     (frames at the requested size, ``audio`` ``None``) whose timings sum both stages and the upsampling and also
-    hold each stage's own (``stage1_*``, ``upsample_s``, ``stage2_*``); ``latents`` gives the latent shapes."""
-    both = RECIPE["both_stages"]
+    hold each stage's own (``stage1_*``, ``upsample_s``, ``stage2_*``); ``latents`` gives the latent shapes. LTX-2
+    (``plan.family == "ltx2"``): the distilled recipe, with stage 1's audio latents carried into stage 2."""
+    if plan.family == "ltx2":
+        r = ltx2_distilled_recipe()
+        s1_extra = dict(distilled_stage(1), output_type="latent")
+    else:
+        both = RECIPE["both_stages"]
+        s1_extra = dict(both, output_type="latent")
     s1 = dataclasses.replace(settings, height=plan.stage1[0], width=plan.stage1[1])
-    first = run_pipeline(pipe, s1, embeds, image, progress, extra=dict(both, output_type="latent"))
+    first = run_pipeline(pipe, s1, embeds, image, progress, extra=s1_extra)
     latents = first["frames"].to(pipe._execution_device)
     start = time.perf_counter()
     with torch.no_grad():
@@ -163,10 +226,15 @@ def run_two_stage(pipe, up, plan: UpsamplePlan, settings: GenerationSettings, em
     if latents.device.type == "cuda":
         torch.cuda.synchronize(latents.device)
     upsample_s = time.perf_counter() - start
-    s2 = dataclasses.replace(settings, height=plan.stage2[0], width=plan.stage2[1],
-                             num_inference_steps=RECIPE["stage2_steps"])
-    second = run_pipeline(pipe, s2, embeds, image, progress,
-                          extra=dict(both, latents=upsampled, denoise_strength=RECIPE["stage2_denoise_strength"]))
+    if plan.family == "ltx2":
+        s2 = dataclasses.replace(settings, height=plan.stage2[0], width=plan.stage2[1],
+                                 num_inference_steps=len(r["stage2_sigmas"]))
+        extra = dict(distilled_stage(2), latents=upsampled, audio_latents=first["audio"].to(pipe._execution_device))
+    else:
+        s2 = dataclasses.replace(settings, height=plan.stage2[0], width=plan.stage2[1],
+                                 num_inference_steps=RECIPE["stage2_steps"])
+        extra = dict(both, latents=upsampled, denoise_strength=RECIPE["stage2_denoise_strength"])
+    second = run_pipeline(pipe, s2, embeds, image, progress, extra=extra)
     t1, t2 = first["timings"], second["timings"]
     timings = dict(end_to_end_s=t1["end_to_end_s"] + upsample_s + t2["end_to_end_s"],
                    transformer_s=t1["transformer_s"] + t2["transformer_s"],
@@ -178,3 +246,14 @@ def run_two_stage(pipe, up, plan: UpsamplePlan, settings: GenerationSettings, em
     return dict(second, frames=_resize(second["frames"], plan.target), timings=timings, memory=memory,
                 latents=dict(stage1=list(latents.shape), upsampled=list(upsampled.shape)),
                 stage2_frames_shape=list(second["frames"].shape))
+
+
+def distilled_stage(stage: int) -> dict:
+    """The LTX2Pipeline arguments of the distilled recipe's ``stage`` (1: also a one-stage distilled run; 2: the
+    refinement of upsampled latents): sigmas, their number of steps, guidance 1 (and stage 2's re-noising)."""
+    r = ltx2_distilled_recipe()
+    sigmas = r["stage1_sigmas"] if stage == 1 else r["stage2_sigmas"]
+    out = dict(r["guides"], sigmas=sigmas, num_inference_steps=len(sigmas))
+    if stage == 2:
+        out["noise_scale"] = r["stage2_noise_scale"]
+    return out
