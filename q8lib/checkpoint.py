@@ -345,7 +345,7 @@ def quantize_pretrained(
                                                               "local_files_only", "revision") if k in from_pretrained_kwargs}
         # config.json first (diffusers' ConfigMixin.load_config): its _class_name picks LTX-Video or LTX-2
         cls = transformer_class(ltx_classes()[0].load_config(repo_or_path, subfolder=subfolder, **cfg_kwargs))
-        model = cls.from_pretrained(repo_or_path, subfolder=subfolder, torch_dtype=torch_dtype, **from_pretrained_kwargs)
+        model = cls.from_pretrained(repo_or_path, subfolder=subfolder, dtype=torch_dtype, **from_pretrained_kwargs)
     except OSError as e:
         raise Q8CheckpointError(
             f"Could not load the LTX transformer from {repo_or_path!r} (subfolder={subfolder!r}): {e}. "

@@ -190,7 +190,7 @@ def load_transformer(model: str, precision: str = "q8", checkpoint: str | None =
         return _random_components(model, precision, q8_config, runtime, device, dtype, seed, need_vae=False)[1]
     cls = transformer_classes()[class_name_for_config(transformer_config(model, subfolder, local_files_only))]
     try:  # LTXVideoTransformer3DModel or LTX2VideoTransformer3DModel, as its config.json says
-        transformer = cls.from_pretrained(model, subfolder=subfolder, torch_dtype=dtype, local_files_only=local_files_only)
+        transformer = cls.from_pretrained(model, subfolder=subfolder, dtype=dtype, local_files_only=local_files_only)
     except OSError as e:
         raise model_not_available(model, e) from e
     transformer = transformer.to(device).eval()
@@ -295,7 +295,7 @@ def load_pipeline(
     else:
         extra = dict(text_encoder=None, tokenizer=None) if not load_text_encoder else {}
         try:
-            pipe = cls.from_pretrained(model, transformer=None, torch_dtype=dtype, local_files_only=local_files_only,
+            pipe = cls.from_pretrained(model, transformer=None, dtype=dtype, local_files_only=local_files_only,
                                        **extra)
         except OSError as e:
             raise model_not_available(model, e) from e

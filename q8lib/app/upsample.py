@@ -190,7 +190,7 @@ def load_upsampler(plan: UpsamplePlan, pipe):
     from diffusers import LTX2LatentUpsamplePipeline, LTXLatentUpsamplePipeline
 
     model = _upsampler_class(plan.family).from_pretrained(plan.upsampler, subfolder=plan.subfolder,
-                                                          torch_dtype=pipe.vae.dtype)
+                                                          dtype=pipe.vae.dtype)
     model = model.to(pipe._execution_device).eval()
     cls = LTX2LatentUpsamplePipeline if plan.family == "ltx2" else LTXLatentUpsamplePipeline
     return cls(vae=pipe.vae, latent_upsampler=model)
