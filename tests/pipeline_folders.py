@@ -132,3 +132,22 @@ def ltx_upsampler_folder(root: str | Path, seed: int = 0) -> Path:
     upsampler = LTXLatentUpsamplerModel(in_channels=8, mid_channels=32, num_blocks_per_stage=1)
     LTXLatentUpsamplePipeline(vae=make_tiny_vae(seed), latent_upsampler=upsampler).save_pretrained(root)
     return root
+
+
+def ltx2_lora_file(path: str | Path, repo: str | Path, rank: int = 4, scale: float = 0.05, seed: int = 1) -> Path:
+    """Write a diffusers-format LoRA (``transformer.<linear>.lora_A/B.weight``) over every linear of the transformer
+    blocks of the LTX-2 repo ``repo`` to ``path`` (a ``.safetensors`` file): a stand-in for LTX-2's distilled LoRA."""
+    from diffusers import LTX2VideoTransformer3DModel
+    from safetensors.torch import save_file
+
+    transformer = LTX2VideoTransformer3DModel.from_pretrained(repo, subfolder="transformer")
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, m in transformer.named_modules():
+        if isinstance(m, torch.nn.Linear) and name.startswith("transformer_blocks."):
+            state[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, m.in_features, generator=g) * scale
+            state[f"transformer.{name}.lora_B.weight"] = torch.randn(m.out_features, rank, generator=g) * scale
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path

@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "latent upsampler (e.g. Lightricks/ltxv-spatial-upscaler-0.9.7), denoise again (strength 0.4 "
                           "of 10 steps), resize to --height/--width (diffusers' documented recipe); LTX-2 with "
                           "--distilled: half size, 2x, 3 refining steps")
+    gen.add_argument("--stage2-lora", default=None, metavar="FILE_DIR_OR_REPO",
+                     help="with --upsampler and an LTX-2 dev checkpoint: the distilled LoRA for stage 2 (diffusers' "
+                          "two-stage example: Lightricks/LTX-2 with --stage2-lora-weight "
+                          "ltx-2-19b-distilled-lora-384.safetensors)")
+    gen.add_argument("--stage2-lora-weight", default=None, metavar="NAME",
+                     help="the LoRA's weight file inside the --stage2-lora folder or repo")
     gen.add_argument("--distilled", action="store_true",
                      help="an LTX-2 distilled checkpoint: its recipe (8 steps at the distilled sigmas, guidance 1; "
                           "with --upsampler the two-stage one); fixes --steps and --guidance")

@@ -85,6 +85,8 @@ class RunOptions:
     text_encoder_precision: str = "bf16"  # "q8": the text encoder's layer linears in 8 bits (q8lib.text_encoder)
     upsampler: str | None = None  # generate: two stages with this latent upsampler (q8lib.app.upsample)
     distilled: bool = False  # generate: an LTX-2 distilled checkpoint, run with its recipe (q8lib.app.upsample)
+    stage2_lora: str | None = None  # generate --upsampler, LTX-2 dev: the distilled LoRA for stage 2 (file/folder/hub id)
+    stage2_lora_weight: str | None = None  # its weight file name inside a folder or hub repo
 
 
 def q8_options(weight_dtype: str = "auto", hadamard_block: int | None | str = "auto", backend: str = "auto",
@@ -118,8 +120,15 @@ def _prepare(o: RunOptions, command: str, default_output: str):
     check_family_packages(family, not o.no_video and command == "generate", o.image is not None)
     if o.upsampler is not None and command != "generate":
         raise SettingsError(f"--upsampler runs with generate only, not {command}")
+    if o.upsampler is None and (o.stage2_lora or o.stage2_lora_weight):
+        raise SettingsError("--stage2-lora is the LoRA of the second stage: it needs --upsampler")
     plan = None if o.upsampler is None else plan_upsample(o.upsampler, family, MODEL_ALIASES.get(o.model, o.model),
-                                                          settings, transformer_config(o.model), o.distilled)
+                                                          settings, transformer_config(o.model), o.distilled,
+                                                          o.stage2_lora, o.stage2_lora_weight)
+    if plan is not None and plan.stage2_lora and (o.compile or o.cuda_graph):
+        raise SettingsError("--stage2-lora with --compile or --cuda-graph is not supported: the LoRA is switched on "
+                            "between the two stages, which changes the forward under a compiled region or a captured "
+                            "graph; run without them")
     device = resolve_device(o.device)
     dtype = resolve_dtype(o.dtype, device)
     if command == "compare" and o.offload == "sequential":

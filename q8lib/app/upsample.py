@@ -28,11 +28,19 @@ stage 1's audio latents with ``STAGE_2_DISTILLED_SIGMA_VALUES`` (3 steps), ``noi
 off; decode (video and audio).
 The sigma values are read from ``diffusers.pipelines.ltx2.utils``, so they follow the installed diffusers.
 
-The LTX-2 *dev* checkpoints' two-stage recipe (``ltx2.md``, "Two-stages Generation") refines the upsampled latents with
-the distilled LoRA, which q8lib does not load onto LTX-2's Q8 transformer: refused, with the distilled route named.
+LTX-2 *dev* checkpoints (``--stage2-lora``) follow the "Two-stages Generation" example of the same page
+(:func:`ltx2_dev_recipe`): stage 1 with the run's own settings (the dev defaults: CFG, STG and modality guidance) at half
+the requested size; ``LTX2LatentUpsamplePipeline`` 2x; stage 2 with the distilled LoRA (``ltx-2-19b-distilled-lora-384``)
+enabled as adapter ``stage_2_distilled`` (weight 1; :func:`q8lib.lora.load_lora` onto the Q8 transformer, loaded once,
+disabled in stage 1), the scheduler rebuilt with ``use_dynamic_shifting=False, shift_terminal=None``, and the distilled
+stage-2 sigmas, re-noising and guides as above; the scheduler and the adapter state are restored after each run.
+With that LoRA the dev model is the distilled one, so stage 2 turns every guide off (the example passes
+``guidance_scale=1.0`` only). Not combined with ``--compile`` or ``--cuda-graph`` (switching the adapter between the
+stages changes the transformer's forward under a captured graph or a compiled region).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -42,12 +50,13 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelUnavailableError, SettingsError
+from ..lora import load_lora
 from .measure import run_pipeline
 from .pipelines import Family
 from .settings import GenerationSettings
 
 __all__ = ["RECIPE", "UpsamplePlan", "plan_upsample", "load_upsampler", "run_two_stage", "ltx2_distilled_recipe",
-           "distilled_stage"]
+           "ltx2_dev_recipe", "distilled_stage", "STAGE2_ADAPTER"]
 
 # diffusers' ltx_video.md, LTX-Video 0.9.7 example: the values passed to each stage.
 RECIPE = dict(source="diffusers docs/source/en/api/pipelines/ltx_video.md, 'LTX-Video 0.9.7 includes a spatial "
@@ -69,6 +78,19 @@ def ltx2_distilled_recipe() -> dict:
                 stage2_noise_scale=STAGE_2_DISTILLED_SIGMA_VALUES[0])
 
 
+STAGE2_ADAPTER = "stage_2_distilled"  # the adapter name of diffusers' example
+
+
+def ltx2_dev_recipe(lora: str | None, weight_name: str | None) -> dict:
+    """diffusers' ltx2.md "Two-stages Generation" example (LTX-2 dev checkpoint, distilled LoRA in stage 2)."""
+    r = ltx2_distilled_recipe()
+    return dict(source="diffusers docs/source/en/api/pipelines/ltx2.md, 'Two-stages Generation' example",
+                downscale_factor=1 / 2, upsample_factor=2, stage1="the run's settings (the dev checkpoint's defaults)",
+                stage2_lora=lora, stage2_lora_weight=weight_name, stage2_adapter=STAGE2_ADAPTER,
+                stage2_scheduler=dict(use_dynamic_shifting=False, shift_terminal=None), guides=r["guides"],
+                stage2_sigmas=r["stage2_sigmas"], stage2_noise_scale=r["stage2_noise_scale"])
+
+
 # Every guide off: one transformer call a step, as the distilled checkpoints are run. diffusers' example passes only
 # guidance_scale=1.0, which with diffusers 0.42's LTX2Pipeline defaults (the LTX-2.5 reference: STG 1.0, modality
 # isolation 3.0, audio guidance 7.0) would leave STG and modality guidance on: three calls a step (checked on the tiny
@@ -87,14 +109,20 @@ class UpsamplePlan:
     target: tuple[int, int]
     stage1: tuple[int, int]
     stage2: tuple[int, int]
-    family: str = "ltx"  # "ltx": LTX-Video 0.9.7/0.9.8 (RECIPE); "ltx2": LTX-2 distilled (ltx2_distilled_recipe())
+    # "ltx": LTX-Video 0.9.7/0.9.8 (RECIPE); "ltx2": an LTX-2 distilled checkpoint (ltx2_distilled_recipe());
+    # "ltx2-dev": an LTX-2 dev checkpoint with the distilled LoRA in stage 2 (ltx2_dev_recipe())
+    family: str = "ltx"
+    stage2_lora: str | None = None  # ltx2-dev: the LoRA's file, folder or hub id ...
+    stage2_lora_weight: str | None = None  # ... and its weight file name in a folder or repo
 
     def recipe(self) -> dict:
+        if self.family == "ltx2-dev":
+            return ltx2_dev_recipe(self.stage2_lora, self.stage2_lora_weight)
         return ltx2_distilled_recipe() if self.family == "ltx2" else RECIPE
 
 
 def _upsampler_class(family: str):
-    if family == "ltx2":
+    if family.startswith("ltx2"):
         from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
 
         return LTX2LatentUpsamplerModel
@@ -129,7 +157,8 @@ def _vae_spatial_ratio(model: str, family: str = "ltx") -> int:
 
 
 def plan_upsample(upsampler: str, family: Family, model: str, settings: GenerationSettings,
-                  transformer_config: dict, distilled: bool = False) -> UpsamplePlan:
+                  transformer_config: dict, distilled: bool = False, stage2_lora: str | None = None,
+                  stage2_lora_weight: str | None = None) -> UpsamplePlan:
     """Check a two-stage run before anything loads (config files only) and return its plan.
 
     :class:`SettingsError` when ``family`` has no upsampler recipe q8lib can run (LTX-Video 0.9.0-0.9.5 and the tiny
@@ -137,15 +166,25 @@ def plan_upsample(upsampler: str, family: Family, model: str, settings: Generati
     ``distilled=True``, for its distilled checkpoints), when the upsampler's class or latent channels do not fit the
     transformer, or when the stage-1 size (2/3 of ``settings``' size for LTX-Video, 1/2 for LTX-2, rounded down) is
     below the multiple the pipeline and the VAE need."""
+    if stage2_lora is None and stage2_lora_weight is not None:
+        raise SettingsError("--stage2-lora-weight names the weight file of --stage2-lora: give --stage2-lora too")
     if family.name == "ltx2":
-        if not distilled:
-            raise SettingsError(
-                "--upsampler with an LTX-2 dev checkpoint: diffusers' documented LTX-2 two-stage recipe (docs ltx2.md, "
-                "'Two-stages Generation') refines the 2x-upsampled latents with the distilled LoRA (Lightricks/LTX-2 "
-                "ltx-2-19b-distilled-lora-384), which q8lib does not load onto the Q8 transformer. With an LTX-2 "
-                "distilled checkpoint add --distilled (the 'Distilled checkpoint generation' recipe); else run one "
-                "stage (drop --upsampler)")
-        return _plan(upsampler, "ltx2", model, settings, transformer_config)
+        if distilled and stage2_lora:
+            raise SettingsError("--stage2-lora with --distilled: the distilled LoRA turns a dev checkpoint into the "
+                                "distilled one; a distilled checkpoint runs stage 2 without it (drop --stage2-lora)")
+        if distilled:
+            return _plan(upsampler, "ltx2", model, settings, transformer_config)
+        if stage2_lora:
+            _check_lora_source(stage2_lora, stage2_lora_weight)
+            return dataclasses.replace(_plan(upsampler, "ltx2", model, settings, transformer_config),
+                                       family="ltx2-dev", stage2_lora=stage2_lora,
+                                       stage2_lora_weight=stage2_lora_weight)
+        raise SettingsError(
+            "--upsampler with LTX-2 needs its stage-2 model: for a dev checkpoint the distilled LoRA, --stage2-lora "
+            "Lightricks/LTX-2 --stage2-lora-weight ltx-2-19b-distilled-lora-384.safetensors (diffusers' ltx2.md, "
+            "'Two-stages Generation'); for a distilled checkpoint --distilled ('Distilled checkpoint generation')")
+    if stage2_lora:
+        raise SettingsError(f"--stage2-lora is LTX-2's two-stage recipe; {model} is an {family.pipeline} model")
     if distilled:
         raise SettingsError(f"--distilled is LTX-2's distilled recipe; {model} is an {family.pipeline} model (the "
                             "distilled LTX-Video 0.9.7/0.9.8 recipes are not implemented)")
@@ -155,6 +194,20 @@ def plan_upsample(upsampler: str, family: Family, model: str, settings: Generati
             "has no latent upsampler; the two-stage recipe runs LTX-Video 0.9.7 / 0.9.8 (LTXConditionPipeline) models "
             "such as Lightricks/LTX-Video-0.9.7-dev")
     return _plan(upsampler, "ltx", model, settings, transformer_config)
+
+
+def _check_lora_source(lora: str, weight_name: str | None) -> None:
+    """A local LoRA source must exist (a hub id is checked when it loads, right after the pipeline)."""
+    path = Path(lora).expanduser()
+    local = path.exists() or lora.endswith(".safetensors") or lora.startswith((".", "/", "~"))
+    if not local:
+        return
+    if not path.exists():
+        raise SettingsError(f"--stage2-lora {lora!r}: no such file or folder")
+    if path.is_dir() and not weight_name and not any(path.glob("*.safetensors")):
+        raise SettingsError(f"--stage2-lora {lora!r}: the folder holds no .safetensors file")
+    if path.is_dir() and weight_name and not (path / weight_name).is_file():
+        raise SettingsError(f"--stage2-lora-weight {weight_name!r}: no such file in {lora}")
 
 
 def _plan(upsampler: str, family: str, model: str, settings: GenerationSettings, transformer_config: dict):
@@ -186,13 +239,19 @@ def _plan(upsampler: str, family: str, model: str, settings: GenerationSettings,
 def load_upsampler(plan: UpsamplePlan, pipe):
     """``LTXLatentUpsamplePipeline`` (LTX-2: ``LTX2LatentUpsamplePipeline``) ``(vae=pipe.vae, latent_upsampler=...)``:
     the pipeline's own VAE (not a second copy from the upsampler repo), the upsampler on the pipeline's device in the
-    VAE's dtype."""
+    VAE's dtype. ``ltx2-dev``: also the stage-2 LoRA onto ``pipe``'s transformer (adapter :data:`STAGE2_ADAPTER`,
+    disabled until stage 2)."""
     from diffusers import LTX2LatentUpsamplePipeline, LTXLatentUpsamplePipeline
+
+    if plan.family == "ltx2-dev":
+        extra = {} if plan.stage2_lora_weight is None else dict(weight_name=plan.stage2_lora_weight)
+        load_lora(pipe, plan.stage2_lora, adapter_name=STAGE2_ADAPTER, **extra)
+        pipe.disable_lora()
 
     model = _upsampler_class(plan.family).from_pretrained(plan.upsampler, subfolder=plan.subfolder,
                                                           dtype=pipe.vae.dtype)
     model = model.to(pipe._execution_device).eval()
-    cls = LTX2LatentUpsamplePipeline if plan.family == "ltx2" else LTXLatentUpsamplePipeline
+    cls = LTX2LatentUpsamplePipeline if plan.family.startswith("ltx2") else LTXLatentUpsamplePipeline
     return cls(vae=pipe.vae, latent_upsampler=model)
 
 
@@ -210,8 +269,11 @@ def run_two_stage(pipe, up, plan: UpsamplePlan, settings: GenerationSettings, em
     """One two-stage generation (the module's recipe), measured: :func:`~q8lib.app.measure.run_pipeline`'s result
     (frames at the requested size, ``audio`` ``None``) whose timings sum both stages and the upsampling and also
     hold each stage's own (``stage1_*``, ``upsample_s``, ``stage2_*``); ``latents`` gives the latent shapes. LTX-2
-    (``plan.family == "ltx2"``): the distilled recipe, with stage 1's audio latents carried into stage 2."""
-    if plan.family == "ltx2":
+    (``plan.family`` ``ltx2``, ``ltx2-dev``): the distilled or the dev recipe, stage 1's audio latents carried into stage 2."""
+    if plan.family == "ltx2-dev":
+        r = ltx2_distilled_recipe()
+        s1_extra = dict(output_type="latent")
+    elif plan.family == "ltx2":
         r = ltx2_distilled_recipe()
         s1_extra = dict(distilled_stage(1), output_type="latent")
     else:
@@ -226,15 +288,16 @@ def run_two_stage(pipe, up, plan: UpsamplePlan, settings: GenerationSettings, em
     if latents.device.type == "cuda":
         torch.cuda.synchronize(latents.device)
     upsample_s = time.perf_counter() - start
-    if plan.family == "ltx2":
+    if plan.family.startswith("ltx2"):
         s2 = dataclasses.replace(settings, height=plan.stage2[0], width=plan.stage2[1],
-                                 num_inference_steps=len(r["stage2_sigmas"]))
+                                 num_inference_steps=len(r["stage2_sigmas"]), guidance_scale=r["guides"]["guidance_scale"])
         extra = dict(distilled_stage(2), latents=upsampled, audio_latents=first["audio"].to(pipe._execution_device))
     else:
         s2 = dataclasses.replace(settings, height=plan.stage2[0], width=plan.stage2[1],
                                  num_inference_steps=RECIPE["stage2_steps"])
         extra = dict(both, latents=upsampled, denoise_strength=RECIPE["stage2_denoise_strength"])
-    second = run_pipeline(pipe, s2, embeds, image, progress, extra=extra)
+    with _stage2_model(pipe, plan):
+        second = run_pipeline(pipe, s2, embeds, image, progress, extra=extra)
     t1, t2 = first["timings"], second["timings"]
     timings = dict(end_to_end_s=t1["end_to_end_s"] + upsample_s + t2["end_to_end_s"],
                    transformer_s=t1["transformer_s"] + t2["transformer_s"],
@@ -257,3 +320,23 @@ def distilled_stage(stage: int) -> dict:
     if stage == 2:
         out["noise_scale"] = r["stage2_noise_scale"]
     return out
+
+
+@contextlib.contextmanager
+def _stage2_model(pipe, plan: UpsamplePlan):
+    """``ltx2-dev``: the distilled LoRA enabled and the example's stage-2 scheduler for the block; the adapter disabled
+    and the pipeline's scheduler back after it, also when the stage fails. Other plans: nothing."""
+    if plan.family != "ltx2-dev":
+        yield
+        return
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = pipe.scheduler
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config,
+                                                                 **ltx2_dev_recipe(None, None)["stage2_scheduler"])
+    pipe.enable_lora()
+    try:
+        yield
+    finally:
+        pipe.disable_lora()
+        pipe.scheduler = scheduler
