@@ -140,8 +140,8 @@ class Q8LTX2AttnProcessor(Q8AttnProcessor):
     ``key_rotary_emb`` (a2v/v2a cross-attention; default: the query's), attention, ``2 * sigmoid(gate logits)``
     per head, ``to_out``. Spatio-temporal guidance as diffusers' perturbed processor: ``all_perturbed`` skips
     attention (the values pass), ``perturbation_mask [B, 1, 1]`` interpolates between values and attention.
-    Self-attention with interleaved RoPE runs :func:`q8_attention_core` (LTX-1's path: the fused producers on a
-    GPU); the rest :func:`q8lib.ltx2.ltx2_attention_core`. Masks that are not right-padded key masks run SDPA
+    Attention whose keys share the query's RoPE (or have none) runs :func:`q8_attention_core` (LTX-1's path: norm +
+    RoPE, interleaved or split, fused into the producers on a GPU); the rest :func:`q8lib.ltx2.ltx2_attention_core`. Masks that are not right-padded key masks run SDPA
     in the model dtype (:func:`q8lib.ltx2.key_mask`). Context parallelism is refused.
     """
 
@@ -174,7 +174,7 @@ class Q8LTX2AttnProcessor(Q8AttnProcessor):
             out = value
         else:
             key_lengths, bias = key_mask(attention_mask, hidden_states.shape[0])
-            if bias is None and key_rotary_emb is None and attn.rope_type == "interleaved":
+            if bias is None and key_rotary_emb is None:  # interleaved or split RoPE: the fused producers on a GPU
                 out = q8_attention_core(attn, query, key, value, query_rotary_emb, key_lengths, self.mode, self.backend)
             else:
                 out = ltx2_attention_core(attn, query, key, value, query_rotary_emb, key_rotary_emb, key_lengths, bias,

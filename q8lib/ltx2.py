@@ -76,17 +76,7 @@ def is_ltx2(model) -> bool:
     return type(model).__name__ == LTX2_CLASS_NAME
 
 
-def apply_split_rotary_emb(x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """LTX-2's "split" RoPE on ``x [B, S, H*D]`` with ``(cos, sin) [B or 1, H, S, D/2]``: within each head the
-    first and second halves of the channels are the two parts of each rotated pair (diffusers'
-    ``apply_split_rotary_emb``, same float32 math)."""
-    cos, sin = freqs
-    b, s = x.shape[:2]
-    h, r = cos.shape[1], cos.shape[-1]
-    x1, x2 = x.reshape(b, s, h, 2, r).float().unbind(-2)  # [B, S, H, D/2] each
-    c, si = cos.transpose(1, 2), sin.transpose(1, 2)  # [B, S, H, D/2]
-    out = torch.stack([x1 * c - x2 * si, x2 * c + x1 * si], dim=-2)
-    return out.reshape(b, s, h * 2 * r).to(x.dtype)
+apply_split_rotary_emb = ref.apply_split_rotary_emb  # LTX-2's split RoPE (q8lib.reference, where the kernels' twins live)
 
 
 def apply_ltx2_rotary_emb(attn, x: torch.Tensor, freqs) -> torch.Tensor:

@@ -28,6 +28,9 @@ __all__ = [
     "sdpa_attention",
     "key_lengths_to_mask",
     "apply_rotary_emb",
+    "apply_split_rotary_emb",
+    "apply_any_rotary_emb",
+    "is_split_rope",
     "attention_inputs",
     "gelu_quantize_ref",
     "add_quantize_ref",
@@ -139,12 +142,36 @@ def apply_rotary_emb(x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor]) 
     return (x.float() * cos + x_rotated.float() * sin).to(x.dtype)
 
 
+def apply_split_rotary_emb(x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """LTX-2's "split" RoPE on ``x [B, S, H*D]`` with ``(cos, sin) [B or 1, H, S, D/2]``: within each head the
+    first and second halves of the channels are the two parts of each rotated pair (diffusers'
+    ``apply_split_rotary_emb``, same float32 math)."""
+    cos, sin = freqs
+    b, s = x.shape[:2]
+    h, r = cos.shape[1], cos.shape[-1]
+    x1, x2 = x.reshape(b, s, h, 2, r).float().unbind(-2)  # [B, S, H, D/2] each
+    c, si = cos.transpose(1, 2), sin.transpose(1, 2)  # [B, S, H, D/2]
+    out = torch.stack([x1 * c - x2 * si, x2 * c + x1 * si], dim=-2)
+    return out.reshape(b, s, h * 2 * r).to(x.dtype)
+
+
+def is_split_rope(freqs) -> bool:
+    """Whether RoPE tables are LTX-2's split layout ``[B|1, H, S, D/2]`` (4-D) rather than the interleaved
+    ``[B, S, H*D]`` (3-D) of LTX-Video and LTX-2's interleaved configs."""
+    return freqs is not None and freqs[0].dim() == 4
+
+
+def apply_any_rotary_emb(x: torch.Tensor, freqs) -> torch.Tensor:
+    """Interleaved or split RoPE, as the tables' layout says (:func:`is_split_rope`)."""
+    return apply_split_rotary_emb(x, freqs) if is_split_rope(freqs) else apply_rotary_emb(x, freqs)
+
+
 def attention_inputs(attn, query, key, value, image_rotary_emb=None):
-    """``norm_q``/``norm_k`` and RoPE as diffusers' LTX processor applies them, then heads split:
-    ``[B, S, H*D]`` projections -> ``q, k, v [B, H, S, D]``."""
+    """``norm_q``/``norm_k`` and RoPE as diffusers' LTX processor applies them (interleaved or LTX-2's split
+    tables), then heads split: ``[B, S, H*D]`` projections -> ``q, k, v [B, H, S, D]``."""
     query, key = attn.norm_q(query), attn.norm_k(key)
     if image_rotary_emb is not None:
-        query, key = apply_rotary_emb(query, image_rotary_emb), apply_rotary_emb(key, image_rotary_emb)
+        query, key = apply_any_rotary_emb(query, image_rotary_emb), apply_any_rotary_emb(key, image_rotary_emb)
     return tuple(t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (query, key, value))
 
 

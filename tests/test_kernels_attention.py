@@ -375,3 +375,88 @@ def test_kernels_match_their_reference_twins(seed):
     out = FA.attention_fwd(q8, qs, k8, ks, vt8, vs, lens, S, S, torch.float32)
     want = FA.attention_fwd_ref(q8, qs, k8, ks, vt8, vs, lens, S, S, torch.float32)
     assert out.shape == (B, S, H, D) and rel_err(want, out) < 0.02
+
+
+# ------------------------------------------------------------------------------------------------
+# LTX-2's split RoPE (tables [B|1, H, S, D/2]) in the same producers
+def _split_tables(B, H, S, D, batch_broadcast=True):
+    ang = _rand(1 if batch_broadcast else B, H, S, D // 2) * 3
+    return ang.cos(), ang.sin()
+
+
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("weight", [True, False])
+def test_norm_rope_producer_split_rope(seed, D, weight):
+    """norm across heads + LTX-2's split RoPE, float rows out, against float64 torch (the reference twin's math)."""
+    B, S, H = 2, 29, 2
+    x = _rand(B, S, H * D) * 3
+    w = 1 + 0.5 * _rand(H * D) if weight else None
+    cos, sin = _split_tables(B, H, S, D)
+    out = torch.full((B, S, H, D), math.nan, device=DEV)
+    P.launch_norm_rope(x.unflatten(2, (H, D)), w, 1e-5, cos, sin, out)
+    y = torch.nn.functional.rms_norm(x.double(), (H * D,), None if w is None else w.double(), 1e-5)
+    y = ref.apply_split_rotary_emb(y, (cos.double(), sin.double()))
+    assert not out.isnan().any()
+    assert rel_err(y, out.flatten(2)) < 1e-5  # float32 arithmetic
+    assert torch.equal(ka.norm_rope(x.unflatten(2, (H, D)), w, 1e-5, cos, sin), out)  # the custom op
+    assert rel_err(P.norm_rope_ref(x.unflatten(2, (H, D)), w, 1e-5, cos, sin).flatten(2), out.flatten(2)) < 1e-6
+
+
+def test_qk_producer_split_rope_matches_its_twin(seed):
+    B, S, H, D = 2, 37, 2, 64
+    x = _rand(B, S, H, D) * 2
+    w = 1 + 0.5 * _rand(H * D)
+    cos, sin = _split_tables(B, H, S, D, batch_broadcast=False)
+    q8, qs = _quant_qk(x, w, 1e-5, cos, sin, 0.3)
+    r8, rs = P.quant_qk_ref(x, w, 1e-5, cos, sin, 0.3)
+    assert (q8[:, :, :S].float() == r8[:, :, :S].float()).float().mean() > 0.99  # measured 1.0 on the CPU
+    assert rel_err(r8.float() * rs[..., None], q8.float() * qs[..., None]) < 0.01
+    # split and interleaved tables are different layouts of the same rotation: the kernel tells them apart
+    inter = torch.stack([cos.transpose(1, 2), cos.transpose(1, 2)], -1)  # not a split table: [B, S, H, D/2, 2]
+    with pytest.raises(ValueError, match="fit neither"):
+        P.launch_quant_qk(x, w, 1e-5, inter, inter, 0.3, *_quant_qk_outputs(B, S, H, D))
+
+
+def _quant_qk_outputs(B, S, H, D):
+    return _nan_fp8(B, H, P.pad_seq(S), D), torch.full((B, H, P.pad_seq(S)), math.nan, device=DEV)
+
+
+def test_fused_attention_core_split_rope(seed):
+    """LTX-2's split tables take the fused producers (FP8 and SDPA) and match the generic path; INT8 declines them."""
+    attn = _ltx_attention(False)
+    B, S, inner, H = 2, 40, 128, 2
+    q, k, v = _rand(B, S, inner), _rand(B, S, inner), _rand(B, S, inner)
+    rope = _split_tables(B, H, S, inner // H)
+    with torch.no_grad():
+        got = ka.fused_attention_core(attn, q, k, v, rope)
+        r8 = q8_attention_core(attn, q, k, v, rope, None, "fp8", "reference")
+        exact = q8_attention_core(attn, q.double(), k.double(), v.double(), tuple(t.double() for t in rope), None,
+                                  "sdpa", "reference")
+        sdpa = ka.fused_attention_core(attn, q, k, v, rope, None, "sdpa")
+        assert ka.fused_attention_core(attn, q, k, v, rope, None, "int8") is None
+    assert got is not None and got.shape == (B, S, inner)
+    assert rel_err(r8, got) < 0.04  # as the interleaved test: float32-vs-bf16 rounding, key blocking
+    assert rel_err(exact, got) < rel_err(exact, r8) * 1.3 + 1e-3
+    assert sdpa is not None and rel_err(exact, sdpa) < 1e-5
+    # the generic path applies the split tables as split RoPE (not as interleaved ones)
+    qq, kk, _ = ref.attention_inputs(attn, q.double(), k.double(), v.double(), tuple(t.double() for t in rope))
+    want_q = ref.apply_split_rotary_emb(attn.norm_q(q.double()), tuple(t.double() for t in rope))
+    assert rel_err(want_q, qq.transpose(1, 2).flatten(2)) < 1e-12
+
+
+@pytest.mark.gpu
+def test_gpu_split_rope_producers_ltx2_shape(seed):
+    """LTX-2's video self-attention (32 heads of 128, 6144 tokens), bf16 rows, float32 split tables [1, H, S, 64]:
+    the norm + RoPE producer to one bf16 rounding, the FP8 producer to its twin."""
+    B, S, H, D = 2, 6144, 32, 128
+    x = (torch.randn(B, S, H * D, device="cuda") * 3).to(torch.bfloat16)
+    w = (1 + 0.5 * torch.randn(H * D, device="cuda")).to(torch.bfloat16)
+    ang = torch.rand(1, H, S, D // 2, device="cuda") * 6.28
+    cos, sin = ang.cos(), ang.sin()
+    out = ka.norm_rope(x.unflatten(2, (H, D)), w, 1e-6, cos, sin)
+    y = torch.nn.functional.rms_norm(x.double(), (H * D,), w.double(), 1e-6)
+    y = ref.apply_split_rotary_emb(y, (cos.double(), sin.double()))
+    assert rel_err(y, out.flatten(2)) < 4e-3  # one bf16 rounding: ~2e-3
+    q8, qs = P.quant_qk(x.unflatten(2, (H, D)), w, 1e-6, cos, sin, 0.3)
+    r8, rs = P.quant_qk_ref(x.unflatten(2, (H, D)), w, 1e-6, cos, sin, 0.3)
+    assert rel_err(r8.float() * rs[..., None], q8.float() * qs[..., None]) < 0.01

@@ -32,7 +32,7 @@ import torch
 from .. import reference as ref
 from ..backends import attention_mode
 from ._library import warn_fallback
-from .attn_producers import SEQ_PAD, norm_rope, quant_qk, quant_v
+from .attn_producers import SEQ_PAD, norm_rope, quant_qk, quant_v, rope_layout
 from .fp8_attention import attention_fwd
 from .int8_attention import int8_attention_fwd
 from .int8_producers import int8_quant_qk
@@ -107,6 +107,14 @@ def attention(q, k, v, key_lengths=None, sm_scale=None, mode="fp8"):
     return run(q, k, v, key_lengths, sm_scale).transpose(1, 2)
 
 
+def _split_tables(cos, sin, shape) -> bool:
+    """Whether ``(cos, sin)`` are split-RoPE tables ``[B|1, H, S, D/2]`` for rows ``shape = (B, S, H, D)``."""
+    try:
+        return rope_layout(cos, shape) == "split" and sin.shape == cos.shape
+    except ValueError:
+        return False
+
+
 def _norm_params(norm):
     """``(weight, eps)`` for RMSNorm modules the producer can fuse; None otherwise."""
     eps = getattr(norm, "eps", None)
@@ -138,9 +146,16 @@ def fused_attention_core(attn, query, key, value, image_rotary_emb=None, key_len
     rope = None
     if image_rotary_emb is not None:
         cos, sin = image_rotary_emb
-        if cos.shape[-2:] != query.shape[-2:] or key.shape[1] != query.shape[1]:
+        if key.shape[1] != query.shape[1]:
             return None
-        rope = tuple(_last_contiguous(t).unflatten(2, (heads, -1)) for t in (cos, sin))
+        if ref.is_split_rope(image_rotary_emb):  # LTX-2's split tables [B|1, H, S, D/2]: the FP8/SDPA producers
+            if mode == "int8" or not _split_tables(cos, sin, q.shape):
+                return None
+            rope = tuple(_last_contiguous(t) for t in (cos, sin))
+        elif cos.shape[-2:] != query.shape[-2:]:
+            return None
+        else:
+            rope = tuple(_last_contiguous(t).unflatten(2, (heads, -1)) for t in (cos, sin))
     if mode != "sdpa":
         out = (_fp8_bshd if mode == "fp8" else _int8_bshd)(q, k, v, key_lengths, None, qn, kn, rope)
     else:

@@ -29,7 +29,7 @@ from ..quant import quantize_rowwise
 from ._jit import batch_head, head_rows, to_e4m3
 from ._library import capability, dual_op, interpreting, launchable, programs, table_tune
 
-__all__ = ["SEQ_PAD", "pad_seq", "qk_kind", "qk_meta", "v_tiles", "launch_quant_qk", "launch_norm_rope",
+__all__ = ["SEQ_PAD", "pad_seq", "qk_kind", "qk_meta", "rope_layout", "v_tiles", "launch_quant_qk", "launch_norm_rope",
            "launch_quant_v", "quant_qk", "norm_rope", "quant_v", "quant_qk_ref", "norm_rope_ref", "quant_v_ref"]
 
 SEQ_PAD = 128  # q/k/v sequences are padded to this multiple (>= every BLOCK_M/BLOCK_N used)
@@ -43,9 +43,11 @@ def pad_seq(n: int) -> int:
 @triton.jit
 def _norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, row_ok, H, eps,
                     D: tl.constexpr, HP: tl.constexpr, BLOCK_T: tl.constexpr,
-                    HAS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROPE: tl.constexpr):
+                    HAS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROPE: tl.constexpr,
+                    ROPE_SPLIT: tl.constexpr):
     """Rows ``(token, head)`` of ``x [B, S, H, D]`` as float32 ``[BLOCK_T * HP, D]``, after LTX's RMSNorm
-    across all heads of a token (optional weight) and its interleaved RoPE (both optional)."""
+    across all heads of a token (optional weight) and its RoPE (optional): interleaved, tables ``[B|1, S, H, D]``,
+    or LTX-2's split (``ROPE_SPLIT``), tables ``[B|1, H, S, D/2]`` (strides ``scb``, ``scs``, ``sch`` either way)."""
     R: tl.constexpr = BLOCK_T * HP
     r = tl.arange(0, R)
     head_ok = head < H
@@ -65,13 +67,23 @@ def _norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, 
         if HAS_WEIGHT:
             x = x * tl.load(W + head[:, None] * D + d[None, :], mask=head_ok[:, None], other=0.0).to(tl.float32)
     if HAS_ROPE:
-        # interleaved pairs (2i, 2i+1): out[2i] = x[2i] c - x[2i+1] s, out[2i+1] = x[2i+1] c + x[2i] s;
-        # the partner comes from registers (split/join), not from a second, unvectorizable load
-        coff = b.to(tl.int64) * scb + tok.to(tl.int64)[:, None] * scs + head[:, None] * sch + d[None, :]
-        c = tl.load(COS + coff, mask=m2, other=0.0).to(tl.float32)
-        sn = tl.load(SIN + coff, mask=m2, other=0.0).to(tl.float32)
-        xe, xo = tl.split(tl.reshape(x, (R, D // 2, 2)))
-        xr = tl.reshape(tl.join(-xo, xe), (R, D))
+        if ROPE_SPLIT:
+            # split halves (i, i + D/2) of each head: out[i] = x[i] c_i - x[i+D/2] s_i, out[i+D/2] = x[i+D/2] c_i +
+            # x[i] s_i; each table row of D/2 is read for both halves (cached), the partner comes from registers
+            coff = (b.to(tl.int64) * scb + tok.to(tl.int64)[:, None] * scs + head[:, None] * sch
+                    + (d % (D // 2))[None, :])
+            c = tl.load(COS + coff, mask=m2, other=0.0).to(tl.float32)
+            sn = tl.load(SIN + coff, mask=m2, other=0.0).to(tl.float32)
+            x1, x2 = tl.split(tl.permute(tl.reshape(x, (R, 2, D // 2)), (0, 2, 1)))
+            xr = tl.reshape(tl.permute(tl.join(-x2, x1), (0, 2, 1)), (R, D))
+        else:
+            # interleaved pairs (2i, 2i+1): out[2i] = x[2i] c - x[2i+1] s, out[2i+1] = x[2i+1] c + x[2i] s;
+            # the partner comes from registers (split/join), not from a second, unvectorizable load
+            coff = b.to(tl.int64) * scb + tok.to(tl.int64)[:, None] * scs + head[:, None] * sch + d[None, :]
+            c = tl.load(COS + coff, mask=m2, other=0.0).to(tl.float32)
+            sn = tl.load(SIN + coff, mask=m2, other=0.0).to(tl.float32)
+            xe, xo = tl.split(tl.reshape(x, (R, D // 2, 2)))
+            xr = tl.reshape(tl.join(-xo, xe), (R, D))
         x = x * c + xr * sn
     return x
 
@@ -86,6 +98,7 @@ def _qk_quant_kernel(
     S, S_PAD, H, eps, out_scale, n_tiles,
     D: tl.constexpr, HP: tl.constexpr, BLOCK_T: tl.constexpr,
     HAS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROPE: tl.constexpr, GRID_ROUND: tl.constexpr,
+    ROPE_SPLIT: tl.constexpr = False,
 ):
     """Persistent: each program loads the Hadamard matrix once and walks tiles of BLOCK_T tokens."""
     # float arguments arrive as fp64 when inductor launches the kernel; fp64 has no conversion to e4m3
@@ -97,7 +110,7 @@ def _qk_quant_kernel(
         b = tile // n_tblk
         tok = (tile % n_tblk) * BLOCK_T + r // HP
         x = _norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, (tok < S) & head_ok, H, eps,
-                            D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE)
+                            D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE, ROPE_SPLIT)
         # x @ H as two bf16 MMAs on hi/lo halves of x (H is exact in bf16): ~2^-17 relative error,
         # float32-like, at a third of a 3xTF32 product's cost (plain tf32 moved ~1% of the codes)
         if GRID_ROUND:  # the interpreter: its bf16 dots are wrong; an fp32 dot is exact there
@@ -123,7 +136,7 @@ def _qk_norm_rope_kernel(
     OUT,  # [B, S, H, D] contiguous, x's dtype
     S, H, eps, n_tiles,
     D: tl.constexpr, HP: tl.constexpr, BLOCK_T: tl.constexpr,
-    HAS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROPE: tl.constexpr,
+    HAS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROPE: tl.constexpr, ROPE_SPLIT: tl.constexpr = False,
 ):
     """norm_q/norm_k + RoPE for the SDPA path in one pass (the float rows, no rotation or quantization)."""
     eps = tl.cast(eps, tl.float32)  # fp64 when inductor launches the kernel
@@ -134,7 +147,7 @@ def _qk_norm_rope_kernel(
         tok = (tile % n_tblk) * BLOCK_T + r // HP
         row_ok = (tok < S) & head_ok
         x = _norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, row_ok, H, eps,
-                            D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE)
+                            D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE, ROPE_SPLIT)
         optr = OUT + ((b.to(tl.int64) * S + tok) * H + head)[:, None] * D + d[None, :]
         tl.store(optr, x.to(OUT.dtype.element_ty), mask=row_ok[:, None])
 
@@ -195,6 +208,19 @@ def _hadamard_pm1(d: int, device: torch.device) -> torch.Tensor:
     return hadamard_signs(d, torch.float32 if device.type == "cpu" else torch.bfloat16, device)
 
 
+def rope_layout(cos: torch.Tensor, shape) -> str:
+    """``"interleaved"`` for tables ``[B|1, S, H, D]`` (LTX-Video), ``"split"`` for ``[B|1, H, S, D/2]`` (LTX-2's
+    released checkpoints), for rows ``shape = (B, S, H, D)``; ``ValueError`` for anything else."""
+    B, S, H, D = shape
+    if cos.dim() == 4 and cos.shape[0] in (1, B):
+        if tuple(cos.shape[1:]) == (S, H, D):
+            return "interleaved"
+        if tuple(cos.shape[1:]) == (H, S, D // 2) and D % 2 == 0:
+            return "split"
+    raise ValueError(f"RoPE tables of shape {tuple(cos.shape)} fit neither [B|1, S, H, D] (interleaved) nor "
+                     f"[B|1, H, S, D/2] (split) for rows {tuple(shape)}")
+
+
 def qk_kind(D: int, norm: bool, rope: bool, quant: bool = True) -> str:
     """Tuning-table key of a q/k producer (see ``row_tune.json``): ``"qk/64/norm_rope"`` (FP8 producer),
     ``"qkn/64/norm_rope"`` (norm + RoPE only, the SDPA path), ..."""
@@ -211,18 +237,22 @@ def _qk_launch(x, weight, eps, cos, sin, s_pad, tune, quant):
     ``s_pad``: the padded sequence the tiles cover (``None``: ``S`` rounded up to whole tiles)."""
     B, S, H, D = x.shape
     has_rope = cos is not None
+    split = has_rope and rope_layout(cos, x.shape) == "split"
     if tune is None and not interpreting(x):
         tune = table_tune(x.device, qk_kind(D, eps >= 0, has_rope, quant))
     cap = capability(x.device.index or 0) if x.is_cuda else 90
-    meta, per_sm = qk_meta(D, H, eps >= 0, weight is not None, has_rope, quant, tune, interpreting(x), cap)
+    meta, per_sm = qk_meta(D, H, eps >= 0, weight is not None, has_rope, quant, tune, interpreting(x), cap, split)
     block_t = meta["BLOCK_T"]
     if s_pad is None:  # the norm-only producer: tiles cover whole blocks of tokens, the tail is masked
         s_pad = -(-S // block_t) * block_t
     if s_pad % block_t:
         raise ValueError(f"block_t {block_t} must divide the padded sequence {s_pad}")
     if has_rope:
+        if sin.shape != cos.shape or sin.stride() != cos.stride():
+            raise ValueError(f"RoPE cos/sin must share shape and strides, got {tuple(cos.shape)} and {tuple(sin.shape)}")
         scb = cos.stride(0) if cos.shape[0] > 1 else 0
-        cs = (cos, sin, scb, cos.stride(1), cos.stride(2))
+        # (scb, scs, sch): interleaved tables are [B|1, S, H, D], split ones [B|1, H, S, D/2]
+        cs = (cos, sin, scb, *((cos.stride(2), cos.stride(1)) if split else (cos.stride(1), cos.stride(2))))
     else:
         cs = (x, x, 0, 0, 0)
     n_tiles = B * (s_pad // block_t)
@@ -232,7 +262,7 @@ def _qk_launch(x, weight, eps, cos, sin, s_pad, tune, quant):
 
 
 def qk_meta(D: int, H: int, norm: bool, weight: bool, rope: bool, quant: bool, tune: dict | None,
-            interpret: bool = False, capability: int = 90):
+            interpret: bool = False, capability: int = 90, rope_split: bool = False):
     """``(meta, per_sm)`` of a q/k producer for ``H`` heads of ``D``: its constexprs, ``num_warps`` and
     ``num_stages``, and persistent programs per SM. ``tune``: a fixed launch or the table entry
     (``None``: the defaults; below sm_90 one pipeline stage, as with 3 the D=64 cross-attention and the
@@ -247,6 +277,7 @@ def qk_meta(D: int, H: int, norm: bool, weight: bool, rope: bool, quant: bool, t
     if interpret:
         block_t = max(1, 32 // hp)
     meta = {"D": D, "HP": hp, "BLOCK_T": block_t, "HAS_NORM": norm, "HAS_WEIGHT": weight, "HAS_ROPE": rope,
+            "ROPE_SPLIT": rope and rope_split,
             "num_warps": tune.get("warps") or (4 if D * hp * block_t <= 2048 else 8),
             "num_stages": tune.get("stages", 3 if capability >= 90 else 1)}
     return meta, tune.get("per_sm", 4)
@@ -279,7 +310,8 @@ def _quant_qk_impl(x: torch.Tensor, weight: torch.Tensor | None, eps: float, cos
     """q/k producer: ``x [B, S, H, D]`` (last stride 1) -> ``(x8 [B, H, Sp, D] e4m3, scale [B, H, Sp] fp32)``.
 
     ``eps >= 0``: RMSNorm over all ``H*D`` channels of a token first (``weight [H*D]`` or None);
-    ``eps < 0``: no norm. ``cos``/``sin [B|1, S, H, D]``: LTX's interleaved RoPE. Then Hadamard
+    ``eps < 0``: no norm. ``cos``/``sin [B|1, S, H, D]``: LTX's interleaved RoPE (``[B|1, H, S, D/2]``: LTX-2's
+    split RoPE, :func:`rope_layout`). Then Hadamard
     along ``D``, times ``out_scale``, e4m3 per (token, head). ``Sp`` = ``S`` padded to 128; the
     padded rows are zero with scale 0.
     """
@@ -305,7 +337,8 @@ def _norm_rope_impl(x: torch.Tensor, weight: torch.Tensor | None, eps: float, co
               sin: torch.Tensor | None) -> torch.Tensor:
     """SDPA-path producer: ``x [B, S, H, D]`` (last stride 1) -> ``[B, S, H, D]`` contiguous in ``x.dtype``:
     RMSNorm across all ``H*D`` channels of a token (``eps >= 0``; ``weight [H*D]`` or None), then LTX's
-    interleaved RoPE (``cos``/``sin [B|1, S, H, D]``), computed in float32 and rounded once."""
+    interleaved RoPE (``cos``/``sin [B|1, S, H, D]``; ``[B|1, H, S, D/2]``: split), computed in float32 and rounded
+    once."""
     out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     if x.numel():
         launch_norm_rope(x, weight, eps, cos, sin, out)
@@ -367,7 +400,9 @@ def _norm_rope_f32(x, weight, eps, cos, sin):
     y = x.float().flatten(2)
     if eps >= 0:
         y = ref.rms_norm_ref(y, None if weight is None else weight.float(), eps)
-    if cos is not None:
+    if cos is not None and rope_layout(cos, x.shape) == "split":
+        y = ref.apply_split_rotary_emb(y, (cos.float(), sin.float()))
+    elif cos is not None:
         y = ref.apply_rotary_emb(y, (cos.float().flatten(2), sin.float().flatten(2)))
     return y.unflatten(2, (H, D))
 

@@ -13,7 +13,9 @@ from ._target_base import _NAME, _PTR, _TEXT, _TOKENS, LTX_MODELS, Spec
 __all__ = ["fp8_attn_specs", "int8_attn_specs"]
 
 
-def _rope_args(p: str, rope: bool, H: int, D: int) -> dict:
+def _rope_args(p: str, rope: bool, H: int, D: int, split: bool = False) -> dict:
+    if split:  # LTX-2's split tables [1, H, S, D/2]
+        return {"COS": p, "SIN": p, "scb": 0, "scs": D // 2, "sch": _TOKENS * D // 2}
     return {"COS": p, "SIN": p, "scb": 0, "scs": H * D if rope else 0, "sch": D if rope else 0}
 
 
@@ -27,15 +29,17 @@ def fp8_attn_specs(cap: int) -> list[Spec]:
         D, H = m["head_dim"], m["heads"]
         x = {"sxb": _TOKENS * H * D, "sxs": H * D, "sxh": D}
         for quant in (True, False):
-            forms = [(True, True), (True, False)] + ([(False, False)] if quant else [])
-            for norm, rope in forms:
-                for xd in (torch.bfloat16, torch.float32) if quant and norm and rope else (torch.bfloat16,):
+            # (norm, rope, split RoPE: LTX-2's layout)
+            forms = [(True, True, False), (True, True, True), (True, False, False)] + ([(False, False, False)] if quant
+                                                                                         else [])
+            for norm, rope, split in forms:
+                for xd in (torch.bfloat16, torch.float32) if quant and norm and rope and not split else (torch.bfloat16,):
                     kind = _prod.qk_kind(D, norm, rope, quant)
                     measured = table_entry(cap, kind)
-                    meta, _ = _prod.qk_meta(D, H, norm, norm, rope, quant, measured, capability=cap)
+                    meta, _ = _prod.qk_meta(D, H, norm, norm, rope, quant, measured, capability=cap, rope_split=split)
                     warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
                     p = _PTR[xd]
-                    args = {"X": p, **x, "W": p, **_rope_args(p, rope, H, D)}
+                    args = {"X": p, **x, "W": p, **_rope_args(p, rope, H, D, split)}
                     if quant:
                         args |= {"HAD": "*bf16", "OUT": "*fp8e4nv", "OUTS": "*fp32", "S": _TOKENS, "S_PAD": _TOKENS,
                                  "H": H, "eps": 1e-5, "out_scale": 0.18, "n_tiles": 1000}
@@ -45,7 +49,8 @@ def fp8_attn_specs(cap: int) -> list[Spec]:
                     name = "qk_quant" if quant else "norm_rope"
                     kernel = "_qk_quant_kernel" if quant else "_qk_norm_rope_kernel"
                     src = f"row_tune.json sm_{cap} {kind}" if measured else "default"
-                    out.append(Spec(f"attn/{name}/D{D}/{kind.rsplit('/', 1)[1]}/{_NAME[xd]}",
+                    form = kind.rsplit('/', 1)[1] + ("_split" if split else "")
+                    out.append(Spec(f"attn/{name}/D{D}/{form}/{_NAME[xd]}",
                                     f"q8lib.kernels.attn_producers:{kernel}", args, meta, warps, stages, src,
                                     dots=quant, wgmma=quant and meta["BLOCK_T"] * meta["HP"] % 64 == 0))
         chunk, block_k, warps = _prod.v_tiles()

@@ -32,7 +32,7 @@ import triton.language as tl
 from .. import reference as ref
 from ._jit import head_rows
 from ._library import capability, dual_op, interpreting, launchable, programs
-from .attn_producers import _norm_rope_f32, _norm_rope_rows, _pad_rows, _qk_launch, pad_seq, qk_meta
+from .attn_producers import _norm_rope_f32, _norm_rope_rows, _pad_rows, _qk_launch, pad_seq, qk_meta, rope_layout
 
 __all__ = ["KEY_BLOCK", "STATS_CHUNK", "PRODUCER_TUNE", "producer_meta", "balance_from_stats", "launch_int8_quant_qk",
            "int8_quant_qk", "quant_qk_int8_ref"]
@@ -70,7 +70,7 @@ def _qk_stats_kernel(
         for t0 in range(0, KB, BLOCK_T):
             tok = blk * KB + t0 + r // HP
             x = _norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, (tok < S) & head_ok,
-                                H, eps, D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE)
+                                H, eps, D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE, False)
             ok = ((tok < limit) & head_ok)[:, None]
             # rows are (token, head) pairs, token-major: [BLOCK_T, HP, D] groups each head's tokens
             mx = tl.maximum(mx, tl.max(tl.reshape(tl.where(ok, x, float("-inf")), (BLOCK_T, HP, D)), axis=0))
@@ -108,7 +108,7 @@ def _qk_int8_kernel(
         if HAS_LENS:
             limit = tl.minimum(tl.maximum(tl.load(LENS + b), 1), S)
         x = _norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, (tok < S) & head_ok,
-                            H, eps, D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE)
+                            H, eps, D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE, False)
         bh = (b * H + head).to(tl.int64)
         coff = bh[:, None] * D + d[None, :]
         if HAS_SHIFT:
@@ -139,6 +139,7 @@ def producer_meta(D: int, H: int, norm: bool, weight: bool, rope: bool, interpre
     three ``[heads, D]`` float32 accumulators) or 8192 (quantize) elements a tile on: with 4, ptxas spilled
     4-756 bytes (sm_89/sm_90, 32 heads of 64 or 128, triton 3.9)."""
     meta, per_sm = qk_meta(D, H, norm, weight, rope, False, PRODUCER_TUNE, interpret, capability)
+    del meta["ROPE_SPLIT"]  # interleaved RoPE only (_launch_args refuses split tables)
     meta["BLOCK_T"] = min(meta["BLOCK_T"], STATS_CHUNK if stats else KEY_BLOCK)
     if meta["HP"] * D * (1 if stats else meta["BLOCK_T"]) >= (2048 if stats else 8192):
         meta["num_warps"] = max(meta["num_warps"], 8)
@@ -149,6 +150,9 @@ def _launch_args(x, weight, eps, cos, sin, stats=False):
     """``(kernel args up to SIN's strides, meta, per_sm)`` for ``x [B, S, H, D]``."""
     B, S, H, D = x.shape
     cap = capability(x.device.index or 0) if x.is_cuda else 90
+    if cos is not None and rope_layout(cos, x.shape) != "interleaved":
+        raise ValueError("the INT8 producers take interleaved RoPE tables [B|1, S, H, D] only (INT8 attention is not "
+                         "built for LTX-2's split RoPE)")
     _, args, _, _ = _qk_launch(x, weight, eps, cos, sin, pad_seq(S), PRODUCER_TUNE, False)
     meta, per_sm = producer_meta(D, H, eps >= 0, weight is not None, cos is not None, interpreting(x), cap, stats)
     return args, meta, per_sm
