@@ -76,7 +76,8 @@ def _add_generation_args(p: argparse.ArgumentParser, output_default: str) -> Non
     r.add_argument("--prompt-cache", default=None, help="folder of cached prompt embeddings (default ~/.cache/q8lib/prompt_embeds, or $Q8LIB_CACHE)")
     r.add_argument("--no-prompt-cache", action="store_true", help="always run the text encoder, store nothing")
     r.add_argument("--keep-text-encoder", action="store_true", help="do not free the text encoder before denoising")
-    r.add_argument("--warmup", type=int, default=0, help="untimed runs first (2 steps each; compiles GPU kernels)")
+    r.add_argument("--warmup", type=int, default=0, help="untimed runs first (2 steps each, the recipe's with "
+                   "--distilled; compiles GPU kernels)")
     r.add_argument("--repeats", type=int, default=1, help="timed runs; the JSON holds each and the medians")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--no-video", action="store_true", help="measure only: write the JSON (and plot), no mp4")

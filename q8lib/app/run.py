@@ -168,8 +168,8 @@ def _median_timings(runs: list) -> dict:
 
 
 def _runs(pipe, settings, embeds, image, o: RunOptions, up=None, plan=None) -> list:
-    """Warm-up runs (2 steps; stage 1's with an upsampler), then ``o.repeats`` measured runs (two stages with
-    ``plan``: :func:`~q8lib.app.upsample.run_two_stage`)."""
+    """Warm-up runs (2 steps; stage 1's with an upsampler; with ``--distilled`` the recipe's own steps, which its
+    sigmas fix), then ``o.repeats`` measured runs (two stages with ``plan``: :func:`~q8lib.app.upsample.run_two_stage`)."""
     def one(s, progress):
         if plan is not None:
             return run_two_stage(pipe, up, plan, s, embeds, image, progress)
