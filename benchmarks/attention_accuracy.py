@@ -96,6 +96,12 @@ def quantize_groups(x: torch.Tensor, fmt: str, rows: int = 1):
         return x.to(F64), torch.ones_like(x[..., :1], dtype=F64)
     if fmt == "bf16":
         return round_bf16(x), torch.ones_like(x[..., :1], dtype=F64)
+    if rows == "tensor":  # one scale for the whole tensor (all batches, heads, tokens): cuDNN's FP8 SDPA descales
+        amax = x.float().abs().amax()
+        qmax = QMAX[fmt]
+        y = (x.float() * torch.where(amax > 0, qmax / amax, torch.zeros_like(amax))).clamp(-qmax, qmax)
+        codes = round_e4m3(y) if fmt == "e4m3" else round_int8(y)
+        return codes, (amax * (1.0 / qmax)).to(F64).expand(*x.shape[:-1], 1)
     S = x.shape[-2]
     pad = -S % rows  # a partial last group is padded with zero rows (as the producers pad to 128)
     xf = F.pad(x.float(), (0, 0, 0, pad)) if pad else x.float()
@@ -122,6 +128,8 @@ def quantize_channels(v: torch.Tensor, fmt: str, per: str = "channel"):
     amax = vf.abs().amax(dim=-2, keepdim=True)
     if per == "tensor":
         amax = amax.amax(dim=-1, keepdim=True).expand_as(amax)
+    elif per == "global":  # one scale for the whole tensor (cuDNN's FP8 SDPA)
+        amax = vf.abs().amax().expand_as(amax)
     qmax = QMAX[fmt]
     inv = torch.where(amax > 0, qmax / amax, torch.zeros_like(amax))
     y = (vf * inv).clamp(-qmax, qmax)
@@ -156,11 +164,11 @@ class Scheme:
     q_smooth: bool = False  # subtract the mean query of each q tile; its q̄·k term added back in fp32
     qk_balance: bool = False  # per-channel q/λ, k·λ with λ_c = sqrt(amax_c(q) / amax_c(k)) over tokens (exact)
     qk_fmt: str = "e4m3"  # e4m3 | int8 | bf16 | exact
-    q_rows: int = 1  # tokens sharing one q scale (1 = per token)
-    k_rows: int = 1  # tokens sharing one k scale
+    q_rows: int | str = 1  # tokens sharing one q scale (1 = per token; "tensor": one scale for the whole tensor)
+    k_rows: int | str = 1  # tokens sharing one k scale
     p_fmt: str = "e4m3"  # e4m3 (P * 448) | fp16 | bf16 | exact
     v_fmt: str = "e4m3"  # e4m3 | fp16 | bf16 | exact | e4m3x2 (v = hi + lo, two e4m3 terms, two PV MMAs)
-    v_scale: str = "channel"  # channel | tensor
+    v_scale: str = "channel"  # channel | tensor (per head) | global (whole tensor)
     v_smooth: bool = False  # subtract the mean value over tokens per channel, added back after normalizing
     acc: str = "fp32"  # PV accumulation: fp32 | fp22 (FP8 wgmma precision; promote_every applies)
     promote_every: int | None = None  # key blocks between promotions to fp32 (None: never, today's Triton)

@@ -89,3 +89,18 @@ def test_study_runs_and_ranks_on_tiny_shapes():
         assert e["int8_block64_balance_fp16pv"] < e["today_ref"]
         assert e["int8_block64_balance_fp16pv"] <= 2 * e["bf16_flash"] + 0.03  # issue #14's outlier target
         assert all(math.isfinite(x) for x in e.values())
+
+
+def test_tensor_scales_for_the_cudnn_emulation():
+    """cuDNN's FP8 SDPA descales each tensor by one factor: the "tensor"/"global" granularities give exactly one
+    scale for the whole tensor (all heads and tokens), and codes * scale reproduce it to e4m3 precision."""
+    q, _, v = _inputs(S=64, outliers=True)
+    codes, scale = A.quantize_groups(q, "e4m3", "tensor")
+    assert scale.unique().numel() == 1 and math.isclose(scale.flatten()[0].item(), q.abs().max().item() / 448,
+                                                        rel_tol=1e-6)
+    assert _rel(codes * scale, q) < 0.04 and codes.abs().max().item() == 448
+    vc, vs = A.quantize_channels(v, "e4m3", "global")
+    assert vs.unique().numel() == 1 and _rel(vc * vs, v) < 0.04
+    # per-tensor scales lose against per-token ones on outlier rows: the emulation sees the difference
+    tok_codes, tok_scale = A.quantize_groups(q, "e4m3", 1)
+    assert _rel(tok_codes * tok_scale, q) < _rel(codes * scale, q)
