@@ -79,6 +79,7 @@ def ltx2_distilled_recipe() -> dict:
 
 
 STAGE2_ADAPTER = "stage_2_distilled"  # the adapter name of diffusers' example
+STAGE2_SCHEDULER = dict(use_dynamic_shifting=False, shift_terminal=None)  # its stage-2 scheduler's changes
 
 
 def ltx2_dev_recipe(lora: str | None, weight_name: str | None) -> dict:
@@ -87,7 +88,7 @@ def ltx2_dev_recipe(lora: str | None, weight_name: str | None) -> dict:
     return dict(source="diffusers docs/source/en/api/pipelines/ltx2.md, 'Two-stages Generation' example",
                 downscale_factor=1 / 2, upsample_factor=2, stage1="the run's settings (the dev checkpoint's defaults)",
                 stage2_lora=lora, stage2_lora_weight=weight_name, stage2_adapter=STAGE2_ADAPTER,
-                stage2_scheduler=dict(use_dynamic_shifting=False, shift_terminal=None), guides=r["guides"],
+                stage2_scheduler=dict(STAGE2_SCHEDULER), guides=r["guides"],
                 stage2_sigmas=r["stage2_sigmas"], stage2_noise_scale=r["stage2_noise_scale"])
 
 
@@ -270,12 +271,9 @@ def run_two_stage(pipe, up, plan: UpsamplePlan, settings: GenerationSettings, em
     (frames at the requested size, ``audio`` ``None``) whose timings sum both stages and the upsampling and also
     hold each stage's own (``stage1_*``, ``upsample_s``, ``stage2_*``); ``latents`` gives the latent shapes. LTX-2
     (``plan.family`` ``ltx2``, ``ltx2-dev``): the distilled or the dev recipe, stage 1's audio latents carried into stage 2."""
-    if plan.family == "ltx2-dev":
-        r = ltx2_distilled_recipe()
-        s1_extra = dict(output_type="latent")
-    elif plan.family == "ltx2":
-        r = ltx2_distilled_recipe()
-        s1_extra = dict(distilled_stage(1), output_type="latent")
+    ltx2 = plan.family.startswith("ltx2")
+    if ltx2:  # stage 1: the distilled recipe's, or (dev checkpoint) the run's own settings
+        s1_extra = dict(distilled_stage(1) if plan.family == "ltx2" else {}, output_type="latent")
     else:
         both = RECIPE["both_stages"]
         s1_extra = dict(both, output_type="latent")
@@ -288,10 +286,12 @@ def run_two_stage(pipe, up, plan: UpsamplePlan, settings: GenerationSettings, em
     if latents.device.type == "cuda":
         torch.cuda.synchronize(latents.device)
     upsample_s = time.perf_counter() - start
-    if plan.family.startswith("ltx2"):
+    if ltx2:
+        stage2 = distilled_stage(2)
         s2 = dataclasses.replace(settings, height=plan.stage2[0], width=plan.stage2[1],
-                                 num_inference_steps=len(r["stage2_sigmas"]), guidance_scale=r["guides"]["guidance_scale"])
-        extra = dict(distilled_stage(2), latents=upsampled, audio_latents=first["audio"].to(pipe._execution_device))
+                                 num_inference_steps=stage2["num_inference_steps"],
+                                 guidance_scale=stage2["guidance_scale"])
+        extra = dict(stage2, latents=upsampled, audio_latents=first["audio"].to(pipe._execution_device))
     else:
         s2 = dataclasses.replace(settings, height=plan.stage2[0], width=plan.stage2[1],
                                  num_inference_steps=RECIPE["stage2_steps"])
@@ -332,8 +332,7 @@ def _stage2_model(pipe, plan: UpsamplePlan):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     scheduler = pipe.scheduler
-    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config,
-                                                                 **ltx2_dev_recipe(None, None)["stage2_scheduler"])
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, **STAGE2_SCHEDULER)
     pipe.enable_lora()
     try:
         yield
