@@ -115,6 +115,7 @@ def test_refusals_before_anything_loads(repos, tmp_path, capsys, monkeypatch):
         (up2 + ["--stage2-lora", str(lora.parent), "--stage2-lora-weight", "other.safetensors"], "no such file in"),
         (up2 + ["--stage2-lora-weight", lora.name], "give --stage2-lora too"),
         (up2 + ["--stage2-lora", str(lora), "--compile"], "not supported"),
+        (up2 + ["--stage2-lora", str(lora), "--offload", "model"], "not supported yet"),
         (["--model", str(ltx2), "--stage2-lora", str(lora)], "it needs --upsampler"),
         (["--model", repos["ltx097"], "--upsampler", repos["upsampler"], "--stage2-lora", str(lora)],
          "LTX-2's two-stage recipe"),

@@ -129,6 +129,10 @@ def _prepare(o: RunOptions, command: str, default_output: str):
         raise SettingsError("--stage2-lora with --compile or --cuda-graph is not supported: the LoRA is switched on "
                             "between the two stages, which changes the forward under a compiled region or a captured "
                             "graph; run without them")
+    if plan is not None and plan.stage2_lora and o.offload != "none":
+        raise SettingsError(f"--stage2-lora with --offload {o.offload} is not supported yet: q8lib loads the LoRA onto "
+                            "the Q8 transformer after the pipeline is built, and loading adapters into offloaded "
+                            "modules is untested here; run without --offload")
     device = resolve_device(o.device)
     dtype = resolve_dtype(o.dtype, device)
     if command == "compare" and o.offload == "sequential":

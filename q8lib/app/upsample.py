@@ -36,7 +36,8 @@ disabled in stage 1), the scheduler rebuilt with ``use_dynamic_shifting=False, s
 stage-2 sigmas, re-noising and guides as above; the scheduler and the adapter state are restored after each run.
 With that LoRA the dev model is the distilled one, so stage 2 turns every guide off (the example passes
 ``guidance_scale=1.0`` only). Not combined with ``--compile`` or ``--cuda-graph`` (switching the adapter between the
-stages changes the transformer's forward under a captured graph or a compiled region).
+stages changes the transformer's forward under a captured graph or a compiled region), nor with ``--offload``
+(adapters loaded into offloaded modules: untested).
 """
 from __future__ import annotations
 
