@@ -20,10 +20,10 @@ video-to-audio cross-attention (``audio_to_video_attn``, ``video_to_audio_attn``
   key RoPE for a2v/v2a, gated attention, STG perturbation) over the helpers below: RoPE in both of diffusers'
   layouts (``rope_type="interleaved"``: ``(cos, sin) [B, S, H*D]``; ``"split"``, the released checkpoints':
   ``[B, H, S, D/2]``), key masks as right-padded lengths (FP8 or SDPA) or, for masks that are not, as an
-  additive bias (SDPA in the model dtype). Self-attention with interleaved RoPE takes LTX-1's path
-  (:func:`q8lib.attention.q8_attention_core`, the fused q/k producers on a GPU); the other attentions, and with
-  the released split RoPE every RoPE'd one, apply ``norm_q``/``norm_k`` and RoPE in PyTorch, then the backend's
-  attention op (its q/k/v quantizers, then the FP8 kernel): correct, not yet as fused as LTX-1's.
+  additive bias (SDPA in the model dtype). Attention whose keys share the query's RoPE (or have none) takes LTX-1's
+  path (:func:`q8lib.attention.q8_attention_core`: norm + RoPE, interleaved or split, fused into the q/k producers on
+  a GPU); a2v/v2a cross-attention (separate key RoPE) and per-query masks apply ``norm_q``/``norm_k`` and RoPE in
+  PyTorch (:func:`ltx2_attention_core`), then the backend's attention op.
 * **No fused blocks**: diffusers' ``LTX2VideoTransformerBlock.forward`` runs on the Q8 modules. Two fusions work
   below the block: each attention quantizes its context once for ``to_k``/``to_v`` (and for ``to_q`` in
   self-attention: :func:`q8lib.attention.project_qkv`), and on the triton backend each FFN runs q8lib's FFN path
@@ -42,7 +42,7 @@ from .errors import SettingsError
 from .quant import host_sync_allowed
 
 __all__ = ["LTX2_CLASS_NAME", "LTX_CLASS_NAME", "transformer_classes", "class_name_for_config", "is_ltx2",
-           "apply_split_rotary_emb", "apply_ltx2_rotary_emb", "key_mask", "ltx2_attention_core"]
+           "apply_split_rotary_emb", "key_mask", "ltx2_attention_core"]
 
 LTX_CLASS_NAME = "LTXVideoTransformer3DModel"
 LTX2_CLASS_NAME = "LTX2VideoTransformer3DModel"
@@ -79,13 +79,6 @@ def is_ltx2(model) -> bool:
 apply_split_rotary_emb = ref.apply_split_rotary_emb  # LTX-2's split RoPE (q8lib.reference, where the kernels' twins live)
 
 
-def apply_ltx2_rotary_emb(attn, x: torch.Tensor, freqs) -> torch.Tensor:
-    """RoPE in the attention module's layout (``attn.rope_type``: ``"interleaved"`` or ``"split"``)."""
-    if attn.rope_type == "split":
-        return apply_split_rotary_emb(x, freqs)
-    return ref.apply_rotary_emb(x, freqs)
-
-
 def key_mask(mask: torch.Tensor | None, batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(key_lengths [B] int32, None)`` for a key mask that keeps a prefix of the keys (right padding, or every
     key: what LTX-2's text connectors hand over), else ``(None, bias)`` with ``bias`` an additive or boolean mask
@@ -115,8 +108,9 @@ def ltx2_attention_core(attn, query, key, value, query_rotary_emb=None, key_rota
     ``[B, Sq, H*D]`` out in ``value.dtype``."""
     query, key = attn.norm_q(query), attn.norm_k(key)
     if query_rotary_emb is not None:
-        query = apply_ltx2_rotary_emb(attn, query, query_rotary_emb)
-        key = apply_ltx2_rotary_emb(attn, key, query_rotary_emb if key_rotary_emb is None else key_rotary_emb)
+        # the tables' layout says which RoPE (diffusers passes split ones for rope_type="split")
+        query = ref.apply_any_rotary_emb(query, query_rotary_emb)
+        key = ref.apply_any_rotary_emb(key, query_rotary_emb if key_rotary_emb is None else key_rotary_emb)
     q, k, v = (t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (query, key, value))
     if bias is not None:
         if bias.dtype != torch.bool:
