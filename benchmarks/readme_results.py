@@ -34,6 +34,7 @@ def _f(v, fmt):
 # newest same-run benchmarks of the full-size 13B and LTX-2 (H200, session 8), shown after the 2B table
 FULL_SIZE = ("transformer_13b_h200.json", "transformer_ltx2_h200.json")
 LTX2_FOLLOWUP = "transformer_ltx2_h200_ffn.json"
+LTX2_SPLIT_ROPE = "transformer_ltx2_h200_s10.json"
 UNDER_REPORTED = ("\\* peak taken after the CUDA graph's capture (runs before session 8): the activations in the "
                   "graph's pool are missing, so it under-reports; `benchmarks/results/transformer_h200_s8.json` measures "
                   "it from before the capture: q8lib + compile + graph {} MB against bf16 + compile's {} MB ({:.2f}x).")
@@ -81,7 +82,22 @@ def _ltx2_followup(ltx2: dict) -> list[str]:
     return [f"A later call of the same session with the fused FFNs and one quantization per attention input "
             f"(`benchmarks/results/{LTX2_FOLLOWUP}`, q8lib + compile + graph only, no bf16 run of its own): "
             f"{r['fwd_ms']:.1f} ms ({r['fwd_ms'] / base['fwd_ms']:.2f}x the bf16 + compile above), peak "
-            f"{r['peak_mb']:.0f} MB measured from before the capture.", ""]
+            f"{r['peak_mb']:.0f} MB measured from before the capture.", ""] + _ltx2_split_rope()
+
+
+def _ltx2_split_rope() -> list[str]:
+    """Session 10's LTX-2 run (split RoPE inside q8lib's q/k producers), with its own bf16 + compile."""
+    f = _load(LTX2_SPLIT_ROPE)
+    if not f:
+        return []
+    r, base = f["results"]["q8lib_compile_graph"], f["results"]["bf16_compile"]
+    kernels = {k["name"]: k["ms"] for k in r["profile"]["top_kernels"]}
+    return [f"A later session (`benchmarks/results/{LTX2_SPLIT_ROPE}`, {f['date'][:10]}, with its own bf16 + compile "
+            f"{base['fwd_ms']:.1f} ms; torchao did not fit its time budget) moved LTX-2's split RoPE into q8lib's "
+            f"q/k producers: q8lib + compile + graph {r['fwd_ms']:.1f} ms ({r['fwd_ms'] / base['fwd_ms']:.3f}x). "
+            f"The producer kernel ({kernels.get('_qk_norm_rope_kernel', float('nan')):.1f} ms per forward) took "
+            f"the place of inductor's norm + RoPE kernels at about the same time, so the ratio did not move; "
+            f"peak {r['peak_mb']:.0f} MB.", ""]
 
 
 def _attention(d) -> list[str]:

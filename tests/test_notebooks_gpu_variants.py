@@ -158,3 +158,17 @@ def test_gpu_record_and_the_executor_refusals(tmp_path):
     gv.write_variants(tmp_path, [name])
     with pytest.raises(RuntimeError, match="no CUDA GPU here"):
         gpu_run.execute_variant(tmp_path, name)
+
+
+def test_cell_clock_logs_each_cell_as_it_runs(capsys):
+    nbclient, nbformat = pytest.importorskip("nbclient"), pytest.importorskip("nbformat")
+    cell_s = {}
+    node = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("x"), nbformat.v4.new_code_cell("1 + 1"),
+                                           nbformat.v4.new_code_cell("import time; time.sleep(0.2)")])
+    client = nbclient.NotebookClient(node, timeout=60, kernel_name="python3",
+                                     on_cell_start=gpu_run._cell_clock(cell_s, "nb", start=True),
+                                     on_cell_executed=gpu_run._cell_clock(cell_s, "nb", start=False))
+    client.execute()
+    assert sorted(cell_s) == [1, 2] and cell_s[2] >= 0.2
+    err = capsys.readouterr().err
+    assert "nb cell 1:" in err and "nb cell 2:" in err

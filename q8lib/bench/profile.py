@@ -48,19 +48,22 @@ def profile_split(fwd, iters: int = 3) -> dict:
             fwd()
         torch.cuda.synchronize()
     ms, n = collections.defaultdict(float), collections.defaultdict(int)
-    top = collections.defaultdict(float)
+    top, calls = collections.defaultdict(float), collections.defaultdict(int)
     for ev in prof.events():
         if ev.device_type == torch.autograd.DeviceType.CUDA:
             fam = kernel_family(ev.name)
             ms[fam] += ev.device_time_total / 1e3 / iters
             n[fam] += 1
             top[ev.name] += ev.device_time_total / 1e3 / iters
+            calls[ev.name] += 1
     fwd_ms = statistics.median(time_ms(fwd, 5, 1))
     out = {f"{f}_ms": ms.get(f, 0.0) for f in ("gemm", "attention", "glue")}
     out.update({f"{f}_launches": n.get(f, 0) / iters for f in ("gemm", "attention", "glue")})
     out["kernel_ms"] = sum(ms.values())
     out["fwd_ms"] = fwd_ms
     out["host_gap_ms"] = fwd_ms - out["kernel_ms"]
-    out["top_kernels"] = [{"name": k[:120], "ms": v, "family": kernel_family(k)}
-                          for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:12]]
+    # the 30 costliest kernels with their launches per forward: which glue is many small launches
+    # (latency-bound) and which is few large ones (bandwidth-bound) decides what fusing it can save
+    out["top_kernels"] = [{"name": k[:120], "ms": v, "family": kernel_family(k), "launches": calls[k] / iters}
+                          for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:30]]
     return out

@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -119,8 +120,11 @@ def execute_variant(nb_dir: str | Path, name: str, out_dir: str | Path | None = 
     start = time.perf_counter()
     node = nbformat.reads(json.dumps(nb), as_version=4)  # sources as strings, as nbclient expects
     with tempfile.TemporaryDirectory(prefix="q8lib-gpu-run-") as cache:
+        cell_s = {}
         client = nbclient.NotebookClient(node, timeout=cell_timeout, kernel_name="python3",
-                                         resources={"metadata": {"path": str(nb_dir)}})
+                                         resources={"metadata": {"path": str(nb_dir)}},
+                                         on_cell_start=_cell_clock(cell_s, name, start=True),
+                                         on_cell_executed=_cell_clock(cell_s, name, start=False))
         try:
             client.execute(env=_kernel_env(env, cache))  # handed to the kernel manager: the kernel's environment
         except Exception as e:  # a cell error (CellExecutionError), a timeout or a dead kernel
@@ -128,7 +132,8 @@ def execute_variant(nb_dir: str | Path, name: str, out_dir: str | Path | None = 
             record["error"] = f"{type(e).__name__}: {last}"
     nb = json.loads(nbformat.writes(node))
     coalesce_streams(nb)
-    record.update(wall_s=round(time.perf_counter() - start, 1), env=env)
+    record.update(wall_s=round(time.perf_counter() - start, 1), env=env,
+                  cell_s={i: round(t, 1) for i, t in cell_s.items() if isinstance(i, int)})
     removed = shrink_outputs(nb, max_mb)
     if removed:
         record["outputs_removed"] = removed
@@ -145,6 +150,19 @@ def execute_variant(nb_dir: str | Path, name: str, out_dir: str | Path | None = 
         for src in artifacts:
             shutil.copy2(src, out_dir / src.name)
     return record
+
+
+def _cell_clock(cell_s: dict, name: str, start: bool):
+    """An nbclient hook that records each code cell's seconds in ``cell_s`` (index -> s) and logs them to stderr
+    as they happen, so that a run stopped from outside (a device time limit) still says where its time went."""
+    def hook(cell, cell_index, **_):
+        if start:
+            cell_s["_start"] = time.perf_counter()
+            return
+        seconds = time.perf_counter() - cell_s.pop("_start", time.perf_counter())
+        cell_s[cell_index] = seconds
+        print(f"    {name} cell {cell_index}: {seconds:.1f} s", file=sys.stderr, flush=True)
+    return hook
 
 
 def _artifacts(nb_dir: Path, name: str, max_bytes: float = 15e6) -> tuple[list[Path], list[str]]:

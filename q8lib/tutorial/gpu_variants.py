@@ -36,8 +36,10 @@ COMMON_ENV = {"Q8_DEVICE": "cuda", "Q8_DTYPE": "bf16", "Q8_SEED": "0", "HF_HUB_O
 # The notebooks that have something to show on a GPU. 02 (the diffusers patch audit, tiny model on the CPU) and
 # 06 (plots of the committed result files) run nothing there that the CPU run does not already show.
 # est_s: estimated seconds on one H200 including the kernel start (the executor skips a notebook that would end
-# past its deadline); measured in session 9 (H200, triton 3.6): 01 22 s, 03 49 s, 04 46 s (before a fix), 05 241 s
-# (its first Q8 run compiles the Triton kernels), 07 42 s (before a fix); artifacts: files the run writes (relative to notebooks/) that the executor copies out.
+# past its deadline); measured on one H200 (triton 3.6): session 9: 01 22 s, 03 49 s, 05 241 s (before its warm-ups);
+# session 10: 04 41 s, 07 141 s, 08 51 s, 05 not finished within 410 s (where its time goes is not known yet: the
+# executor now logs each cell's seconds). artifacts: files the run writes (relative to notebooks/) that the executor
+# copies out.
 VARIANTS = {
     "01_inspect_ltx_transformer": dict(
         env={"Q8_MODEL": "random-2b"}, est_s=35,
@@ -47,20 +49,20 @@ VARIANTS = {
         shows="conversion, save/load and size on disk of the full-size 2B transformer, and its fp8/int8 outputs "
               "through the GPU kernels against bf16"),
     "04_swap_layers": dict(
-        env={"Q8_MODEL": "random-2b"}, est_s=70,
+        env={"Q8_MODEL": "random-2b"}, est_s=50,
         shows="the layer swaps on the full-size 2B transformer and the per-layer SQNR of all 28 blocks on the GPU"),
     "05_q8_attention_inference": dict(
-        env={"Q8_MODEL": "random-2b"}, est_s=270,
+        env={"Q8_MODEL": "random-2b"}, est_s=480,
         artifacts=["../outputs/videos/05_random-2b_side_by_side.mp4"],
         shows="a whole LTXPipeline run at the full size (81 frames of 480x704, 50 steps) with the bf16 and then the "
               "Q8 transformer (Triton kernels, FP8 attention): timings and memory on the GPU; random weights, so "
               "the videos are noise and the PSNR/SSIM only say how close the two runs are"),
     "08_making_it_fast": dict(
-        env={}, est_s=120,
+        env={}, est_s=60,
         shows="every step live on the GPU with the tiny model (eager, regional compile, CUDA graph, fused kernels), "
               "timed with CUDA events; the H200 story from the committed JSON as on the CPU"),
     "07_ltx2_in_8_bits": dict(
-        env={}, est_s=60,
+        env={}, est_s=150,
         shows="the tiny LTX-2 converted to fp8/int8 and run through the GPU kernels (the CPU run uses the reference "
               "math); the full-size numbers come from the committed JSON as on the CPU"),
 }
