@@ -19,8 +19,8 @@ read and written as few times as possible:
 * a block whose linears carry an active LoRA adapter (:mod:`q8lib.lora`) runs diffusers' forward,
   which gives each linear, and so the adapter, its float input (the check: about 2 us per block).
 
-:func:`install_fused_ffns` gives the FFNs of blocks without a fused forward (LTX-2's, whose blocks have
-another layout, or LTX-1 blocks that are not fully Q8) the same FFN path: their input quantized once, the
+:func:`install_fused_ffns` gives the FFNs of blocks without a fused forward (LTX-2.3's gated blocks, blocks that are
+not fully Q8, or every block under ``attention="keep"``) the same FFN path: their input quantized once, the
 GELU in the down-projection's quantizer (or the GEMM epilogue) instead of a pass of its own.
 
 :func:`install_fused_blocks` swaps the forward of every eligible block (instance attribute, no
@@ -35,11 +35,12 @@ import types
 import torch
 from torch import nn
 
+from . import fused_ltx2
 from .attention import mask_to_key_lengths, q8_attention_core
 from .backends import attention_mode, resolve_backend
+from .fused_ops import ffn, ffn_eligible, ffn_slots, linear, once_per_mask, q8_of, runs_adapter
 from .modules import Q8GELU, Q8Linear
 from .offload import is_offloaded, onloaded
-from .quant import host_sync_allowed
 
 __all__ = ["install_fused_blocks", "uninstall_fused_blocks", "fused_block_forward", "is_fused", "compact_rope_forward",
            "install_fused_ffns", "uninstall_fused_ffns", "fused_ffn_forward", "module_forwards"]
@@ -52,11 +53,6 @@ def _block_linears(block):
             getattr(ff.net[0], "proj", None), ff.net[2]]
 
 
-def _q8(lin) -> Q8Linear:
-    """The ``Q8Linear`` itself, also under a LoRA layer (peft's ``base_layer``)."""
-    return lin if type(lin) is Q8Linear else getattr(lin, "base_layer", lin)
-
-
 def _linear_slots(block) -> list:
     """``(parent._modules, name)`` of each of the block's linears: where peft puts a LoRA layer in or takes it
     out (``setattr`` on the parent), read by :func:`_runs_adapter` on every call without attribute lookups."""
@@ -66,17 +62,12 @@ def _linear_slots(block) -> list:
             + [(net[0]._modules, "proj"), (net._modules, "2")])
 
 
-def _runs_adapter(slots) -> bool:
-    """Whether a LoRA layer around one of the block's linears adds to its output (it needs the float input)."""
-    return any(type(d[k]) is not Q8Linear and d[k].runs_adapter() for d, k in slots)
-
-
 def _eligible(block) -> str | None:
     """``None`` if the fused forward can run this block, else why not."""
-    if type(block).__name__ != "LTXVideoTransformerBlock":  # LTX-2's blocks (audio stream, a2v/v2a) have another forward
+    if type(block).__name__ != "LTXVideoTransformerBlock":  # LTX-2's blocks: q8lib.fused_ltx2
         return f"a {type(block).__name__}, not diffusers' LTXVideoTransformerBlock"
     try:
-        lins = [_q8(m) for m in _block_linears(block)]
+        lins = [q8_of(m) for m in _block_linears(block)]
     except (AttributeError, IndexError, TypeError) as e:
         return f"not an LTX block layout ({e})"
     if not all(isinstance(m, Q8Linear) for m in lins):
@@ -90,55 +81,14 @@ def _eligible(block) -> str | None:
     return None
 
 
-def _bias(lin: Q8Linear, dtype):
-    """The bias in the output dtype when a cast copy is held (saves a cast per call), else fp32."""
-    b = getattr(lin, "bias_out", None)
-    return b if b is not None and b.dtype == dtype else lin.bias
-
-
-def _linear(be, lin, x_q, x_s, out_dtype, activation=None):
-    lin = _q8(lin)
-    return be.matmul(x_q, x_s, lin.weight, lin.scales, _bias(lin, out_dtype), activation, out_dtype)
-
-
-def _ffn(be, ff, x_q, x_s, out_dtype):
-    """Up-projection + tanh-GELU + down-projection from quantized rows ``x_q``."""
-    up, down = ff.net[0].proj, _q8(ff.net[2])
-    qd, hb = down.qdtype, down.hadamard_block
-    if be.gemm_fuses_gelu(qd, x_q.device):  # GELU in the up-projection's epilogue
-        h = _linear(be, up, x_q, x_s, out_dtype, "gelu_tanh")
-        h_q, h_s = be.quantize_activation(h, qd, hb)
-    else:  # a GEMM without that epilogue (cuBLAS): GELU in the down-projection's quantizer instead
-        h_q, h_s = be.gelu_quantize(_linear(be, up, x_q, x_s, out_dtype), qd, hb)
-    return _linear(be, down, h_q, h_s, out_dtype)
-
-
-def _ffn_slots(ff) -> list:
-    net = ff.net
-    return [(net[0]._modules, "proj"), (net._modules, "2")]
-
-
-def _ffn_eligible(ff) -> bool:
-    """Whether ``ff`` is diffusers' ``FeedForward`` as q8lib converts it: ``[Q8GELU, Dropout, Q8Linear, Dropout?]``
-    (LoRA layers around the linears allowed) with both linears in one 8-bit format."""
-    net = getattr(ff, "net", None)
-    if type(ff).__name__ != "FeedForward" or not isinstance(net, nn.ModuleList) or len(net) not in (3, 4):
-        return False
-    if not isinstance(net[0], Q8GELU) or not all(isinstance(m, nn.Dropout) for m in list(net)[1::2]):
-        return False
-    up, down = _q8(net[0].proj), _q8(net[2])
-    return isinstance(up, Q8Linear) and isinstance(down, Q8Linear) and (
-        (up.qdtype, up.hadamard_block, up.backend) == (down.qdtype, down.hadamard_block, down.backend))
-
-
 def fused_ffn_forward(self, hidden_states):
     """``FeedForward.forward`` on Q8 modules (bound by :func:`install_fused_ffns`): ``[..., D]`` in and out.
     Runs diffusers' forward when a LoRA adapter needs the linears' float inputs or dropout is active."""
-    if _runs_adapter(self._q8_ffn["slots"]) or (self.training and any(m.p > 0 for m in list(self.net)[1::2])):
+    if runs_adapter(self._q8_ffn["slots"]) or (self.training and any(m.p > 0 for m in list(self.net)[1::2])):
         return type(self).forward(self, hidden_states)
     # sequential CPU offload hooks sit on the modules that hold tensors (the two linears, not the FFN): this
     # forward reads their weights without calling them, so it loads them for the call
-    linears = [_q8(self.net[0].proj), _q8(self.net[2])]
+    linears = [q8_of(self.net[0].proj), q8_of(self.net[2])]
     if any(is_offloaded(m) for m in linears):
         with onloaded(linears):
             return _ffn_from_float(self, hidden_states)
@@ -146,14 +96,14 @@ def fused_ffn_forward(self, hidden_states):
 
 
 def _ffn_from_float(ff, x):
-    up = _q8(ff.net[0].proj)
+    up = q8_of(ff.net[0].proj)
     be = resolve_backend(ff._q8_ffn["backend"], x.device)
-    return _ffn(be, ff, *be.quantize_activation(x, up.qdtype, up.hadamard_block), x.dtype)
+    return ffn(be, ff, *be.quantize_activation(x, up.qdtype, up.hadamard_block), x.dtype)
 
 
 def _ffns(model: nn.Module) -> list:
     """The eligible FFNs of blocks that run diffusers' forward (a fused block runs its FFN itself)."""
-    return [m for b in _blocks(model) if not is_fused(b) for m in b.modules() if _ffn_eligible(m)]
+    return [m for b in _blocks(model) if not is_fused(b) for m in b.modules() if ffn_eligible(m)]
 
 
 def install_fused_ffns(model: nn.Module, backend: str = "auto") -> int:
@@ -162,7 +112,7 @@ def install_fused_ffns(model: nn.Module, backend: str = "auto") -> int:
     n = 0
     for ff in _ffns(model):
         if "_q8_ffn" not in ff.__dict__:
-            ff._q8_ffn = {"backend": backend, "slots": _ffn_slots(ff)}
+            ff._q8_ffn = {"backend": backend, "slots": ffn_slots(ff)}
             ff.forward = types.MethodType(fused_ffn_forward, ff)
             n += 1
     return n
@@ -190,22 +140,6 @@ def module_forwards(model: nn.Module):
     finally:
         for m, fwd in parked:
             m.forward = fwd
-
-
-def _key_lengths(mask, batch):
-    """``mask_to_key_lengths`` once per mask tensor in eager mode: its right-padding check syncs with
-    the GPU, and diffusers passes the same mask object to every block of a forward."""
-    if mask is None:
-        return None
-    if not host_sync_allowed(mask):
-        # in a graph: no sync (the check is skipped there), and no cached tensor a replay would not refresh
-        return mask_to_key_lengths(mask, batch)
-    version = -1 if mask.is_inference() else mask._version  # inference tensors keep no version counter
-    cached = getattr(mask, "_q8lib_key_lengths", None)
-    if cached is None or cached[0] != version or cached[1] != batch:
-        cached = (version, batch, mask_to_key_lengths(mask, batch))
-        mask._q8lib_key_lengths = cached
-    return cached[2]
 
 
 def _add_quantize(be, h, r, gate, qd, hb, norm=None, scale=None, shift=None):
@@ -237,12 +171,12 @@ def fused_block_forward(self, hidden_states, encoder_hidden_states, temb, image_
 
 def _fused_forward(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb, encoder_attention_mask):
     st = self._q8_fused
-    if _runs_adapter(st["slots"]):
+    if runs_adapter(st["slots"]):
         return type(self).forward(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb,
                                   encoder_attention_mask)
     be = resolve_backend(st["backend"], hidden_states.device)
     a1, a2 = self.attn1, self.attn2
-    qd, hb = _q8(a1.to_q).qdtype, _q8(a1.to_q).hadamard_block
+    qd, hb = q8_of(a1.to_q).qdtype, q8_of(a1.to_q).hadamard_block
     dt = hidden_states.dtype
     batch = hidden_states.size(0)
 
@@ -251,24 +185,24 @@ def _fused_forward(self, hidden_states, encoder_hidden_states, temb, image_rotar
 
     # self-attention: norm1 + modulation + rotation + quantization once, shared by q, k and v
     x_q, x_s = be.rms_norm_quantize(hidden_states, self.norm1.weight, self.norm1.eps, scale_msa, shift_msa, qd, hb)
-    q, k, v = (_linear(be, m, x_q, x_s, dt) for m in (a1.to_q, a1.to_k, a1.to_v))
+    q, k, v = (linear(be, m, x_q, x_s, dt) for m in (a1.to_q, a1.to_k, a1.to_v))
     out = q8_attention_core(a1, q, k, v, image_rotary_emb, None, st["mode"], st["backend"])
-    out = _linear(be, a1.to_out[0], *be.quantize_activation(out, qd, hb), dt)
+    out = linear(be, a1.to_out[0], *be.quantize_activation(out, qd, hb), dt)
     # gated residual add fused with the quantization of the new hidden states for cross-attention's q
     hidden_states, x_q, x_s = _add_quantize(be, hidden_states, out, gate_msa, qd, hb)
 
     # cross-attention: hidden states quantized once for q, the text once for k and v
-    q = _linear(be, a2.to_q, x_q, x_s, dt)
+    q = linear(be, a2.to_q, x_q, x_s, dt)
     c_q, c_s = be.quantize_activation(encoder_hidden_states, qd, hb)
-    k, v = _linear(be, a2.to_k, c_q, c_s, dt), _linear(be, a2.to_v, c_q, c_s, dt)
-    key_lengths = _key_lengths(encoder_attention_mask, batch)
+    k, v = linear(be, a2.to_k, c_q, c_s, dt), linear(be, a2.to_v, c_q, c_s, dt)
+    key_lengths = once_per_mask(encoder_attention_mask, batch, mask_to_key_lengths, "_q8lib_key_lengths")
     out = q8_attention_core(a2, q, k, v, None, key_lengths, st["mode"], st["backend"])
-    out = _linear(be, a2.to_out[0], *be.quantize_activation(out, qd, hb), dt)
+    out = linear(be, a2.to_out[0], *be.quantize_activation(out, qd, hb), dt)
 
     # feed-forward: residual add + norm2 + modulation + rotation + quantization in one pass,
     # GELU into the down-projection's quantizer
     hidden_states, x_q, x_s = _add_quantize(be, hidden_states, out, None, qd, hb, self.norm2, scale_mlp, shift_mlp)
-    hidden_states = hidden_states + _ffn(be, self.ff, x_q, x_s, dt) * gate_mlp
+    hidden_states = hidden_states + ffn(be, self.ff, x_q, x_s, dt) * gate_mlp
     return hidden_states
 
 
@@ -306,6 +240,11 @@ def _uninstall_compact_rope(model: nn.Module) -> None:
         del rope.forward
 
 
+def _linears(block) -> list:
+    """The linears of a fused block (LTX-1's or LTX-2's), as the model holds them."""
+    return [d[k] for d, k in block._q8_fused["slots"]]
+
+
 def _blocks(model: nn.Module):
     return list(getattr(model, "transformer_blocks", []))
 
@@ -316,7 +255,8 @@ def is_fused(block: nn.Module) -> bool:
 
 def install_fused_blocks(model: nn.Module, mode: str | bool = "fp8", backend: str = "auto",
                          bias_dtype: torch.dtype | None = torch.bfloat16, *, fp8: bool | None = None) -> int:
-    """Give every eligible block of a quantized LTX transformer the fused forward; returns how many.
+    """Give every eligible block of a quantized LTX transformer the fused forward (LTX-Video 0.9.x blocks:
+    :func:`fused_block_forward`; LTX-2 blocks: :func:`q8lib.fused_ltx2.fused_ltx2_block_forward`); returns how many.
 
     ``mode`` (``"fp8"``, ``"int8"``, ``"sdpa"``; ``fp8=True/False`` as earlier) and ``backend`` are passed to the
     attention core. ``bias_dtype`` keeps a non-persistent
@@ -327,12 +267,20 @@ def install_fused_blocks(model: nn.Module, mode: str | bool = "fp8", backend: st
     mode = attention_mode(mode if fp8 is None else fp8)
     n = 0
     for block in _blocks(model):
-        if is_fused(block) or _eligible(block) is not None:
+        if is_fused(block):
             continue
-        block._q8_fused = {"mode": mode, "backend": backend, "slots": _linear_slots(block)}
-        block.forward = types.MethodType(fused_block_forward, block)
+        if type(block).__name__ == fused_ltx2.BLOCK_CLASS:
+            if fused_ltx2.eligible(block, mode) is not None:
+                continue
+            forward, slots = fused_ltx2.fused_ltx2_block_forward, fused_ltx2.linear_slots(block)
+        elif _eligible(block) is None:
+            forward, slots = fused_block_forward, _linear_slots(block)
+        else:
+            continue
+        block._q8_fused = {"mode": mode, "backend": backend, "slots": slots}
+        block.forward = types.MethodType(forward, block)
         if bias_dtype is not None:
-            for lin in map(_q8, _block_linears(block)):
+            for lin in map(q8_of, _linears(block)):
                 if lin.bias is not None:
                     lin.register_buffer("bias_out", lin.bias.to(bias_dtype), persistent=False)
         n += 1
@@ -347,9 +295,9 @@ def uninstall_fused_blocks(model: nn.Module) -> int:
     for block in _blocks(model):
         if not is_fused(block):
             continue
-        del block.forward, block._q8_fused
-        for lin in map(_q8, _block_linears(block)):
+        for lin in map(q8_of, _linears(block)):
             lin._buffers.pop("bias_out", None)
+        del block.forward, block._q8_fused
         n += 1
     _uninstall_compact_rope(model)
     return n
@@ -359,9 +307,9 @@ def install_if_fast(model: nn.Module, config, device: torch.device | str | None 
     """The hook of ``quantize_``/``load_q8``: install the fused forward when ``config.backend``
     resolves, for ``device`` (default: the model's device), to a backend whose fused ops are single kernels
     (``Backend.fused_blocks``: the triton backend), and the fused FFN forward in the blocks left with diffusers'
-    forward (:func:`install_fused_ffns`: LTX-2, or ``attention="keep"``); elsewhere diffusers' forward stays.
-    Returns the number of fused blocks. ``device`` is for a
-    model built on the CPU that runs on a GPU (CPU offload)."""
+    forward (:func:`install_fused_ffns`: LTX-2.3's gated blocks, or ``attention="keep"``); elsewhere diffusers'
+    forward stays. Returns the number of fused blocks. ``device`` is for a model built on the CPU that runs on a
+    GPU (CPU offload)."""
     p = next(iter(model.parameters()), None)
     if p is None or not resolve_backend(config.backend, p.device if device is None else device).fused_blocks:
         return 0

@@ -179,7 +179,11 @@ def test_reference_backend_compiles_fullgraph_cpu(seed, weight_dtype):
 
 
 def test_key_lengths_cached_per_mask(seed):
-    from q8lib.fused import _key_lengths
+    from q8lib.attention import mask_to_key_lengths
+    from q8lib.fused_ops import once_per_mask
+
+    def _key_lengths(mask, batch):
+        return once_per_mask(mask, batch, mask_to_key_lengths, "_q8lib_key_lengths")
 
     mask = torch.zeros(2, 1, 8)
     mask[1, :, 5:] = -10000.0

@@ -336,15 +336,16 @@ def test_app_reads_and_loads_an_ltx2_transformer_from_its_config(tmp_path):
     assert type(q8) is LTX2VideoTransformer3DModel and q8lib.is_quantized(q8)
 
 
-def test_fused_blocks_refuse_ltx2_blocks():
-    """The fused forward is LTX-1's block forward: an LTX-2 model keeps diffusers' block forward even when
-    install_fused_blocks is called on it directly."""
+def test_fused_blocks_take_ltx2_blocks_through_their_own_forward():
+    """LTX-1's fused forward refuses LTX-2's blocks; install_fused_blocks gives them q8lib.fused_ltx2's forward
+    (tests/test_fused_ltx2.py checks it against diffusers')."""
     from q8lib.fused import _eligible, install_fused_blocks, is_fused
+    from q8lib.fused_ltx2 import fused_ltx2_block_forward
 
     model = q8lib.quantize_(tiny_ltx2(), q8lib.Q8Config(weight_dtype="int8"), progress=False)
     assert "LTXVideoTransformerBlock" in _eligible(model.transformer_blocks[0])
-    assert install_fused_blocks(model) == 0
-    assert not any(is_fused(b) for b in model.transformer_blocks)
+    assert install_fused_blocks(model) == model.config.num_layers
+    assert all(is_fused(b) and b.forward.__func__ is fused_ltx2_block_forward for b in model.transformer_blocks)
 
 
 def test_int8_attention_is_refused_for_ltx2_before_anything_changes():

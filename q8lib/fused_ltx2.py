@@ -1,0 +1,225 @@
+"""A fused forward for LTX-2's block (diffusers' ``LTX2VideoTransformerBlock``) on Q8 modules.
+
+Same math as diffusers 0.42's block forward, with the 8-bit work arranged as :mod:`q8lib.fused` does for
+LTX-Video 0.9.x blocks. Each stream (video, audio) carries its residual and folds every residual add into the next
+quantization:
+
+* each RMSNorm + its modulation ``* (1 + scale) + shift`` + rotation + quantization is one row pass
+  (``rms_norm_quantize``), its codes shared by the projections that read them (``to_q``/``to_k``/``to_v`` of a
+  self-attention; the a2v query and the v2a keys/values read the same norm under two modulations: two passes);
+* the residual add after an attention (gated by the AdaLN or a2v/v2a gate where diffusers gates it) is fused into
+  the next norm's quantization (``add_quantize``: the new hidden states written once, not read back);
+* the text is quantized once per cross-attention for ``to_k``/``to_v``; attention outputs once for ``to_out``;
+* attention runs :func:`q8lib.attention.q8_attention_core` (norm_q/k + RoPE fused into the producers on a GPU)
+  where the keys share the query's RoPE and the mask is key lengths, else :func:`q8lib.ltx2.ltx2_attention_core`,
+  as :class:`q8lib.attention.Q8LTX2AttnProcessor` chooses; FFNs run :func:`q8lib.fused_ops.ffn`.
+
+Why: in the compiled LTX-2 forward on an H200 (``benchmarks/results/transformer_ltx2_h200_s10.json``) the norms
+and modulations (inductor kernels writing bf16) and q8lib's separate row quantizations took ~80 of its 118 ms of
+glue. Blocks with LTX-2.3's gated attention or cross-attention modulation keep diffusers' forward (the gate logits
+need each attention's float input); so do calls with STG perturbation, an active LoRA adapter, sequential CPU
+offload or an argument this forward does not know. Installed by :func:`q8lib.fused.install_fused_blocks`.
+"""
+from __future__ import annotations
+
+from .attention import q8_attention_core
+from .backends import resolve_backend
+from .fused_ops import ffn, ffn_eligible, linear, once_per_mask, q8_of, runs_adapter
+from .ltx2 import key_mask, ltx2_attention_core
+from .modules import Q8Linear
+from .offload import is_offloaded
+
+__all__ = ["eligible", "block_linears", "linear_slots", "fused_ltx2_block_forward"]
+
+BLOCK_CLASS = "LTX2VideoTransformerBlock"
+_ATTENTIONS = ("attn1", "audio_attn1", "attn2", "audio_attn2", "audio_to_video_attn", "video_to_audio_attn")
+_NORMS = ("norm1", "norm2", "norm3", "audio_norm1", "audio_norm2", "audio_norm3", "audio_to_video_norm",
+          "video_to_audio_norm")
+
+
+def linear_slots(block) -> list:
+    """``(parent._modules, name)`` of every linear of the block (see :func:`q8lib.fused_ops.runs_adapter`)."""
+    slots = []
+    for name in _ATTENTIONS:
+        a = getattr(block, name)
+        slots += [(a._modules, k) for k in ("to_q", "to_k", "to_v")] + [(a.to_out._modules, "0")]
+    for ff in (block.ff, block.audio_ff):
+        slots += [(ff.net[0]._modules, "proj"), (ff.net._modules, "2")]
+    return slots
+
+
+def block_linears(block) -> list:
+    return [d[k] for d, k in linear_slots(block)]
+
+
+def eligible(block, mode: str = "fp8") -> str | None:
+    """``None`` if :func:`fused_ltx2_block_forward` can run this block in attention ``mode``, else why not."""
+    if type(block).__name__ != BLOCK_CLASS:
+        return f"a {type(block).__name__}, not diffusers' {BLOCK_CLASS}"
+    if mode == "int8":
+        return "INT8 attention is not built for LTX-2's attention"
+    if block.video_cross_attn_adaln or block.audio_cross_attn_adaln:
+        return "cross-attention modulation (LTX-2.3 layout) runs diffusers' forward"
+    try:
+        if any(getattr(block, a).to_gate_logits is not None for a in _ATTENTIONS):
+            return "gated attention (LTX-2.3 layout): its gate logits need the attention's float input"
+        lins = [q8_of(m) for m in block_linears(block)]
+        norms = [getattr(block, n) for n in _NORMS]
+    except (AttributeError, IndexError, TypeError) as e:
+        return f"not an LTX-2 block layout ({e})"
+    if not all(type(m) is Q8Linear for m in lins):
+        return "some linears are not Q8Linear (kept in high precision?)"
+    if not (ffn_eligible(block.ff) and ffn_eligible(block.audio_ff)):
+        return "a feed-forward is not a Q8GELU + Q8Linear FeedForward"
+    if len({(m.qdtype, m.hadamard_block, m.backend) for m in lins}) != 1:
+        return "linears differ in 8-bit dtype, Hadamard block or backend"
+    if not all(hasattr(n, "eps") and hasattr(n, "weight") for n in norms):
+        return "a block norm is not an RMSNorm"
+    if block.scale_shift_table.shape[0] != 6 or block.audio_scale_shift_table.shape[0] != 6:
+        return "a scale_shift_table is not [6, dim]"
+    return None
+
+
+class _Stream:
+    """One stream's hidden states ``h`` and the residual not yet added (``pending``: ``(r, gate or None)``), which
+    the next :meth:`norm_quantize` adds in the same pass as the norm."""
+
+    def __init__(self, be, h, qdtype, hadamard_block):
+        self.be, self.h, self.qd, self.hb, self.pending = be, h, qdtype, hadamard_block, None
+
+    def add(self, r, gate=None):
+        self.flush()
+        self.pending = (r, gate)
+
+    def flush(self):
+        if self.pending is not None:
+            r, gate = self.pending
+            self.h = self.h + r * gate if gate is not None else self.h + r
+            self.pending = None
+        return self.h
+
+    def norm_quantize(self, norm, scale=None, shift=None):
+        """``norm(h) * (1 + scale) + shift`` rotated and quantized -> ``(codes, scales)``, adding the pending residual
+        to ``h`` in the same pass."""
+        if self.pending is None:
+            return self.be.rms_norm_quantize(self.h, norm.weight, norm.eps, scale, shift, self.qd, self.hb)
+        (r, gate), self.pending = self.pending, None
+        self.h, q, s = self.be.add_quantize(self.h, r, gate, self.qd, self.hb, True, norm.weight, norm.eps, scale,
+                                            shift)
+        return q, s
+
+
+def _attend(st, be, attn, x, ctx, dtype, q_rope=None, k_rope=None, mask=None):
+    """One attention from quantized query rows ``x`` and key/value rows ``ctx`` (``(codes, scales)`` pairs) to its
+    ``to_out`` output ``[B, Sq, D]``, routed as :class:`q8lib.attention.Q8LTX2AttnProcessor` routes it."""
+    q = linear(be, attn.to_q, *x, dtype)
+    k, v = linear(be, attn.to_k, *ctx, dtype), linear(be, attn.to_v, *ctx, dtype)
+    lengths, bias = once_per_mask(mask, q.shape[0], key_mask, "_q8lib_key_mask") or (None, None)
+    if bias is None and k_rope is None:
+        out = q8_attention_core(attn, q, k, v, q_rope, lengths, st["mode"], st["backend"])
+    else:
+        out = ltx2_attention_core(attn, q, k, v, q_rope, k_rope, lengths, bias, st["mode"] == "fp8", st["backend"])
+    out_q = q8_of(attn.to_out[0])
+    return linear(be, out_q, *be.quantize_activation(out, out_q.qdtype, out_q.hadamard_block), dtype)
+
+
+def fused_ltx2_block_forward(self, hidden_states, audio_hidden_states, encoder_hidden_states,
+                             audio_encoder_hidden_states, temb, temb_audio, temb_ca_scale_shift,
+                             temb_ca_audio_scale_shift, temb_ca_gate, temb_ca_audio_gate, temb_prompt=None,
+                             temb_prompt_audio=None, video_rotary_emb=None, audio_rotary_emb=None,
+                             ca_video_rotary_emb=None, ca_audio_rotary_emb=None, encoder_attention_mask=None,
+                             audio_encoder_attention_mask=None, self_attention_mask=None,
+                             audio_self_attention_mask=None, a2v_cross_attention_mask=None,
+                             v2a_cross_attention_mask=None, use_a2v_cross_attention=True,
+                             use_v2a_cross_attention=True, perturbation_mask=None, all_perturbed=None, **extra):
+    """``LTX2VideoTransformerBlock.forward`` on Q8 modules (bound by :func:`q8lib.fused.install_fused_blocks`).
+
+    ``hidden_states [B, S, D]`` (video), ``audio_hidden_states [B, Sa, Da]``, text ``[B, T, D]`` / ``[B, T, Da]``,
+    ``temb [B, 1 or S, 6*D]`` and the other modulation inputs as diffusers passes them, RoPE tables in either of
+    LTX-2's layouts; returns ``(hidden_states, audio_hidden_states)``. Runs diffusers' forward for what it does
+    not fuse (module docstring).
+    """
+    args = dict(hidden_states=hidden_states, audio_hidden_states=audio_hidden_states,
+                encoder_hidden_states=encoder_hidden_states, audio_encoder_hidden_states=audio_encoder_hidden_states,
+                temb=temb, temb_audio=temb_audio, temb_ca_scale_shift=temb_ca_scale_shift,
+                temb_ca_audio_scale_shift=temb_ca_audio_scale_shift, temb_ca_gate=temb_ca_gate,
+                temb_ca_audio_gate=temb_ca_audio_gate, temb_prompt=temb_prompt, temb_prompt_audio=temb_prompt_audio,
+                video_rotary_emb=video_rotary_emb, audio_rotary_emb=audio_rotary_emb,
+                ca_video_rotary_emb=ca_video_rotary_emb, ca_audio_rotary_emb=ca_audio_rotary_emb,
+                encoder_attention_mask=encoder_attention_mask,
+                audio_encoder_attention_mask=audio_encoder_attention_mask, self_attention_mask=self_attention_mask,
+                audio_self_attention_mask=audio_self_attention_mask, a2v_cross_attention_mask=a2v_cross_attention_mask,
+                v2a_cross_attention_mask=v2a_cross_attention_mask, use_a2v_cross_attention=use_a2v_cross_attention,
+                use_v2a_cross_attention=use_v2a_cross_attention, perturbation_mask=perturbation_mask,
+                all_perturbed=all_perturbed)
+    if (extra or perturbation_mask is not None or all_perturbed or runs_adapter(self._q8_fused["slots"])
+            or is_offloaded(self)):
+        return type(self).forward(self, **args, **extra)
+    return _fused_forward(self, **args)
+
+
+def _fused_forward(self, hidden_states, audio_hidden_states, encoder_hidden_states, audio_encoder_hidden_states,
+                   temb, temb_audio, temb_ca_scale_shift, temb_ca_audio_scale_shift, temb_ca_gate, temb_ca_audio_gate,
+                   video_rotary_emb, audio_rotary_emb, ca_video_rotary_emb, ca_audio_rotary_emb,
+                   encoder_attention_mask, audio_encoder_attention_mask, self_attention_mask,
+                   audio_self_attention_mask, a2v_cross_attention_mask, v2a_cross_attention_mask,
+                   use_a2v_cross_attention, use_v2a_cross_attention, **_):
+    st = self._q8_fused
+    be = resolve_backend(st["backend"], hidden_states.device)
+    first = q8_of(self.attn1.to_q)
+    qd, hb, batch = first.qdtype, first.hadamard_block, hidden_states.size(0)
+    video = _Stream(be, hidden_states, qd, hb)
+    audio = _Stream(be, audio_hidden_states, qd, hb)
+    dt, adt = hidden_states.dtype, audio_hidden_states.dtype
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.get_mod_params(
+        self.scale_shift_table, temb, batch)
+    a_shift_msa, a_scale_msa, a_gate_msa, a_shift_mlp, a_scale_mlp, a_gate_mlp = self.get_mod_params(
+        self.audio_scale_shift_table, temb_audio, batch)
+
+    # 1. self-attention of each stream: norm + modulation quantized once for q, k and v
+    x = video.norm_quantize(self.norm1, scale_msa, shift_msa)
+    video.add(_attend(st, be, self.attn1, x, x, dt, video_rotary_emb, None, self_attention_mask), gate_msa)
+    x = audio.norm_quantize(self.audio_norm1, a_scale_msa, a_shift_msa)
+    audio.add(_attend(st, be, self.audio_attn1, x, x, adt, audio_rotary_emb, None, audio_self_attention_mask),
+              a_gate_msa)
+
+    # 2. text cross-attention (no modulation in this layout): the residual add in the norm's pass
+    text = be.quantize_activation(encoder_hidden_states, qd, hb)
+    video.add(_attend(st, be, self.attn2, video.norm_quantize(self.norm2), text, dt, mask=encoder_attention_mask))
+    text = be.quantize_activation(audio_encoder_hidden_states, qd, hb)
+    audio.add(_attend(st, be, self.audio_attn2, audio.norm_quantize(self.audio_norm2), text, adt,
+                      mask=audio_encoder_attention_mask))
+
+    # 3. audio-to-video and video-to-audio: each side's norm under the a2v and the v2a modulation, both taken
+    # before either cross-attention adds to its stream (as diffusers)
+    if use_a2v_cross_attention or use_v2a_cross_attention:
+        v_a2v_scale, v_a2v_shift, v_v2a_scale, v_v2a_shift = self.get_mod_params(
+            self.video_a2v_cross_attn_scale_shift_table[:4, :], temb_ca_scale_shift, batch)
+        a2v_gate = self.get_mod_params(self.video_a2v_cross_attn_scale_shift_table[4:, :], temb_ca_gate,
+                                       batch)[0].squeeze(2)
+        a_a2v_scale, a_a2v_shift, a_v2a_scale, a_v2a_shift = self.get_mod_params(
+            self.audio_a2v_cross_attn_scale_shift_table[:4, :], temb_ca_audio_scale_shift, batch)
+        v2a_gate = self.get_mod_params(self.audio_a2v_cross_attn_scale_shift_table[4:, :], temb_ca_audio_gate,
+                                       batch)[0].squeeze(2)
+        a2v = v2a = None
+        if use_a2v_cross_attention:
+            vq = video.norm_quantize(self.audio_to_video_norm, v_a2v_scale.squeeze(2), v_a2v_shift.squeeze(2))
+            akv = audio.norm_quantize(self.video_to_audio_norm, a_a2v_scale.squeeze(2), a_a2v_shift.squeeze(2))
+            a2v = (self.audio_to_video_attn, vq, akv, dt, ca_video_rotary_emb, ca_audio_rotary_emb,
+                   a2v_cross_attention_mask)
+        if use_v2a_cross_attention:
+            vkv = video.norm_quantize(self.audio_to_video_norm, v_v2a_scale.squeeze(2), v_v2a_shift.squeeze(2))
+            aq = audio.norm_quantize(self.video_to_audio_norm, a_v2a_scale.squeeze(2), a_v2a_shift.squeeze(2))
+            v2a = (self.video_to_audio_attn, aq, vkv, adt, ca_audio_rotary_emb, ca_video_rotary_emb,
+                   v2a_cross_attention_mask)
+        if a2v is not None:
+            video.add(_attend(st, be, *a2v), a2v_gate)
+        if v2a is not None:
+            audio.add(_attend(st, be, *v2a), v2a_gate)
+
+    # 4. feed-forward of each stream: residual add + norm + modulation + quantization in one pass
+    out = ffn(be, self.ff, *video.norm_quantize(self.norm3, scale_mlp, shift_mlp), dt)
+    hidden_states = video.flush() + out * gate_mlp
+    out = ffn(be, self.audio_ff, *audio.norm_quantize(self.audio_norm3, a_scale_mlp, a_shift_mlp), adt)
+    audio_hidden_states = audio.flush() + out * a_gate_mlp
+    return hidden_states, audio_hidden_states
