@@ -24,7 +24,8 @@ not fully Q8, or every block under ``attention="keep"``) the same FFN path: thei
 GELU in the down-projection's quantizer (or the GEMM epilogue) instead of a pass of its own.
 
 :func:`install_fused_blocks` swaps the forward of every eligible block (instance attribute, no
-class patching; also the model's ``rope``); :func:`uninstall_fused_blocks` undoes it. Works with any backend, so the CPU
+class patching; also the model's RoPE: :func:`compact_rope_forward` for LTX-1, the tables in the model dtype for
+LTX-2); :func:`uninstall_fused_blocks` undoes it. Works with any backend, so the CPU
 reference checks the fused path against the unfused one.
 """
 from __future__ import annotations
@@ -286,6 +287,7 @@ def install_fused_blocks(model: nn.Module, mode: str | bool = "fp8", backend: st
         n += 1
     if n:
         _install_compact_rope(model)
+        fused_ltx2.install_model_dtype_rope(model)
     return n
 
 
@@ -300,6 +302,7 @@ def uninstall_fused_blocks(model: nn.Module) -> int:
         del block.forward, block._q8_fused
         n += 1
     _uninstall_compact_rope(model)
+    fused_ltx2.uninstall_model_dtype_rope(model)
     return n
 
 

@@ -22,6 +22,11 @@ offload or an argument this forward does not know. Installed by :func:`q8lib.fus
 """
 from __future__ import annotations
 
+import types
+import weakref
+
+from torch import nn
+
 from .attention import q8_attention_core
 from .backends import resolve_backend
 from .fused_ops import ffn, ffn_eligible, linear, once_per_mask, q8_of, runs_adapter
@@ -29,10 +34,12 @@ from .ltx2 import key_mask, ltx2_attention_core
 from .modules import Q8Linear
 from .offload import is_offloaded
 
-__all__ = ["eligible", "block_linears", "linear_slots", "fused_ltx2_block_forward"]
+__all__ = ["eligible", "block_linears", "linear_slots", "fused_ltx2_block_forward", "model_dtype_rope_forward",
+           "install_model_dtype_rope", "uninstall_model_dtype_rope"]
 
 BLOCK_CLASS = "LTX2VideoTransformerBlock"
 _ATTENTIONS = ("attn1", "audio_attn1", "attn2", "audio_attn2", "audio_to_video_attn", "video_to_audio_attn")
+_ROPES = ("rope", "audio_rope", "cross_attn_rope", "cross_attn_audio_rope")
 _NORMS = ("norm1", "norm2", "norm3", "audio_norm1", "audio_norm2", "audio_norm3", "audio_to_video_norm",
           "video_to_audio_norm")
 
@@ -223,3 +230,33 @@ def _fused_forward(self, hidden_states, audio_hidden_states, encoder_hidden_stat
     out = ffn(be, self.audio_ff, *audio.norm_quantize(self.audio_norm3, a_scale_mlp, a_shift_mlp), adt)
     audio_hidden_states = audio.flush() + out * a_gate_mlp
     return hidden_states, audio_hidden_states
+
+
+def model_dtype_rope_forward(self, coords, device=None):
+    """``LTX2AudioVideoRotaryPosEmbed.forward`` with the tables in the transformer's float dtype (diffusers returns
+    float32). Why: the split tables ``[B, H, S, D/2]`` are, for each of cos and sin, as many float32 bytes as the bf16
+    q they rotate, and every attention producer of every block reads them for q and for k; in bf16 they are half
+    that. The bf16 rounding of cos/sin (<= 2^-9) is below the bf16 rounding of q and k themselves. (LTX-1's
+    ``compact_rope_forward`` also computes one sample for the batch; here the coordinates come per sample from the
+    pipeline, and checking that they agree would sync with the GPU.)"""
+    cos, sin = type(self).forward(self, coords, device)
+    model = self._q8_model()
+    dtype = model.dtype if model is not None else cos.dtype
+    return cos.to(dtype), sin.to(dtype)
+
+
+def install_model_dtype_rope(model: nn.Module) -> None:
+    """Give the LTX-2 model's four RoPE modules :func:`model_dtype_rope_forward` (undo:
+    :func:`uninstall_model_dtype_rope`)."""
+    for name in _ROPES:
+        rope = getattr(model, name, None)
+        if type(rope).__name__ == "LTX2AudioVideoRotaryPosEmbed" and "forward" not in rope.__dict__:
+            rope._q8_model = weakref.ref(model)  # no reference cycle through the module tree
+            rope.forward = types.MethodType(model_dtype_rope_forward, rope)
+
+
+def uninstall_model_dtype_rope(model: nn.Module) -> None:
+    for name in _ROPES:
+        rope = getattr(model, name, None)
+        if rope is not None and getattr(rope.__dict__.get("forward"), "__func__", None) is model_dtype_rope_forward:
+            del rope.forward, rope._q8_model

@@ -84,6 +84,16 @@ def _row_specs(cap: int, attempt: int = 0) -> list[Spec]:
                 for xd, qd in io_pairs:
                     out.append(_row_spec(cap, mode, K, hb, rotate, xd, qd, norm=norm, gelu=gelu, resid=resid,
                                          gate=gate, mod=mod, weight=False, attempt=attempt))
+    # what only the fused LTX-2 block launches (fused_ltx2.py): a norm without modulation (before text
+    # cross-attention), alone or after a gated residual, and a gated residual before a modulated norm (the a2v/v2a
+    # gates before the FFN's norm); bf16 rows in its two formats: int8 rotated, e4m3 unrotated (the Hopper default)
+    ltx2 = {"norm_nomod": (True, False, False), "add_gate_norm_nomod": (True, True, False),
+            "add_gate_norm": (True, True, True)}
+    for mode, (norm, gate, mod) in ltx2.items():
+        for K in dims:
+            for rotate, qd in ((True, INT8), (False, FP8)):
+                out.append(_row_spec(cap, mode, K, None, rotate, torch.bfloat16, qd, norm=norm, gelu=False,
+                                     resid=gate, gate=gate, mod=mod, weight=False, attempt=attempt))
     for K in dims:  # rms_norm: float rows out, no rotation, with an affine weight
         for xd in (torch.bfloat16, torch.float32):
             out.append(_row_spec(cap, "rms_norm", K, None, False, xd, xd, norm=True, gelu=False, resid=False,
