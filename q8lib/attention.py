@@ -46,12 +46,14 @@ def mask_to_key_lengths(mask: torch.Tensor, batch_size: int) -> torch.Tensor:
     return lengths
 
 
-def q8_attention_core(attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8", backend="auto"):
+def q8_attention_core(attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8", backend="auto",
+                      key_rotary_emb=None):
     """Everything between the projections and ``to_out``: ``norm_q``/``norm_k``, RoPE, attention.
 
     ``query [B, Sq, H*D]``, ``key``/``value [B, Sk, H*D]`` are the raw projection outputs;
     ``key_lengths [B]`` int32 right-padding lengths or ``None``; ``mode``: ``"fp8"``, ``"int8"`` or ``"sdpa"``
-    (``True``/``False`` as the earlier ``fp8`` flag). Returns ``[B, Sq, H*D]`` in ``value.dtype``.
+    (``True``/``False`` as the earlier ``fp8`` flag); ``key_rotary_emb``: the keys' own RoPE tables where they differ
+    from the queries' ``image_rotary_emb`` (LTX-2's a2v/v2a). Returns ``[B, Sq, H*D]`` in ``value.dtype``.
     Runs the backend's ``attention_core`` (the triton backend fuses norm + RoPE, + rotation and
     quantization for FP8 or smoothing, balancing and quantization for INT8, into its producers); under
     diffusers' context parallelism the backend's ``attention`` runs inside q8lib's ring/all-to-all exchange instead.
@@ -61,10 +63,11 @@ def q8_attention_core(attn, query, key, value, image_rotary_emb=None, key_length
     # Set by diffusers' enable_parallelism(ContextParallelConfig(...)) on processors that declare it.
     parallel = getattr(getattr(attn, "processor", None), "_parallel_config", None)
     if parallel is None:
-        return be.attention_core(attn, query, key, value, image_rotary_emb, key_lengths, mode).to(value.dtype)
+        return be.attention_core(attn, query, key, value, image_rotary_emb, key_lengths, mode,
+                                 key_rotary_emb).to(value.dtype)
     from .parallel import context_parallel_attention
 
-    q, k, v = attention_inputs(attn, query, key, value, image_rotary_emb)
+    q, k, v = attention_inputs(attn, query, key, value, image_rotary_emb, key_rotary_emb)
     out = context_parallel_attention(q, k, v, key_lengths, parallel,
                                      lambda q, k, v, lengths: be.attention(q, k, v, lengths, None, mode))
     return out.transpose(1, 2).flatten(2, 3).to(value.dtype)
@@ -140,9 +143,10 @@ class Q8LTX2AttnProcessor(Q8AttnProcessor):
     ``key_rotary_emb`` (a2v/v2a cross-attention; default: the query's), attention, ``2 * sigmoid(gate logits)``
     per head, ``to_out``. Spatio-temporal guidance as diffusers' perturbed processor: ``all_perturbed`` skips
     attention (the values pass), ``perturbation_mask [B, 1, 1]`` interpolates between values and attention.
-    Attention whose keys share the query's RoPE (or have none) runs :func:`q8_attention_core` (LTX-1's path: norm +
-    RoPE, interleaved or split, fused into the producers on a GPU); the rest :func:`q8lib.ltx2.ltx2_attention_core`. Masks that are not right-padded key masks run SDPA
-    in the model dtype (:func:`q8lib.ltx2.key_mask`). Context parallelism is refused.
+    Attention with key lengths or no mask runs :func:`q8_attention_core` (norm + RoPE, interleaved or split, the
+    keys' own tables in a2v/v2a, fused into the producers on a GPU); masks that are not right-padded key masks run
+    :func:`q8lib.ltx2.ltx2_attention_core`, SDPA under the mask in the model dtype (:func:`q8lib.ltx2.key_mask`).
+    Context parallelism is refused.
     """
 
     def __init__(self, mode: str | bool = "fp8", backend: str = "auto", *, fp8: bool | None = None):
@@ -174,8 +178,9 @@ class Q8LTX2AttnProcessor(Q8AttnProcessor):
             out = value
         else:
             key_lengths, bias = key_mask(attention_mask, hidden_states.shape[0])
-            if bias is None and key_rotary_emb is None:  # interleaved or split RoPE: the fused producers on a GPU
-                out = q8_attention_core(attn, query, key, value, query_rotary_emb, key_lengths, self.mode, self.backend)
+            if bias is None:  # interleaved or split RoPE, the keys' own or the queries': the producers on a GPU
+                out = q8_attention_core(attn, query, key, value, query_rotary_emb, key_lengths, self.mode, self.backend,
+                                        key_rotary_emb)
             else:
                 out = ltx2_attention_core(attn, query, key, value, query_rotary_emb, key_rotary_emb, key_lengths, bias,
                                           self.mode == "fp8", self.backend)

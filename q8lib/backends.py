@@ -100,11 +100,13 @@ class Backend:
             return ref.int8_attention_ref(q, k, v, key_lengths, sm_scale)
         return ref.sdpa_attention(q, k, v, key_lengths, sm_scale)
 
-    def attention_core(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8"):
-        """Everything between an ``LTXAttention``'s projections and its ``to_out``: ``norm_q``/``norm_k``,
-        RoPE (``(cos, sin) [B, S, H*D]``), :meth:`attention` in ``mode``. ``query [B, Sq, H*D]``, ``key``/``value
-        [B, Sk, H*D]``, ``key_lengths [B]`` int32 or ``None`` -> ``[B, Sq, H*D]``."""
-        q, k, v = ref.attention_inputs(attn, query, key, value, image_rotary_emb)
+    def attention_core(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8",
+                       key_rotary_emb=None):
+        """Everything between an ``LTXAttention``'s (or ``LTX2Attention``'s) projections and its ``to_out``:
+        ``norm_q``/``norm_k``, RoPE (``(cos, sin) [B, S, H*D]`` or LTX-2's split ``[B|1, H, S, D/2]``; the keys'
+        own tables ``key_rotary_emb`` where they differ), :meth:`attention` in ``mode``. ``query [B, Sq, H*D]``,
+        ``key``/``value [B, Sk, H*D]``, ``key_lengths [B]`` int32 or ``None`` -> ``[B, Sq, H*D]``."""
+        q, k, v = ref.attention_inputs(attn, query, key, value, image_rotary_emb, key_rotary_emb)
         return self.attention(q, k, v, key_lengths, None, mode).transpose(1, 2).flatten(2, 3)
 
     def __repr__(self) -> str:

@@ -10,8 +10,8 @@ quantization:
 * the residual add after an attention (gated by the AdaLN or a2v/v2a gate where diffusers gates it) is fused into
   the next norm's quantization (``add_quantize``: the new hidden states written once, not read back);
 * the text is quantized once per cross-attention for ``to_k``/``to_v``; attention outputs once for ``to_out``;
-* attention runs :func:`q8lib.attention.q8_attention_core` (norm_q/k + RoPE fused into the producers on a GPU)
-  where the keys share the query's RoPE and the mask is key lengths, else :func:`q8lib.ltx2.ltx2_attention_core`,
+* attention runs :func:`q8lib.attention.q8_attention_core` (norm_q/k + RoPE fused into the producers on a GPU,
+  a2v/v2a with the keys' own tables) where the mask is key lengths, else :func:`q8lib.ltx2.ltx2_attention_core`,
   as :class:`q8lib.attention.Q8LTX2AttnProcessor` chooses; FFNs run :func:`q8lib.fused_ops.ffn`.
 
 Why: in the compiled LTX-2 forward on an H200 (``benchmarks/results/transformer_ltx2_h200_s10.json``) the norms
@@ -122,8 +122,8 @@ def _attend(st, be, attn, x, ctx, dtype, q_rope=None, k_rope=None, mask=None):
     q = linear(be, attn.to_q, *x, dtype)
     k, v = linear(be, attn.to_k, *ctx, dtype), linear(be, attn.to_v, *ctx, dtype)
     lengths, bias = once_per_mask(mask, q.shape[0], key_mask, "_q8lib_key_mask") or (None, None)
-    if bias is None and k_rope is None:
-        out = q8_attention_core(attn, q, k, v, q_rope, lengths, st["mode"], st["backend"])
+    if bias is None:
+        out = q8_attention_core(attn, q, k, v, q_rope, lengths, st["mode"], st["backend"], k_rope)
     else:
         out = ltx2_attention_core(attn, q, k, v, q_rope, k_rope, lengths, bias, st["mode"] == "fp8", st["backend"])
     out_q = q8_of(attn.to_out[0])

@@ -20,10 +20,10 @@ video-to-audio cross-attention (``audio_to_video_attn``, ``video_to_audio_attn``
   key RoPE for a2v/v2a, gated attention, STG perturbation) over the helpers below: RoPE in both of diffusers'
   layouts (``rope_type="interleaved"``: ``(cos, sin) [B, S, H*D]``; ``"split"``, the released checkpoints':
   ``[B, H, S, D/2]``), key masks as right-padded lengths (FP8 or SDPA) or, for masks that are not, as an
-  additive bias (SDPA in the model dtype). Attention whose keys share the query's RoPE (or have none) takes LTX-1's
-  path (:func:`q8lib.attention.q8_attention_core`: norm + RoPE, interleaved or split, fused into the q/k producers on
-  a GPU); a2v/v2a cross-attention (separate key RoPE) and per-query masks apply ``norm_q``/``norm_k`` and RoPE in
-  PyTorch (:func:`ltx2_attention_core`), then the backend's attention op.
+  additive bias (SDPA in the model dtype). Attention with key lengths or no mask takes LTX-1's path
+  (:func:`q8lib.attention.q8_attention_core`: norm + RoPE, interleaved or split, with the keys' own tables in a2v/v2a,
+  fused into the q/k producers on a GPU); masks per query or with left padding apply ``norm_q``/``norm_k`` and RoPE in
+  PyTorch (:func:`ltx2_attention_core`), then SDPA under the mask.
 * **Fused blocks** (:mod:`q8lib.fused_ltx2`, installed on the triton backend as for LTX-1): in LTX-2.0's layout
   each norm + modulation is one pass with the quantization after it, and each residual add is folded into the
   next one. Blocks in LTX-2.3's layout (gated attention, cross-attention modulation) and calls under STG

@@ -166,12 +166,14 @@ def apply_any_rotary_emb(x: torch.Tensor, freqs) -> torch.Tensor:
     return apply_split_rotary_emb(x, freqs) if is_split_rope(freqs) else apply_rotary_emb(x, freqs)
 
 
-def attention_inputs(attn, query, key, value, image_rotary_emb=None):
-    """``norm_q``/``norm_k`` and RoPE as diffusers' LTX processor applies them (interleaved or LTX-2's split
-    tables), then heads split: ``[B, S, H*D]`` projections -> ``q, k, v [B, H, S, D]``."""
+def attention_inputs(attn, query, key, value, image_rotary_emb=None, key_rotary_emb=None):
+    """``norm_q``/``norm_k`` and RoPE as diffusers' LTX processors apply them (interleaved or LTX-2's split
+    tables; the keys' own tables ``key_rotary_emb`` where they differ from the queries', as in LTX-2's a2v/v2a
+    cross-attention), then heads split: ``[B, S, H*D]`` projections -> ``q, k, v [B, H, S, D]``."""
     query, key = attn.norm_q(query), attn.norm_k(key)
     if image_rotary_emb is not None:
-        query, key = apply_any_rotary_emb(query, image_rotary_emb), apply_any_rotary_emb(key, image_rotary_emb)
+        query = apply_any_rotary_emb(query, image_rotary_emb)
+        key = apply_any_rotary_emb(key, image_rotary_emb if key_rotary_emb is None else key_rotary_emb)
     return tuple(t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (query, key, value))
 
 

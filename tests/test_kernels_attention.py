@@ -444,6 +444,39 @@ def test_fused_attention_core_split_rope(seed):
     assert rel_err(want_q, qq.transpose(1, 2).flatten(2)) < 1e-12
 
 
+@pytest.mark.parametrize("split", [True, False])
+def test_fused_attention_core_key_rope(seed, split):
+    """LTX-2's a2v/v2a cross-attention: the keys (another stream, another length) take their own RoPE tables. The
+    fused producers (FP8 and SDPA) match the generic path, which applies each table to its own operand; INT8
+    declines (one table for both in its producers)."""
+    attn = _ltx_attention(False)
+    B, Sq, Sk, inner, H = 2, 40, 19, 128, 2
+    q, k, v = _rand(B, Sq, inner), _rand(B, Sk, inner), _rand(B, Sk, inner)
+    if split:
+        rope, key_rope = _split_tables(B, H, Sq, inner // H), _split_tables(B, H, Sk, inner // H)
+    else:
+        rope, key_rope = (tuple(f(_rand(B, n, inner // 2).repeat_interleave(2, -1)) for f in (torch.cos, torch.sin))
+                          for n in (Sq, Sk))  # interleaved tables [B, S, H*D]
+    dbl = lambda t: tuple(x.double() for x in t)  # noqa: E731
+    with torch.no_grad():
+        got = ka.fused_attention_core(attn, q, k, v, rope, None, "fp8", key_rope)
+        r8 = q8_attention_core(attn, q, k, v, rope, None, "fp8", "reference", key_rope)
+        exact = q8_attention_core(attn, q.double(), k.double(), v.double(), dbl(rope), None, "sdpa", "reference",
+                                  dbl(key_rope))
+        sdpa = ka.fused_attention_core(attn, q, k, v, rope, None, "sdpa", key_rope)
+        assert ka.fused_attention_core(attn, q, k, v, rope, None, "int8", key_rope) is None
+        assert ka.fused_attention_core(attn, q, k, v, None, None, "fp8", key_rope) is None  # key tables alone
+        assert ka.fused_attention_core(attn, q, k, v, rope, None, "fp8") is None  # lengths differ, one table
+    assert got is not None and got.shape == (B, Sq, inner)
+    assert rel_err(r8, got) < 0.04  # as the self-attention tests: float32-vs-bf16 rounding, key blocking
+    assert rel_err(exact, got) < rel_err(exact, r8) * 1.3 + 1e-3
+    assert sdpa is not None and rel_err(exact, sdpa) < 1e-5
+    # the generic path: the queries rotated by their tables, the keys by theirs
+    qq, kk, _ = ref.attention_inputs(attn, q.double(), k.double(), v.double(), dbl(rope), dbl(key_rope))
+    for x, norm, tables, got_x in ((q, attn.norm_q, rope, qq), (k, attn.norm_k, key_rope, kk)):
+        assert rel_err(ref.apply_any_rotary_emb(norm(x.double()), dbl(tables)), got_x.transpose(1, 2).flatten(2)) < 1e-12
+
+
 @pytest.mark.gpu
 def test_gpu_split_rope_producers_ltx2_shape(seed):
     """LTX-2's video self-attention (32 heads of 128, 6144 tokens), bf16 rows, float32 split tables [1, H, S, 64]:
@@ -460,3 +493,22 @@ def test_gpu_split_rope_producers_ltx2_shape(seed):
     q8, qs = P.quant_qk(x.unflatten(2, (H, D)), w, 1e-6, cos, sin, 0.3)
     r8, rs = P.quant_qk_ref(x.unflatten(2, (H, D)), w, 1e-6, cos, sin, 0.3)
     assert rel_err(r8.float() * rs[..., None], q8.float() * qs[..., None]) < 0.01
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["fp8", "sdpa"])
+def test_gpu_key_rope_ltx2_a2v_shape(seed, mode):
+    """LTX-2's audio-to-video cross-attention at full size: 6144 video queries and 126 audio keys, 32 heads of 64,
+    each side with its own split tables (float32 [B, H, S, 32]), bf16 rows; the fused producers vs the generic path."""
+    B, Sq, Sk, H, D = 2, 6144, 126, 32, 64
+    attn = ltx_attention(True, D, H, "cuda").to(torch.bfloat16)
+    q = torch.randn(B, Sq, H * D, device="cuda").to(torch.bfloat16)
+    k, v = (torch.randn(B, Sk, H * D, device="cuda").to(torch.bfloat16) for _ in range(2))
+    rope, key_rope = (tuple(f(torch.rand(B, H, n, D // 2, device="cuda") * 6.28) for f in (torch.cos, torch.sin))
+                      for n in (Sq, Sk))
+    with torch.no_grad():
+        got = ka.fused_attention_core(attn, q, k, v, rope, None, mode, key_rope)
+        exact = q8_attention_core(attn, q.float(), k.float(), v.float(), rope, None, "sdpa", "reference", key_rope)
+    assert got is not None and got.shape == (B, Sq, H * D)
+    # e4m3 q/k/P/V: ~3-5% on Gaussian rows (the attention accuracy study); SDPA: bf16 rows, ~1%
+    assert rel_err(exact, got.float()) < (0.08 if mode == "fp8" else 0.02)

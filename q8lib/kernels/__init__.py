@@ -78,10 +78,13 @@ class TritonBackend(Backend):
     def attention(self, q, k, v, key_lengths=None, sm_scale=None, mode="fp8"):
         return self._attention.attention(q, k, v, key_lengths, sm_scale, mode)
 
-    def attention_core(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8"):
-        out = self._attention.fused_attention_core(attn, query, key, value, image_rotary_emb, key_lengths, mode)
+    def attention_core(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8",
+                       key_rotary_emb=None):
+        out = self._attention.fused_attention_core(attn, query, key, value, image_rotary_emb, key_lengths, mode,
+                                                   key_rotary_emb)
         if out is None:  # a module layout the producers do not take: torch norm + RoPE, then the same kernel
-            return super().attention_core(attn, query, key, value, image_rotary_emb, key_lengths, mode)
+            return super().attention_core(attn, query, key, value, image_rotary_emb, key_lengths, mode,
+                                          key_rotary_emb)
         return out
 
 

@@ -69,11 +69,13 @@ def _producer_args(D, sm_scale, qnorm, knorm, rope):
     return (sm_scale * LOG2E, qw, qeps, kw, keps) + (rope if rope is not None else (None, None))
 
 
-def _fp8_bshd(q, k, v, key_lengths, sm_scale, qnorm=None, knorm=None, rope=None):
-    """FP8 attention of ``[B, S, H, D]`` views -> ``[B, Sq, H, D]``; norms are ``(weight, eps)``."""
+def _fp8_bshd(q, k, v, key_lengths, sm_scale, qnorm=None, knorm=None, rope=None, key_rope=None):
+    """FP8 attention of ``[B, S, H, D]`` views -> ``[B, Sq, H, D]``; norms are ``(weight, eps)``; ``key_rope``: the
+    keys' own RoPE tables (default: ``rope``)."""
     qscale, qw, qeps, kw, keps, cos, sin = _producer_args(q.shape[-1], sm_scale, qnorm, knorm, rope)
+    kcos, ksin = (cos, sin) if key_rope is None else key_rope
     q8, qs = quant_qk(q, qw, qeps, cos, sin, qscale)
-    k8, ks = quant_qk(k, kw, keps, cos, sin, 1.0)
+    k8, ks = quant_qk(k, kw, keps, kcos, ksin, 1.0)
     vt8, vs = quant_v(v)
     return attention_fwd(q8, qs, k8, ks, vt8, vs, key_lengths, q.shape[1], k.shape[1], v.dtype)
 
@@ -126,8 +128,23 @@ def _norm_params(norm):
     return None
 
 
-def fused_attention_core(attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8"):
-    """``q8_attention_core`` for the triton backend. ``[B, S, H*D]`` in, ``[B, Sq, H*D]`` out.
+def _producer_tables(freqs, shape, mode):
+    """RoPE tables as the producers take them for rows ``shape = (B, S, H, D)``: split ``[B|1, H, S, D/2]`` (FP8 and
+    SDPA producers) or interleaved ``[B, S, H, D]`` views; ``None`` when they cannot take them."""
+    cos, sin = freqs
+    if ref.is_split_rope(freqs):  # LTX-2's split tables
+        if mode == "int8" or not _split_tables(cos, sin, shape):
+            return None
+        return tuple(_last_contiguous(t) for t in (cos, sin))
+    if cos.shape[-2:] != (shape[1], shape[2] * shape[3]) or sin.shape != cos.shape:
+        return None
+    return tuple(_last_contiguous(t).unflatten(2, (shape[2], -1)) for t in (cos, sin))
+
+
+def fused_attention_core(attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8",
+                         key_rotary_emb=None):
+    """``q8_attention_core`` for the triton backend. ``[B, S, H*D]`` in, ``[B, Sq, H*D]`` out; ``key_rotary_emb``:
+    the keys' own RoPE tables where they differ from the queries' (LTX-2's a2v/v2a cross-attention; FP8 and SDPA).
 
     ``mode="fp8"``: norm_q/norm_k + RoPE + Hadamard + scale + e4m3 in one producer per operand, then the FP8
     kernel. ``"int8"``: norm_q/norm_k + RoPE in the INT8 producers (statistics pass, then smoothing, balancing,
@@ -143,23 +160,26 @@ def fused_attention_core(attn, query, key, value, image_rotary_emb=None, key_len
     q, k, v = (_last_contiguous(t).unflatten(2, (heads, -1)) for t in (query, key, value))
     if unsupported_reason(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)) is not None:
         return None
-    rope = None
+    rope = key_rope = None
     if image_rotary_emb is not None:
-        cos, sin = image_rotary_emb
-        if key.shape[1] != query.shape[1]:
-            return None
-        if ref.is_split_rope(image_rotary_emb):  # LTX-2's split tables [B|1, H, S, D/2]: the FP8/SDPA producers
-            if mode == "int8" or not _split_tables(cos, sin, q.shape):
+        rope = _producer_tables(image_rotary_emb, q.shape, mode)
+        if key_rotary_emb is not None:  # the keys' own tables (FP8 and SDPA producers take q and k separately)
+            key_rope = None if mode == "int8" else _producer_tables(key_rotary_emb, k.shape, mode)
+            if key_rope is None:
                 return None
-            rope = tuple(_last_contiguous(t) for t in (cos, sin))
-        elif cos.shape[-2:] != query.shape[-2:]:
+        elif key.shape[1] != query.shape[1]:
             return None
-        else:
-            rope = tuple(_last_contiguous(t).unflatten(2, (heads, -1)) for t in (cos, sin))
-    if mode != "sdpa":
-        out = (_fp8_bshd if mode == "fp8" else _int8_bshd)(q, k, v, key_lengths, None, qn, kn, rope)
+        if rope is None:
+            return None
+    elif key_rotary_emb is not None:
+        return None
+    if mode == "fp8":
+        out = _fp8_bshd(q, k, v, key_lengths, None, qn, kn, rope, key_rope)
+    elif mode == "int8":
+        out = _int8_bshd(q, k, v, key_lengths, None, qn, kn, rope)
     else:
         cos, sin = rope if rope is not None else (None, None)
-        q, k = norm_rope(q, qn[0], qn[1], cos, sin), norm_rope(k, kn[0], kn[1], cos, sin)
+        kcos, ksin = (cos, sin) if key_rope is None else key_rope
+        q, k = norm_rope(q, qn[0], qn[1], cos, sin), norm_rope(k, kn[0], kn[1], kcos, ksin)
         out = ref.sdpa_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_lengths).transpose(1, 2)
     return out.flatten(2, 3)
