@@ -46,12 +46,19 @@ def test_fused_equals_diffusers_forward_reference(seed, weight_dtype, attention)
         torch.testing.assert_close(o, u, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("case", ["isolated", "self_mask", "left_padded_text"])
+@pytest.mark.parametrize("case", ["isolated", "self_mask", "left_padded_text", "per_token_timestep"])
 def test_fused_paths_for_masks_and_isolated_modalities(seed, case):
     """No a2v/v2a cross-attention (``isolate_modalities``), a per-query video self-attention mask (IC-LoRA's kind:
-    SDPA under the mask) and a text mask that is not right padding (SDPA under the mask): same as diffusers'."""
+    SDPA under the mask), a text mask that is not right padding (SDPA under the mask), and per-token video timesteps
+    (image-to-video: the conditioning frame at 0, so every modulation and gate is per token): same as diffusers'."""
     q8, inputs = _q8(seed=seed % 1000)
-    if case == "isolated":
+    if case == "per_token_timestep":
+        t = inputs["timestep"]
+        inputs["audio_timestep"] = t
+        inputs["timestep"] = t[:, None].repeat(1, inputs["hidden_states"].shape[1])
+        inputs["timestep"][:, :8] = 0.0
+        inputs["use_cross_timestep"] = False  # the a2v modulation and gates from the per-token timesteps too
+    elif case == "isolated":
         inputs["isolate_modalities"] = True
     elif case == "self_mask":
         s = inputs["hidden_states"].shape[1]
