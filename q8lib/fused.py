@@ -19,8 +19,8 @@ read and written as few times as possible:
 * a block whose linears carry an active LoRA adapter (:mod:`q8lib.lora`) runs diffusers' forward,
   which gives each linear, and so the adapter, its float input (the check: about 2 us per block).
 
-:func:`install_fused_ffns` gives the FFNs of blocks without a fused forward (LTX-2.3's gated blocks, blocks that are
-not fully Q8, or every block under ``attention="keep"``) the same FFN path: their input quantized once, the
+:func:`install_fused_ffns` gives the FFNs of blocks without a fused forward (blocks that are not fully Q8, or every
+block under ``attention="keep"``) the same FFN path: their input quantized once, the
 GELU in the down-projection's quantizer (or the GEMM epilogue) instead of a pass of its own.
 
 :func:`install_fused_blocks` swaps the forward of every eligible block (instance attribute, no
@@ -310,8 +310,8 @@ def install_if_fast(model: nn.Module, config, device: torch.device | str | None 
     """The hook of ``quantize_``/``load_q8``: install the fused forward when ``config.backend``
     resolves, for ``device`` (default: the model's device), to a backend whose fused ops are single kernels
     (``Backend.fused_blocks``: the triton backend), and the fused FFN forward in the blocks left with diffusers'
-    forward (:func:`install_fused_ffns`: LTX-2.3's gated blocks, or ``attention="keep"``); elsewhere diffusers'
-    forward stays. Returns the number of fused blocks. ``device`` is for a model built on the CPU that runs on a
+    forward (:func:`install_fused_ffns`: blocks that are not fully Q8, or ``attention="keep"``); elsewhere
+    diffusers' forward stays. Returns the number of fused blocks. ``device`` is for a model built on the CPU that runs on a
     GPU (CPU offload)."""
     p = next(iter(model.parameters()), None)
     if p is None or not resolve_backend(config.backend, p.device if device is None else device).fused_blocks:

@@ -16,15 +16,18 @@ quantization:
 
 Why: in the compiled LTX-2 forward on an H200 (``benchmarks/results/transformer_ltx2_h200_s10.json``) the norms
 and modulations (inductor kernels writing bf16) and q8lib's separate row quantizations took ~80 of its 118 ms of
-glue. Blocks with LTX-2.3's gated attention or cross-attention modulation keep diffusers' forward (the gate logits
-need each attention's float input); so do calls with STG perturbation, an active LoRA adapter, sequential CPU
-offload or an argument this forward does not know. Installed by :func:`q8lib.fused.install_fused_blocks`.
+glue. LTX-2.3's layout is fused too: a gated attention's gate logits read its float query input, so that norm is
+also computed in float (one more pass, for ``to_gate_logits`` kept in high precision); cross-attention modulation
+(the query's norm modulated, the text modulated by the prompt table, the output gated) follows diffusers. Calls with
+STG perturbation, an active LoRA adapter, sequential CPU offload or an argument this forward does not know run
+diffusers' forward. Installed by :func:`q8lib.fused.install_fused_blocks`.
 """
 from __future__ import annotations
 
 import types
 import weakref
 
+import torch
 from torch import nn
 
 from .attention import q8_attention_core
@@ -65,11 +68,7 @@ def eligible(block, mode: str = "fp8") -> str | None:
         return f"a {type(block).__name__}, not diffusers' {BLOCK_CLASS}"
     if mode == "int8":
         return "INT8 attention is not built for LTX-2's attention"
-    if block.video_cross_attn_adaln or block.audio_cross_attn_adaln:
-        return "cross-attention modulation (LTX-2.3 layout) runs diffusers' forward"
     try:
-        if any(getattr(block, a).to_gate_logits is not None for a in _ATTENTIONS):
-            return "gated attention (LTX-2.3 layout): its gate logits need the attention's float input"
         lins = [q8_of(m) for m in block_linears(block)]
         norms = [getattr(block, n) for n in _NORMS]
     except (AttributeError, IndexError, TypeError) as e:
@@ -82,8 +81,10 @@ def eligible(block, mode: str = "fp8") -> str | None:
         return "linears differ in 8-bit dtype, Hadamard block or backend"
     if not all(hasattr(n, "eps") and hasattr(n, "weight") for n in norms):
         return "a block norm is not an RMSNorm"
-    if block.scale_shift_table.shape[0] != 6 or block.audio_scale_shift_table.shape[0] != 6:
-        return "a scale_shift_table is not [6, dim]"
+    for table, adaln in ((block.scale_shift_table, block.video_cross_attn_adaln),
+                         (block.audio_scale_shift_table, block.audio_cross_attn_adaln)):
+        if table.shape[0] != (9 if adaln else 6):
+            return f"a scale_shift_table has {table.shape[0]} rows, not {9 if adaln else 6}"
     return None
 
 
@@ -118,7 +119,11 @@ class _Stream:
 
 def _attend(st, be, attn, x, ctx, dtype, q_rope=None, k_rope=None, mask=None):
     """One attention from quantized query rows ``x`` and key/value rows ``ctx`` (``(codes, scales)`` pairs) to its
-    ``to_out`` output ``[B, Sq, D]``, routed as :class:`q8lib.attention.Q8LTX2AttnProcessor` routes it."""
+    ``to_out`` output ``[B, Sq, D]``, routed as :class:`q8lib.attention.Q8LTX2AttnProcessor` routes it. A gated
+    attention's ``x`` is ``(codes, scales, float rows)``: its gate logits come from the float query input, as in
+    diffusers (``to_gate_logits`` stays in high precision)."""
+    gates = 2.0 * torch.sigmoid(attn.to_gate_logits(x[2])) if attn.to_gate_logits is not None else None  # [B, S, H]
+    x = x[:2]
     q = linear(be, attn.to_q, *x, dtype)
     k, v = linear(be, attn.to_k, *ctx, dtype), linear(be, attn.to_v, *ctx, dtype)
     lengths, bias = once_per_mask(mask, q.shape[0], key_mask, "_q8lib_key_mask") or (None, None)
@@ -126,6 +131,8 @@ def _attend(st, be, attn, x, ctx, dtype, q_rope=None, k_rope=None, mask=None):
         out = q8_attention_core(attn, q, k, v, q_rope, lengths, st["mode"], st["backend"], k_rope)
     else:
         out = ltx2_attention_core(attn, q, k, v, q_rope, k_rope, lengths, bias, st["mode"] == "fp8", st["backend"])
+    if gates is not None:  # 2 * sigmoid: zero logits give gates of 1
+        out = (out.unflatten(2, (attn.heads, -1)) * gates.unsqueeze(-1)).flatten(2, 3)
     out_q = q8_of(attn.to_out[0])
     return linear(be, out_q, *be.quantize_activation(out, out_q.qdtype, out_q.hadamard_block), dtype)
 
@@ -167,8 +174,8 @@ def fused_ltx2_block_forward(self, hidden_states, audio_hidden_states, encoder_h
 
 def _fused_forward(self, hidden_states, audio_hidden_states, encoder_hidden_states, audio_encoder_hidden_states,
                    temb, temb_audio, temb_ca_scale_shift, temb_ca_audio_scale_shift, temb_ca_gate, temb_ca_audio_gate,
-                   video_rotary_emb, audio_rotary_emb, ca_video_rotary_emb, ca_audio_rotary_emb,
-                   encoder_attention_mask, audio_encoder_attention_mask, self_attention_mask,
+                   temb_prompt, temb_prompt_audio, video_rotary_emb, audio_rotary_emb, ca_video_rotary_emb,
+                   ca_audio_rotary_emb, encoder_attention_mask, audio_encoder_attention_mask, self_attention_mask,
                    audio_self_attention_mask, a2v_cross_attention_mask, v2a_cross_attention_mask,
                    use_a2v_cross_attention, use_v2a_cross_attention, **_):
     st = self._q8_fused
@@ -178,45 +185,63 @@ def _fused_forward(self, hidden_states, audio_hidden_states, encoder_hidden_stat
     video = _Stream(be, hidden_states, qd, hb)
     audio = _Stream(be, audio_hidden_states, qd, hb)
     dt, adt = hidden_states.dtype, audio_hidden_states.dtype
-    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.get_mod_params(
-        self.scale_shift_table, temb, batch)
-    a_shift_msa, a_scale_msa, a_gate_msa, a_shift_mlp, a_scale_mlp, a_gate_mlp = self.get_mod_params(
-        self.audio_scale_shift_table, temb_audio, batch)
+    v_ada = self.get_mod_params(self.scale_shift_table, temb, batch)
+    a_ada = self.get_mod_params(self.audio_scale_shift_table, temb_audio, batch)
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = v_ada[:6]
+    a_shift_msa, a_scale_msa, a_gate_msa, a_shift_mlp, a_scale_mlp, a_gate_mlp = a_ada[:6]
+
+    def query(stream, norm, attn, scale=None, shift=None):
+        """The attention's query rows: codes and scales, plus the float rows its gate logits read if it is gated."""
+        x = stream.norm_quantize(norm, scale, shift)
+        if attn.to_gate_logits is None:
+            return x
+        return (*x, be.rms_norm(stream.h, norm.weight, norm.eps, scale, shift))
 
     # 1. self-attention of each stream: norm + modulation quantized once for q, k and v
-    x = video.norm_quantize(self.norm1, scale_msa, shift_msa)
-    video.add(_attend(st, be, self.attn1, x, x, dt, video_rotary_emb, None, self_attention_mask), gate_msa)
-    x = audio.norm_quantize(self.audio_norm1, a_scale_msa, a_shift_msa)
-    audio.add(_attend(st, be, self.audio_attn1, x, x, adt, audio_rotary_emb, None, audio_self_attention_mask),
+    x = query(video, self.norm1, self.attn1, scale_msa, shift_msa)
+    video.add(_attend(st, be, self.attn1, x, x[:2], dt, video_rotary_emb, None, self_attention_mask), gate_msa)
+    x = query(audio, self.audio_norm1, self.audio_attn1, a_scale_msa, a_shift_msa)
+    audio.add(_attend(st, be, self.audio_attn1, x, x[:2], adt, audio_rotary_emb, None, audio_self_attention_mask),
               a_gate_msa)
 
-    # 2. text cross-attention (no modulation in this layout): the residual add in the norm's pass
-    text = be.quantize_activation(encoder_hidden_states, qd, hb)
-    video.add(_attend(st, be, self.attn2, video.norm_quantize(self.norm2), text, dt, mask=encoder_attention_mask))
-    text = be.quantize_activation(audio_encoder_hidden_states, qd, hb)
-    audio.add(_attend(st, be, self.audio_attn2, audio.norm_quantize(self.audio_norm2), text, adt,
-                      mask=audio_encoder_attention_mask))
+    # 2. text cross-attention; in LTX-2.3's layout (cross_attn_adaln) the query's norm is modulated, the output
+    # gated, and the text modulated by the prompt's own table
+    text_mod = a_text_mod = None
+    if self.cross_attn_adaln:
+        text_mod = _prompt_mod(self, self.prompt_scale_shift_table, temb_prompt, batch, hidden_states)
+        a_text_mod = _prompt_mod(self, self.audio_prompt_scale_shift_table, temb_prompt_audio, batch,
+                                 audio_hidden_states)
+    for stream, norm, attn, ctx, ctx_mod, ada, adaln, mask, dtype in (
+            (video, self.norm2, self.attn2, encoder_hidden_states, text_mod, v_ada, self.video_cross_attn_adaln,
+             encoder_attention_mask, dt),
+            (audio, self.audio_norm2, self.audio_attn2, audio_encoder_hidden_states, a_text_mod, a_ada,
+             self.audio_cross_attn_adaln, audio_encoder_attention_mask, adt)):
+        shift_q, scale_q, gate_q = ada[6:9] if adaln else (None, None, None)
+        if ctx_mod is not None:
+            ctx = ctx * (1 + ctx_mod[1]) + ctx_mod[0]
+        x = query(stream, norm, attn, scale_q, shift_q)
+        stream.add(_attend(st, be, attn, x, be.quantize_activation(ctx, qd, hb), dtype, mask=mask), gate_q)
 
     # 3. audio-to-video and video-to-audio: each side's norm under the a2v and the v2a modulation, both taken
     # before either cross-attention adds to its stream (as diffusers)
     if use_a2v_cross_attention or use_v2a_cross_attention:
-        v_a2v_scale, v_a2v_shift, v_v2a_scale, v_v2a_shift = self.get_mod_params(
-            self.video_a2v_cross_attn_scale_shift_table[:4, :], temb_ca_scale_shift, batch)
+        v_a2v_scale, v_a2v_shift, v_v2a_scale, v_v2a_shift = (t.squeeze(2) for t in self.get_mod_params(
+            self.video_a2v_cross_attn_scale_shift_table[:4, :], temb_ca_scale_shift, batch))
         a2v_gate = self.get_mod_params(self.video_a2v_cross_attn_scale_shift_table[4:, :], temb_ca_gate,
                                        batch)[0].squeeze(2)
-        a_a2v_scale, a_a2v_shift, a_v2a_scale, a_v2a_shift = self.get_mod_params(
-            self.audio_a2v_cross_attn_scale_shift_table[:4, :], temb_ca_audio_scale_shift, batch)
+        a_a2v_scale, a_a2v_shift, a_v2a_scale, a_v2a_shift = (t.squeeze(2) for t in self.get_mod_params(
+            self.audio_a2v_cross_attn_scale_shift_table[:4, :], temb_ca_audio_scale_shift, batch))
         v2a_gate = self.get_mod_params(self.audio_a2v_cross_attn_scale_shift_table[4:, :], temb_ca_audio_gate,
                                        batch)[0].squeeze(2)
         a2v = v2a = None
         if use_a2v_cross_attention:
-            vq = video.norm_quantize(self.audio_to_video_norm, v_a2v_scale.squeeze(2), v_a2v_shift.squeeze(2))
-            akv = audio.norm_quantize(self.video_to_audio_norm, a_a2v_scale.squeeze(2), a_a2v_shift.squeeze(2))
+            vq = query(video, self.audio_to_video_norm, self.audio_to_video_attn, v_a2v_scale, v_a2v_shift)
+            akv = audio.norm_quantize(self.video_to_audio_norm, a_a2v_scale, a_a2v_shift)
             a2v = (self.audio_to_video_attn, vq, akv, dt, ca_video_rotary_emb, ca_audio_rotary_emb,
                    a2v_cross_attention_mask)
         if use_v2a_cross_attention:
-            vkv = video.norm_quantize(self.audio_to_video_norm, v_v2a_scale.squeeze(2), v_v2a_shift.squeeze(2))
-            aq = audio.norm_quantize(self.video_to_audio_norm, a_v2a_scale.squeeze(2), a_v2a_shift.squeeze(2))
+            vkv = video.norm_quantize(self.audio_to_video_norm, v_v2a_scale, v_v2a_shift)
+            aq = query(audio, self.video_to_audio_norm, self.video_to_audio_attn, a_v2a_scale, a_v2a_shift)
             v2a = (self.video_to_audio_attn, aq, vkv, adt, ca_audio_rotary_emb, ca_video_rotary_emb,
                    v2a_cross_attention_mask)
         if a2v is not None:
@@ -231,6 +256,13 @@ def _fused_forward(self, hidden_states, audio_hidden_states, encoder_hidden_stat
     audio_hidden_states = audio.flush() + out * a_gate_mlp
     return hidden_states, audio_hidden_states
 
+
+def _prompt_mod(block, table, temb_prompt, batch, like):
+    """``(shift, scale)`` of the text for cross-attention (LTX-2.3): from ``temb_prompt`` when the model passes it,
+    else the static per-layer table (diffusers' ``use_prompt_adaln_single=False``)."""
+    if temb_prompt is not None:
+        return block.get_mod_params(table, temb_prompt, batch)
+    return table[None, None].to(device=like.device, dtype=like.dtype).unbind(dim=2)
 
 def model_dtype_rope_forward(self, coords, device=None):
     """``LTX2AudioVideoRotaryPosEmbed.forward`` with the tables in the transformer's float dtype (diffusers returns

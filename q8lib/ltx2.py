@@ -24,11 +24,10 @@ video-to-audio cross-attention (``audio_to_video_attn``, ``video_to_audio_attn``
   (:func:`q8lib.attention.q8_attention_core`: norm + RoPE, interleaved or split, with the keys' own tables in a2v/v2a,
   fused into the q/k producers on a GPU); masks per query or with left padding apply ``norm_q``/``norm_k`` and RoPE in
   PyTorch (:func:`ltx2_attention_core`), then SDPA under the mask.
-* **Fused blocks** (:mod:`q8lib.fused_ltx2`, installed on the triton backend as for LTX-1): in LTX-2.0's layout
-  each norm + modulation is one pass with the quantization after it, and each residual add is folded into the
-  next one. Blocks in LTX-2.3's layout (gated attention, cross-attention modulation) and calls under STG
-  perturbation or with an active LoRA adapter run diffusers' ``LTX2VideoTransformerBlock.forward`` on the Q8
-  modules, with two fusions below the block: each attention quantizes its context once for ``to_k``/``to_v`` (and
+* **Fused blocks** (:mod:`q8lib.fused_ltx2`, installed on the triton backend as for LTX-1; LTX-2.0's and
+  LTX-2.3's layouts): each norm + modulation is one pass with the quantization after it, and each residual add is
+  folded into the next one. Calls under STG perturbation or with an active LoRA adapter run diffusers'
+  ``LTX2VideoTransformerBlock.forward`` on the Q8 modules, with two fusions below the block: each attention quantizes its context once for ``to_k``/``to_v`` (and
   for ``to_q`` in self-attention: :func:`q8lib.attention.project_qkv`), and on the triton backend each FFN runs
   q8lib's FFN path (:func:`q8lib.fused.install_fused_ffns`: the GELU in the down-projection's quantizer).
   Context parallelism is not supported with q8lib's LTX-2 attention.

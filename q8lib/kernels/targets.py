@@ -94,10 +94,13 @@ def _row_specs(cap: int, attempt: int = 0) -> list[Spec]:
             for rotate, qd in ((True, INT8), (False, FP8)):
                 out.append(_row_spec(cap, mode, K, None, rotate, torch.bfloat16, qd, norm=norm, gelu=False,
                                      resid=gate, gate=gate, mod=mod, weight=False, attempt=attempt))
-    for K in dims:  # rms_norm: float rows out, no rotation, with an affine weight
+    for K in dims:  # rms_norm: float rows out, no rotation, with an affine weight (LTX-1) or without (LTX-2.3's
+        # gated attentions read their float query input in eager mode; under compile it is plain torch)
         for xd in (torch.bfloat16, torch.float32):
             out.append(_row_spec(cap, "rms_norm", K, None, False, xd, xd, norm=True, gelu=False, resid=False,
                                  gate=False, mod=True, weight=True, attempt=attempt))
+        out.append(_row_spec(cap, "rms_norm_noweight", K, None, False, torch.bfloat16, torch.bfloat16, norm=True,
+                             gelu=False, resid=False, gate=False, mod=True, weight=False, attempt=attempt))
     return [s for s in out if s is not None]
 
 
