@@ -123,8 +123,9 @@ def test_fused_with_triton_kernels_in_interpreter(seed, variant):
         assert rel_err(r, f) < 1.2 * rel_err(r, u) + 1e-3
 
 
-def test_fused_block_compiles_fullgraph_cpu(seed):
-    q8, inputs = _q8(seed=seed % 1000, weight_dtype="fp8_e4m3", attention="sdpa")
+@pytest.mark.parametrize("variant", ["plain", "gated"])
+def test_fused_block_compiles_fullgraph_cpu(seed, variant):
+    q8, inputs = _q8(variant, seed=seed % 1000, weight_dtype="fp8_e4m3", attention="sdpa")
     install_fused_blocks(q8, "sdpa", backend="test_triton_linear")
     eager = run(q8, inputs)
     torch._dynamo.reset()
