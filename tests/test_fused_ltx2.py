@@ -158,8 +158,10 @@ def test_gpu_default_install_and_compile(seed, weight_dtype):
     uninstall_fused_blocks(q8)
     unfused = run(q8, inputs)
     for r, u, f in zip(ref, unfused, fused):
-        assert rel_err(u, f) < 3e-2  # bf16 roundings in different places
-        assert rel_err(r, f) < 1.3 * rel_err(r, u) + 5e-3
+        # two bf16 forwards rounding in different places, each a few % from bf16 on this random tiny LTX-2 (CPU,
+        # int8: 1.4-2.0% apart; e4m3 rounds every GEMM operand to 3 mantissa bits): not measured on a GPU yet
+        assert rel_err(u, f) < (0.03 if weight_dtype == "int8" else 0.06)
+        assert rel_err(r, f) < 1.3 * rel_err(r, u) + 0.01
     install_fused_blocks(q8, "fp8")
     torch._dynamo.reset()
     q8.compile_repeated_blocks(fullgraph=True)
