@@ -63,8 +63,9 @@ def q8_attention_core(attn, query, key, value, image_rotary_emb=None, key_length
     # Set by diffusers' enable_parallelism(ContextParallelConfig(...)) on processors that declare it.
     parallel = getattr(getattr(attn, "processor", None), "_parallel_config", None)
     if parallel is None:
-        return be.attention_core(attn, query, key, value, image_rotary_emb, key_lengths, mode,
-                                 key_rotary_emb).to(value.dtype)
+        # the keys' tables only when there are any: a backend written before key_rotary_emb keeps working
+        extra = {} if key_rotary_emb is None else {"key_rotary_emb": key_rotary_emb}
+        return be.attention_core(attn, query, key, value, image_rotary_emb, key_lengths, mode, **extra).to(value.dtype)
     from .parallel import context_parallel_attention
 
     q, k, v = attention_inputs(attn, query, key, value, image_rotary_emb, key_rotary_emb)

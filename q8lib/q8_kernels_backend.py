@@ -97,8 +97,10 @@ class Q8KernelsBackend(Backend):
     def attention(self, q, k, v, key_lengths=None, sm_scale=None, mode="fp8"):
         return self._other().attention(q, k, v, key_lengths, sm_scale, mode)
 
-    def attention_core(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8"):
-        return self._other().attention_core(attn, query, key, value, image_rotary_emb, key_lengths, mode)
+    def attention_core(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8",
+                       key_rotary_emb=None):
+        return self._other().attention_core(attn, query, key, value, image_rotary_emb, key_lengths, mode,
+                                            key_rotary_emb)
 
     def gemm_fuses_gelu(self, qdtype, device):
         return qdtype == INT8 or self._other().gemm_fuses_gelu(qdtype, device)

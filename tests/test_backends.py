@@ -107,3 +107,29 @@ def test_q8_forward_runs_on_backend_ops(seed, fused):
     if fused:
         want |= {"rms_norm_quantize", "add_quantize", "gemm_fuses_gelu"}
     assert want <= rec.calls, sorted(want - rec.calls)
+
+
+def test_backend_written_before_key_rotary_emb_still_runs_ltx1_attention(seed):
+    """``attention_core`` gained ``key_rotary_emb`` (LTX-2's a2v/v2a); a backend overriding it with the earlier
+    signature keeps working wherever the keys share the queries' tables (every LTX-1 attention)."""
+    from q8lib.attention import q8_attention_core
+    from q8lib.backends import Backend, register_backend
+    from helpers import ltx_attention
+
+    class _Old(Backend):
+        name = "test_old_attention_core"
+        priority = -1
+
+        def attention_core(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8"):
+            return super().attention_core(attn, query, key, value, image_rotary_emb, key_lengths, mode)
+
+    register_backend(_Old())
+    attn = ltx_attention(False, 64, 2, "cpu")
+    g = torch.Generator().manual_seed(seed % 1000)
+    q, k, v = (torch.randn(2, 12, 128, generator=g) for _ in range(3))
+    ang = torch.randn(2, 12, 64, generator=g).repeat_interleave(2, -1)
+    rope = (ang.cos(), ang.sin())
+    with torch.no_grad():
+        got = q8_attention_core(attn, q, k, v, rope, None, "sdpa", "test_old_attention_core")
+        want = q8_attention_core(attn, q, k, v, rope, None, "sdpa", "reference")
+    torch.testing.assert_close(got, want)

@@ -43,11 +43,13 @@ class _DirectReads(Backend):
             type(self).most_materialised = max(self.most_materialised, n)
         return super().matmul(x_q, x_scale, w_q, w_scale, bias, activation, out_dtype)
 
-    def attention_core(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8"):
+    def attention_core(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8",
+                       key_rotary_emb=None):
         q = ref.rms_norm_ref(query, attn.norm_q.weight, attn.norm_q.eps)
         k = ref.rms_norm_ref(key, attn.norm_k.weight, attn.norm_k.eps)
         if image_rotary_emb is not None:
-            q, k = ref.apply_rotary_emb(q, image_rotary_emb), ref.apply_rotary_emb(k, image_rotary_emb)
+            q = ref.apply_rotary_emb(q, image_rotary_emb)
+            k = ref.apply_rotary_emb(k, image_rotary_emb if key_rotary_emb is None else key_rotary_emb)
         q, k, v = (t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (q, k, value))
         return self.attention(q, k, v, key_lengths, None, mode).transpose(1, 2).flatten(2, 3)
 
