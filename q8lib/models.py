@@ -17,7 +17,8 @@ from torch import nn
 
 __all__ = ["LTX_2B_CONFIG", "LTX_13B_CONFIG", "T5_XXL_CONFIG", "LTXModel", "CATALOGUE", "dummy_inputs", "module_bytes",
            "param_count", "LTX2_CONFIG", "LTX23_CONFIG", "LTX2_TINY_CONFIG", "ltx2_dummy_inputs",
-           "LTX_VAE_SCALE_FACTORS", "latent_grid"]
+           "LTX_VAE_SCALE_FACTORS", "latent_grid", "LTX2_VIDEO_VAE_CONFIG", "LTX2_AUDIO_VAE_CONFIG",
+           "LTX2_VOCODER_CONFIG", "LTX2_CONNECTORS_CONFIG"]
 
 # The real architectures (diffusers defaults for 2B; the 13B variant's widths).
 LTX_2B_CONFIG = dict(in_channels=128, out_channels=128, num_attention_heads=32, attention_head_dim=64,
@@ -51,6 +52,41 @@ LTX2_TINY_CONFIG = dict(LTX2_CONFIG, in_channels=16, out_channels=16, num_attent
                         cross_attention_dim=128, audio_in_channels=16, audio_out_channels=16,
                         audio_num_attention_heads=2, audio_attention_head_dim=32, audio_cross_attention_dim=64,
                         num_layers=2, caption_channels=32)
+
+# The other components of the released LTX-2 pipeline (Lightricks/LTX-2 in diffusers' layout), as the "2.0" configs of
+# the same conversion script (huggingface/diffusers at 8d8a656): the video VAE (128 latent channels, 32x in space, 8x
+# in time; timestep_conditioning is a conversion flag, off by default), the audio VAE (8 latent channels x 16 mel
+# bins = the transformer's 128 audio channels), the vocoder (24 kHz) and the text connectors that turn Gemma-3 12B's
+# 49 stacked hidden states (3840 wide) into each stream's prompt tokens. For random-weight pipelines of full size
+# (memory and time of a whole generation); the classes are diffusers' AutoencoderKLLTX2Video, AutoencoderKLLTX2Audio,
+# LTX2Vocoder and LTX2TextConnectors. Sizes (diffusers 0.42.1): video VAE 1.22B parameters (2.4 GB in bf16), audio
+# VAE 53M, vocoder 56M, connectors 1.43B (2.9 GB): with the 8-bit transformer (18.4 GB) they exceed 24 GB together,
+# so a 24 GB GPU runs the pipeline with its components offloaded in turn (model CPU offload).
+LTX2_VIDEO_VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=128, block_out_channels=(256, 512, 1024, 2048),
+    down_block_types=("LTX2VideoDownBlock3D",) * 4, decoder_block_out_channels=(256, 512, 1024),
+    layers_per_block=(4, 6, 6, 2, 2), decoder_layers_per_block=(5, 5, 5, 5),
+    spatio_temporal_scaling=(True, True, True, True), decoder_spatio_temporal_scaling=(True, True, True),
+    decoder_inject_noise=(False, False, False, False), downsample_type=("spatial", "temporal", "spatiotemporal",
+                                                                        "spatiotemporal"),
+    upsample_residual=(True, True, True), upsample_factor=(2, 2, 2), timestep_conditioning=False, patch_size=4,
+    patch_size_t=1, resnet_norm_eps=1e-6, encoder_causal=True, decoder_causal=False,
+    encoder_spatial_padding_mode="zeros", decoder_spatial_padding_mode="reflect", spatial_compression_ratio=32,
+    temporal_compression_ratio=8)
+LTX2_AUDIO_VAE_CONFIG = dict(
+    base_channels=128, output_channels=2, ch_mult=(1, 2, 4), num_res_blocks=2, attn_resolutions=None, in_channels=2,
+    resolution=256, latent_channels=8, norm_type="pixel", causality_axis="height", dropout=0.0,
+    mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160, is_causal=True, mel_bins=64, double_z=True)
+LTX2_VOCODER_CONFIG = dict(
+    in_channels=128, hidden_channels=1024, out_channels=2, upsample_kernel_sizes=[16, 15, 8, 4, 4],
+    upsample_factors=[6, 5, 2, 2, 2], resnet_kernel_sizes=[3, 7, 11], resnet_dilations=[[1, 3, 5]] * 3,
+    leaky_relu_negative_slope=0.1, output_sampling_rate=24000)
+LTX2_CONNECTORS_CONFIG = dict(
+    caption_channels=3840, text_proj_in_factor=49, video_connector_num_attention_heads=30,
+    video_connector_attention_head_dim=128, video_connector_num_layers=2, video_connector_num_learnable_registers=128,
+    audio_connector_num_attention_heads=30, audio_connector_attention_head_dim=128, audio_connector_num_layers=2,
+    audio_connector_num_learnable_registers=128, connector_rope_base_seq_len=4096, rope_theta=10000.0,
+    rope_double_precision=True, causal_temporal_positioning=False, rope_type="split")
 
 # The text encoder of every LTX-Video release: T5 v1.1 XXL's encoder (4.76B parameters, 9.5 GB in bf16), as
 # transformers' T5Config; random-weight pipelines build it only to measure memory (q8lib.app.loading).

@@ -435,3 +435,26 @@ def test_fused_ffns_installed_where_the_fast_backend_runs(monkeypatch):
     monkeypatch.setattr(type(get_backend("reference")), "fused_blocks", True)
     assert install_if_fast(q8, q8lib.Q8Runtime(backend="reference", attention="keep")) == 0  # no fused blocks
     assert all("_q8_ffn" in m.__dict__ for m in ffns)
+
+
+def test_full_size_ltx2_component_configs_build():
+    """The released LTX-2 pipeline's other components (q8lib.models, from diffusers' conversion script) build with
+    diffusers 0.42.1's classes at the sizes the module notes (meta device: no memory)."""
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+
+    from q8lib import models as M
+
+    sizes = {}
+    for cls, cfg in ((AutoencoderKLLTX2Video, M.LTX2_VIDEO_VAE_CONFIG), (AutoencoderKLLTX2Audio, M.LTX2_AUDIO_VAE_CONFIG),
+                     (LTX2Vocoder, M.LTX2_VOCODER_CONFIG), (LTX2TextConnectors, M.LTX2_CONNECTORS_CONFIG)):
+        with torch.device("meta"):
+            sizes[cls.__name__] = sum(p.numel() for p in cls(**cfg).parameters())
+    assert round(sizes["AutoencoderKLLTX2Video"] / 1e9, 2) == 1.22 and round(sizes["LTX2TextConnectors"] / 1e9, 2) == 1.43
+    assert 50e6 < sizes["AutoencoderKLLTX2Audio"] < 60e6 and 50e6 < sizes["LTX2Vocoder"] < 60e6
+    # the audio VAE's latent (channels x mel bins / 4) is the transformer's audio input, the VAE's the video one
+    assert M.LTX2_AUDIO_VAE_CONFIG["latent_channels"] * M.LTX2_AUDIO_VAE_CONFIG["mel_bins"] // 4 == \
+        M.LTX2_CONFIG["audio_in_channels"]
+    assert M.LTX2_VIDEO_VAE_CONFIG["latent_channels"] == M.LTX2_CONFIG["in_channels"]
+    assert M.LTX2_CONNECTORS_CONFIG["caption_channels"] == M.LTX2_CONFIG["caption_channels"]
