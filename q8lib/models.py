@@ -1,16 +1,17 @@
 """The LTX-Video architectures q8lib knows by name, and what every caller needs to run one without data.
 
-* :data:`CATALOGUE`: the 2B and 13B transformers (hub id, ``config.json`` widths, how a random Q8
-  copy is built), and :data:`T5_XXL_CONFIG`, their text encoder; the one place these are written down.
-* LTX-2 (experimental in q8lib, not in the catalogue the command line reads): :data:`LTX2_CONFIG`,
-  :data:`LTX23_CONFIG` (full size) and :data:`LTX2_TINY_CONFIG` (the same layout at toy widths).
+* :data:`CATALOGUE`: the 2B, 13B and LTX-2 transformers (hub id, ``config.json`` widths, how a random Q8
+  copy is built; LTX-2's other components), and :data:`T5_XXL_CONFIG`, LTX-Video's text encoder; the one place
+  these are written down. The command line's ``random-2b`` / ``random-13b`` / ``random-ltx2``.
+* LTX-2 (experimental in q8lib): :data:`LTX2_CONFIG`, :data:`LTX23_CONFIG` (full size), the pipeline components'
+  configs, and :data:`LTX2_TINY_CONFIG` (the same layout at toy widths).
 * :func:`dummy_inputs` / :func:`ltx2_dummy_inputs`: seeded transformer inputs of any shape (tests, notebooks,
   benchmarks, the CLI).
 * :func:`module_bytes` / :func:`param_count`: sizes of a module's tensors.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -98,18 +99,25 @@ T5_XXL_CONFIG = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_la
 
 @dataclass(frozen=True)
 class LTXModel:
-    """One LTX-Video release: its hub id, its transformer's ``config.json`` widths, and whether a
-    random-weight Q8 copy is built directly in 8 bits (the 13B: no bf16 copy ever exists)."""
+    """One LTX release: its hub id, its transformer's ``config.json`` widths, whether a random-weight Q8 copy is
+    built directly in 8 bits (13B and LTX-2: no bf16 copy ever exists), the pipeline family that runs it
+    (:mod:`q8lib.app.pipelines`) and the configs of the pipeline's other components where they are not diffusers'
+    defaults (LTX-2: ``vae``, ``audio_vae``, ``vocoder``, ``connectors``)."""
 
     name: str
     hub_id: str
     transformer_config: dict
     q8_directly: bool
+    family: str = "ltx"
+    components: dict = field(default_factory=dict)
 
 
 CATALOGUE = {
     "2b": LTXModel("2b", "Lightricks/LTX-Video", LTX_2B_CONFIG, q8_directly=False),
     "13b": LTXModel("13b", "Lightricks/LTX-Video-0.9.7-dev", LTX_13B_CONFIG, q8_directly=True),
+    "ltx2": LTXModel("ltx2", "Lightricks/LTX-2", LTX2_CONFIG, q8_directly=True, family="ltx2",
+                     components=dict(vae=LTX2_VIDEO_VAE_CONFIG, audio_vae=LTX2_AUDIO_VAE_CONFIG,
+                                     vocoder=LTX2_VOCODER_CONFIG, connectors=LTX2_CONNECTORS_CONFIG)),
 }
 
 

@@ -32,7 +32,7 @@ def _add_model_args(p: argparse.ArgumentParser, precision: bool = True) -> None:
                         "Lightricks/LTX-Video, Lightricks/LTX-Video-0.9.7-dev, Lightricks/LTX-Video-0.9.8-13B-distilled "
                         "(LTXConditionPipeline) or Lightricks/LTX-2 (video + audio), a local diffusers pipeline folder "
                         "(the pipeline follows its model_index.json), the aliases ltx-2b / ltx-13b, or random-2b / "
-                        "random-13b (full size, random weights)")
+                        "random-13b / random-ltx2 (full size, random weights)")
     g.add_argument("--checkpoint", default=None,
                    help="Q8 transformer: a q8lib checkpoint or the earlier public Q8 layout (folder or hub id); "
                         "without it the model's transformer is converted on the fly")
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mem = sub.add_parser("memory", help="transformer-only peak GPU memory and forward time at one shape")
     mem.add_argument("--model", default="random-13b",
-                     help="random-13b (default), random-2b, tiny, or a hub id/folder (LTX-Video or LTX-2)")
+                     help="random-13b (default), random-2b, random-ltx2, tiny, or a hub id/folder (LTX-Video or LTX-2)")
     mem.add_argument("--precision", default="q8", choices=["q8", "bf16"])
     mem.add_argument("--weight-dtype", default="auto", choices=["auto", "int8", "fp8_e4m3"])
     mem.add_argument("--attention", default="fp8", choices=RUNTIME_ATTENTION)

@@ -9,9 +9,9 @@
   ``"Lightricks/LTX-Video-0.9.7-dev"``, ``"Lightricks/LTX-2"``), whose bf16 transformer
   (``LTXVideoTransformer3DModel`` or ``LTX2VideoTransformer3DModel``, as its ``config.json`` says) is converted
   on the fly;
-* ``"random-2b"`` / ``"random-13b"``: full-size architectures with random weights and no text
-  encoder, for speed and memory measurements (the 13B Q8 transformer is built directly in 8 bits,
-  never as a bf16 copy);
+* ``"random-2b"`` / ``"random-13b"`` / ``"random-ltx2"``: full-size architectures with random weights and no text
+  encoder, for speed and memory measurements (the 13B and LTX-2 Q8 transformers are built directly in 8 bits,
+  never as a bf16 copy; LTX-2 with its video/audio VAEs, vocoder and text connectors);
 
 with the transformer replaced by a q8lib checkpoint (or the earlier public Q8 layout) when
 ``checkpoint`` is given.
@@ -53,7 +53,8 @@ def _ltx():
 
 def random_q8_transformer(config: dict, q8_config: Q8Config | None = None, device="cpu", dtype=torch.bfloat16,
                           seed: int = 0, runtime: Q8Runtime | None = None):
-    """A Q8 ``LTXVideoTransformer3DModel`` with random weights built directly in 8 bits (no bf16 copy).
+    """A Q8 LTX transformer (``LTXVideoTransformer3DModel`` or LTX-2's, as ``config`` says) with random weights
+    built directly in 8 bits (no bf16 copy).
 
     The model is built on the meta device, its blocks swapped to Q8 skeletons, then every tensor is
     allocated on ``device``: 8-bit weights uniform over the code range with per-channel scales that
@@ -121,18 +122,37 @@ def placeholder_text_encoder(device="cpu", dtype=torch.bfloat16, seed: int = 0, 
 
 
 def _random_components(name: str, precision: str, q8_config: Q8Config, runtime: Q8Runtime, device, dtype, seed: int,
-                       need_vae=True):
-    """Full-size random VAE (diffusers' default LTX VAE) and transformer for ``random-2b``/``random-13b``."""
+                       need_others=True):
+    """``(other components, transformer)`` of the catalogue model ``name`` at full size with random weights: the
+    pipeline's other components (:func:`_random_others`) and the transformer (built directly in 8 bits where the
+    catalogue says so)."""
     entry = RANDOM_MODELS[name]
     torch.manual_seed(seed)
-    vae = _random_vae(device, dtype, seed) if need_vae else None
+    others = _random_others(entry, device, dtype, seed) if need_others else {}
     if precision == "q8" and entry.q8_directly:
-        return vae, random_q8_transformer(entry.transformer_config, q8_config, device, dtype, seed, runtime)
+        return others, random_q8_transformer(entry.transformer_config, q8_config, device, dtype, seed, runtime)
+    cls = transformer_classes()[class_name_for_config(entry.transformer_config)]
     with torch.device(device):
-        transformer = _ltx()(**entry.transformer_config).to(dtype).eval()
+        transformer = cls(**entry.transformer_config).to(dtype).eval()
     if precision == "q8":
         quantize_(transformer, q8_config, backend=runtime.backend, attention=runtime.attention)
-    return vae, transformer
+    return others, transformer
+
+
+def _random_others(entry, device, dtype, seed: int) -> dict:
+    """The pipeline components besides the transformer and the text encoder, random: LTX-Video's VAE (diffusers'
+    defaults), or LTX-2's video and audio VAEs, vocoder and text connectors (configs in the catalogue entry)."""
+    if entry.family != "ltx2":
+        return {"vae": _random_vae(device, dtype, seed)}
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+
+    classes = dict(vae=AutoencoderKLLTX2Video, audio_vae=AutoencoderKLLTX2Audio, vocoder=LTX2Vocoder,
+                   connectors=LTX2TextConnectors)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        return {k: _to(classes[k](**cfg), None, dtype).eval() for k, cfg in entry.components.items()}
 
 
 def _ltx_scheduler():
@@ -187,7 +207,7 @@ def load_transformer(model: str, precision: str = "q8", checkpoint: str | None =
         transformer = _to(default_pipeline().transformer, device, dtype)
         return quantize_(transformer, q8_config, progress=False, **rt) if precision == "q8" else transformer
     if model in RANDOM_MODELS:
-        return _random_components(model, precision, q8_config, runtime, device, dtype, seed, need_vae=False)[1]
+        return _random_components(model, precision, q8_config, runtime, device, dtype, seed, need_others=False)[1]
     cls = transformer_classes()[class_name_for_config(transformer_config(model, subfolder, local_files_only))]
     try:  # LTXVideoTransformer3DModel or LTX2VideoTransformer3DModel, as its config.json says
         transformer = cls.from_pretrained(model, subfolder=subfolder, dtype=dtype, local_files_only=local_files_only)
@@ -268,6 +288,9 @@ def load_pipeline(
                             "--text-encoder-precision q8")
     if full_size_text_encoder and model not in RANDOM_MODELS:
         raise SettingsError(f"full_size_text_encoder is for the random-* models; {model!r} loads its own text encoder")
+    if full_size_text_encoder and RANDOM_MODELS[model].family != "ltx":
+        raise SettingsError(f"{model} has no stand-in for its text encoder (LTX-2's is Gemma-3 12B): drop "
+                            "full_size_text_encoder (--full-size-text-encoder); its prompt embeddings are random")
     family = model_family(model, local_files_only)  # config files only: an unknown pipeline fails before any weight
     if cuda_graph:
         check_cuda_graph(device, offload)
@@ -302,15 +325,16 @@ def load_pipeline(
 
     if model in RANDOM_MODELS:
         if checkpoint is None:
-            vae, transformer = _random_components(model, precision, q8_config, runtime, build_device, dtype, seed)
+            others, transformer = _random_components(model, precision, q8_config, runtime, build_device, dtype, seed)
         else:
-            vae = _random_vae(build_device, dtype, seed)
+            others = _random_others(RANDOM_MODELS[model], build_device, dtype, seed)
             transformer = load_transformer(model, precision, checkpoint, checkpoint_subfolder, q8_config,
                                            build_device, dtype, local_files_only, seed, runtime)
         tokenizer, text_encoder = (placeholder_text_encoder(build_device, dtype, seed) if full_size_text_encoder
                                    else (None, None))
-        pipe = cls(scheduler=_ltx_scheduler(), vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                   transformer=transformer)
+        # LTX-2's scheduler settings are not known here (its repo cannot be read offline): LTX-Video's
+        pipe = cls(scheduler=_ltx_scheduler(), text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
+                   **others)
     elif model == TINY and checkpoint is None:
         transformer = _to(base_transformer, build_device, dtype)
         if precision == "q8":

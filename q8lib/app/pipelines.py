@@ -5,14 +5,15 @@ A model folder or hub repo names its pipeline in ``model_index.json`` (``_class_
 :class:`Family`:
 
 * ``"ltx"``: LTX-Video 0.9.0-0.9.5 (``LTXPipeline``): ``LTXPipeline``, or ``LTXImageToVideoPipeline`` with an image;
-  also the tiny default and the ``random-*`` models;
+  also the tiny default and the ``random-2b`` / ``random-13b`` models;
 * ``"ltx-condition"``: LTX-Video 0.9.7 / 0.9.8 (``LTXConditionPipeline``, diffusers' pipeline for them): the same
   pipeline with or without an image, which conditions frame 0; a latent upsampler ships separately
   (``Lightricks/ltxv-spatial-upscaler-0.9.7``), run in two stages by ``generate --upsampler``
   (:mod:`q8lib.app.upsample`);
 * ``"ltx2"``: LTX-2 (``LTX2Pipeline``; video and audio): ``LTX2Pipeline``, or ``LTX2ImageToVideoPipeline`` with an
   image; a folder saved from ``LTX2ConditionPipeline`` keeps that pipeline (the image becomes an
-  ``LTX2VideoCondition`` at frame 0). Its latent upsampler is the repo's ``latent_upsampler/`` folder.
+  ``LTX2VideoCondition`` at frame 0). Its latent upsampler is the repo's ``latent_upsampler/`` folder. Also
+  ``random-ltx2`` (full-size random components).
 
 :func:`call_arguments` gives the per-family keyword arguments of one generation; :func:`check_family_packages`
 raises, before anything loads, when a package the family's outputs need (PyAV for LTX-2's audio) is missing.
@@ -94,8 +95,10 @@ def model_family(model: str, local_files_only: bool | None = None) -> Family:
     ``model_index.json`` and ``transformer/config.json`` only. :class:`~q8lib.errors.ModelUnavailableError` when
     they cannot be read (offline and not downloaded, wrong id), :class:`SettingsError` for other pipelines."""
     model = MODEL_ALIASES.get(model, model)
-    if model == TINY or model in RANDOM_MODELS:
+    if model == TINY:
         return FAMILIES["ltx"]
+    if model in RANDOM_MODELS:
+        return FAMILIES[RANDOM_MODELS[model].family]
     from diffusers import DiffusionPipeline, LTXVideoTransformer3DModel
 
     try:

@@ -127,13 +127,17 @@ def encode_prompts(pipe, settings: GenerationSettings, model: str = TINY, cache:
     Returns ``(kwargs for the pipeline call, info)``; ``info`` says whether the cache hit and how
     long encoding took. Random-weight models (no text encoder) get :func:`random_prompt_embeds`.
     """
+    connectors = getattr(pipe, "connectors", None)  # LTX-2: the embeddings are Gemma-3's stacked hidden states
+    if model in RANDOM_MODELS and connectors is not None:
+        cache = None  # random-ltx2's stand-in embeddings are 0.8 GB a prompt: made again, not cached
     key = PromptCache.key(text_encoder_id_of(pipe, model, seed), settings) if cache is not None else None
     start = time.perf_counter()
     tensors = cache.load(key) if cache is not None else None
     hit = tensors is not None
     if not hit:
         if model in RANDOM_MODELS:
-            dim = pipe.transformer.config.caption_channels
+            dim = (pipe.transformer.config.caption_channels if connectors is None else
+                   connectors.config.caption_channels * connectors.config.text_proj_in_factor)
             pe, pm = random_prompt_embeds(settings, dim, settings.prompt)
             tensors = dict(prompt_embeds=pe, prompt_attention_mask=pm)
             if settings.cfg:

@@ -1,7 +1,7 @@
 """What to generate and where: every check that needs no model, run before any model loads.
 
-* model names: ``"tiny"`` (the embedded default), the catalogue's ``random-2b`` / ``random-13b``
-  and aliases ``ltx-2b`` / ``ltx-13b`` (:data:`q8lib.models.CATALOGUE`);
+* model names: ``"tiny"`` (the embedded default), the catalogue's ``random-2b`` / ``random-13b`` / ``random-ltx2``
+  and aliases ``ltx-2b`` / ``ltx-13b`` (:data:`q8lib.models.CATALOGUE`; LTX-2 by its hub id);
 * :class:`GenerationSettings` / :func:`settings_for`: the video to make, validated;
 * :func:`resolve_device`, :func:`resolve_dtype`, :func:`check_backend`, :func:`check_cuda_graph`,
   :func:`check_offload`.
@@ -30,7 +30,7 @@ __all__ = ["TINY", "RANDOM_MODELS", "MODEL_ALIASES", "DEFAULT_NEGATIVE_PROMPT", 
 TINY = "tiny"
 # The catalogue's models by their command-line names: random weights, and aliases of the hub ids.
 RANDOM_MODELS = {f"random-{k}": m for k, m in CATALOGUE.items()}
-MODEL_ALIASES = {f"ltx-{k}": m.hub_id for k, m in CATALOGUE.items()}
+MODEL_ALIASES = {f"ltx-{k}": m.hub_id for k, m in CATALOGUE.items() if m.family == "ltx"}  # LTX-2: its hub id
 DEFAULT_NEGATIVE_PROMPT = "worst quality, inconsistent motion, blurry, jittery, distorted"
 # Settings of the full-size models (the project's shape of record is 81 frames at 480x704).
 FULL_SIZE_SETTINGS = dict(num_frames=81, height=480, width=704, num_inference_steps=50, guidance_scale=3.0,
