@@ -16,6 +16,7 @@ from torch import nn
 
 from .backends import attention_mode, resolve_backend
 from .errors import SettingsError
+from .fused_ops import once_per_mask
 from .ltx2 import key_mask, ltx2_attention_core
 from .modules import Q8Linear
 from .offload import is_offloaded, onloaded
@@ -178,7 +179,10 @@ class Q8LTX2AttnProcessor(Q8AttnProcessor):
         if all_perturbed:
             out = value
         else:
-            key_lengths, bias = key_mask(attention_mask, hidden_states.shape[0])
+            # once per mask tensor in eager mode: its prefix check syncs with the GPU, and diffusers hands the same
+            # mask to every block
+            key_lengths, bias = once_per_mask(attention_mask, hidden_states.shape[0], key_mask,
+                                              "_q8lib_key_mask") or (None, None)
             if bias is None:  # interleaved or split RoPE, the keys' own or the queries': the producers on a GPU
                 out = q8_attention_core(attn, query, key, value, query_rotary_emb, key_lengths, self.mode, self.backend,
                                         key_rotary_emb)

@@ -458,3 +458,18 @@ def test_full_size_ltx2_component_configs_build():
         M.LTX2_CONFIG["audio_in_channels"]
     assert M.LTX2_VIDEO_VAE_CONFIG["latent_channels"] == M.LTX2_CONFIG["in_channels"]
     assert M.LTX2_CONNECTORS_CONFIG["caption_channels"] == M.LTX2_CONFIG["caption_channels"]
+
+
+def test_processor_checks_each_mask_once_per_forward(monkeypatch):
+    """The key-mask check (a host sync on a GPU) runs once per mask tensor, not once per attention of every block:
+    diffusers hands the same mask to all blocks."""
+    import q8lib.attention as qa
+
+    model = tiny_ltx2()
+    inputs = pipeline_inputs(model, 0, text_kept=None)
+    inputs["encoder_attention_mask"][-1, 10:] = 0
+    q8 = q8lib.quantize_(model, Q8Config(weight_dtype="int8"), backend="reference", progress=False)
+    calls, real = [], qa.key_mask
+    monkeypatch.setattr(qa, "key_mask", lambda m, b: calls.append(m.data_ptr()) or real(m, b))
+    run(q8, inputs)
+    assert 0 < len(calls) == len(set(calls)) <= 2  # the video and the audio text masks
