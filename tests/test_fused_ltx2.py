@@ -235,3 +235,17 @@ def test_zero_and_large_inputs_stay_finite(seed, backend):
     for u, f in zip(unfused, run(q8, inputs)):
         assert torch.isfinite(u).all() and torch.isfinite(f).all()
         assert rel_err(u, f) < (1e-6 if backend == "reference" else 1.5e-2)
+
+
+def test_save_load_unaffected_by_fused(seed, tmp_path):
+    """A checkpoint saved from a model with fused LTX-2 blocks holds no fused-path state (no cast bias copies, no
+    RoPE forward) and loads to the same outputs."""
+    q8, inputs = _q8("gated", seed=seed % 1000)
+    install_fused_blocks(q8, "fp8", backend="reference", bias_dtype=torch.bfloat16)
+    before = run(q8, inputs)
+    q8lib.save_q8(q8, tmp_path / "ck")
+    loaded = q8lib.load_q8(tmp_path / "ck", backend="reference", torch_dtype=torch.float32)
+    assert not any(is_fused(b) for b in loaded.transformer_blocks)  # the reference backend installs none
+    assert not any("bias_out" in m._buffers for m in loaded.modules())
+    for b, a in zip(before, run(loaded, inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
