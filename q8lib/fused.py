@@ -47,16 +47,10 @@ __all__ = ["install_fused_blocks", "uninstall_fused_blocks", "fused_block_forwar
            "install_fused_ffns", "uninstall_fused_ffns", "fused_ffn_forward", "module_forwards"]
 
 
-def _block_linears(block):
-    """The block's linears as the model holds them: ``Q8Linear``, or a LoRA layer around one (:mod:`q8lib.lora`)."""
-    a1, a2, ff = block.attn1, block.attn2, block.ff
-    return [a1.to_q, a1.to_k, a1.to_v, a1.to_out[0], a2.to_q, a2.to_k, a2.to_v, a2.to_out[0],
-            getattr(ff.net[0], "proj", None), ff.net[2]]
-
-
 def _linear_slots(block) -> list:
     """``(parent._modules, name)`` of each of the block's linears: where peft puts a LoRA layer in or takes it
-    out (``setattr`` on the parent), read by :func:`_runs_adapter` on every call without attribute lookups."""
+    out (``setattr`` on the parent), read by :func:`q8lib.fused_ops.runs_adapter` on every call without attribute
+    lookups."""
     a1, a2, net = block.attn1, block.attn2, block.ff.net
     return ([(a1._modules, k) for k in ("to_q", "to_k", "to_v")] + [(a1.to_out._modules, "0")]
             + [(a2._modules, k) for k in ("to_q", "to_k", "to_v")] + [(a2.to_out._modules, "0")]
@@ -68,8 +62,8 @@ def _eligible(block) -> str | None:
     if type(block).__name__ != "LTXVideoTransformerBlock":  # LTX-2's blocks: q8lib.fused_ltx2
         return f"a {type(block).__name__}, not diffusers' LTXVideoTransformerBlock"
     try:
-        lins = [q8_of(m) for m in _block_linears(block)]
-    except (AttributeError, IndexError, TypeError) as e:
+        lins = [q8_of(m) for m in _linears(block, _linear_slots(block))]
+    except (AttributeError, IndexError, KeyError, TypeError) as e:
         return f"not an LTX block layout ({e})"
     if not all(isinstance(m, Q8Linear) for m in lins):
         return "some linears are not Q8Linear (kept in high precision?)"
@@ -241,9 +235,10 @@ def _uninstall_compact_rope(model: nn.Module) -> None:
         del rope.forward
 
 
-def _linears(block) -> list:
-    """The linears of a fused block (LTX-1's or LTX-2's), as the model holds them."""
-    return [d[k] for d, k in block._q8_fused["slots"]]
+def _linears(block, slots=None) -> list:
+    """The linears in ``slots`` (default: the fused block's) as the model holds them: ``Q8Linear``, or a LoRA layer
+    around one (:mod:`q8lib.lora`)."""
+    return [d[k] for d, k in (block._q8_fused["slots"] if slots is None else slots)]
 
 
 def _blocks(model: nn.Module):

@@ -71,7 +71,7 @@ def eligible(block, mode: str = "fp8") -> str | None:
     try:
         lins = [q8_of(m) for m in block_linears(block)]
         norms = [getattr(block, n) for n in _NORMS]
-    except (AttributeError, IndexError, TypeError) as e:
+    except (AttributeError, IndexError, KeyError, TypeError) as e:
         return f"not an LTX-2 block layout ({e})"
     if not all(type(m) is Q8Linear for m in lins):
         return "some linears are not Q8Linear (kept in high precision?)"

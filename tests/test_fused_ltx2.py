@@ -29,6 +29,16 @@ def _q8(variant="plain", seed=0, weight_dtype="int8", attention="fp8", keep=None
     return q8, inputs
 
 
+def _diffusers_forward_calls(monkeypatch) -> list:
+    """The blocks that run diffusers' block forward from here on (the fused forward's fallback calls it)."""
+    from diffusers.models.transformers.transformer_ltx2 import LTX2VideoTransformerBlock
+
+    calls, orig = [], LTX2VideoTransformerBlock.forward
+    monkeypatch.setattr(LTX2VideoTransformerBlock, "forward", lambda self, *a, **k: calls.append(self) or
+                        orig(self, *a, **k))
+    return calls
+
+
 @pytest.mark.parametrize("variant", ["plain", "gated"])
 @pytest.mark.parametrize("weight_dtype", ["int8", "fp8_e4m3"])
 @pytest.mark.parametrize("attention", ["fp8", "sdpa"])
@@ -89,17 +99,11 @@ def test_what_keeps_diffusers_forward():
 
 def test_stg_perturbation_runs_diffusers_forward(seed, monkeypatch):
     """Blocks under spatio-temporal guidance (a perturbation mask) run diffusers' forward; the others stay fused."""
-    from diffusers import LTX2VideoTransformer3DModel  # noqa: F401
-    from diffusers.models.transformers.transformer_ltx2 import LTX2VideoTransformerBlock
-
     q8, inputs = _q8(seed=seed % 1000, perturbed_attn=True)
     inputs.update(spatio_temporal_guidance_blocks=[1], perturbation_mask=torch.tensor([1.0, 0.0])[:, None, None])
     unfused = run(q8, inputs)
     install_fused_blocks(q8, "fp8", backend="reference")
-    calls = []
-    orig = LTX2VideoTransformerBlock.forward
-    monkeypatch.setattr(LTX2VideoTransformerBlock, "forward", lambda self, *a, **k: calls.append(self) or
-                        orig(self, *a, **k))
+    calls = _diffusers_forward_calls(monkeypatch)
     fused = run(q8, inputs)
     assert calls == [q8.transformer_blocks[1]]
     for u, f in zip(unfused, fused):
@@ -174,8 +178,6 @@ def test_blocks_with_an_active_lora_run_diffusers_forward(seed, monkeypatch):
     """A block whose linears carry an active adapter needs their float inputs: diffusers' forward runs it (the
     outputs are diffusers' bit for bit); with the adapters disabled the blocks run fused again."""
     pytest.importorskip("peft")
-    from diffusers.models.transformers.transformer_ltx2 import LTX2VideoTransformerBlock
-
     q8, inputs = _q8(seed=seed % 1000)
     g = torch.Generator().manual_seed(seed % 1000)
     lora = {}
@@ -186,10 +188,7 @@ def test_blocks_with_an_active_lora_run_diffusers_forward(seed, monkeypatch):
     q8lib.load_lora(q8, lora, adapter_name="block0")
     with_lora = run(q8, inputs)
     install_fused_blocks(q8, "fp8", backend="reference")
-    calls = []
-    orig = LTX2VideoTransformerBlock.forward
-    monkeypatch.setattr(LTX2VideoTransformerBlock, "forward", lambda self, *a, **k: calls.append(self) or
-                        orig(self, *a, **k))
+    calls = _diffusers_forward_calls(monkeypatch)
     for a, b in zip(with_lora, run(q8, inputs)):
         assert torch.equal(a, b)
     assert calls == [q8.transformer_blocks[0]]
