@@ -23,8 +23,9 @@ from .offload import is_offloaded, onloaded
 from .quant import host_sync_allowed
 from .reference import apply_rotary_emb, attention_inputs
 
-__all__ = ["Q8AttnProcessor", "Q8LTX2AttnProcessor", "q8_attention_core", "mask_to_key_lengths", "check_fp8_attention",
-           "set_q8_attention", "restore_attention", "apply_rotary_emb", "project_qkv"]
+__all__ = ["Q8AttnProcessor", "Q8LTX2AttnProcessor", "q8_attention_core", "ltx2_core", "apply_gates",
+           "mask_to_key_lengths", "check_fp8_attention", "set_q8_attention", "restore_attention", "apply_rotary_emb",
+           "project_qkv"]
 
 
 def mask_to_key_lengths(mask: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -179,22 +180,32 @@ class Q8LTX2AttnProcessor(Q8AttnProcessor):
         if all_perturbed:
             out = value
         else:
-            # once per mask tensor in eager mode: its prefix check syncs with the GPU, and diffusers hands the same
-            # mask to every block
-            key_lengths, bias = once_per_mask(attention_mask, hidden_states.shape[0], key_mask,
-                                              "_q8lib_key_mask") or (None, None)
-            if bias is None:  # interleaved or split RoPE, the keys' own or the queries': the producers on a GPU
-                out = q8_attention_core(attn, query, key, value, query_rotary_emb, key_lengths, self.mode, self.backend,
-                                        key_rotary_emb)
-            else:
-                out = ltx2_attention_core(attn, query, key, value, query_rotary_emb, key_rotary_emb, key_lengths, bias,
-                                          self.mode == "fp8", self.backend)
+            out = ltx2_core(attn, query, key, value, query_rotary_emb, key_rotary_emb, attention_mask, self.mode,
+                            self.backend)
             if perturbation_mask is not None:
                 out = torch.lerp(value, out, perturbation_mask)
-        if gate_logits is not None:
-            gates = 2.0 * torch.sigmoid(gate_logits)  # [B, S, H]; 2x: zero logits give gates of 1
-            out = (out.unflatten(2, (attn.heads, -1)) * gates.unsqueeze(-1)).flatten(2, 3)
-        return attn.to_out[1](attn.to_out[0](out))
+        return attn.to_out[1](attn.to_out[0](apply_gates(attn, out, gate_logits)))
+
+
+def ltx2_core(attn, query, key, value, query_rotary_emb, key_rotary_emb, attention_mask, mode, backend):
+    """Between an ``LTX2Attention``'s projections (``[B, S, H*D]``) and its gates: the mask read as key lengths
+    (checked once per mask tensor in eager mode: the check syncs with the GPU, and diffusers hands the same mask to
+    every block), then :func:`q8_attention_core` (norm + RoPE, interleaved or split, the keys' own tables in
+    a2v/v2a, in the producers on a GPU); a mask that is not key lengths runs
+    :func:`q8lib.ltx2.ltx2_attention_core` (SDPA under the mask). ``[B, Sq, H*D]`` out."""
+    lengths, bias = once_per_mask(attention_mask, query.shape[0], key_mask, "_q8lib_key_mask") or (None, None)
+    if bias is None:
+        return q8_attention_core(attn, query, key, value, query_rotary_emb, lengths, mode, backend, key_rotary_emb)
+    return ltx2_attention_core(attn, query, key, value, query_rotary_emb, key_rotary_emb, lengths, bias,
+                               mode == "fp8", backend)
+
+
+def apply_gates(attn, out, gate_logits):
+    """Gated attention (LTX-2.3): ``out [B, S, H*D]`` times ``2 * sigmoid(gate_logits [B, S, H])`` per head (zero
+    logits give gates of 1); ``out`` as it is without gate logits."""
+    if gate_logits is None:
+        return out
+    return (out.unflatten(2, (attn.heads, -1)) * (2.0 * torch.sigmoid(gate_logits)).unsqueeze(-1)).flatten(2, 3)
 
 
 def _attention_modules(model: nn.Module):

@@ -27,17 +27,15 @@ from __future__ import annotations
 import types
 import weakref
 
-import torch
 from torch import nn
 
-from .attention import q8_attention_core
+from .attention import apply_gates, ltx2_core
 from .backends import resolve_backend
-from .fused_ops import ffn, ffn_eligible, linear, once_per_mask, q8_of, runs_adapter
-from .ltx2 import key_mask, ltx2_attention_core
+from .fused_ops import ffn, ffn_eligible, linear, q8_of, runs_adapter
 from .modules import Q8Linear
 from .offload import is_offloaded
 
-__all__ = ["eligible", "block_linears", "linear_slots", "fused_ltx2_block_forward", "model_dtype_rope_forward",
+__all__ = ["eligible", "linear_slots", "fused_ltx2_block_forward", "model_dtype_rope_forward",
            "install_model_dtype_rope", "uninstall_model_dtype_rope"]
 
 BLOCK_CLASS = "LTX2VideoTransformerBlock"
@@ -58,10 +56,6 @@ def linear_slots(block) -> list:
     return slots
 
 
-def block_linears(block) -> list:
-    return [d[k] for d, k in linear_slots(block)]
-
-
 def eligible(block, mode: str = "fp8") -> str | None:
     """``None`` if :func:`fused_ltx2_block_forward` can run this block in attention ``mode``, else why not."""
     if type(block).__name__ != BLOCK_CLASS:
@@ -69,7 +63,7 @@ def eligible(block, mode: str = "fp8") -> str | None:
     if mode == "int8":
         return "INT8 attention is not built for LTX-2's attention"
     try:
-        lins = [q8_of(m) for m in block_linears(block)]
+        lins = [q8_of(d[k]) for d, k in linear_slots(block)]
         norms = [getattr(block, n) for n in _NORMS]
     except (AttributeError, IndexError, KeyError, TypeError) as e:
         return f"not an LTX-2 block layout ({e})"
@@ -119,20 +113,13 @@ class _Stream:
 
 def _attend(st, be, attn, x, ctx, dtype, q_rope=None, k_rope=None, mask=None):
     """One attention from quantized query rows ``x`` and key/value rows ``ctx`` (``(codes, scales)`` pairs) to its
-    ``to_out`` output ``[B, Sq, D]``, routed as :class:`q8lib.attention.Q8LTX2AttnProcessor` routes it. A gated
-    attention's ``x`` is ``(codes, scales, float rows)``: its gate logits come from the float query input, as in
-    diffusers (``to_gate_logits`` stays in high precision)."""
-    gates = 2.0 * torch.sigmoid(attn.to_gate_logits(x[2])) if attn.to_gate_logits is not None else None  # [B, S, H]
-    x = x[:2]
-    q = linear(be, attn.to_q, *x, dtype)
+    ``to_out`` output ``[B, Sq, D]``, through the core and gates :class:`q8lib.attention.Q8LTX2AttnProcessor` uses. A
+    gated attention's ``x`` is ``(codes, scales, float rows)``: its gate logits come from the float query input, as
+    in diffusers (``to_gate_logits`` stays in high precision)."""
+    gate_logits = attn.to_gate_logits(x[2]) if attn.to_gate_logits is not None else None
+    q = linear(be, attn.to_q, *x[:2], dtype)
     k, v = linear(be, attn.to_k, *ctx, dtype), linear(be, attn.to_v, *ctx, dtype)
-    lengths, bias = once_per_mask(mask, q.shape[0], key_mask, "_q8lib_key_mask") or (None, None)
-    if bias is None:
-        out = q8_attention_core(attn, q, k, v, q_rope, lengths, st["mode"], st["backend"], k_rope)
-    else:
-        out = ltx2_attention_core(attn, q, k, v, q_rope, k_rope, lengths, bias, st["mode"] == "fp8", st["backend"])
-    if gates is not None:  # 2 * sigmoid: zero logits give gates of 1
-        out = (out.unflatten(2, (attn.heads, -1)) * gates.unsqueeze(-1)).flatten(2, 3)
+    out = apply_gates(attn, ltx2_core(attn, q, k, v, q_rope, k_rope, mask, st["mode"], st["backend"]), gate_logits)
     out_q = q8_of(attn.to_out[0])
     return linear(be, out_q, *be.quantize_activation(out, out_q.qdtype, out_q.hadamard_block), dtype)
 

@@ -71,7 +71,7 @@ def _producer_args(D, sm_scale, qnorm, knorm, rope):
 
 def _fp8_bshd(q, k, v, key_lengths, sm_scale, qnorm=None, knorm=None, rope=None, key_rope=None):
     """FP8 attention of ``[B, S, H, D]`` views -> ``[B, Sq, H, D]``; norms are ``(weight, eps)``; ``key_rope``: the
-    keys' own RoPE tables (default: ``rope``)."""
+    keys' RoPE tables (default: ``rope``)."""
     qscale, qw, qeps, kw, keps, cos, sin = _producer_args(q.shape[-1], sm_scale, qnorm, knorm, rope)
     kcos, ksin = (cos, sin) if key_rope is None else key_rope
     q8, qs = quant_qk(q, qw, qeps, cos, sin, qscale)
@@ -160,18 +160,14 @@ def fused_attention_core(attn, query, key, value, image_rotary_emb=None, key_len
     q, k, v = (_last_contiguous(t).unflatten(2, (heads, -1)) for t in (query, key, value))
     if unsupported_reason(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)) is not None:
         return None
-    rope = key_rope = None
-    if image_rotary_emb is not None:
-        rope = _producer_tables(image_rotary_emb, q.shape, mode)
-        if key_rotary_emb is not None:  # the keys' own tables (FP8 and SDPA producers take q and k separately)
-            key_rope = None if mode == "int8" else _producer_tables(key_rotary_emb, k.shape, mode)
-            if key_rope is None:
-                return None
-        elif key.shape[1] != query.shape[1]:
-            return None
-        if rope is None:
-            return None
-    elif key_rotary_emb is not None:
+    if image_rotary_emb is None and key_rotary_emb is not None:
+        return None
+    rope = key_rope = None if image_rotary_emb is None else _producer_tables(image_rotary_emb, q.shape, mode)
+    if key_rotary_emb is not None:  # the keys' own tables (FP8 and SDPA producers take q and k separately)
+        key_rope = None if mode == "int8" else _producer_tables(key_rotary_emb, k.shape, mode)
+    elif rope is not None and key.shape[1] != query.shape[1]:
+        return None
+    if image_rotary_emb is not None and (rope is None or key_rope is None):
         return None
     if mode == "fp8":
         out = _fp8_bshd(q, k, v, key_lengths, None, qn, kn, rope, key_rope)
@@ -179,7 +175,7 @@ def fused_attention_core(attn, query, key, value, image_rotary_emb=None, key_len
         out = _int8_bshd(q, k, v, key_lengths, None, qn, kn, rope)
     else:
         cos, sin = rope if rope is not None else (None, None)
-        kcos, ksin = (cos, sin) if key_rope is None else key_rope
+        kcos, ksin = key_rope if key_rope is not None else (None, None)
         q, k = norm_rope(q, qn[0], qn[1], cos, sin), norm_rope(k, kn[0], kn[1], kcos, ksin)
         out = ref.sdpa_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_lengths).transpose(1, 2)
     return out.flatten(2, 3)
