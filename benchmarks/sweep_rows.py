@@ -1,6 +1,8 @@
 """Launch-setting sweep of the fused row kernel at LTX-2B shapes (GPU; not a test).
 
     python benchmarks/sweep_rows.py --out benchmarks/results/kernels/rows_sweep_h100.json
+    python benchmarks/sweep_rows.py --widths 4096 --tokens 6144 --rotations none --qk-models 13b,ltx2 \
+        --out rows_sweep_big.json --table row_tune.json   # LTX-2 / 13B widths, head dim 128
 
 For each row op of a block (RMSNorm+AdaLN+rotate+quantize on [2, 3630, 2048], gated residual add +
 quantize, tanh-GELU+rotate+quantize on [2, 3630, 8192]) it times ``launch_row_quant`` over launch
@@ -34,7 +36,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="benchmarks/results/kernels/rows_sweep_h100.json")
     ap.add_argument("--quick", action="store_true", help="fewer forms")
-    ap.add_argument("--big", action="store_true", help="also the 13B widths (4096, FFN 16384)")
+    ap.add_argument("--big", action="store_true", help="also the 13B / LTX-2 widths (4096, FFN 16384)")
+    ap.add_argument("--widths", default=None,
+                    help="comma list of row widths instead of 2048 (and --big's 4096); each with its 4x FFN width")
+    ap.add_argument("--tokens", type=int, default=3630,
+                    help="tokens per sample of the row ops (2 samples; 3630: LTX-Video's shape of record, 6144: LTX-2's "
+                         "121 frames at 768x512)")
+    ap.add_argument("--qk-models", default="2b",
+                    help="comma list of the q/k producers' models: 2b (head dim 64), 13b (128, interleaved RoPE), "
+                         "ltx2 (128, split RoPE tables, 6144 tokens)")
     ap.add_argument("--blocks", action="store_true", help="also a block-diagonal (128) rotation")
     ap.add_argument("--only", default=None, help="'rows' or 'qk': sweep only those ops")
     ap.add_argument("--rotations", default="full",
@@ -45,7 +55,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
     torch.manual_seed(0)
-    B, S = 2, 3630
+    B, S = 2, args.tokens
     M = B * S
 
     def row_op(K, kind, rot=0):
@@ -65,6 +75,8 @@ def main(argv=None):
         return K, L.row_kind(K, norm, gelu, add, rot), call, nbytes, rot
 
     widths = [(2048, 8192)] + ([(4096, 16384)] if args.big else [])
+    if args.widths:
+        widths = [(int(w), 4 * int(w)) for w in args.widths.split(",")]
     rots = {"full": 0, "none": -1}
     ops = {}
     for rot in (rots[r.strip()] for r in args.rotations.split(",")):
@@ -87,14 +99,27 @@ def main(argv=None):
 
     from q8lib.kernels import attn_producers as KA
 
-    def qk_op(rope, quant):
-        """A q/k producer at LTX-2B self-attention: norm across heads [+ RoPE] (+ Hadamard + e4m3 if ``quant``)."""
-        H, D = 32, 64
-        x = torch.randn(B, S, H * D, device=dev, dtype=torch.bfloat16).unflatten(2, (H, D))
+    # q/k producer shapes: (tokens a sample, heads, head dim, RoPE layout, whether to sweep the norm-only form)
+    qk_models = {"2b": (3630, 32, 64, "interleaved", True), "13b": (3630, 32, 128, "interleaved", True),
+                 "ltx2": (6144, 32, 128, "split", False)}
+
+    def qk_op(model, rope, quant):
+        """A q/k producer at ``model``'s self-attention: norm across heads [+ RoPE] (+ Hadamard + e4m3 if ``quant``).
+        RoPE tables as the models pass them: LTX-Video's compact ones (bf16, one sample, expanded), LTX-2's split
+        ``[B, H, S, D/2]`` per sample in the model dtype (``fused_ltx2.install_model_dtype_rope``)."""
+        Sq, H, D, layout, _ = qk_models[model]
+        Mq = B * Sq
+        x = torch.randn(B, Sq, H * D, device=dev, dtype=torch.bfloat16).unflatten(2, (H, D))
         w = torch.rand(H * D, device=dev, dtype=torch.bfloat16) + 0.5
-        ang = torch.rand(1, S, H * D, device=dev) * 6.28  # the compact RoPE tables: bf16, one sample
-        cos, sin = (f(ang).to(torch.bfloat16).expand(B, -1, -1).unflatten(2, (H, D)) for f in (torch.cos, torch.sin))
-        sp = KA.pad_seq(S)
+        split = rope and layout == "split"
+        if split:
+            ang = torch.rand(B, H, Sq, D // 2, device=dev) * 6.28
+            cos, sin = (f(ang).to(torch.bfloat16) for f in (torch.cos, torch.sin))
+        else:
+            ang = torch.rand(1, Sq, H * D, device=dev) * 6.28
+            cos, sin = (f(ang).to(torch.bfloat16).expand(B, -1, -1).unflatten(2, (H, D)) for f in (torch.cos, torch.sin))
+        sp = KA.pad_seq(Sq)
+        table_bytes = (Mq * H * D * 2 if split else Sq * H * D * 4) if rope else 0  # cos + sin, bf16
 
         tables = (cos, sin) if rope else (None, None)
         if not quant:  # the SDPA path's norm + RoPE producer: bf16 rows out (a dummy "scale" for sweep())
@@ -102,9 +127,9 @@ def main(argv=None):
                 return KA.launch_norm_rope(x, w, 1e-5, *tables, o[0], tune=t)
 
             def outs():
-                return torch.empty(B, S, H, D, device=dev, dtype=torch.bfloat16), torch.ones(1, device=dev)
+                return torch.empty(B, Sq, H, D, device=dev, dtype=torch.bfloat16), torch.ones(1, device=dev)
 
-            return KA.qk_kind(D, True, rope, quant=False), call, outs, M * H * D * 4
+            return KA.qk_kind(D, True, rope, False, split), call, outs, Mq * H * D * 4 + table_bytes
 
         def call(o, t):
             return KA.launch_quant_qk(x, w, 1e-5, *tables, 0.18, o[0], o[1], tune=t)
@@ -112,14 +137,16 @@ def main(argv=None):
         def outs():
             return torch.empty(B, H, sp, D, device=dev, dtype=FP8), torch.empty(B, H, sp, device=dev)
 
-        nbytes = M * H * D * (2 + 1 + (2 if rope else 0)) + M * H * 4
-        return KA.qk_kind(D, True, rope), call, outs, nbytes
+        nbytes = Mq * H * D * (2 + 1) + Mq * H * 4 + table_bytes
+        return KA.qk_kind(D, True, rope, True, split), call, outs, nbytes
 
-    qk_ops = [qk_op(r, q) for q in (True, False) for r in (True, False)] if args.only != "rows" else []
+    qk_ops = [qk_op(m, r, q) for m in args.qk_models.split(",") for q in (True, False)
+              for r in ((True, False) if qk_models[m][4] else (True,))] if args.only != "rows" else []
     if args.only == "qk":
         ops = {}
 
     report = {"device": torch.cuda.get_device_name(), "versions": package_versions("triton", "diffusers", "torchao"), "shape": [B, S],
+              "qk_shapes": {m: qk_models[m][:4] for m in args.qk_models.split(",")},
               "copy_bf16_2048_ms": bench_fn(lambda: x.clone()), "ops": {}}
     report["copy_GBps"] = x.numel() * 4 / report["copy_bf16_2048_ms"] / 1e6
     print(f"bf16 copy of [{M}, 2048]: {report['copy_bf16_2048_ms'] * 1e3:.1f} us ({report['copy_GBps']:.0f} GB/s)", flush=True)
@@ -169,7 +196,8 @@ def main(argv=None):
         sweep(name, call, outs, nbytes, forms, FORM_KEYS)
     for name, call, outs, nbytes in qk_ops:
         forms = [{"block_t": block_t, "warps": warps, "stages": stages, "per_sm": per_sm}
-                 for block_t, warps, (stages, per_sm) in itertools.product((1, 2, 4, 8), (4, 8), launches)]
+                 for block_t, warps, (stages, per_sm) in itertools.product((1, 2, 4, 8), (4, 8), launches)
+                 if block_t * 32 * int(name.split("/")[1]) <= 16384]  # 32 heads: larger tiles spill
         sweep(name, call, outs, nbytes, forms, QK_KEYS)
     if args.table:
         arch = "sm_%d%d" % torch.cuda.get_device_capability()

@@ -27,9 +27,9 @@ from .. import reference as ref
 from ..hadamard import hadamard_signs, hadamard_transform
 from ..quant import quantize_rowwise
 from ._jit import batch_head, head_rows, to_e4m3
-from ._library import capability, dual_op, interpreting, launchable, programs, table_tune
+from ._library import capability, dual_op, interpreting, launchable, programs, table_entry
 
-__all__ = ["SEQ_PAD", "pad_seq", "qk_kind", "qk_meta", "rope_layout", "v_tiles", "launch_quant_qk", "launch_norm_rope",
+__all__ = ["SEQ_PAD", "pad_seq", "qk_kind", "qk_table_entry", "qk_meta", "rope_layout", "v_tiles", "launch_quant_qk", "launch_norm_rope",
            "launch_quant_v", "quant_qk", "norm_rope", "quant_v", "quant_qk_ref", "norm_rope_ref", "quant_v_ref"]
 
 SEQ_PAD = 128  # q/k/v sequences are padded to this multiple (>= every BLOCK_M/BLOCK_N used)
@@ -41,51 +41,83 @@ def pad_seq(n: int) -> int:
 
 
 @triton.jit
+def _token_rstd(ss, H, eps, D: tl.constexpr, HP: tl.constexpr, BLOCK_T: tl.constexpr):
+    """1/RMS of each row's token over all its heads, from the rows' sums of squares ``ss [BLOCK_T * HP]``: one masked
+    reduction per token of the tile (no reshapes: they cost layout conversions)."""
+    R: tl.constexpr = BLOCK_T * HP
+    tid = tl.arange(0, R) // HP
+    rstd = tl.zeros([R], tl.float32)
+    for t in tl.static_range(BLOCK_T):
+        tss = tl.sum(tl.where(tid == t, ss, 0.0), axis=0)
+        rstd = tl.where(tid == t, tl.rsqrt(tss / (H * D) + eps), rstd)
+    return rstd
+
+
+@triton.jit
 def _norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, row_ok, H, eps,
                     D: tl.constexpr, HP: tl.constexpr, BLOCK_T: tl.constexpr,
-                    HAS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROPE: tl.constexpr,
-                    ROPE_SPLIT: tl.constexpr):
+                    HAS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROPE: tl.constexpr):
     """Rows ``(token, head)`` of ``x [B, S, H, D]`` as float32 ``[BLOCK_T * HP, D]``, after LTX's RMSNorm
-    across all heads of a token (optional weight) and its RoPE (optional): interleaved, tables ``[B|1, S, H, D]``,
-    or LTX-2's split (``ROPE_SPLIT``), tables ``[B|1, H, S, D/2]`` (strides ``scb``, ``scs``, ``sch`` either way)."""
+    across all heads of a token (optional weight) and its interleaved RoPE (optional; tables ``[B|1, S, H, D]``,
+    strides ``scb``, ``scs``, ``sch``). LTX-2's split RoPE: :func:`_norm_rope_halves`."""
     R: tl.constexpr = BLOCK_T * HP
-    r = tl.arange(0, R)
     head_ok = head < H
     m2 = row_ok[:, None]
     xoff = b.to(tl.int64) * sxb + tok.to(tl.int64)[:, None] * sxs + head[:, None] * sxh
     x = tl.load(X + xoff + d[None, :], mask=m2, other=0.0).to(tl.float32)
     if HAS_NORM:
-        # RMSNorm across all heads of a token: the sum of squares over the HP rows of each
-        # token, one masked reduction per token of the tile (no reshapes: they cost layouts)
-        ss = tl.sum(x * x, axis=1)
-        tid = r // HP
-        rstd = tl.zeros([R], tl.float32)
-        for t in tl.static_range(BLOCK_T):
-            tss = tl.sum(tl.where(tid == t, ss, 0.0), axis=0)
-            rstd = tl.where(tid == t, tl.rsqrt(tss / (H * D) + eps), rstd)
-        x = x * rstd[:, None]
+        x = x * _token_rstd(tl.sum(x * x, axis=1), H, eps, D, HP, BLOCK_T)[:, None]
         if HAS_WEIGHT:
             x = x * tl.load(W + head[:, None] * D + d[None, :], mask=head_ok[:, None], other=0.0).to(tl.float32)
     if HAS_ROPE:
-        if ROPE_SPLIT:
-            # split halves (i, i + D/2) of each head: out[i] = x[i] c_i - x[i+D/2] s_i, out[i+D/2] = x[i+D/2] c_i +
-            # x[i] s_i; each table row of D/2 is read for both halves (cached), the partner comes from registers
-            coff = (b.to(tl.int64) * scb + tok.to(tl.int64)[:, None] * scs + head[:, None] * sch
-                    + (d % (D // 2))[None, :])
-            c = tl.load(COS + coff, mask=m2, other=0.0).to(tl.float32)
-            sn = tl.load(SIN + coff, mask=m2, other=0.0).to(tl.float32)
-            x1, x2 = tl.split(tl.permute(tl.reshape(x, (R, 2, D // 2)), (0, 2, 1)))
-            xr = tl.reshape(tl.permute(tl.join(-x2, x1), (0, 2, 1)), (R, D))
-        else:
-            # interleaved pairs (2i, 2i+1): out[2i] = x[2i] c - x[2i+1] s, out[2i+1] = x[2i+1] c + x[2i] s;
-            # the partner comes from registers (split/join), not from a second, unvectorizable load
-            coff = b.to(tl.int64) * scb + tok.to(tl.int64)[:, None] * scs + head[:, None] * sch + d[None, :]
-            c = tl.load(COS + coff, mask=m2, other=0.0).to(tl.float32)
-            sn = tl.load(SIN + coff, mask=m2, other=0.0).to(tl.float32)
-            xe, xo = tl.split(tl.reshape(x, (R, D // 2, 2)))
-            xr = tl.reshape(tl.join(-xo, xe), (R, D))
-        x = x * c + xr * sn
+        # interleaved pairs (2i, 2i+1): out[2i] = x[2i] c - x[2i+1] s, out[2i+1] = x[2i+1] c + x[2i] s;
+        # the partner comes from registers (split/join), not from a second, unvectorizable load
+        coff = b.to(tl.int64) * scb + tok.to(tl.int64)[:, None] * scs + head[:, None] * sch + d[None, :]
+        c = tl.load(COS + coff, mask=m2, other=0.0).to(tl.float32)
+        sn = tl.load(SIN + coff, mask=m2, other=0.0).to(tl.float32)
+        xe, xo = tl.split(tl.reshape(x, (R, D // 2, 2)))
+        x = x * c + tl.reshape(tl.join(-xo, xe), (R, D)) * sn
     return x
+
+
+@triton.jit
+def _norm_rope_halves(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, row_ok, H, eps,
+                      D: tl.constexpr, HP: tl.constexpr, BLOCK_T: tl.constexpr,
+                      HAS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr):
+    """LTX-2's split RoPE: the rows' halves ``(x[:, :D/2], x[:, D/2:])`` after the norm (as
+    :func:`_norm_rope_rows`) and the rotation ``out1 = x1 c - x2 s``, ``out2 = x2 c + x1 s`` (tables
+    ``[B|1, H, S, D/2]``). Each half is loaded as its own tile and returned as one, so the partner of each element
+    is in the other tile at the same place: no reshape, permute or join (each costs a layout conversion through
+    shared memory), and the callers consume the halves as they are (two stores; two half-depth Hadamard dots)."""
+    head_ok = head < H
+    m2 = row_ok[:, None]
+    dh = tl.arange(0, D // 2)
+    xoff = b.to(tl.int64) * sxb + tok.to(tl.int64)[:, None] * sxs + head[:, None] * sxh + dh[None, :]
+    x1 = tl.load(X + xoff, mask=m2, other=0.0).to(tl.float32)
+    x2 = tl.load(X + xoff + D // 2, mask=m2, other=0.0).to(tl.float32)
+    if HAS_NORM:
+        rstd = _token_rstd(tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1), H, eps, D, HP, BLOCK_T)[:, None]
+        x1, x2 = x1 * rstd, x2 * rstd
+        if HAS_WEIGHT:
+            woff = head[:, None] * D + dh[None, :]
+            x1 = x1 * tl.load(W + woff, mask=head_ok[:, None], other=0.0).to(tl.float32)
+            x2 = x2 * tl.load(W + woff + D // 2, mask=head_ok[:, None], other=0.0).to(tl.float32)
+    coff = b.to(tl.int64) * scb + tok.to(tl.int64)[:, None] * scs + head[:, None] * sch + dh[None, :]
+    c = tl.load(COS + coff, mask=m2, other=0.0).to(tl.float32)
+    sn = tl.load(SIN + coff, mask=m2, other=0.0).to(tl.float32)
+    return x1 * c - x2 * sn, x2 * c + x1 * sn
+
+
+@triton.jit
+def _dot_pm1(x, h, acc, GRID_ROUND: tl.constexpr):
+    """``acc + x @ h`` for float32 ``x`` and a +-1 matrix ``h`` (exact in bf16): two bf16 MMAs on hi/lo halves of x,
+    ~2^-17 relative error, float32-like, at a third of a 3xTF32 product's cost (plain tf32 moved ~1% of the codes).
+    The interpreter's bf16 dots are wrong: one fp32 dot there (exact)."""
+    if GRID_ROUND:
+        return tl.dot(x, h.to(tl.float32), acc)
+    x_hi = x.to(tl.bfloat16)
+    acc = tl.dot(x_hi, h, acc)
+    return tl.dot((x - x_hi.to(tl.float32)).to(tl.bfloat16), h, acc)
 
 
 @triton.jit
@@ -104,22 +136,27 @@ def _qk_quant_kernel(
     # float arguments arrive as fp64 when inductor launches the kernel; fp64 has no conversion to e4m3
     eps, out_scale = tl.cast(eps, tl.float32), tl.cast(out_scale, tl.float32)
     r, head, d, head_ok = head_rows(H, HP, BLOCK_T, D)  # rows of a tile: (token, head) pairs, heads padded to HP
-    hmat = tl.load(HAD + d[:, None] * D + d[None, :])
+    dh = tl.arange(0, D // 2)
+    if ROPE_SPLIT:  # the rows come as halves: H's top and bottom halves multiply them
+        h_top = tl.load(HAD + dh[:, None] * D + d[None, :])
+        h_bot = tl.load(HAD + (dh + D // 2)[:, None] * D + d[None, :])
+    else:
+        hmat = tl.load(HAD + d[:, None] * D + d[None, :])
     n_tblk = S_PAD // BLOCK_T
     for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
         b = tile // n_tblk
         tok = (tile % n_tblk) * BLOCK_T + r // HP
-        x = _norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, (tok < S) & head_ok, H, eps,
-                            D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE, ROPE_SPLIT)
-        # x @ H as two bf16 MMAs on hi/lo halves of x (H is exact in bf16): ~2^-17 relative error,
-        # float32-like, at a third of a 3xTF32 product's cost (plain tf32 moved ~1% of the codes)
-        if GRID_ROUND:  # the interpreter: its bf16 dots are wrong; an fp32 dot is exact there
-            y = tl.dot(x, hmat.to(tl.float32)) * out_scale
+        row_ok = (tok < S) & head_ok
+        y = tl.zeros([BLOCK_T * HP, D], tl.float32)
+        if ROPE_SPLIT:
+            x1, x2 = _norm_rope_halves(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, row_ok, H, eps,
+                                       D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT)
+            y = _dot_pm1(x2, h_bot, _dot_pm1(x1, h_top, y, GRID_ROUND), GRID_ROUND)
         else:
-            x_hi = x.to(tl.bfloat16)
-            x_lo = (x - x_hi.to(tl.float32)).to(tl.bfloat16)
-            y = tl.dot(x_hi, hmat)
-            y = tl.dot(x_lo, hmat, y) * out_scale
+            x = _norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, row_ok, H, eps,
+                                D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE)
+            y = _dot_pm1(x, hmat, y, GRID_ROUND)
+        y = y * out_scale
         amax = tl.max(tl.abs(y), axis=1)
         up = tl.where(amax < 5.421010862427522e-20, 1.8446744073709552e19, 1.0)  # tiny rows: q8lib.quant.TINY_*
         inv = tl.where(amax > 0, 448.0 / (amax * up), 0.0)
@@ -146,10 +183,17 @@ def _qk_norm_rope_kernel(
         b = tile // n_tblk
         tok = (tile % n_tblk) * BLOCK_T + r // HP
         row_ok = (tok < S) & head_ok
-        x = _norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, row_ok, H, eps,
-                            D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE, ROPE_SPLIT)
-        optr = OUT + ((b.to(tl.int64) * S + tok) * H + head)[:, None] * D + d[None, :]
-        tl.store(optr, x.to(OUT.dtype.element_ty), mask=row_ok[:, None])
+        orow = OUT + ((b.to(tl.int64) * S + tok) * H + head)[:, None] * D
+        if ROPE_SPLIT:
+            x1, x2 = _norm_rope_halves(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, row_ok, H, eps,
+                                       D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT)
+            dh = tl.arange(0, D // 2)[None, :]
+            tl.store(orow + dh, x1.to(OUT.dtype.element_ty), mask=row_ok[:, None])
+            tl.store(orow + D // 2 + dh, x2.to(OUT.dtype.element_ty), mask=row_ok[:, None])
+        else:
+            x = _norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, row_ok, H, eps,
+                                D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE)
+            tl.store(orow + d[None, :], x.to(OUT.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.jit
@@ -221,10 +265,23 @@ def rope_layout(cos: torch.Tensor, shape) -> str:
                      f"[B|1, H, S, D/2] (split) for rows {tuple(shape)}")
 
 
-def qk_kind(D: int, norm: bool, rope: bool, quant: bool = True) -> str:
+def qk_kind(D: int, norm: bool, rope: bool, quant: bool = True, split: bool = False) -> str:
     """Tuning-table key of a q/k producer (see ``row_tune.json``): ``"qk/64/norm_rope"`` (FP8 producer),
-    ``"qkn/64/norm_rope"`` (norm + RoPE only, the SDPA path), ..."""
-    return f"{'qk' if quant else 'qkn'}/{D}/{'norm' if norm else 'nonorm'}_{'rope' if rope else 'norope'}"
+    ``"qkn/64/norm_rope"`` (norm + RoPE only, the SDPA path), ``"qk/128/norm_rope_split"`` (LTX-2's split RoPE
+    tables: a different load pattern, so its own entry), ..."""
+    rope_key = ("rope_split" if split else "rope") if rope else "norope"
+    return f"{'qk' if quant else 'qkn'}/{D}/{'norm' if norm else 'nonorm'}_{rope_key}"
+
+
+def qk_table_entry(cap: int, D: int, norm: bool, rope: bool, quant: bool, split: bool,
+                   dtype: torch.dtype = torch.bfloat16) -> dict | None:
+    """The measured launch of a q/k producer on ``sm_<cap>`` (``row_tune.json``); split-RoPE forms without an entry
+    of their own take the interleaved form's (the same tile shapes), else ``None`` (the defaults). The entries were
+    measured on bf16 rows: float32 rows take the defaults (the 13B's tuned tile spills on float32 rows at sm_90)."""
+    if dtype == torch.float32:
+        return None
+    entry = table_entry(cap, qk_kind(D, norm, rope, quant, split))
+    return entry if entry is not None or not split else table_entry(cap, qk_kind(D, norm, rope, quant))
 
 
 # The norm + RoPE producer's launch where the table has no entry (measured near-best for the q/k producers on
@@ -239,7 +296,7 @@ def _qk_launch(x, weight, eps, cos, sin, s_pad, tune, quant):
     has_rope = cos is not None
     split = has_rope and rope_layout(cos, x.shape) == "split"
     if tune is None and not interpreting(x):
-        tune = table_tune(x.device, qk_kind(D, eps >= 0, has_rope, quant))
+        tune = qk_table_entry(capability(x.device.index or 0), D, eps >= 0, has_rope, quant, split, x.dtype)
     cap = capability(x.device.index or 0) if x.is_cuda else 90
     meta, per_sm = qk_meta(D, H, eps >= 0, weight is not None, has_rope, quant, tune, interpreting(x), cap, split)
     block_t = meta["BLOCK_T"]

@@ -34,8 +34,8 @@ def fp8_attn_specs(cap: int) -> list[Spec]:
                                                                                          else [])
             for norm, rope, split in forms:
                 for xd in (torch.bfloat16, torch.float32) if quant and norm and rope and not split else (torch.bfloat16,):
-                    kind = _prod.qk_kind(D, norm, rope, quant)
-                    measured = table_entry(cap, kind)
+                    kind = _prod.qk_kind(D, norm, rope, quant, split)
+                    measured = _prod.qk_table_entry(cap, D, norm, rope, quant, split, xd)
                     meta, _ = _prod.qk_meta(D, H, norm, norm, rope, quant, measured, capability=cap, rope_split=split)
                     warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
                     p = _PTR[xd]
@@ -49,7 +49,7 @@ def fp8_attn_specs(cap: int) -> list[Spec]:
                     name = "qk_quant" if quant else "norm_rope"
                     kernel = "_qk_quant_kernel" if quant else "_qk_norm_rope_kernel"
                     src = f"row_tune.json sm_{cap} {kind}" if measured else "default"
-                    form = kind.rsplit('/', 1)[1] + ("_split" if split else "")
+                    form = kind.rsplit('/', 1)[1]
                     out.append(Spec(f"attn/{name}/D{D}/{form}/{_NAME[xd]}",
                                     f"q8lib.kernels.attn_producers:{kernel}", args, meta, warps, stages, src,
                                     dots=quant, wgmma=quant and meta["BLOCK_T"] * meta["HP"] % 64 == 0))

@@ -70,7 +70,7 @@ def _qk_stats_kernel(
         for t0 in range(0, KB, BLOCK_T):
             tok = blk * KB + t0 + r // HP
             x = _norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, (tok < S) & head_ok,
-                                H, eps, D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE, False)
+                                H, eps, D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE)
             ok = ((tok < limit) & head_ok)[:, None]
             # rows are (token, head) pairs, token-major: [BLOCK_T, HP, D] groups each head's tokens
             mx = tl.maximum(mx, tl.max(tl.reshape(tl.where(ok, x, float("-inf")), (BLOCK_T, HP, D)), axis=0))
@@ -108,7 +108,7 @@ def _qk_int8_kernel(
         if HAS_LENS:
             limit = tl.minimum(tl.maximum(tl.load(LENS + b), 1), S)
         x = _norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, (tok < S) & head_ok,
-                            H, eps, D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE, False)
+                            H, eps, D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE)
         bh = (b * H + head).to(tl.int64)
         coff = bh[:, None] * D + d[None, :]
         if HAS_SHIFT:
