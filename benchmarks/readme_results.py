@@ -33,8 +33,10 @@ def _f(v, fmt):
 
 # newest same-run benchmarks of the full-size 13B and LTX-2 (H200, session 8), shown after the 2B table
 FULL_SIZE = ("transformer_13b_h200.json", "transformer_ltx2_h200.json")
-LTX2_FOLLOWUP = "transformer_ltx2_h200_ffn.json"
-LTX2_SPLIT_ROPE = "transformer_ltx2_h200_s10.json"
+# the newest full-size runs (H200, session 11: LTX-2's fused blocks, the head-dim-128 launch table), each with its
+# own bf16 + compile but fewer variants than the runs above (a session's 30 device-minutes)
+LATEST_FULL_SIZE = ("transformer_ltx2_h200_s11.json", "transformer_ltx23_h200_s11.json", "transformer_13b_h200_s11.json")
+LTX2_GENERATE = "generate_ltx2_random_h200.json"
 UNDER_REPORTED = ("\\* peak taken after the CUDA graph's capture (runs before session 8): the activations in the "
                   "graph's pool are missing, so it under-reports; `benchmarks/results/transformer_h200_s8.json` measures "
                   "it from before the capture: q8lib + compile + graph {} MB against bf16 + compile's {} MB ({:.2f}x).")
@@ -73,31 +75,23 @@ def _transformer(d, file=TRANSFORMER, note="") -> list[str]:
     return out
 
 
-def _ltx2_followup(ltx2: dict) -> list[str]:
-    """The later LTX-2 call with the fused FFNs and shared q/k/v quantization (no bf16 run of its own)."""
-    f = _load(LTX2_FOLLOWUP)
-    if not f:
+def _ltx2_generate() -> list[str]:
+    """The end-to-end LTX-2 run (random full-size weights, model offload) and what its peak means for 24 GB GPUs."""
+    d = _load(LTX2_GENERATE)
+    if not d:
         return []
-    r, base = f["results"]["q8lib_compile_graph"], ltx2["results"]["bf16_compile"]
-    return [f"A later call of the same session with the fused FFNs and one quantization per attention input "
-            f"(`benchmarks/results/{LTX2_FOLLOWUP}`, q8lib + compile + graph only, no bf16 run of its own): "
-            f"{r['fwd_ms']:.1f} ms ({r['fwd_ms'] / base['fwd_ms']:.2f}x the bf16 + compile above), peak "
-            f"{r['peak_mb']:.0f} MB measured from before the capture.", ""] + _ltx2_split_rope()
-
-
-def _ltx2_split_rope() -> list[str]:
-    """Session 10's LTX-2 run (split RoPE inside q8lib's q/k producers), with its own bf16 + compile."""
-    f = _load(LTX2_SPLIT_ROPE)
-    if not f:
-        return []
-    r, base = f["results"]["q8lib_compile_graph"], f["results"]["bf16_compile"]
-    kernels = {k["name"]: k["ms"] for k in r["profile"]["top_kernels"]}
-    return [f"A later session (`benchmarks/results/{LTX2_SPLIT_ROPE}`, {f['date'][:10]}, with its own bf16 + compile "
-            f"{base['fwd_ms']:.1f} ms; torchao did not fit its time budget) moved LTX-2's split RoPE into q8lib's "
-            f"q/k producers: q8lib + compile + graph {r['fwd_ms']:.1f} ms ({r['fwd_ms'] / base['fwd_ms']:.3f}x). "
-            f"The producer kernel ({kernels.get('_qk_norm_rope_kernel', float('nan')):.1f} ms per forward) took "
-            f"the place of inductor's norm + RoPE kernels at about the same time, so the ratio did not move; "
-            f"peak {r['peak_mb']:.0f} MB.", ""]
+    st, p, r = d["settings"], d["pipeline"], d["results"]
+    t, m = r["timings"], r["memory"]
+    return [f"**LTX-2 end to end** (`q8lib generate --model random-ltx2 --offload {p['offload']}`: the released "
+            f"pipeline's components at full size with random weights, `benchmarks/results/{LTX2_GENERATE}`; "
+            f"{d['device']}, {d['date'][:10]}): {st['num_frames']} frames at {st['height']}x{st['width']}, "
+            f"{st['num_inference_steps']} steps, {p['weight_dtype']} transformer with {p['attention']} attention, eager: "
+            f"peak {m['peak_gib']:.2f} GiB while denoising ({m['reserved_peak_gib']:.2f} GiB reserved), "
+            f"{m['decode_peak_gib']:.2f} GiB while decoding, transformer weights {m['transformer_weights_gib']:.2f} GiB; "
+            f"{t['transformer_forward_ms']:.0f} ms per transformer forward, VAE decode {t['vae_decode_s']:.1f} s. "
+            "Under a 24 GB GPU's memory, measured on an H200 (not on a 24 GB card). Prompt embeddings were random "
+            "(Gemma 3 12B is not built at full size here): with the real encoder, encode first in 8 bits "
+            "(`--text-encoder-precision q8`, about 12 GB of weights; freed before denoising).", ""]
 
 
 def _attention(d) -> list[str]:
@@ -215,8 +209,11 @@ def render() -> str:
         f = _load(name)
         if f:
             parts += _transformer(f, name, "; random weights") + [""]
-            if "audio_tokens" in f["shape"]:
-                parts += _ltx2_followup(f)
+    for name in LATEST_FULL_SIZE:
+        f = _load(name)
+        if f:
+            parts += _transformer(f, name, "; random weights; a later session, its own bf16 + compile") + [""]
+    parts += _ltx2_generate()
     a = _load("attention_h100.json")
     if a:
         parts += _attention(a) + [""]
