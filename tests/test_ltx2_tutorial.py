@@ -111,6 +111,9 @@ def test_rows_and_tables(results, tmp_path):
     assert mem[2]["peak_gib"] == pytest.approx(1500 / 1024)
     table = lp.format_time_table(res)
     assert "1.1*" in table and "not counted" in table and "1.50x" in table
+    res["results"]["q8lib_compile_graph"]["reserved_peak_mb"] = 1200  # session 8 on: peak taken before the capture
+    table = lp.format_time_table(res)
+    assert "*" not in table and "not counted" not in table
     ptable = lp.format_profile_table(prof).splitlines()
     assert ptable[1].split()[:3] == ["GEMM", "60", "ms"] and "30 ms ( 30%)" in ptable[1]
     assert "42 (30 glue)" in ptable[-1]
