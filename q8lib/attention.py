@@ -23,7 +23,7 @@ from .offload import is_offloaded, onloaded
 from .quant import host_sync_allowed
 from .reference import apply_rotary_emb, attention_inputs
 
-__all__ = ["Q8AttnProcessor", "Q8LTX2AttnProcessor", "q8_attention_core", "ltx2_core", "apply_gates",
+__all__ = ["Q8AttnProcessor", "Q8LTX2AttnProcessor", "q8_attention_core", "ltx2_core", "head_gates", "apply_gates",
            "mask_to_key_lengths", "check_fp8_attention", "set_q8_attention", "restore_attention", "apply_rotary_emb",
            "project_qkv"]
 
@@ -200,12 +200,19 @@ def ltx2_core(attn, query, key, value, query_rotary_emb, key_rotary_emb, attenti
                                mode == "fp8", backend)
 
 
+def head_gates(gate_logits: torch.Tensor) -> torch.Tensor:
+    """Gated attention's (LTX-2.3) per-head gates ``2 * sigmoid(gate_logits [B, S, H])``, as diffusers computes
+    them (zero logits give gates of 1)."""
+    return 2.0 * torch.sigmoid(gate_logits)
+
+
 def apply_gates(attn, out, gate_logits):
-    """Gated attention (LTX-2.3): ``out [B, S, H*D]`` times ``2 * sigmoid(gate_logits [B, S, H])`` per head (zero
-    logits give gates of 1); ``out`` as it is without gate logits."""
+    """Gated attention (LTX-2.3): ``out [B, S, H*D]`` times :func:`head_gates` per head; ``out`` as it is without
+    gate logits. (The fused block applies the gates inside ``to_out``'s quantizer instead:
+    ``Backend.gated_quantize``.)"""
     if gate_logits is None:
         return out
-    return (out.unflatten(2, (attn.heads, -1)) * (2.0 * torch.sigmoid(gate_logits)).unsqueeze(-1)).flatten(2, 3)
+    return (out.unflatten(2, (attn.heads, -1)) * head_gates(gate_logits).unsqueeze(-1)).flatten(2, 3)
 
 
 def _attention_modules(model: nn.Module):

@@ -57,6 +57,11 @@ class Backend:
         """``x [..., K]`` -> rotated, per-token quantized ``(q [..., K], scale [...] fp32)``."""
         return ref.quantize_activation_ref(x, qdtype, hadamard_block)
 
+    def gated_quantize(self, x, head_gate, qdtype, hadamard_block=None):
+        """``x [..., K]`` times per-head gates ``head_gate [..., H]`` (each over ``K / H`` consecutive channels),
+        rotated and quantized per token -> ``(q, scale)`` (gated attention's output ahead of ``to_out``)."""
+        return self.quantize_activation(ref.head_gates_ref(x, head_gate), qdtype, hadamard_block)
+
     def matmul(self, x_q, x_scale, w_q, w_scale, bias=None, activation=None, out_dtype=torch.bfloat16):
         """8-bit GEMM with the scale/bias/activation epilogue: ``[..., K] x [N, K] -> [..., N]``."""
         return ref.q8_matmul_ref(x_q, x_scale, w_q, w_scale, bias, activation, out_dtype)

@@ -48,6 +48,12 @@ def quantize_activation_ref(x: torch.Tensor, qdtype=INT8, hadamard_block: int | 
     return quantize_rowwise(xr, qdtype)
 
 
+def head_gates_ref(x: torch.Tensor, head_gate: torch.Tensor) -> torch.Tensor:
+    """``x [..., K]`` with each of ``H`` heads' ``K / H`` consecutive channels times its gate ``head_gate [..., H]``
+    (gated attention's output, LTX-2.3), computed in float32 and rounded to ``x.dtype``."""
+    return (x.float() * head_gate.float().repeat_interleave(x.shape[-1] // head_gate.shape[-1], -1)).to(x.dtype)
+
+
 def q8_matmul_ref(
     x_q: torch.Tensor,
     x_scale: torch.Tensor,

@@ -149,10 +149,10 @@ def test_installed_where_the_fast_backend_runs(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("weight_dtype", ["fp8_e4m3", "int8"])
-def test_gpu_default_install_and_compile(seed, weight_dtype):
-    model = tiny_ltx2("plain", seed % 1000).to("cuda", torch.bfloat16)
-    inputs = pipeline_inputs(tiny_ltx2("plain", seed % 1000), seed % 1000, text_kept=None)
+@pytest.mark.parametrize("weight_dtype,variant", [("fp8_e4m3", "plain"), ("int8", "plain"), ("fp8_e4m3", "gated")])
+def test_gpu_default_install_and_compile(seed, weight_dtype, variant):
+    model = tiny_ltx2(variant, seed % 1000).to("cuda", torch.bfloat16)
+    inputs = pipeline_inputs(tiny_ltx2(variant, seed % 1000), seed % 1000, text_kept=None)
     inputs = {k: (v.to("cuda", torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else
                   v.to("cuda") if torch.is_tensor(v) else v) for k, v in inputs.items()}
     ref = run(model, inputs)

@@ -429,6 +429,39 @@ def test_add_quantize(seed, qd, norm):
                           test_utils=("test_schema", "test_faketensor"))
 
 
+@pytest.mark.parametrize("qd", QDTYPES)
+@pytest.mark.parametrize("rot", [0, -1])
+def test_gated_quantize(seed, qd, rot):
+    """Gated attention's output quantized for to_out with its per-head gates applied in the same pass, against the
+    gates applied in float64 and the reference quantizer; bf16 rows (the model's); the public op as the launch."""
+    g = torch.Generator().manual_seed(seed)
+    B, S, H, D = 2, 5, 4, 32
+    x = (torch.randn(B, S, H * D, generator=g) * 2).to(DEV, torch.bfloat16)
+    gates = (2 * torch.sigmoid(torch.randn(B, S, H, generator=g))).to(DEV, torch.bfloat16)
+    gates[0, 0, 1] = 0.0  # a head switched off
+    M, K = B * S, H * D
+    q, s = _poisoned((M, K), qd), torch.full((M,), float("nan"), device=DEV)
+    RQ.launch_row_quant(x, None, None, None, 1e-6, False, False, rot, q, s, head_gate=gates)
+    _check_written(q)
+    y = x.double() * gates.double().repeat_interleave(D, -1)
+    exact = hadamard_transform(y) if rot == 0 else y
+    q_ref, s_ref = R.quantize_activation_ref(R.head_gates_ref(x, gates), qd, rotate=rot == 0)
+    # the kernel keeps the gated rows in float32, the reference rounds them to bf16 first: scales agree to bf16's
+    # rounding, and the kernel's error is no larger than the reference's
+    torch.testing.assert_close(s.view(B, S), s_ref, rtol=1e-2, atol=0)
+    assert rel_err(exact, _deq(q.view(B, S, K), s.view(B, S))) <= rel_err(exact, _deq(q_ref, s_ref)) * ERR_FACTOR + 1e-5
+    assert (q.view(B, S, H, D)[0, 0, 1].float() == 0).all() if rot == -1 else True
+    hb = 1 if rot == -1 else None
+    q2, s2 = L.gated_quantize(x, gates, qd, hb)
+    assert torch.equal(q2.view(M, K).float(), q.float()) and torch.equal(s2.view(M), s)
+    torch.library.opcheck(torch.ops.q8lib.gated_row_quant.default, (x, gates, rot, 1 if qd == INT8 else 2),
+                          test_utils=("test_schema", "test_faketensor"))
+    with pytest.raises(ValueError, match="head gates"):
+        L.gated_quantize(x, gates[..., :3], qd, hb)
+    with pytest.raises(ValueError, match="head gates"):
+        L.gated_quantize(x, gates[:, :4], qd, hb)
+
+
 def test_row_kind_keys():
     assert RQ.row_kind(2048, True, False, False, 0) == "2048/norm/full"
     assert RQ.row_kind(2048, False, False, True, 0) == "2048/add/full"

@@ -62,6 +62,9 @@ class TritonBackend(Backend):
         # cuBLAS (fp8 on Hopper) and torch._int_mm have no GELU epilogue; the Triton GEMM has
         return self._linear.gemm_impl(qdtype, device) == "triton"
 
+    def gated_quantize(self, x, head_gate, qdtype, hadamard_block=None):
+        return self._linear.gated_quantize(x, head_gate, qdtype, hadamard_block)
+
     def gelu_quantize(self, x, qdtype, hadamard_block=None):
         return self._linear.gelu_quantize(x, qdtype, hadamard_block)
 

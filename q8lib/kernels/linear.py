@@ -26,9 +26,11 @@ from .. import reference as ref
 from ..quant import FP8, INT8, qdtype_from_name
 from ._library import runs_here, warn_fallback
 from .gemm import gemm_impl, gemm_op, set_gemm_impl
-from .row_quant import FP8_OUT, FLOAT_OUT, INT8_OUT, add_ref, add_row_quant_op, plan, rot_code, row_quant_op
+from .row_quant import (FP8_OUT, FLOAT_OUT, INT8_OUT, add_ref, add_row_quant_op, gated_row_quant_op, plan, rot_code,
+                        row_quant_op)
 
-__all__ = ["quantize_activation", "rms_norm", "rms_norm_quantize", "gelu_quantize", "add_quantize", "matmul",
+__all__ = ["quantize_activation", "gated_quantize", "rms_norm", "rms_norm_quantize", "gelu_quantize", "add_quantize",
+           "matmul",
            "gemm_impl", "set_gemm_impl"]
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -58,6 +60,23 @@ def quantize_activation(x, qdtype, hadamard_block=None):
         warn_fallback("quantize_activation", reason)
         return ref.quantize_activation_ref(x, qdtype, hadamard_block)
     return _row("quantize_activation", x, None, None, None, 1e-6, False, False, qdtype, hadamard_block)
+
+
+def gated_quantize(x, head_gate, qdtype, hadamard_block=None):
+    """``x [..., K]`` times per-head gates ``head_gate [..., H]`` (each over ``K / H`` consecutive channels), rotated
+    and quantized per token -> ``(q [..., K], scale [...])``: gated attention's output quantized for ``to_out`` in
+    the same pass that applies the gates. Differs from the reference only in keeping the gated rows in float32."""
+    H = head_gate.shape[-1] if head_gate.dim() else 0
+    if head_gate.shape[:-1] != x.shape[:-1] or H < 1 or x.shape[-1] % H:
+        raise ValueError(f"head gates of shape {tuple(head_gate.shape)} do not fit rows of shape {tuple(x.shape)}: "
+                         "expected [..., H] with the rows' leading dims and H dividing the row length")
+    reason = _row_reason(x, hadamard_block) or (None if head_gate.dtype in _FLOAT_DTYPES else
+                                                f"head gate dtype {head_gate.dtype}")
+    if reason:
+        warn_fallback("gated_quantize", reason)
+        return ref.quantize_activation_ref(ref.head_gates_ref(x, head_gate), qdtype, hadamard_block)
+    q = qdtype_from_name(qdtype)
+    return gated_row_quant_op(x, head_gate, rot_code(True, hadamard_block), INT8_OUT if q == INT8 else FP8_OUT)
 
 
 def rms_norm(x, weight=None, eps=1e-6, scale=None, shift=None):

@@ -32,7 +32,8 @@ from ._jit import gelu_tanh, round_e4m3, sign_matrix
 from ._library import dual_op, launchable, programs, table_tune, tracing, warn_fallback
 
 __all__ = ["FLOAT_OUT", "INT8_OUT", "FP8_OUT", "plan", "row_kind", "row_attempts", "row_meta", "launch_row_quant",
-           "rot_code", "row_quant_op", "add_row_quant_op", "row_quant_ref", "add_ref", "qdtype_of"]
+           "rot_code", "row_quant_op", "add_row_quant_op", "gated_row_quant_op", "row_quant_ref", "add_ref",
+           "gated_quant_ref", "qdtype_of"]
 
 # QMODE values
 FLOAT_OUT, INT8_OUT, FP8_OUT = 0, 1, 2
@@ -56,12 +57,14 @@ def _row_quant_kernel(
     RS, rsb, rss,  # residual branch added to the rows first (if RESID): x + RS * G
     G, gb, gs,  # its gate (if HAS_GATE), broadcast strides
     HOUT,  # [M, K] the sum, in HOUT's dtype (if RESID): the new residual stream
+    HG, hgb, hgs,  # per-head gates [.., K / HEAD_D] multiplied into the rows first (if HEAD_D > 0)
     K: tl.constexpr, ROWS: tl.constexpr,
     A: tl.constexpr, LOGA: tl.constexpr, B: tl.constexpr, LOGB: tl.constexpr,
     NORM: tl.constexpr, HAS_W: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
     GELU: tl.constexpr, ROTATE: tl.constexpr, LEFT: tl.constexpr, DOT_BF16: tl.constexpr,
     QMODE: tl.constexpr, QMAX: tl.constexpr, SOFT_FP8: tl.constexpr = False,
     RESID: tl.constexpr = False, HAS_GATE: tl.constexpr = False, BATCHED: tl.constexpr = False,
+    HEAD_D: tl.constexpr = 0,
 ):
     """Tile = ``ROWS`` rows of ``K``. Rotation: ``[ROWS*K/B, B] @ H_B`` and, if ``LEFT`` (``K == A*B``),
     ``H_A`` along each row's ``A`` index; normalised by ``1/sqrt(A*B)`` (``A = 1`` unless ``LEFT``).
@@ -90,6 +93,9 @@ def _row_quant_kernel(
         si = rows - bi * S
         m2 = rmask[:, None]
         x = tl.load(X + (bi * sxb + si * sxs)[:, None] + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        if HEAD_D > 0:  # gated attention's output: each head's channels times that head's gate (a cached gather)
+            hg = tl.load(HG + (bi * hgb + si * hgs)[:, None] + (cols // HEAD_D)[None, :], mask=m2, other=0.0)
+            x = x * hg.to(tl.float32)
         if RESID:  # gated residual add; the sum is both written out and transformed below
             r = tl.load(RS + (bi * rsb + si * rss)[:, None] + cols[None, :], mask=m2, other=0.0).to(tl.float32)
             if HAS_GATE:
@@ -232,7 +238,7 @@ def row_attempts(K: int, tile: int, measured: dict | None) -> list:
 
 def row_meta(K: int, hadamard_block: int | None, rotate: bool, t: dict, *, norm: bool, gelu: bool, has_weight: bool,
              has_scale: bool, has_shift: bool, residual: bool, gate: bool, out_dtype: torch.dtype,
-             cuda: bool = True) -> dict:
+             cuda: bool = True, head_d: int = 0) -> dict:
     """The row kernel's constexprs, ``num_warps`` and ``num_stages`` for the launch form ``t`` (one of
     :func:`row_attempts`): what :func:`launch_row_quant` passes (``q8lib.kernels.targets`` compiles it too)."""
     rows_per, A, B, left = plan(K, hadamard_block, rotate, t["tile"])
@@ -242,18 +248,20 @@ def row_meta(K: int, hadamard_block: int | None, rotate: bool, t: dict, *, norm:
         "NORM": norm, "HAS_W": has_weight, "HAS_SCALE": has_scale, "HAS_SHIFT": has_shift,
         "GELU": gelu, "ROTATE": rotate, "LEFT": left, "DOT_BF16": cuda,
         "QMODE": {INT8: INT8_OUT, FP8: FP8_OUT}.get(out_dtype, FLOAT_OUT), "QMAX": QMAX.get(out_dtype, 1.0),
-        "SOFT_FP8": not cuda, "RESID": residual, "HAS_GATE": gate, "BATCHED": bool(t["batched"]),
+        "SOFT_FP8": not cuda, "RESID": residual, "HAS_GATE": gate, "BATCHED": bool(t["batched"]), "HEAD_D": head_d,
         "num_warps": t["warps"] or (4 if elems <= 2048 else (8 if elems <= 16384 else 16)), "num_stages": t["stages"],
     }
 
 
 def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_scale=None,
-                     residual=None, gate=None, h_out=None, tune=None):
+                     residual=None, gate=None, h_out=None, tune=None, head_gate=None):
     """Run the row kernel on ``x [..., K]`` into preallocated ``out [M, K]`` (+ ``out_scale [M]`` fp32).
 
     ``out.dtype`` picks the mode: int8 / float8_e4m3fn quantize, a float dtype writes the transformed
     rows. ``rot`` as :func:`rot_code`. With ``residual`` (shape of ``x``) the rows are first
     ``x + residual * gate`` (``gate`` broadcast like ``scale``, optional), written to ``h_out [M, K]``.
+    ``head_gate [..., H]`` (leading dims of ``x``) multiplies each of the ``H`` heads' ``K / H`` consecutive
+    channels by its gate before anything else (gated attention's output ahead of ``to_out``).
     Tests call this directly to poison the outputs beforehand. ``tune`` (benchmarks, tests) fixes the
     launch instead of the default plan: a dict of ``rows``, ``stages``, ``warps``, ``progs_per_sm``
     (0: one program per tile, no persistent loop) and ``batched`` (H_A as one batched product).
@@ -277,6 +285,11 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
     rs, rsb, rss = _bcast3(residual, x)
     g, gb, gs = _bcast3(gate, x)
     dummy = x3
+    head_d, hg, hgb, hgs = 0, dummy, 0, 0
+    if head_gate is not None:
+        hg = _as3(head_gate)
+        head_d = K // head_gate.shape[-1]
+        hgb, hgs = hg.stride(0), hg.stride(1)
     # The launch: the form measured fastest for this GPU and op kind (row_tune.json) if there is one,
     # then the default plan; on "out of resource" (shared memory depends on the tile, the pipelining
     # depth and the input dtype) the next attempt: fewer stages, then half the tile. The launch that
@@ -284,7 +297,7 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
     # paid once, not on every call (that host time showed up in the H100 timings).
     tile = p[0] * K
     key = (K, tile, hb, rotate, norm, gelu, weight is not None, scale is not None, shift is not None,
-           residual is not None, gate is not None, x.dtype, out.dtype, x.device.type)
+           residual is not None, gate is not None, x.dtype, out.dtype, x.device.type, head_d)
     if tune is not None:
         attempts = [dict(_ROW_DEFAULT_TUNE, tile=tune["rows"] * K if "rows" in tune else tile, **tune)]
     elif key in _ROW_FIT:
@@ -296,7 +309,7 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
     for n, t in enumerate(attempts):
         meta = row_meta(K, hb, rotate, t, norm=norm, gelu=gelu, has_weight=weight is not None,
                         has_scale=scale is not None, has_shift=shift is not None, residual=residual is not None,
-                        gate=gate is not None, out_dtype=out.dtype, cuda=x.is_cuda)
+                        gate=gate is not None, out_dtype=out.dtype, cuda=x.is_cuda, head_d=head_d)
         progs = programs(x.device, triton.cdiv(M, meta["ROWS"]), t["progs_per_sm"])
         try:
             kernel[(progs,)](
@@ -307,7 +320,7 @@ def launch_row_quant(x, weight, scale, shift, eps, norm, gelu, rot, out, out_sca
                 out, out_scale if out_scale is not None else out,
                 M, S, float(eps),
                 rs if rs is not None else dummy, rsb, rss, g if g is not None else dummy, gb, gs,
-                h_out if h_out is not None else dummy, **meta,
+                h_out if h_out is not None else dummy, hg, hgb, hgs, **meta,
             )
             if tune is None and not traced:
                 _ROW_FIT[key] = t
@@ -362,6 +375,37 @@ def row_quant_ref(x, weight, scale, shift, eps, norm, gelu, rot, qdtype):
     if qdtype is None:
         return y, x.new_empty((0,), dtype=torch.float32)
     return ref.quantize_activation_ref(y, qdtype, None if rot <= 0 else rot, rotate=rot >= 0)
+
+
+def _gated_row_quant_impl(x: torch.Tensor, head_gate: torch.Tensor, rot: int,
+                          qmode: int) -> tuple[torch.Tensor, torch.Tensor]:
+    qdtype = qdtype_of(qmode)
+    K = x.shape[-1]
+    M = x.numel() // max(K, 1)
+    out = torch.empty(M, K, device=x.device, dtype=qdtype)
+    out_scale = torch.empty(M, device=x.device, dtype=torch.float32)
+    try:
+        launch_row_quant(x, None, None, None, 1e-6, False, False, rot, out, out_scale, head_gate=head_gate)
+    except Exception as e:  # noqa: BLE001 - resource errors only; never return unwritten output
+        if not isinstance(e, OutOfResources):
+            raise
+        warn_fallback("gated_row_quant", f"kernel does not fit this GPU for rows of {K}: {e}")
+        return gated_quant_ref(x, head_gate, rot, qdtype)
+    return out.view(x.shape), out_scale.view(x.shape[:-1])
+
+
+def _gated_row_quant_fake(x, head_gate, rot, qmode):
+    return x.new_empty(x.shape, dtype=qdtype_of(qmode)), x.new_empty(x.shape[:-1], dtype=torch.float32)
+
+
+gated_row_quant_op = dual_op("gated_row_quant", _gated_row_quant_impl, _gated_row_quant_fake)
+
+
+def gated_quant_ref(x, head_gate, rot, qdtype):
+    """Per-head gates then quantization in reference math: ``x [..., K]`` times ``head_gate [..., H]`` repeated over
+    each head's ``K / H`` channels (rounded to ``x.dtype``, as the unfused gate multiply), rotated and quantized."""
+    return ref.quantize_activation_ref(ref.head_gates_ref(x, head_gate), qdtype, None if rot <= 0 else rot,
+                                       rotate=rot >= 0)
 
 
 def _add_row_quant_impl(x: torch.Tensor, residual: torch.Tensor, gate: Optional[torch.Tensor],

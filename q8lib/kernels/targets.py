@@ -94,6 +94,11 @@ def _row_specs(cap: int, attempt: int = 0) -> list[Spec]:
             for rotate, qd in ((True, INT8), (False, FP8)):
                 out.append(_row_spec(cap, mode, K, None, rotate, torch.bfloat16, qd, norm=norm, gelu=False,
                                      resid=gate, gate=gate, mod=mod, weight=False, attempt=attempt))
+    for m in LTX_MODELS.values():  # LTX-2.3's gated attention outputs: per-head gates in to_out's quantizer
+        for rotate, qd in ((True, INT8), (False, FP8)):
+            out.append(_row_spec(cap, "head_gate", m["dim"], None, rotate, torch.bfloat16, qd, norm=False, gelu=False,
+                                 resid=False, gate=False, mod=False, weight=False, attempt=attempt,
+                                 head_d=m["head_dim"]))
     for K in dims:  # rms_norm: float rows out, no rotation, with an affine weight (LTX-1) or without (LTX-2.3's
         # gated attentions read their float query input in eager mode; under compile it is plain torch)
         for xd in (torch.bfloat16, torch.float32):
@@ -104,7 +109,8 @@ def _row_specs(cap: int, attempt: int = 0) -> list[Spec]:
     return [s for s in out if s is not None]
 
 
-def _row_spec(cap, mode, K, hb, rotate, xd, od, *, norm, gelu, resid, gate, mod, weight, attempt=0) -> Spec | None:
+def _row_spec(cap, mode, K, hb, rotate, xd, od, *, norm, gelu, resid, gate, mod, weight, attempt=0,
+              head_d=0) -> Spec | None:
     rot = -1 if not rotate else (0 if hb is None else hb)
     kind = _rq.row_kind(K, norm, gelu, resid, rot)
     measured = table_entry(cap, kind)
@@ -114,16 +120,17 @@ def _row_spec(cap, mode, K, hb, rotate, xd, od, *, norm, gelu, resid, gate, mod,
         return None
     t = attempts[attempt]
     meta = _rq.row_meta(K, hb, rotate, t, norm=norm, gelu=gelu, has_weight=weight, has_scale=mod, has_shift=mod,
-                         residual=resid, gate=gate, out_dtype=od, cuda=True)
+                         residual=resid, gate=gate, out_dtype=od, cuda=True, head_d=head_d)
     warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
     x = _PTR[xd]
+    heads = K // head_d if head_d else 0
     ada = 6 * K  # AdaLN modulations are views of temb [B, 1, 6, K]: batch stride 6K, token stride 0
     args = {"X": x, "sxb": _TOKENS * K, "sxs": K, "W": x,
             "SC": x, "sscb": ada if mod else 0, "scs": 0, "SH": x, "sshb": ada if mod else 0, "shs": 0,
             "OUT": _PTR[od], "QS": "*fp32" if od in (INT8, FP8) else _PTR[od],
             "M": _BATCH * _TOKENS, "S": _TOKENS, "eps": 1e-6,
             "RS": x, "rsb": _TOKENS * K if resid else 0, "rss": K if resid else 0,
-            "G": x, "gb": ada if gate else 0, "gs": 0, "HOUT": x}
+            "G": x, "gb": ada if gate else 0, "gs": 0, "HOUT": x, "HG": x, "hgb": _TOKENS * heads, "hgs": heads}
     rname = "none" if not rotate else ("full" if hb is None else f"b{hb}")
     src = f"row_tune.json sm_{cap} {kind}" if measured else "default plan"
     src += f", attempt {attempt + 1}" if attempt else ", first attempt"
