@@ -3,8 +3,9 @@
 One file per kernel, each with its launcher, its ``torch.library`` op + fake and its reference twin:
 ``row_quant.py`` (norm/GELU/residual + Hadamard + 8-bit quantization of rows), ``gemm.py`` (8-bit GEMMs),
 ``attn_producers.py`` (q/k/v producers of FP8 attention and the SDPA path's norm + RoPE),
-``fp8_attention.py`` (the FP8 attention kernel), ``int8_producers.py`` + ``int8_attention.py`` (INT8 attention); shared device functions in ``_jit.py``, op registration and launch
-plumbing in ``_library.py``. The backend ops with their input checks are ``linear.py`` and ``attention.py``;
+``fp8_attention.py`` (the FP8 attention kernel), ``int8_producers.py`` + ``int8_attention.py`` (INT8 attention);
+shared device functions in ``_jit.py`` and, for the q/k producers' rows (norm across heads + RoPE), ``qk_rows.py``;
+op registration and launch plumbing in ``_library.py``. The backend ops with their input checks are ``linear.py`` and ``attention.py``;
 :class:`TritonBackend` binds them to the backend interface of :mod:`q8lib.backends`. Each op falls back to the reference math, with a one-time
 warning naming the op and the reason, when a shape or dtype is not supported.
 """

@@ -28,6 +28,7 @@ from ..hadamard import hadamard_signs, hadamard_transform
 from ..quant import quantize_rowwise
 from ._jit import batch_head, head_rows, to_e4m3
 from ._library import capability, dual_op, interpreting, launchable, programs, table_entry
+from .qk_rows import dot_pm1, norm_rope_halves, norm_rope_rows
 
 __all__ = ["SEQ_PAD", "pad_seq", "qk_kind", "qk_table_entry", "qk_meta", "rope_layout", "v_tiles", "launch_quant_qk", "launch_norm_rope",
            "launch_quant_v", "quant_qk", "norm_rope", "quant_v", "quant_qk_ref", "norm_rope_ref", "quant_v_ref"]
@@ -38,86 +39,6 @@ FP8 = torch.float8_e4m3fn
 
 def pad_seq(n: int) -> int:
     return -(-n // SEQ_PAD) * SEQ_PAD
-
-
-@triton.jit
-def _token_rstd(ss, H, eps, D: tl.constexpr, HP: tl.constexpr, BLOCK_T: tl.constexpr):
-    """1/RMS of each row's token over all its heads, from the rows' sums of squares ``ss [BLOCK_T * HP]``: one masked
-    reduction per token of the tile (no reshapes: they cost layout conversions)."""
-    R: tl.constexpr = BLOCK_T * HP
-    tid = tl.arange(0, R) // HP
-    rstd = tl.zeros([R], tl.float32)
-    for t in tl.static_range(BLOCK_T):
-        tss = tl.sum(tl.where(tid == t, ss, 0.0), axis=0)
-        rstd = tl.where(tid == t, tl.rsqrt(tss / (H * D) + eps), rstd)
-    return rstd
-
-
-@triton.jit
-def _norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, row_ok, H, eps,
-                    D: tl.constexpr, HP: tl.constexpr, BLOCK_T: tl.constexpr,
-                    HAS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROPE: tl.constexpr):
-    """Rows ``(token, head)`` of ``x [B, S, H, D]`` as float32 ``[BLOCK_T * HP, D]``, after LTX's RMSNorm
-    across all heads of a token (optional weight) and its interleaved RoPE (optional; tables ``[B|1, S, H, D]``,
-    strides ``scb``, ``scs``, ``sch``). LTX-2's split RoPE: :func:`_norm_rope_halves`."""
-    R: tl.constexpr = BLOCK_T * HP
-    head_ok = head < H
-    m2 = row_ok[:, None]
-    xoff = b.to(tl.int64) * sxb + tok.to(tl.int64)[:, None] * sxs + head[:, None] * sxh
-    x = tl.load(X + xoff + d[None, :], mask=m2, other=0.0).to(tl.float32)
-    if HAS_NORM:
-        x = x * _token_rstd(tl.sum(x * x, axis=1), H, eps, D, HP, BLOCK_T)[:, None]
-        if HAS_WEIGHT:
-            x = x * tl.load(W + head[:, None] * D + d[None, :], mask=head_ok[:, None], other=0.0).to(tl.float32)
-    if HAS_ROPE:
-        # interleaved pairs (2i, 2i+1): out[2i] = x[2i] c - x[2i+1] s, out[2i+1] = x[2i+1] c + x[2i] s;
-        # the partner comes from registers (split/join), not from a second, unvectorizable load
-        coff = b.to(tl.int64) * scb + tok.to(tl.int64)[:, None] * scs + head[:, None] * sch + d[None, :]
-        c = tl.load(COS + coff, mask=m2, other=0.0).to(tl.float32)
-        sn = tl.load(SIN + coff, mask=m2, other=0.0).to(tl.float32)
-        xe, xo = tl.split(tl.reshape(x, (R, D // 2, 2)))
-        x = x * c + tl.reshape(tl.join(-xo, xe), (R, D)) * sn
-    return x
-
-
-@triton.jit
-def _norm_rope_halves(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, row_ok, H, eps,
-                      D: tl.constexpr, HP: tl.constexpr, BLOCK_T: tl.constexpr,
-                      HAS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr):
-    """LTX-2's split RoPE: the rows' halves ``(x[:, :D/2], x[:, D/2:])`` after the norm (as
-    :func:`_norm_rope_rows`) and the rotation ``out1 = x1 c - x2 s``, ``out2 = x2 c + x1 s`` (tables
-    ``[B|1, H, S, D/2]``). Each half is loaded as its own tile and returned as one, so the partner of each element
-    is in the other tile at the same place: no reshape, permute or join (each costs a layout conversion through
-    shared memory), and the callers consume the halves as they are (two stores; two half-depth Hadamard dots)."""
-    head_ok = head < H
-    m2 = row_ok[:, None]
-    dh = tl.arange(0, D // 2)
-    xoff = b.to(tl.int64) * sxb + tok.to(tl.int64)[:, None] * sxs + head[:, None] * sxh + dh[None, :]
-    x1 = tl.load(X + xoff, mask=m2, other=0.0).to(tl.float32)
-    x2 = tl.load(X + xoff + D // 2, mask=m2, other=0.0).to(tl.float32)
-    if HAS_NORM:
-        rstd = _token_rstd(tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1), H, eps, D, HP, BLOCK_T)[:, None]
-        x1, x2 = x1 * rstd, x2 * rstd
-        if HAS_WEIGHT:
-            woff = head[:, None] * D + dh[None, :]
-            x1 = x1 * tl.load(W + woff, mask=head_ok[:, None], other=0.0).to(tl.float32)
-            x2 = x2 * tl.load(W + woff + D // 2, mask=head_ok[:, None], other=0.0).to(tl.float32)
-    coff = b.to(tl.int64) * scb + tok.to(tl.int64)[:, None] * scs + head[:, None] * sch + dh[None, :]
-    c = tl.load(COS + coff, mask=m2, other=0.0).to(tl.float32)
-    sn = tl.load(SIN + coff, mask=m2, other=0.0).to(tl.float32)
-    return x1 * c - x2 * sn, x2 * c + x1 * sn
-
-
-@triton.jit
-def _dot_pm1(x, h, acc, GRID_ROUND: tl.constexpr):
-    """``acc + x @ h`` for float32 ``x`` and a +-1 matrix ``h`` (exact in bf16): two bf16 MMAs on hi/lo halves of x,
-    ~2^-17 relative error, float32-like, at a third of a 3xTF32 product's cost (plain tf32 moved ~1% of the codes).
-    The interpreter's bf16 dots are wrong: one fp32 dot there (exact)."""
-    if GRID_ROUND:
-        return tl.dot(x, h.to(tl.float32), acc)
-    x_hi = x.to(tl.bfloat16)
-    acc = tl.dot(x_hi, h, acc)
-    return tl.dot((x - x_hi.to(tl.float32)).to(tl.bfloat16), h, acc)
 
 
 @triton.jit
@@ -149,13 +70,13 @@ def _qk_quant_kernel(
         row_ok = (tok < S) & head_ok
         y = tl.zeros([BLOCK_T * HP, D], tl.float32)
         if ROPE_SPLIT:
-            x1, x2 = _norm_rope_halves(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, row_ok, H, eps,
+            x1, x2 = norm_rope_halves(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, row_ok, H, eps,
                                        D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT)
-            y = _dot_pm1(x2, h_bot, _dot_pm1(x1, h_top, y, GRID_ROUND), GRID_ROUND)
+            y = dot_pm1(x2, h_bot, dot_pm1(x1, h_top, y, GRID_ROUND), GRID_ROUND)
         else:
-            x = _norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, row_ok, H, eps,
+            x = norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, row_ok, H, eps,
                                 D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE)
-            y = _dot_pm1(x, hmat, y, GRID_ROUND)
+            y = dot_pm1(x, hmat, y, GRID_ROUND)
         y = y * out_scale
         amax = tl.max(tl.abs(y), axis=1)
         up = tl.where(amax < 5.421010862427522e-20, 1.8446744073709552e19, 1.0)  # tiny rows: q8lib.quant.TINY_*
@@ -185,13 +106,13 @@ def _qk_norm_rope_kernel(
         row_ok = (tok < S) & head_ok
         orow = OUT + ((b.to(tl.int64) * S + tok) * H + head)[:, None] * D
         if ROPE_SPLIT:
-            x1, x2 = _norm_rope_halves(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, row_ok, H, eps,
+            x1, x2 = norm_rope_halves(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, row_ok, H, eps,
                                        D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT)
             dh = tl.arange(0, D // 2)[None, :]
             tl.store(orow + dh, x1.to(OUT.dtype.element_ty), mask=row_ok[:, None])
             tl.store(orow + D // 2 + dh, x2.to(OUT.dtype.element_ty), mask=row_ok[:, None])
         else:
-            x = _norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, row_ok, H, eps,
+            x = norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, row_ok, H, eps,
                                 D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE)
             tl.store(orow + d[None, :], x.to(OUT.dtype.element_ty), mask=row_ok[:, None])
 

@@ -1,7 +1,7 @@
 """Producers of q8lib's INT8 attention (Triton kernels + launcher + ``torch.library`` op + reference twin).
 
 The math is :func:`q8lib.reference.int8_qk_quantize_ref` on q and k after LTX's RMSNorm across heads and its
-interleaved RoPE (both optional; the same row code as the FP8 producers, :func:`.attn_producers._norm_rope_rows`):
+interleaved RoPE (both optional; the same row code as the FP8 producers, :func:`.qk_rows.norm_rope_rows`):
 K smoothing over the valid keys, q/k channel balancing, the softmax scale * log2(e) folded into q, int8 q per
 (token, head) and int8 k per block of :data:`KEY_BLOCK` keys per head. No Hadamard rotation (the cheapest scheme
 that meets issue #14's accuracy targets, benchmarks/NOTES_attention.md "Session 6"). ``v`` needs no producer: the
@@ -32,7 +32,8 @@ import triton.language as tl
 from .. import reference as ref
 from ._jit import head_rows
 from ._library import capability, dual_op, interpreting, launchable, programs
-from .attn_producers import _norm_rope_f32, _norm_rope_rows, _pad_rows, _qk_launch, pad_seq, qk_meta, rope_layout
+from .attn_producers import _norm_rope_f32, _pad_rows, _qk_launch, pad_seq, qk_meta, rope_layout
+from .qk_rows import norm_rope_rows
 
 __all__ = ["KEY_BLOCK", "STATS_CHUNK", "PRODUCER_TUNE", "producer_meta", "balance_from_stats", "launch_int8_quant_qk",
            "int8_quant_qk", "quant_qk_int8_ref"]
@@ -69,7 +70,7 @@ def _qk_stats_kernel(
         sm = tl.zeros([HP, D], tl.float32)
         for t0 in range(0, KB, BLOCK_T):
             tok = blk * KB + t0 + r // HP
-            x = _norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, (tok < S) & head_ok,
+            x = norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, (tok < S) & head_ok,
                                 H, eps, D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE)
             ok = ((tok < limit) & head_ok)[:, None]
             # rows are (token, head) pairs, token-major: [BLOCK_T, HP, D] groups each head's tokens
@@ -107,7 +108,7 @@ def _qk_int8_kernel(
         limit = S
         if HAS_LENS:
             limit = tl.minimum(tl.maximum(tl.load(LENS + b), 1), S)
-        x = _norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, (tok < S) & head_ok,
+        x = norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, (tok < S) & head_ok,
                             H, eps, D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE)
         bh = (b * H + head).to(tl.int64)
         coff = bh[:, None] * D + d[None, :]
