@@ -1,15 +1,18 @@
 """Attention micro-benchmark: cuDNN / flash bf16 SDPA vs q8lib's FP8 and INT8 attention, in one run.
 
-    python benchmarks/bench_attention.py [--sweep] [--int8-sweep] [--skip-fp8] [--out benchmarks/results/attention_h100.json]
+    python benchmarks/bench_attention.py [--sweep] [--int8-sweep] [--skip-fp8] [--skip-int8] [--cudnn-fp8] \
+        [--shapes NAME,...] [--out benchmarks/results/attention_h100.json]
 
 Shapes (LTX-Video): self-attention [2, 32, 3630, 64] (the shape of record), [2, 32, 14520, 64],
-[2, 32, 3630, 128] (13B heads) and cross-attention of 3630 queries to 128 text keys with key lengths
+[2, 32, 3630, 128] (13B heads), [2, 32, 6144, 128] (LTX-2's video stream) and cross-attention of 3630 queries to 128 text keys with key lengths
 (128, 77). Variants per shape:
 
 * ``sdpa_cudnn_bf16``, ``sdpa_flash_bf16``: PyTorch SDPA pinned to one backend (bf16 in/out).
 * ``q8_fp8_kernel``: the FP8 attention kernel alone on producer outputs (what SDPA is compared to).
 * ``q8_fp8_op``: the whole backend op on bf16 ``[B, H, S, D]`` (producers for q/k/v + kernel).
 * ``q8_kernels_fp8``: the original ``q8_kernels`` FP8 attention, if that package is installed.
+* ``cudnn_fp8_kernel`` (``--cudnn-fp8``, needs ``nvidia-cudnn-frontend``): cuDNN's FP8 SDPA on per-tensor e4m3
+  q/k/v with an e4m3 output (``cudnn_fp8_sdpa.py``; self-attention shapes only), its error with the output decoded.
 * ``q8_int8_kernel``, ``q8_int8_op``, ``q8_int8_quant_qk``: the INT8 attention (``mode="int8"``: K smoothing,
   q/k balancing, int8 q per token / k per 64-key block, bf16 P·V) kernel alone, the whole op, its q/k producers.
 
@@ -38,6 +41,7 @@ SHAPES = [  # (name, B, H, Sq, Sk, D, key_lengths)
     ("self_2x32x3630x64", 2, 32, 3630, 3630, 64, None),
     ("self_2x32x14520x64", 2, 32, 14520, 14520, 64, None),
     ("self_2x32x3630x128", 2, 32, 3630, 3630, 128, None),
+    ("self_2x32x6144x128", 2, 32, 6144, 6144, 128, None),  # LTX-2's video self-attention (121 frames at 768x512)
     ("cross_2x32x3630x128keys_64", 2, 32, 3630, 128, 64, (128, 77)),
 ]
 
@@ -222,11 +226,28 @@ def int8_bench(name, res, record, q, k, v, kl, ref_out, sweep, result, dump):
     res["int8_ref_2heads_rel_err"] = rel_err(r8, ref_out[:, :2])
 
 
+def cudnn_fp8_bench(res, record, q, k, v):
+    """cuDNN's FP8 SDPA on per-tensor e4m3 q/k/v (``cudnn_fp8_sdpa.py``): the kernel alone, and its error with the
+    e4m3 output decoded; a failure (package missing, engine refusing the shape) is recorded, not raised."""
+    try:
+        from cudnn_fp8_sdpa import CudnnFP8SDPA, per_tensor_e4m3
+
+        (q8, dq), (k8, dk), (v8, dv) = (per_tensor_e4m3(t) for t in (q, k, v))
+        attn = CudnnFP8SDPA(q8, k8, v8)
+        out = attn(q8, k8, v8, dq, dk, dv).float() * attn.descale_o(dv)
+    except Exception as e:  # noqa: BLE001 - e.g. no nvidia-cudnn-frontend: say why in the JSON
+        res["cudnn_fp8_kernel"] = {"error": repr(e)[:300]}
+        return
+    record("cudnn_fp8_kernel", lambda: attn(q8, k8, v8, dq, dk, dv), out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sweep", action="store_true", help="time every tile configuration of the FP8 kernel")
     ap.add_argument("--int8-sweep", action="store_true", help="time every INT8_SWEEP configuration of the INT8 kernel")
     ap.add_argument("--skip-fp8", action="store_true", help="leave out the FP8 variants (INT8 and SDPA only)")
+    ap.add_argument("--cudnn-fp8", action="store_true", help="also cuDNN's FP8 SDPA (nvidia-cudnn-frontend)")
+    ap.add_argument("--skip-int8", action="store_true", help="leave out the INT8 variants")
     ap.add_argument("--out", default="benchmarks/results/attention_h100.json")
     ap.add_argument("--asm-dir", default=None, help="write the TTGIR/SASS of the chosen kernels here")
     ap.add_argument("--shapes", default=None, help="comma-separated subset of shape names")
@@ -376,10 +397,13 @@ def main():
             if have_q8k:
                 res["q8_kernels_fp8"] = {"error": "adapter not written: q8_kernels is installed but not benchmarked"}
             del q8, k8, vt8, op_out
-        int8_bench(name, res, record, q, k, v, kl, ref_out, args.int8_sweep and lens is None and Sq <= 4096,
-                   result, dump)
+        if args.cudnn_fp8 and lens is None:
+            cudnn_fp8_bench(res, record, q, k, v)
+        if not args.skip_int8:
+            int8_bench(name, res, record, q, k, v, kl, ref_out, args.int8_sweep and lens is None and Sq <= 4096,
+                       result, dump)
         cud = res.get("sdpa_cudnn_bf16", {}).get("ms")
-        for variant in ("q8_fp8_kernel", "q8_fp8_op", "q8_int8_kernel", "q8_int8_op"):
+        for variant in ("q8_fp8_kernel", "q8_fp8_op", "q8_int8_kernel", "q8_int8_op", "cudnn_fp8_kernel"):
             if cud and "ms" in res.get(variant, {}):
                 res[variant]["speedup_vs_cudnn"] = cud / res[variant]["ms"]
         result["shapes"][name] = {"shape": [B, H, Sq, Sk, D], "key_lengths": lens, "gflop": flops / 1e9,
