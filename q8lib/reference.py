@@ -48,9 +48,20 @@ def quantize_activation_ref(x: torch.Tensor, qdtype=INT8, hadamard_block: int | 
     return quantize_rowwise(xr, qdtype)
 
 
+def check_head_gates(x: torch.Tensor, head_gate: torch.Tensor) -> None:
+    """``ValueError`` unless ``head_gate`` is ``[..., H]`` with ``x``'s leading dims and device, ``H`` dividing
+    ``x``'s row length ``K``."""
+    H = head_gate.shape[-1] if head_gate.dim() else 0
+    if head_gate.shape[:-1] != x.shape[:-1] or H < 1 or x.shape[-1] % H or head_gate.device != x.device:
+        raise ValueError(f"head gates of shape {tuple(head_gate.shape)} on {head_gate.device} do not fit rows of shape "
+                         f"{tuple(x.shape)} on {x.device}: expected [..., H] with the rows' leading dims and device, "
+                         "H dividing the row length")
+
+
 def head_gates_ref(x: torch.Tensor, head_gate: torch.Tensor) -> torch.Tensor:
     """``x [..., K]`` with each of ``H`` heads' ``K / H`` consecutive channels times its gate ``head_gate [..., H]``
     (gated attention's output, LTX-2.3), computed in float32 and rounded to ``x.dtype``."""
+    check_head_gates(x, head_gate)
     return (x.float() * head_gate.float().repeat_interleave(x.shape[-1] // head_gate.shape[-1], -1)).to(x.dtype)
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from helpers import outlier_heavy, rel_err, sqnr_db
 from q8lib import reference as R
+from q8lib.backends import get_backend
 from q8lib.hadamard import hadamard_transform
 from q8lib.kernels import _WARNED
 from q8lib.kernels import gemm as G
@@ -460,6 +461,8 @@ def test_gated_quantize(seed, qd, rot):
         L.gated_quantize(x, gates[..., :3], qd, hb)
     with pytest.raises(ValueError, match="head gates"):
         L.gated_quantize(x, gates[:, :4], qd, hb)
+    with pytest.raises(ValueError, match="head gates"):  # the reference backend checks alike
+        get_backend("reference").gated_quantize(x, gates[..., :3], qd, hb)
 
 
 def test_row_kind_keys():

@@ -66,10 +66,7 @@ def gated_quantize(x, head_gate, qdtype, hadamard_block=None):
     """``x [..., K]`` times per-head gates ``head_gate [..., H]`` (each over ``K / H`` consecutive channels), rotated
     and quantized per token -> ``(q [..., K], scale [...])``: gated attention's output quantized for ``to_out`` in
     the same pass that applies the gates. Differs from the reference only in keeping the gated rows in float32."""
-    H = head_gate.shape[-1] if head_gate.dim() else 0
-    if head_gate.shape[:-1] != x.shape[:-1] or H < 1 or x.shape[-1] % H:
-        raise ValueError(f"head gates of shape {tuple(head_gate.shape)} do not fit rows of shape {tuple(x.shape)}: "
-                         "expected [..., H] with the rows' leading dims and H dividing the row length")
+    ref.check_head_gates(x, head_gate)
     reason = _row_reason(x, hadamard_block) or (None if head_gate.dtype in _FLOAT_DTYPES else
                                                 f"head gate dtype {head_gate.dtype}")
     if reason:
