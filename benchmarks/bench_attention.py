@@ -12,7 +12,8 @@ Shapes (LTX-Video): self-attention [2, 32, 3630, 64] (the shape of record), [2, 
 * ``q8_fp8_op``: the whole backend op on bf16 ``[B, H, S, D]`` (producers for q/k/v + kernel).
 * ``q8_kernels_fp8``: the original ``q8_kernels`` FP8 attention, if that package is installed.
 * ``cudnn_fp8_kernel`` (``--cudnn-fp8``, needs ``nvidia-cudnn-frontend``): cuDNN's FP8 SDPA on per-tensor e4m3
-  q/k/v with an e4m3 output (``cudnn_fp8_sdpa.py``; self-attention shapes only), its error with the output decoded.
+  q/k/v with an e4m3 output (``cudnn_fp8_sdpa.py``; self-attention shapes only), its error with the output decoded;
+  ``cudnn_fp8_kernel_vt`` the same with v's keys contiguous (the layout q8lib's v producer writes).
 * ``q8_int8_kernel``, ``q8_int8_op``, ``q8_int8_quant_qk``: the INT8 attention (``mode="int8"``: K smoothing,
   q/k balancing, int8 q per token / k per 64-key block, bf16 P·V) kernel alone, the whole op, its q/k producers.
 
@@ -239,6 +240,16 @@ def cudnn_fp8_bench(res, record, q, k, v):
         res["cudnn_fp8_kernel"] = {"error": repr(e)[:300]}
         return
     record("cudnn_fp8_kernel", lambda: attn(q8, k8, v8, dq, dk, dv), out)
+    # v with the keys contiguous (the K-major operand of Hopper's FP8 P @ V, as q8lib's v producer writes it):
+    # whether cuDNN takes that layout, and whether it is faster than transposing v itself
+    v8t = v8.transpose(-1, -2).contiguous().transpose(-1, -2)
+    try:
+        attn_t = CudnnFP8SDPA(q8, k8, v8t)
+        out_t = attn_t(q8, k8, v8t, dq, dk, dv).float() * attn_t.descale_o(dv)
+    except Exception as e:  # noqa: BLE001 - the engine may refuse the layout: that is the answer
+        res["cudnn_fp8_kernel_vt"] = {"error": repr(e)[:300]}
+        return
+    record("cudnn_fp8_kernel_vt", lambda: attn_t(q8, k8, v8t, dq, dk, dv), out_t)
 
 
 def main():
@@ -403,7 +414,8 @@ def main():
             int8_bench(name, res, record, q, k, v, kl, ref_out, args.int8_sweep and lens is None and Sq <= 4096,
                        result, dump)
         cud = res.get("sdpa_cudnn_bf16", {}).get("ms")
-        for variant in ("q8_fp8_kernel", "q8_fp8_op", "q8_int8_kernel", "q8_int8_op", "cudnn_fp8_kernel"):
+        for variant in ("q8_fp8_kernel", "q8_fp8_op", "q8_int8_kernel", "q8_int8_op", "cudnn_fp8_kernel",
+                        "cudnn_fp8_kernel_vt"):
             if cud and "ms" in res.get(variant, {}):
                 res[variant]["speedup_vs_cudnn"] = cud / res[variant]["ms"]
         result["shapes"][name] = {"shape": [B, H, Sq, Sk, D], "key_lengths": lens, "gflop": flops / 1e9,
