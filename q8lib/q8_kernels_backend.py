@@ -90,6 +90,9 @@ class Q8KernelsBackend(Backend):
     def gelu_quantize(self, x, qdtype, hadamard_block=None):
         return self._other().gelu_quantize(x, qdtype, hadamard_block)
 
+    def gated_quantize(self, x, head_gate, qdtype, hadamard_block=None):
+        return self._other().gated_quantize(x, head_gate, qdtype, hadamard_block)
+
     def add_quantize(self, x, residual, gate, qdtype, hadamard_block=None, norm=False, weight=None, eps=1e-6,
                      scale=None, shift=None):
         return self._other().add_quantize(x, residual, gate, qdtype, hadamard_block, norm, weight, eps, scale, shift)

@@ -1,8 +1,8 @@
 """The ``triton`` backend's linear ops (same signatures and math as :mod:`q8lib.reference`).
 
-* ``quantize_activation`` / ``rms_norm_quantize`` / ``gelu_quantize`` / ``add_quantize``: one Triton
-  pass per row (gated residual add, norm + AdaLN modulation or GELU, Hadamard rotation, amax, 8-bit
-  store), ``row_quant.py``.
+* ``quantize_activation`` / ``rms_norm_quantize`` / ``gelu_quantize`` / ``add_quantize`` / ``gated_quantize``: one
+  Triton pass per row (gated residual add, norm + AdaLN modulation, GELU or per-head attention gates, Hadamard
+  rotation, amax, 8-bit store), ``row_quant.py``.
 * ``matmul``: the 8-bit GEMM with the scale/bias/GELU epilogue. On Hopper (sm_90+) fp8 goes to
   cuBLAS' row-wise scaled GEMM (``torch._scaled_mm`` with fast accumulation; fastest measured,
   see benchmarks/NOTES_linear.md); int8, and fp8 elsewhere (Ada, sm_89: by design, untested
