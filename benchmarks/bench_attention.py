@@ -7,7 +7,8 @@ Shapes (LTX-Video): self-attention [2, 32, 3630, 64] (the shape of record), [2, 
 [2, 32, 3630, 128] (13B heads), [2, 32, 6144, 128] (LTX-2's video stream) and cross-attention of 3630 queries to 128 text keys with key lengths
 (128, 77). Variants per shape:
 
-* ``sdpa_cudnn_bf16``, ``sdpa_flash_bf16``: PyTorch SDPA pinned to one backend (bf16 in/out).
+* ``sdpa_cudnn_bf16``, ``sdpa_flash_bf16``: PyTorch SDPA pinned to one backend (bf16 in/out), on ``[B, H, S, D]``
+  views of ``[B, S, H, D]`` rows as in the model; ``sdpa_cudnn_bf16_bhsd`` cuDNN on ``[B, H, S, D]``-contiguous ones.
 * ``q8_fp8_kernel``: the FP8 attention kernel alone on producer outputs (what SDPA is compared to).
 * ``q8_fp8_op``: the whole backend op on bf16 ``[B, H, S, D]`` (producers for q/k/v + kernel).
 * ``q8_kernels_fp8``: the original ``q8_kernels`` FP8 attention, if that package is installed.
@@ -353,6 +354,19 @@ def main():
                 res[variant] = {"error": repr(e)[:300]}
                 continue
             record(variant, sd, out)
+        # the same cuDNN kernel on [B, H, S, D]-contiguous q/k/v (the model hands it [B, S, H, D] rows viewed as
+        # [B, H, S, D]): whether the layout the producers write costs cuDNN speed
+        qc, kc, vc = (t.contiguous() for t in (q, k, v))
+
+        def sd_bhsd():
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                return F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask)
+
+        try:
+            record("sdpa_cudnn_bf16_bhsd", sd_bhsd, sd_bhsd())
+        except Exception as e:  # noqa: BLE001 - cuDNN refusing the call is the answer
+            res["sdpa_cudnn_bf16_bhsd"] = {"error": repr(e)[:300]}
+        del qc, kc, vc
 
         if not args.skip_fp8:
             qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
