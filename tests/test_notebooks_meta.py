@@ -217,6 +217,17 @@ def test_video_helpers():
     assert viz.frame_strip({"a": v, "b": v}, n=3) is not None
 
 
+def test_videos_html_embeds_small_files_and_names_large_ones(tmp_path):
+    from q8lib.tutorial import viz
+
+    small, large = tmp_path / "small.mp4", tmp_path / "large.mp4"
+    small.write_bytes(b"\x00" * 1000)
+    large.write_bytes(b"\x00" * (3 * 2**20))
+    html = viz.videos_html({"bf16": small, "Q8": large}, max_mb=2).data
+    assert html.count("data:video/mp4;base64,") == 1 and "large.mp4</code> (3 MiB" in html
+    assert "Q8</figcaption>" in html and "bf16</figcaption>" in html
+
+
 def test_versus_baseline():
     from q8lib.tutorial import viz
 
