@@ -51,10 +51,10 @@ def _linear_slots(block) -> list:
     """``(parent._modules, name)`` of each of the block's linears: where peft puts a LoRA layer in or takes it
     out (``setattr`` on the parent), read by :func:`q8lib.fused_ops.runs_adapter` on every call without attribute
     lookups."""
-    a1, a2, net = block.attn1, block.attn2, block.ff.net
+    a1, a2 = block.attn1, block.attn2
     return ([(a1._modules, k) for k in ("to_q", "to_k", "to_v")] + [(a1.to_out._modules, "0")]
             + [(a2._modules, k) for k in ("to_q", "to_k", "to_v")] + [(a2.to_out._modules, "0")]
-            + [(net[0]._modules, "proj"), (net._modules, "2")])
+            + ffn_slots(block.ff))
 
 
 def _eligible(block) -> str | None:

@@ -31,7 +31,7 @@ from torch import nn
 
 from .attention import head_gates, ltx2_core
 from .backends import resolve_backend
-from .fused_ops import ffn, ffn_eligible, linear, q8_of, runs_adapter
+from .fused_ops import ffn, ffn_eligible, ffn_slots, linear, q8_of, runs_adapter
 from .modules import Q8Linear
 from .offload import is_offloaded
 
@@ -51,9 +51,7 @@ def linear_slots(block) -> list:
     for name in _ATTENTIONS:
         a = getattr(block, name)
         slots += [(a._modules, k) for k in ("to_q", "to_k", "to_v")] + [(a.to_out._modules, "0")]
-    for ff in (block.ff, block.audio_ff):
-        slots += [(ff.net[0]._modules, "proj"), (ff.net._modules, "2")]
-    return slots
+    return slots + ffn_slots(block.ff) + ffn_slots(block.audio_ff)
 
 
 def eligible(block, mode: str = "fp8") -> str | None:

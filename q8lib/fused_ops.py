@@ -52,6 +52,7 @@ def runs_adapter(slots) -> bool:
 
 
 def ffn_slots(ff) -> list:
+    """``(parent._modules, name)`` of a ``FeedForward``'s two linears (see :func:`runs_adapter`)."""
     net = ff.net
     return [(net[0]._modules, "proj"), (net._modules, "2")]
 
