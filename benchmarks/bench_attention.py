@@ -13,8 +13,9 @@ Shapes (LTX-Video): self-attention [2, 32, 3630, 64] (the shape of record), [2, 
 * ``q8_fp8_op``: the whole backend op on bf16 ``[B, H, S, D]`` (producers for q/k/v + kernel).
 * ``q8_kernels_fp8``: the original ``q8_kernels`` FP8 attention, if that package is installed.
 * ``cudnn_fp8_kernel`` (``--cudnn-fp8``, needs ``nvidia-cudnn-frontend``): cuDNN's FP8 SDPA on per-tensor e4m3
-  q/k/v with an e4m3 output (``cudnn_fp8_sdpa.py``; self-attention shapes only), its error with the output decoded;
-  ``cudnn_fp8_kernel_vt`` the same with v's keys contiguous (the layout q8lib's v producer writes).
+  q/k/v with an e4m3 output (q8lib's op ``q8lib::cudnn_fp8_sdpa``), its error with the output decoded;
+  ``q8_fp8tensor_op`` the whole ``attention="fp8_tensor"`` op (K smoothing, per-tensor quantization, cuDNN, the
+  decoded output), with key lengths where the shape has them.
 * ``q8_int8_kernel``, ``q8_int8_op``, ``q8_int8_quant_qk``: the INT8 attention (``mode="int8"``: K smoothing,
   q/k balancing, int8 q per token / k per 64-key block, bf16 P·V) kernel alone, the whole op, its q/k producers.
 
@@ -228,29 +229,31 @@ def int8_bench(name, res, record, q, k, v, kl, ref_out, sweep, result, dump):
     res["int8_ref_2heads_rel_err"] = rel_err(r8, ref_out[:, :2])
 
 
-def cudnn_fp8_bench(res, record, q, k, v):
-    """cuDNN's FP8 SDPA on per-tensor e4m3 q/k/v (``cudnn_fp8_sdpa.py``): the kernel alone, and its error with the
-    e4m3 output decoded; a failure (package missing, engine refusing the shape) is recorded, not raised."""
-    try:
-        from cudnn_fp8_sdpa import CudnnFP8SDPA, per_tensor_e4m3
+def cudnn_fp8_bench(res, record, q, k, v, kl):
+    """cuDNN's FP8 SDPA through q8lib's op (``attention="fp8_tensor"``, :mod:`q8lib.kernels.cudnn_attention`): the
+    engine alone on per-tensor e4m3 q/k/v (``cudnn_fp8_kernel``), the op with its K smoothing and quantization
+    (``q8_fp8tensor_op``) and, with key lengths, its error against the reference emulation on two heads; a failure
+    (package missing, engine refusing the shape) is recorded, not raised."""
+    from q8lib import reference as ref
+    from q8lib.kernels import cudnn_attention as ca
 
-        (q8, dq), (k8, dk), (v8, dv) = (per_tensor_e4m3(t) for t in (q, k, v))
-        attn = CudnnFP8SDPA(q8, k8, v8)
-        out = attn(q8, k8, v8, dq, dk, dv).float() * attn.descale_o(dv)
+    try:
+        codes = [ref.quantize_per_tensor(t) for t in (q, k, v)]
+        (q8, dq), (k8, dk), (v8, dv) = codes
+        sm = 1.0 / math.sqrt(q.shape[-1])
+        out = ca.cudnn_fp8_sdpa(q8, k8, v8, dq, dk, dv, None, sm).float() * dv
     except Exception as e:  # noqa: BLE001 - e.g. no nvidia-cudnn-frontend: say why in the JSON
         res["cudnn_fp8_kernel"] = {"error": repr(e)[:300]}
         return
-    record("cudnn_fp8_kernel", lambda: attn(q8, k8, v8, dq, dk, dv), out)
-    # v with the keys contiguous (the K-major operand of Hopper's FP8 P @ V, as q8lib's v producer writes it):
-    # whether cuDNN takes that layout, and whether it is faster than transposing v itself
-    v8t = v8.transpose(-1, -2).contiguous().transpose(-1, -2)
+    record("cudnn_fp8_kernel", lambda: ca.cudnn_fp8_sdpa(q8, k8, v8, dq, dk, dv, None, sm), out)
     try:
-        attn_t = CudnnFP8SDPA(q8, k8, v8t)
-        out_t = attn_t(q8, k8, v8t, dq, dk, dv).float() * attn_t.descale_o(dv)
-    except Exception as e:  # noqa: BLE001 - the engine may refuse the layout: that is the answer
-        res["cudnn_fp8_kernel_vt"] = {"error": repr(e)[:300]}
+        op_out = ca.fp8_tensor_attention(q, k, v, kl)
+    except Exception as e:  # noqa: BLE001
+        res["q8_fp8tensor_op"] = {"error": repr(e)[:300]}
         return
-    record("cudnn_fp8_kernel_vt", lambda: attn_t(q8, k8, v8t, dq, dk, dv), out_t)
+    record("q8_fp8tensor_op", lambda: ca.fp8_tensor_attention(q, k, v, kl), op_out)
+    r = ref.fp8_tensor_attention_ref(q[:, :2].float(), k[:, :2].float(), v[:, :2].float(), kl)
+    res["q8_fp8tensor_op"]["rel_err_vs_ref_2heads"] = rel_err(op_out[:, :2], r)
 
 
 def main():
@@ -422,14 +425,14 @@ def main():
             if have_q8k:
                 res["q8_kernels_fp8"] = {"error": "adapter not written: q8_kernels is installed but not benchmarked"}
             del q8, k8, vt8, op_out
-        if args.cudnn_fp8 and lens is None:
-            cudnn_fp8_bench(res, record, q, k, v)
+        if args.cudnn_fp8:
+            cudnn_fp8_bench(res, record, q, k, v, kl)
         if not args.skip_int8:
             int8_bench(name, res, record, q, k, v, kl, ref_out, args.int8_sweep and lens is None and Sq <= 4096,
                        result, dump)
         cud = res.get("sdpa_cudnn_bf16", {}).get("ms")
         for variant in ("q8_fp8_kernel", "q8_fp8_op", "q8_int8_kernel", "q8_int8_op", "cudnn_fp8_kernel",
-                        "cudnn_fp8_kernel_vt"):
+                        "q8_fp8tensor_op"):
             if cud and "ms" in res.get(variant, {}):
                 res[variant]["speedup_vs_cudnn"] = cud / res[variant]["ms"]
         result["shapes"][name] = {"shape": [B, H, Sq, Sk, D], "key_lengths": lens, "gflop": flops / 1e9,

@@ -53,8 +53,8 @@ def q8_attention_core(attn, query, key, value, image_rotary_emb=None, key_length
     """Everything between the projections and ``to_out``: ``norm_q``/``norm_k``, RoPE, attention.
 
     ``query [B, Sq, H*D]``, ``key``/``value [B, Sk, H*D]`` are the raw projection outputs;
-    ``key_lengths [B]`` int32 right-padding lengths or ``None``; ``mode``: ``"fp8"``, ``"int8"`` or ``"sdpa"``
-    (``True``/``False`` as the earlier ``fp8`` flag); ``key_rotary_emb``: the keys' own RoPE tables where they differ
+    ``key_lengths [B]`` int32 right-padding lengths or ``None``; ``mode``: ``"fp8"``, ``"int8"``, ``"sdpa"`` or
+    ``"fp8_tensor"`` (``True``/``False`` as the earlier ``fp8`` flag); ``key_rotary_emb``: the keys' own RoPE tables where they differ
     from the queries' ``image_rotary_emb`` (LTX-2's a2v/v2a). Returns ``[B, Sq, H*D]`` in ``value.dtype``.
     Runs the backend's ``attention_core`` (the triton backend fuses norm + RoPE, + rotation and
     quantization for FP8 or smoothing, balancing and quantization for INT8, into its producers); under
@@ -229,6 +229,17 @@ def check_attention_mode(model: nn.Module, mode: str) -> None:
         raise SettingsError(_NO_INT8_LTX2)
 
 
+def check_attention_backend(model: nn.Module, mode: str, backend: str = "auto") -> None:
+    """Raise :class:`~q8lib.errors.SettingsError` if the backend that will run ``model``'s attention on the device
+    of its weights cannot run ``mode`` there (e.g. ``"fp8_tensor"`` on a GPU without ``nvidia-cudnn-frontend``)."""
+    param = next(model.parameters(), None)
+    if param is None or param.device.type == "meta":
+        return
+    reason = resolve_backend(backend, param.device).attention_unavailable_reason(mode)
+    if reason is not None:
+        raise SettingsError(reason)
+
+
 def check_fp8_attention(model: nn.Module) -> None:
     """Raise :class:`~q8lib.errors.SettingsError` unless FP8 attention can rotate every head of ``model``.
 
@@ -251,7 +262,7 @@ def check_fp8_attention(model: nn.Module) -> None:
 def set_q8_attention(model: nn.Module, mode: str | bool = "fp8", backend: str = "auto", *,
                      fp8: bool | None = None) -> dict:
     """Install :class:`Q8AttnProcessor` (:class:`Q8LTX2AttnProcessor` on LTX-2's modules) on every attention
-    module of ``model`` (``mode``: ``"fp8"``, ``"int8"`` or ``"sdpa"``; ``fp8=True/False`` as earlier).
+    module of ``model`` (``mode``: one of :data:`~q8lib.backends.ATTENTION_MODES`; ``fp8=True/False`` as earlier).
 
     Returns the original processors (also kept on the model) so :func:`restore_attention` can undo it.
     Raises :class:`~q8lib.errors.SettingsError` (before changing anything) if ``mode="fp8"`` and a head size
@@ -263,6 +274,7 @@ def set_q8_attention(model: nn.Module, mode: str | bool = "fp8", backend: str = 
         raise SettingsError(f"{type(model).__name__} has no attention modules with processors")
     if mode == "fp8":
         check_fp8_attention(model)
+    check_attention_backend(model, mode, backend)
     processors = {cls: cls(mode, backend=backend) for cls in {_processor_class(m) for _, m in mods}}
     originals = getattr(model, "_q8_original_processors", None) or {n: m.processor for n, m in mods}
     model._q8_original_processors = originals

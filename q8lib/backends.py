@@ -22,8 +22,9 @@ __all__ = ["Backend", "BackendUnavailableError", "register_backend", "get_backen
            "ATTENTION_MODES", "attention_mode"]
 
 #: What the attention ops compute (``mode``): FP8 with Hadamard-rotated q/k (:func:`~q8lib.reference.fp8_attention_ref`),
-#: INT8 q·k with 16-bit P·V (:func:`~q8lib.reference.int8_attention_ref`) or plain SDPA.
-ATTENTION_MODES = ("fp8", "int8", "sdpa")
+#: INT8 q·k with 16-bit P·V (:func:`~q8lib.reference.int8_attention_ref`), plain SDPA, or FP8 with one scale per
+#: tensor and K smoothing (:func:`~q8lib.reference.fp8_tensor_attention_ref`: cuDNN's FP8 engine on Hopper).
+ATTENTION_MODES = ("fp8", "int8", "sdpa", "fp8_tensor")
 
 
 def attention_mode(mode) -> str:
@@ -95,14 +96,21 @@ class Backend:
         return (h, *self.quantize_activation(h, qdtype, hadamard_block))
 
     # --- attention ops ---------------------------------------------------------------------------
+    def attention_unavailable_reason(self, mode: str) -> str | None:
+        """Why this backend cannot run attention ``mode`` (``None``: it can; the reference runs every mode)."""
+        return None
+
     def attention(self, q, k, v, key_lengths=None, sm_scale=None, mode="fp8"):
         """``[B, H, S, D]`` attention; ``mode`` (:func:`attention_mode`): ``"fp8"`` (Hadamard-rotated q/k, e4m3),
-        ``"int8"`` (smoothed, balanced int8 q/k, 16-bit P·V) or ``"sdpa"``."""
+        ``"int8"`` (smoothed, balanced int8 q/k, 16-bit P·V), ``"sdpa"`` or ``"fp8_tensor"`` (per-tensor e4m3 after
+        K smoothing)."""
         mode = attention_mode(mode)
         if mode == "fp8":
             return ref.fp8_attention_ref(q, k, v, key_lengths, sm_scale)
         if mode == "int8":
             return ref.int8_attention_ref(q, k, v, key_lengths, sm_scale)
+        if mode == "fp8_tensor":
+            return ref.fp8_tensor_attention_ref(q, k, v, key_lengths, sm_scale)
         return ref.sdpa_attention(q, k, v, key_lengths, sm_scale)
 
     def attention_core(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8",

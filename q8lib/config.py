@@ -89,8 +89,10 @@ class Q8Runtime:
         backend: ``"auto"`` (fastest available for the device), ``"reference"``, ``"triton"``, ...
         attention: ``"fp8"`` (FP8 attention with Hadamard-rotated q/k), ``"int8"`` (INT8 q·k after key
             smoothing and q/k channel balancing, bf16/fp16 P·V: more accurate than ``"fp8"``, see
-            benchmarks/NOTES_attention.md), ``"sdpa"`` (bf16 SDPA through the Q8 processor) or ``"keep"``
-            (leave diffusers' processors alone).
+            benchmarks/NOTES_attention.md), ``"sdpa"`` (bf16 SDPA through the Q8 processor), ``"fp8_tensor"``
+            (cuDNN's FP8 attention engine, one scale per tensor after K smoothing: the fastest at head dim 128 on
+            Hopper, coarser than ``"fp8"`` on outlier channels; needs ``nvidia-cudnn-frontend`` on a GPU) or
+            ``"keep"`` (leave diffusers' processors alone).
 
     :func:`q8lib.quantize_` and :func:`q8lib.load_q8` take these as keyword arguments
     (``backend=``, ``attention=``); this object is what they record on the model (``model._q8_runtime``).

@@ -21,6 +21,8 @@ __all__ = [
     "q8_linear_ref",
     "rms_norm_ref",
     "fp8_attention_ref",
+    "fp8_tensor_attention_ref",
+    "quantize_per_tensor",
     "int8_attention_ref",
     "int8_qk_quantize_ref",
     "int8_attention_codes_ref",
@@ -270,6 +272,42 @@ def fp8_attention_ref(
         m = m_new
     out = acc * vs[:, :, None, :] / (p_scale * l[..., None])
     return out.to(q.dtype)
+
+
+def quantize_per_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` -> ``(e4m3 codes with x's shape, descale [] float32)``, one scale for the whole tensor:
+    ``codes * descale ~ x`` and the largest ``|x|`` lands on e4m3's 448 (an all-zero tensor: zero codes)."""
+    amax = x.detach().abs().amax().float()
+    inv = torch.where(amax > 0, QMAX[FP8] / amax, torch.zeros_like(amax))
+    codes = (x.float() * inv).clamp(-QMAX[FP8], QMAX[FP8]).to(FP8)
+    return codes, amax * (1.0 / QMAX[FP8])
+
+
+def fp8_tensor_attention_ref(q, k, v, key_lengths=None, sm_scale: float | None = None, k_smooth: bool = True):
+    """FP8 attention with one scale per tensor (``attention="fp8_tensor"``): what cuDNN's FP8 SDPA engine computes
+    behind q8lib's producers, emulated in float32 (the GPU path is :mod:`q8lib.kernels.cudnn_attention`).
+
+    1. ``k_smooth``: the mean key over the sequence is subtracted from every key (exact under softmax: each query
+       row's scores move by one constant), which takes a shared offset out of the keys' range.
+    2. ``q, k, v [B, H, S, D]`` are each quantized to e4m3 with one scale (:func:`quantize_per_tensor`).
+    3. ``P = exp(s - rowmax)`` is stored as e4m3 of ``P * 448``; the row sum is kept in float32.
+    4. The output is written in e4m3 with ``v``'s scale (``|O| <= amax(v)``: a convex combination of v's rows).
+    Keys at positions ``>= key_lengths[b]`` (clamped to ``[1, Sk]``) are masked. Returns ``[B, H, Sq, D]`` in
+    ``v.dtype``. No rotation of q/k: measured on outlier inputs it does not help per-tensor scales
+    (``benchmarks/results/accuracy/cudnn_fp8_emulation_cpu.json``), while K smoothing does.
+    """
+    sm_scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale
+    kf = k.float()
+    if k_smooth:
+        kf = kf - kf.mean(dim=-2, keepdim=True)
+    (q8, dq), (k8, dk), (v8, dv) = quantize_per_tensor(q), quantize_per_tensor(kf), quantize_per_tensor(v)
+    s = (q8.float() @ k8.float().transpose(-1, -2)) * (dq * dk * sm_scale)
+    if key_lengths is not None:
+        s = s.masked_fill(~key_lengths_to_mask(key_lengths, k.shape[-2]), -math.inf)
+    p = torch.exp(s - s.amax(-1, keepdim=True))
+    pv = (p * P_SCALE).to(FP8).float() @ v8.float()
+    o_codes = (pv / (P_SCALE * p.sum(-1, keepdim=True))).clamp(-QMAX[FP8], QMAX[FP8]).to(FP8)
+    return (o_codes.float() * dv).to(v.dtype)
 
 
 # INT8 attention (issue #14, benchmarks/NOTES_attention.md "Session 6"): keys share one int8 scale per block of

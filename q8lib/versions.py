@@ -31,6 +31,9 @@ SUPPORTED = {
                              "offload extra)"),
     "av": (">=18", "PyAV for diffusers 0.42's encode_video (LTX-2's mp4 with its audio track) and LTX-2's "
                    "conditioning-image re-encoding; tested 18.1.0, older releases untested (ltx2 extra)"),
+    "nvidia-cudnn-frontend": (">=1.8", "pygraph.sdpa_fp8 with per-tensor descales and an FP8 output, behind "
+                                       "attention='fp8_tensor'; tested 1.32.0 on the H200, older releases untested "
+                                       "(cudnn extra)"),
 }
 
 

@@ -32,7 +32,7 @@ def test_runtime_is_checked_and_has_defaults():
     assert Q8Config().runtime() == Q8Runtime(backend="auto", attention="fp8")
     assert Q8Config().runtime(attention="sdpa") == Q8Runtime(backend="auto", attention="sdpa")
     assert Q8Runtime(attention="int8").attention == "int8"
-    with pytest.raises(SettingsError, match="attention must be 'fp8', 'int8', 'sdpa' or 'keep'"):
+    with pytest.raises(SettingsError, match="attention must be 'fp8', 'int8', 'sdpa', 'fp8_tensor' or 'keep'"):
         Q8Runtime(attention="flash")
     with pytest.raises(SettingsError, match="backend must be a name"):
         q8lib.quantize_(make_tiny_transformer(), Q8Config(), backend="", progress=False)

@@ -9,6 +9,7 @@ import importlib.util
 import torch
 from torch import nn
 
+from ..backends import resolve_backend
 from ..config import Q8Config, Q8Runtime
 from ..convert import activate_q8, check_q8_config, quantize_block_
 from ..errors import Q8Error
@@ -35,6 +36,9 @@ VARIANTS = {
     "q8lib_int8_hb128_compile": ("q8lib", {"weight_dtype": "int8", "hadamard_block": 128, "attention": "sdpa"}, True),
     "q8lib_fp8attn": ("q8lib", {"attention": "fp8"}, False),
     "q8lib_fp8attn_compile": ("q8lib", {"attention": "fp8"}, True),
+    # cuDNN's FP8 attention engine, one scale per tensor after K smoothing (issue #14: fastest at head dim 128)
+    "q8lib_fp8tensorattn": ("q8lib", {"attention": "fp8_tensor"}, False),
+    "q8lib_fp8tensorattn_compile": ("q8lib", {"attention": "fp8_tensor"}, True),
     "q8lib_int8attn": ("q8lib", {"attention": "int8"}, False),
     "q8lib_int8attn_compile": ("q8lib", {"attention": "int8"}, True),
 }
@@ -79,6 +83,10 @@ def skip_reason(name: str, cfg: dict, device) -> str | None:
             check_q8_config(cfg, *_q8_settings(opts))
         except Q8Error as e:
             return f"{type(e).__name__}: {e}"
+        attention = opts.get("attention", "fp8")
+        reason = resolve_backend("auto", torch.device(device)).attention_unavailable_reason(attention)
+        if reason is not None:
+            return reason
     return None
 
 

@@ -79,6 +79,13 @@ class TritonBackend(Backend):
                      scale=None, shift=None):
         return self._linear.add_quantize(x, residual, gate, qdtype, hadamard_block, norm, weight, eps, scale, shift)
 
+    def attention_unavailable_reason(self, mode):
+        if mode != "fp8_tensor":
+            return None
+        from .cudnn_attention import cudnn_unavailable_reason  # the only mode with a package of its own
+
+        return cudnn_unavailable_reason()
+
     def attention(self, q, k, v, key_lengths=None, sm_scale=None, mode="fp8"):
         return self._attention.attention(q, k, v, key_lengths, sm_scale, mode)
 

@@ -33,6 +33,7 @@ from .. import reference as ref
 from ..backends import attention_mode
 from ._library import warn_fallback
 from .attn_producers import SEQ_PAD, norm_rope, quant_qk, quant_v, rope_layout
+from .cudnn_attention import fp8_tensor_attention, fp8_tensor_attention_rows
 from .fp8_attention import attention_fwd
 from .int8_attention import int8_attention_fwd
 from .int8_producers import int8_quant_qk
@@ -96,10 +97,12 @@ _FALLBACK = {"fp8": ref.fp8_attention_ref, "int8": ref.int8_attention_ref}
 
 def attention(q, k, v, key_lengths=None, sm_scale=None, mode="fp8"):
     """Backend op: ``q, k, v [B, H, S, D]`` -> ``[B, H, Sq, D]``; ``mode`` (:func:`q8lib.backends.attention_mode`):
-    the FP8 or INT8 kernels, or SDPA."""
+    the FP8 or INT8 kernels, cuDNN's FP8 engine (``"fp8_tensor"``, :mod:`.cudnn_attention`), or SDPA."""
     mode = attention_mode(mode)
     if mode == "sdpa":
         return ref.sdpa_attention(q, k, v, key_lengths, sm_scale)
+    if mode == "fp8_tensor":  # cuDNN's engine: its own shape rules, its own clear error
+        return fp8_tensor_attention(q, k, v, key_lengths, sm_scale)
     reason = unsupported_reason(q, k, v)
     if reason is not None:
         warn_fallback("attention", reason)
@@ -149,7 +152,7 @@ def fused_attention_core(attn, query, key, value, image_rotary_emb=None, key_len
     ``mode="fp8"``: norm_q/norm_k + RoPE + Hadamard + scale + e4m3 in one producer per operand, then the FP8
     kernel. ``"int8"``: norm_q/norm_k + RoPE in the INT8 producers (statistics pass, then smoothing, balancing,
     scale and int8 codes), then the INT8 kernel reading ``value`` in place. ``"sdpa"``: norm_q/norm_k + RoPE in
-    one producer per operand (float rows), then SDPA.
+    one producer per operand (float rows), then SDPA; ``"fp8_tensor"``: the same producers, then cuDNN's FP8 engine.
     Returns ``None`` when this path cannot take the module/inputs (the caller runs the generic path).
     """
     mode = attention_mode(mode)
@@ -177,5 +180,8 @@ def fused_attention_core(attn, query, key, value, image_rotary_emb=None, key_len
         cos, sin = rope if rope is not None else (None, None)
         kcos, ksin = key_rope if key_rope is not None else (None, None)
         q, k = norm_rope(q, qn[0], qn[1], cos, sin), norm_rope(k, kn[0], kn[1], kcos, ksin)
-        out = ref.sdpa_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_lengths).transpose(1, 2)
+        if mode == "fp8_tensor":
+            out = fp8_tensor_attention_rows(q, k, v, key_lengths)
+        else:
+            out = ref.sdpa_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_lengths).transpose(1, 2)
     return out.flatten(2, 3)
