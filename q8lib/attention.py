@@ -23,7 +23,8 @@ from .offload import is_offloaded, onloaded
 from .quant import host_sync_allowed
 from .reference import apply_rotary_emb, attention_inputs
 
-__all__ = ["Q8AttnProcessor", "Q8LTX2AttnProcessor", "q8_attention_core", "ltx2_core", "head_gates", "apply_gates",
+__all__ = ["Q8AttnProcessor", "Q8LTX2AttnProcessor", "q8_attention_core", "ltx2_core", "coded_attention",
+           "ltx2_coded_attention", "head_gates", "apply_gates",
            "mask_to_key_lengths", "check_fp8_attention", "set_q8_attention", "restore_attention", "apply_rotary_emb",
            "project_qkv"]
 
@@ -130,6 +131,10 @@ class Q8AttnProcessor:
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         query, key, value = project_qkv(attn, hidden_states, context)
         key_lengths = None if attention_mask is None else mask_to_key_lengths(attention_mask, hidden_states.shape[0])
+        coded = coded_attention(attn, attn.to_out[0], query, key, value, image_rotary_emb, key_lengths, self.mode,
+                                self.backend)
+        if coded is not None:  # fp8_tensor: to_out reads the e4m3 output
+            return attn.to_out[1](attn.to_out[0](*coded, value.dtype))
         out = q8_attention_core(attn, query, key, value, image_rotary_emb, key_lengths, self.mode, self.backend)
         return attn.to_out[1](attn.to_out[0](out))
 
@@ -180,6 +185,11 @@ class Q8LTX2AttnProcessor(Q8AttnProcessor):
         if all_perturbed:
             out = value
         else:
+            coded = None if perturbation_mask is not None else ltx2_coded_attention(
+                attn, attn.to_out[0], query, key, value, query_rotary_emb, key_rotary_emb, attention_mask, self.mode,
+                self.backend, gate_logits)
+            if coded is not None:  # fp8_tensor: to_out reads the e4m3 output
+                return attn.to_out[1](attn.to_out[0](*coded, value.dtype))
             out = ltx2_core(attn, query, key, value, query_rotary_emb, key_rotary_emb, attention_mask, self.mode,
                             self.backend)
             if perturbation_mask is not None:
@@ -198,6 +208,46 @@ def ltx2_core(attn, query, key, value, query_rotary_emb, key_rotary_emb, attenti
         return q8_attention_core(attn, query, key, value, query_rotary_emb, lengths, mode, backend, key_rotary_emb)
     return ltx2_attention_core(attn, query, key, value, query_rotary_emb, key_rotary_emb, lengths, bias,
                                mode == "fp8", backend)
+
+
+def coded_attention(attn, out_lin, query, key, value, query_rotary_emb=None, key_lengths=None, mode="fp8",
+                    backend="auto", key_rotary_emb=None, gate_logits=None):
+    """``attention="fp8_tensor"`` straight into ``to_out``'s 8-bit input: ``(x_q, x_scale)`` for ``out_lin`` (the
+    module's ``to_out[0]``, a ``Q8Linear``) from the attention's e4m3 output (:meth:`Backend.attention_codes`),
+    with no decoding pass. An e4m3 ``to_out`` that does not rotate takes the codes as they are (one scale for every
+    row); otherwise its quantizer reads the codes, gates included (per-token quantization and the rotation are
+    linear, so the codes' descale multiplies the scales afterwards). ``None`` when this does not apply (another
+    mode, ``to_out`` not a bare ``Q8Linear``, context parallelism, a backend or input without the path): the caller
+    runs the float path, the same math with the output decoded first."""
+    if mode != "fp8_tensor" or type(out_lin) is not Q8Linear:
+        return None
+    if getattr(getattr(attn, "processor", None), "_parallel_config", None) is not None:
+        return None
+    be = resolve_backend(backend, query.device)
+    coded = be.attention_codes(attn, query, key, value, query_rotary_emb, key_lengths, key_rotary_emb)
+    if coded is None:
+        return None
+    codes, descale = coded
+    if gate_logits is None and out_lin.qdtype == torch.float8_e4m3fn and out_lin.hadamard_block == 1:
+        return codes, descale.expand(codes.shape[:-1]).contiguous()
+    if gate_logits is None:
+        x_q, x_s = be.quantize_activation(codes, out_lin.qdtype, out_lin.hadamard_block)
+    else:
+        x_q, x_s = be.gated_quantize(codes, head_gates(gate_logits), out_lin.qdtype, out_lin.hadamard_block)
+    return x_q, x_s * descale
+
+
+def ltx2_coded_attention(attn, out_lin, query, key, value, query_rotary_emb, key_rotary_emb, attention_mask, mode,
+                         backend, gate_logits=None):
+    """:func:`coded_attention` for an ``LTX2Attention`` with its mask as diffusers passes it (``None`` also for a
+    mask that is not key lengths: :func:`ltx2_core` runs those)."""
+    if mode != "fp8_tensor":
+        return None
+    lengths, bias = once_per_mask(attention_mask, query.shape[0], key_mask, "_q8lib_key_mask") or (None, None)
+    if bias is not None:
+        return None
+    return coded_attention(attn, out_lin, query, key, value, query_rotary_emb, lengths, mode, backend, key_rotary_emb,
+                           gate_logits)
 
 
 def head_gates(gate_logits: torch.Tensor) -> torch.Tensor:

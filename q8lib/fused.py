@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from . import fused_ltx2
-from .attention import mask_to_key_lengths, q8_attention_core
+from .attention import coded_attention, mask_to_key_lengths, q8_attention_core
 from .backends import attention_mode, resolve_backend
 from .fused_ops import ffn, ffn_eligible, ffn_slots, linear, once_per_mask, q8_of, runs_adapter
 from .modules import Q8GELU, Q8Linear
@@ -144,6 +144,16 @@ def _add_quantize(be, h, r, gate, qd, hb, norm=None, scale=None, shift=None):
                            1e-6 if norm is None else norm.eps, scale, shift)
 
 
+def _to_out_input(be, st, attn, q, k, v, rope, key_lengths, qd, hb):
+    """Attention from the projections to ``to_out``'s quantized input ``(x_q, x_s)``: the e4m3 output as it is for
+    ``attention="fp8_tensor"`` (:func:`q8lib.attention.coded_attention`), else the core's output quantized."""
+    coded = coded_attention(attn, q8_of(attn.to_out[0]), q, k, v, rope, key_lengths, st["mode"], st["backend"])
+    if coded is not None:
+        return coded
+    out = q8_attention_core(attn, q, k, v, rope, key_lengths, st["mode"], st["backend"])
+    return be.quantize_activation(out, qd, hb)
+
+
 def fused_block_forward(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb=None,
                         encoder_attention_mask=None):
     """``LTXVideoTransformerBlock.forward`` on Q8 modules (bound to the block by :func:`install_fused_blocks`).
@@ -181,8 +191,7 @@ def _fused_forward(self, hidden_states, encoder_hidden_states, temb, image_rotar
     # self-attention: norm1 + modulation + rotation + quantization once, shared by q, k and v
     x_q, x_s = be.rms_norm_quantize(hidden_states, self.norm1.weight, self.norm1.eps, scale_msa, shift_msa, qd, hb)
     q, k, v = (linear(be, m, x_q, x_s, dt) for m in (a1.to_q, a1.to_k, a1.to_v))
-    out = q8_attention_core(a1, q, k, v, image_rotary_emb, None, st["mode"], st["backend"])
-    out = linear(be, a1.to_out[0], *be.quantize_activation(out, qd, hb), dt)
+    out = linear(be, a1.to_out[0], *_to_out_input(be, st, a1, q, k, v, image_rotary_emb, None, qd, hb), dt)
     # gated residual add fused with the quantization of the new hidden states for cross-attention's q
     hidden_states, x_q, x_s = _add_quantize(be, hidden_states, out, gate_msa, qd, hb)
 
@@ -191,8 +200,7 @@ def _fused_forward(self, hidden_states, encoder_hidden_states, temb, image_rotar
     c_q, c_s = be.quantize_activation(encoder_hidden_states, qd, hb)
     k, v = linear(be, a2.to_k, c_q, c_s, dt), linear(be, a2.to_v, c_q, c_s, dt)
     key_lengths = once_per_mask(encoder_attention_mask, batch, mask_to_key_lengths, "_q8lib_key_lengths")
-    out = q8_attention_core(a2, q, k, v, None, key_lengths, st["mode"], st["backend"])
-    out = linear(be, a2.to_out[0], *be.quantize_activation(out, qd, hb), dt)
+    out = linear(be, a2.to_out[0], *_to_out_input(be, st, a2, q, k, v, None, key_lengths, qd, hb), dt)
 
     # feed-forward: residual add + norm2 + modulation + rotation + quantization in one pass,
     # GELU into the down-projection's quantizer

@@ -29,7 +29,7 @@ import weakref
 
 from torch import nn
 
-from .attention import head_gates, ltx2_core
+from .attention import head_gates, ltx2_coded_attention, ltx2_core
 from .backends import resolve_backend
 from .fused_ops import ffn, ffn_eligible, ffn_slots, linear, q8_of, runs_adapter
 from .modules import Q8Linear
@@ -117,8 +117,11 @@ def _attend(st, be, attn, x, ctx, dtype, q_rope=None, k_rope=None, mask=None):
     gate_logits = attn.to_gate_logits(x[2]) if attn.to_gate_logits is not None else None
     q = linear(be, attn.to_q, *x[:2], dtype)
     k, v = linear(be, attn.to_k, *ctx, dtype), linear(be, attn.to_v, *ctx, dtype)
-    out = ltx2_core(attn, q, k, v, q_rope, k_rope, mask, st["mode"], st["backend"])
     out_q = q8_of(attn.to_out[0])
+    coded = ltx2_coded_attention(attn, out_q, q, k, v, q_rope, k_rope, mask, st["mode"], st["backend"], gate_logits)
+    if coded is not None:  # fp8_tensor: to_out reads the e4m3 output (gates in its quantizer)
+        return linear(be, out_q, *coded, dtype)
+    out = ltx2_core(attn, q, k, v, q_rope, k_rope, mask, st["mode"], st["backend"])
     if gate_logits is None:
         return linear(be, out_q, *be.quantize_activation(out, out_q.qdtype, out_q.hadamard_block), dtype)
     # the gates multiply the output in to_out's quantizer: no pass over the gated rows of its own (19.9 ms of

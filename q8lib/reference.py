@@ -22,6 +22,7 @@ __all__ = [
     "rms_norm_ref",
     "fp8_attention_ref",
     "fp8_tensor_attention_ref",
+    "fp8_tensor_applies",
     "quantize_per_tensor",
     "int8_attention_ref",
     "int8_qk_quantize_ref",
@@ -62,9 +63,12 @@ def check_head_gates(x: torch.Tensor, head_gate: torch.Tensor) -> None:
 
 def head_gates_ref(x: torch.Tensor, head_gate: torch.Tensor) -> torch.Tensor:
     """``x [..., K]`` with each of ``H`` heads' ``K / H`` consecutive channels times its gate ``head_gate [..., H]``
-    (gated attention's output, LTX-2.3), computed in float32 and rounded to ``x.dtype``."""
+    (gated attention's output, LTX-2.3), computed in float32 and rounded to ``x.dtype`` (kept in float32 for e4m3
+    codes, ``attention="fp8_tensor"``'s output: rounding the gated codes again would add an error the kernel does
+    not make)."""
     check_head_gates(x, head_gate)
-    return (x.float() * head_gate.float().repeat_interleave(x.shape[-1] // head_gate.shape[-1], -1)).to(x.dtype)
+    out = x.float() * head_gate.float().repeat_interleave(x.shape[-1] // head_gate.shape[-1], -1)
+    return out if x.dtype == torch.float8_e4m3fn else out.to(x.dtype)
 
 
 def q8_matmul_ref(
@@ -283,7 +287,21 @@ def quantize_per_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes, amax * (1.0 / QMAX[FP8])
 
 
-def fp8_tensor_attention_ref(q, k, v, key_lengths=None, sm_scale: float | None = None, k_smooth: bool = True):
+#: ``attention="fp8_tensor"`` runs FP8 only where there are at least this many keys (self-attention over video tokens);
+#: shorter key sequences (text, audio, audio-to-video cross-attention) run SDPA in the model dtype. Why: in the LTX-2
+#: forward (benchmarks/NOTES_attention.md, session 12) FP8's quantization passes cost ~0.1 ms per attention over the
+#: 6144 video queries, more than FP8 saves where the keys are few (a2v: 126 keys). An estimate from that profile, not
+#: yet a measured A/B. Read at call time (tests lower it to exercise FP8 on tiny models).
+FP8_TENSOR_MIN_KEYS = 2048
+
+
+def fp8_tensor_applies(num_keys: int) -> bool:
+    """Whether ``attention="fp8_tensor"`` runs FP8 (not SDPA) for ``num_keys`` keys (:data:`FP8_TENSOR_MIN_KEYS`)."""
+    return num_keys >= FP8_TENSOR_MIN_KEYS
+
+
+def fp8_tensor_attention_ref(q, k, v, key_lengths=None, sm_scale: float | None = None, k_smooth: bool = True,
+                             codes: bool = False):
     """FP8 attention with one scale per tensor (``attention="fp8_tensor"``): what cuDNN's FP8 SDPA engine computes
     behind q8lib's producers, emulated in float32 (the GPU path is :mod:`q8lib.kernels.cudnn_attention`).
 
@@ -293,7 +311,7 @@ def fp8_tensor_attention_ref(q, k, v, key_lengths=None, sm_scale: float | None =
     3. ``P = exp(s - rowmax)`` is stored as e4m3 of ``P * 448``; the row sum is kept in float32.
     4. The output is written in e4m3 with ``v``'s scale (``|O| <= amax(v)``: a convex combination of v's rows).
     Keys at positions ``>= key_lengths[b]`` (clamped to ``[1, Sk]``) are masked. Returns ``[B, H, Sq, D]`` in
-    ``v.dtype``. No rotation of q/k: measured on outlier inputs it does not help per-tensor scales
+    ``v.dtype``, or with ``codes=True`` the output's e4m3 codes and their descale ``[]`` (what ``to_out`` can take). No rotation of q/k: measured on outlier inputs it does not help per-tensor scales
     (``benchmarks/results/accuracy/cudnn_fp8_emulation_cpu.json``), while K smoothing does.
     """
     sm_scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale
@@ -307,7 +325,7 @@ def fp8_tensor_attention_ref(q, k, v, key_lengths=None, sm_scale: float | None =
     p = torch.exp(s - s.amax(-1, keepdim=True))
     pv = (p * P_SCALE).to(FP8).float() @ v8.float()
     o_codes = (pv / (P_SCALE * p.sum(-1, keepdim=True))).clamp(-QMAX[FP8], QMAX[FP8]).to(FP8)
-    return (o_codes.float() * dv).to(v.dtype)
+    return (o_codes, dv) if codes else (o_codes.float() * dv).to(v.dtype)
 
 
 # INT8 attention (issue #14, benchmarks/NOTES_attention.md "Session 6"): keys share one int8 scale per block of

@@ -26,6 +26,12 @@ GPU = torch.cuda.is_available()
 HAVE_CUDNN = importlib.util.find_spec("cudnn") is not None
 
 
+@pytest.fixture
+def fp8_everywhere(monkeypatch):
+    """FP8 for every attention of the tiny models (whose key sequences are below the full-size threshold)."""
+    monkeypatch.setattr(ref, "FP8_TENSOR_MIN_KEYS", 1)
+
+
 def _qkv(seed, B=1, H=4, Sq=256, Sk=256, D=64, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, H, Sq, D, generator=g)
@@ -95,7 +101,7 @@ MODEL_BOUNDS = {("plain", "int8"): 0.038, ("gated", "fp8_e4m3"): 0.072}
 
 
 @pytest.mark.parametrize("variant,weight_dtype", sorted(MODEL_BOUNDS))
-def test_tiny_ltx2_vs_fp32(seed, variant, weight_dtype):
+def test_tiny_ltx2_vs_fp32(seed, variant, weight_dtype, fp8_everywhere):
     model = L2.tiny_ltx2(variant, seed % 1000)
     inputs = L2.pipeline_inputs(model, seed % 1000, text_kept=None)
     inputs["encoder_attention_mask"][-1, 10:] = 0
@@ -104,6 +110,69 @@ def test_tiny_ltx2_vs_fp32(seed, variant, weight_dtype):
     for r, o in zip(expected, L2.run(q8, inputs)):
         assert torch.isfinite(o).all()
         assert rel_err(r, o) < MODEL_BOUNDS[variant, weight_dtype]
+
+
+def test_to_out_takes_the_codes_without_decoding(seed, monkeypatch, fp8_everywhere):
+    """The processor sends the e4m3 output to ``to_out``: as it is for an e4m3 ``to_out`` without rotation (one scale
+    per row, all equal), through its quantizer otherwise; both represent the decoded output."""
+    from q8lib.attention import coded_attention
+    from q8lib.backends import get_backend
+    from q8lib.modules import Q8Linear
+
+    torch.manual_seed(seed % 1000)
+    attn = L2.tiny_ltx2("plain").transformer_blocks[0].attn1
+    be = get_backend("reference")
+    B, S, W = 2, 24, attn.to_q.out_features
+    query, key, value = (torch.randn(B, S, W) for _ in range(3))
+    codes, descale = be.attention_codes(attn, query, key, value)
+    assert codes.dtype == torch.float8_e4m3fn and codes.shape == (B, S, W) and descale.shape == ()
+    decoded = be.attention_core(attn, query, key, value, mode="fp8_tensor")
+    torch.testing.assert_close(codes.float() * descale, decoded.float(), rtol=0, atol=0)
+    fp8_out = Q8Linear.from_linear(attn.to_out[0], "fp8_e4m3", 1, backend="reference")
+    x_q, x_s = coded_attention(attn, fp8_out, query, key, value, mode="fp8_tensor", backend="reference")
+    assert x_q.data_ptr() == codes.data_ptr() or torch.equal(x_q.view(torch.uint8), codes.view(torch.uint8))
+    assert torch.equal(x_s, descale.expand(B, S))
+    int8_out = Q8Linear.from_linear(attn.to_out[0], "int8", None, backend="reference")
+    x_q, x_s = coded_attention(attn, int8_out, query, key, value, mode="fp8_tensor", backend="reference")
+    rows = ref.hadamard_transform(x_q.float() * x_s[..., None], None)  # int8 rows rotated back
+    assert rel_err(decoded, rows) < 0.01  # int8 rounding of rotated rows: ~0.4%
+    assert coded_attention(attn, int8_out, query, key, value, mode="fp8", backend="reference") is None
+    calls = []
+    monkeypatch.setattr(type(be), "attention_codes", lambda self, *a, **k: calls.append(1) or None)
+    assert coded_attention(attn, fp8_out, query, key, value, mode="fp8_tensor", backend="reference") is None
+    assert calls  # a backend without the path: the caller decodes
+
+
+@pytest.mark.filterwarnings("error::q8lib.errors.Q8FallbackWarning")
+def test_quantizers_read_e4m3_codes():
+    """The triton row quantizers (Triton's interpreter here) read e4m3 codes as they read the same values in float."""
+    pytest.importorskip("triton")
+    from q8lib.kernels import linear as kl
+
+    torch.manual_seed(0)
+    codes, _ = ref.quantize_per_tensor(torch.randn(2, 8, 256) * 3)
+    gates = torch.rand(2, 8, 4) * 2
+    # the kernels, not the reference fallback (which would warn: an error here, see the marker)
+    for qdtype, block in (("int8", None), ("fp8_e4m3", 1), ("int8", 64)):
+        for got, want in ((kl.quantize_activation(codes, qdtype, block), kl.quantize_activation(codes.float(), qdtype,
+                                                                                              block)),
+                          (kl.gated_quantize(codes, gates, qdtype, block), kl.gated_quantize(codes.float(), gates,
+                                                                                            qdtype, block))):
+            assert torch.equal(got[0].view(torch.uint8), want[0].view(torch.uint8))
+            assert torch.equal(got[1], want[1])
+
+
+def test_few_keys_run_sdpa(seed):
+    """Below :data:`q8lib.reference.FP8_TENSOR_MIN_KEYS` keys ``fp8_tensor`` is SDPA (and has no e4m3 output)."""
+    from q8lib.backends import get_backend
+
+    be = get_backend("reference")
+    q, k, v, _ = _qkv(seed % 1000, Sk=ref.FP8_TENSOR_MIN_KEYS - 1)
+    assert torch.equal(be.attention(q, k, v, mode="fp8_tensor"), ref.sdpa_attention(q, k, v))
+    attn = L2.tiny_ltx2("plain").transformer_blocks[0].attn2
+    W = attn.to_q.out_features
+    query, key = torch.randn(1, 8, W), torch.randn(1, 16, W)
+    assert be.attention_codes(attn, query, key, torch.randn(1, 16, W)) is None
 
 
 def test_unknown_mode_fails_clearly():
@@ -145,7 +214,7 @@ def test_cudnn_engine_matches_the_emulation(shape, lengths):
 
 @pytest.mark.gpu
 @gpu
-def test_tiny_ltx2_on_the_gpu_compiled():
+def test_tiny_ltx2_on_the_gpu_compiled(fp8_everywhere):
     model = L2.tiny_ltx2("gated", 0).cuda()
     inputs = L2.pipeline_inputs(model.cpu(), 0, text_kept=None)
     model.cuda()

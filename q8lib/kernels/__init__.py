@@ -89,6 +89,10 @@ class TritonBackend(Backend):
     def attention(self, q, k, v, key_lengths=None, sm_scale=None, mode="fp8"):
         return self._attention.attention(q, k, v, key_lengths, sm_scale, mode)
 
+    def attention_codes(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, key_rotary_emb=None):
+        return self._attention.fused_attention_codes(attn, query, key, value, image_rotary_emb, key_lengths,
+                                                     key_rotary_emb)
+
     def attention_core(self, attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8",
                        key_rotary_emb=None):
         out = self._attention.fused_attention_core(attn, query, key, value, image_rotary_emb, key_lengths, mode,

@@ -38,7 +38,7 @@ from .fp8_attention import attention_fwd
 from .int8_attention import int8_attention_fwd
 from .int8_producers import int8_quant_qk
 
-__all__ = ["attention", "fused_attention_core", "quant_qk", "quant_v", "attention_fwd", "norm_rope", "int8_quant_qk",
+__all__ = ["attention", "fused_attention_core", "fused_attention_codes", "quant_qk", "quant_v", "attention_fwd", "norm_rope", "int8_quant_qk",
            "int8_attention_fwd", "unsupported_reason", "HEAD_DIMS", "SEQ_PAD"]
 
 HEAD_DIMS = (32, 64, 128)  # powers of two the kernels are built for (LTX: 64 for 2B, 128 for 13B)
@@ -101,8 +101,10 @@ def attention(q, k, v, key_lengths=None, sm_scale=None, mode="fp8"):
     mode = attention_mode(mode)
     if mode == "sdpa":
         return ref.sdpa_attention(q, k, v, key_lengths, sm_scale)
-    if mode == "fp8_tensor":  # cuDNN's engine: its own shape rules, its own clear error
+    if mode == "fp8_tensor" and ref.fp8_tensor_applies(k.shape[-2]):  # cuDNN's engine: its own rules and errors
         return fp8_tensor_attention(q, k, v, key_lengths, sm_scale)
+    if mode == "fp8_tensor":
+        return ref.sdpa_attention(q, k, v, key_lengths, sm_scale)
     reason = unsupported_reason(q, k, v)
     if reason is not None:
         warn_fallback("attention", reason)
@@ -144,18 +146,9 @@ def _producer_tables(freqs, shape, mode):
     return tuple(_last_contiguous(t).unflatten(2, (shape[2], -1)) for t in (cos, sin))
 
 
-def fused_attention_core(attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8",
-                         key_rotary_emb=None):
-    """``q8_attention_core`` for the triton backend. ``[B, S, H*D]`` in, ``[B, Sq, H*D]`` out; ``key_rotary_emb``:
-    the keys' own RoPE tables where they differ from the queries' (LTX-2's a2v/v2a cross-attention; FP8 and SDPA).
-
-    ``mode="fp8"``: norm_q/norm_k + RoPE + Hadamard + scale + e4m3 in one producer per operand, then the FP8
-    kernel. ``"int8"``: norm_q/norm_k + RoPE in the INT8 producers (statistics pass, then smoothing, balancing,
-    scale and int8 codes), then the INT8 kernel reading ``value`` in place. ``"sdpa"``: norm_q/norm_k + RoPE in
-    one producer per operand (float rows), then SDPA; ``"fp8_tensor"``: the same producers, then cuDNN's FP8 engine.
-    Returns ``None`` when this path cannot take the module/inputs (the caller runs the generic path).
-    """
-    mode = attention_mode(mode)
+def _producer_inputs(attn, query, key, value, image_rotary_emb, key_rotary_emb, mode):
+    """``(q, k, v [B, S, H, D] views, q norm, k norm, rope, key_rope)`` as the producers take them, or ``None``
+    when they cannot take this module/these inputs."""
     heads = attn.heads
     qn, kn = _norm_params(attn.norm_q), _norm_params(attn.norm_k)
     if qn is None or kn is None or query.shape[-1] % heads or key.shape[-1] != query.shape[-1]:
@@ -172,16 +165,55 @@ def fused_attention_core(attn, query, key, value, image_rotary_emb=None, key_len
         return None
     if image_rotary_emb is not None and (rope is None or key_rope is None):
         return None
+    return q, k, v, qn, kn, rope, key_rope
+
+
+def _norm_rope_rows(q, k, qn, kn, rope, key_rope):
+    """The SDPA path's producers: norm_q/norm_k + RoPE, one pass per operand, float ``[B, S, H, D]`` rows."""
+    cos, sin = rope if rope is not None else (None, None)
+    kcos, ksin = key_rope if key_rope is not None else (None, None)
+    return norm_rope(q, qn[0], qn[1], cos, sin), norm_rope(k, kn[0], kn[1], kcos, ksin)
+
+
+def fused_attention_core(attn, query, key, value, image_rotary_emb=None, key_lengths=None, mode="fp8",
+                         key_rotary_emb=None):
+    """``q8_attention_core`` for the triton backend. ``[B, S, H*D]`` in, ``[B, Sq, H*D]`` out; ``key_rotary_emb``:
+    the keys' own RoPE tables where they differ from the queries' (LTX-2's a2v/v2a cross-attention; FP8 and SDPA).
+
+    ``mode="fp8"``: norm_q/norm_k + RoPE + Hadamard + scale + e4m3 in one producer per operand, then the FP8
+    kernel. ``"int8"``: norm_q/norm_k + RoPE in the INT8 producers (statistics pass, then smoothing, balancing,
+    scale and int8 codes), then the INT8 kernel reading ``value`` in place. ``"sdpa"``: norm_q/norm_k + RoPE in
+    one producer per operand (float rows), then SDPA; ``"fp8_tensor"``: the same producers, then cuDNN's FP8
+    engine where there are enough keys (:func:`q8lib.reference.fp8_tensor_applies`; SDPA otherwise).
+    Returns ``None`` when this path cannot take the module/inputs (the caller runs the generic path).
+    """
+    mode = attention_mode(mode)
+    inputs = _producer_inputs(attn, query, key, value, image_rotary_emb, key_rotary_emb, mode)
+    if inputs is None:
+        return None
+    q, k, v, qn, kn, rope, key_rope = inputs
     if mode == "fp8":
         out = _fp8_bshd(q, k, v, key_lengths, None, qn, kn, rope, key_rope)
     elif mode == "int8":
         out = _int8_bshd(q, k, v, key_lengths, None, qn, kn, rope)
     else:
-        cos, sin = rope if rope is not None else (None, None)
-        kcos, ksin = key_rope if key_rope is not None else (None, None)
-        q, k = norm_rope(q, qn[0], qn[1], cos, sin), norm_rope(k, kn[0], kn[1], kcos, ksin)
-        if mode == "fp8_tensor":
+        q, k = _norm_rope_rows(q, k, qn, kn, rope, key_rope)
+        if mode == "fp8_tensor" and ref.fp8_tensor_applies(k.shape[1]):
             out = fp8_tensor_attention_rows(q, k, v, key_lengths)
         else:
-            out = ref.sdpa_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_lengths).transpose(1, 2)
+            out = ref.sdpa_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_lengths)
+            out = out.transpose(1, 2)
     return out.flatten(2, 3)
+
+
+def fused_attention_codes(attn, query, key, value, image_rotary_emb=None, key_lengths=None, key_rotary_emb=None):
+    """``attention="fp8_tensor"`` up to the e4m3 output: :func:`fused_attention_core`'s producers and cuDNN's engine,
+    ``[B, S, H*D]`` in, ``(codes [B, Sq, H*D] e4m3, descale [] float32)`` out (no decoding pass: ``to_out`` takes
+    the codes); ``None`` when the producers cannot take the module/inputs."""
+    inputs = _producer_inputs(attn, query, key, value, image_rotary_emb, key_rotary_emb, "fp8_tensor")
+    if inputs is None or not ref.fp8_tensor_applies(key.shape[1]):
+        return None
+    q, k, v, qn, kn, rope, key_rope = inputs
+    q, k = _norm_rope_rows(q, k, qn, kn, rope, key_rope)
+    codes, descale = fp8_tensor_attention_rows(q, k, v, key_lengths, decode=False)
+    return codes.flatten(2, 3), descale

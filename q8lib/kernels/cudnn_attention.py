@@ -146,12 +146,12 @@ def _sdpa_fp8_fake(q8, k8, v8, descale_q, descale_k, descale_v, key_lengths, sm_
 cudnn_fp8_sdpa = opaque_op("cudnn_fp8_sdpa", _sdpa_fp8, _sdpa_fp8_fake)
 
 
-def fp8_tensor_attention_rows(q, k, v, key_lengths=None, sm_scale=None, k_smooth: bool = True):
+def fp8_tensor_attention_rows(q, k, v, key_lengths=None, sm_scale=None, k_smooth: bool = True, decode: bool = True):
     """The op on the model's rows: ``q [B, Sq, H, D]``, ``k``/``v [B, Sk, H, D]`` (float) -> ``[B, Sq, H, D]`` in
-    ``v.dtype``, contiguous. Smoothing, quantization and decoding run on the rows as they lie (coalesced passes that
-    inductor fuses: on transposed views its kernels took 3x the time, measured on LTX-2); cuDNN reads ``[B, H, S,
-    D]`` views of them. Raises :class:`~q8lib.errors.BackendUnavailableError` without ``nvidia-cudnn-frontend``
-    or where cuDNN builds no plan."""
+    ``v.dtype``, contiguous; ``decode=False``: the e4m3 codes ``[B, Sq, H, D]`` and their descale ``[]`` instead
+    (``to_out`` takes them without a decoding pass). Smoothing, quantization and decoding run on the rows as they
+    lie (passes that inductor fuses); cuDNN reads ``[B, H, S, D]`` views of them. Raises
+    :class:`~q8lib.errors.BackendUnavailableError` without ``nvidia-cudnn-frontend`` or where cuDNN builds no plan."""
     reason = cudnn_unavailable_reason()
     if reason is not None:
         raise BackendUnavailableError(reason)
@@ -162,7 +162,8 @@ def fp8_tensor_attention_rows(q, k, v, key_lengths=None, sm_scale=None, k_smooth
         kf = kf - kf.mean(dim=1, keepdim=True)
     (q8, dq), (k8, dk), (v8, dv) = (ref.quantize_per_tensor(t) for t in (q, kf, v))
     o8 = cudnn_fp8_sdpa(q8.transpose(1, 2), k8.transpose(1, 2), v8.transpose(1, 2), dq, dk, dv, key_lengths, sm_scale)
-    return (o8.transpose(1, 2).float() * dv).to(v.dtype)
+    rows = o8.transpose(1, 2)
+    return (rows.float() * dv).to(v.dtype) if decode else (rows, dv)
 
 
 def fp8_tensor_attention(q, k, v, key_lengths=None, sm_scale=None, k_smooth: bool = True):

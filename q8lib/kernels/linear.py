@@ -36,10 +36,14 @@ __all__ = ["quantize_activation", "gated_quantize", "rms_norm", "rms_norm_quanti
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _row_reason(x: torch.Tensor, hadamard_block, rotate=True) -> str | None:
+# what the quantizers also read: e4m3 codes (attention="fp8_tensor"'s output, its descale applied by the caller)
+_CODE_DTYPES = _FLOAT_DTYPES + (torch.float8_e4m3fn,)
+
+
+def _row_reason(x: torch.Tensor, hadamard_block, rotate=True, dtypes=_FLOAT_DTYPES) -> str | None:
     if not runs_here(x):
         return f"tensor on {x.device} (Triton needs CUDA or TRITON_INTERPRET=1)"
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in dtypes:
         return f"input dtype {x.dtype}"
     p = plan(x.shape[-1], hadamard_block, rotate)
     return p if isinstance(p, str) else None
@@ -54,8 +58,9 @@ def _row(op, x, weight, scale, shift, eps, norm, gelu, qdtype, hadamard_block, r
 # ------------------------------------------------------------------------------------------------
 # Public row ops (backend API)
 def quantize_activation(x, qdtype, hadamard_block=None):
-    """``x [..., K]`` -> Hadamard-rotated, per-token quantized ``(q [..., K], scale [...] fp32)``."""
-    reason = _row_reason(x, hadamard_block)
+    """``x [..., K]`` (float or e4m3 codes) -> Hadamard-rotated, per-token quantized ``(q [..., K], scale [...]
+    fp32)``."""
+    reason = _row_reason(x, hadamard_block, dtypes=_CODE_DTYPES)
     if reason:
         warn_fallback("quantize_activation", reason)
         return ref.quantize_activation_ref(x, qdtype, hadamard_block)
@@ -67,7 +72,7 @@ def gated_quantize(x, head_gate, qdtype, hadamard_block=None):
     and quantized per token -> ``(q [..., K], scale [...])``: gated attention's output quantized for ``to_out`` in
     the same pass that applies the gates. Differs from the reference only in keeping the gated rows in float32."""
     ref.check_head_gates(x, head_gate)
-    reason = _row_reason(x, hadamard_block) or (None if head_gate.dtype in _FLOAT_DTYPES else
+    reason = _row_reason(x, hadamard_block, dtypes=_CODE_DTYPES) or (None if head_gate.dtype in _FLOAT_DTYPES else
                                                 f"head gate dtype {head_gate.dtype}")
     if reason:
         warn_fallback("gated_quantize", reason)
