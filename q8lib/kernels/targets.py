@@ -99,6 +99,12 @@ def _row_specs(cap: int, attempt: int = 0) -> list[Spec]:
             out.append(_row_spec(cap, "head_gate", m["dim"], None, rotate, torch.bfloat16, qd, norm=False, gelu=False,
                                  resid=False, gate=False, mod=False, weight=False, attempt=attempt,
                                  head_d=m["head_dim"]))
+    for m in LTX_MODELS.values():  # attention="fp8_tensor"'s e4m3 output read by to_out's quantizer (coded_attention):
+        # int8 to_out rotates it, plain or gated; an unrotated e4m3 to_out takes the codes as they are unless gated
+        for mode, rotate, qd in (("plain", True, INT8), ("head_gate", True, INT8), ("head_gate", False, FP8)):
+            out.append(_row_spec(cap, mode, m["dim"], None, rotate, FP8, qd, norm=False, gelu=False, resid=False,
+                                 gate=False, mod=False, weight=False, attempt=attempt,
+                                 head_d=m["head_dim"] if mode == "head_gate" else 0))
     for K in dims:  # rms_norm: float rows out, no rotation, with an affine weight (LTX-1) or without (LTX-2.3's
         # gated attentions read their float query input in eager mode; under compile it is plain torch)
         for xd in (torch.bfloat16, torch.float32):
