@@ -103,7 +103,8 @@ class Backend:
     def attention(self, q, k, v, key_lengths=None, sm_scale=None, mode="fp8"):
         """``[B, H, S, D]`` attention; ``mode`` (:func:`attention_mode`): ``"fp8"`` (Hadamard-rotated q/k, e4m3),
         ``"int8"`` (smoothed, balanced int8 q/k, 16-bit P·V), ``"sdpa"`` or ``"fp8_tensor"`` (per-tensor e4m3 after
-        K smoothing where there are enough keys, :func:`~q8lib.reference.fp8_tensor_applies`; SDPA otherwise)."""
+        K smoothing where there are enough keys, :func:`~q8lib.reference.fp8_tensor_applies`; SDPA otherwise; q's
+        scale from its amax here, from its norm's bound in :meth:`attention_core`)."""
         mode = attention_mode(mode)
         if mode == "fp8":
             return ref.fp8_attention_ref(q, k, v, key_lengths, sm_scale)
@@ -119,6 +120,10 @@ class Backend:
         ``norm_q``/``norm_k``, RoPE (``(cos, sin) [B, S, H*D]`` or LTX-2's split ``[B|1, H, S, D/2]``; the keys'
         own tables ``key_rotary_emb`` where they differ), :meth:`attention` in ``mode``. ``query [B, Sq, H*D]``,
         ``key``/``value [B, Sk, H*D]``, ``key_lengths [B]`` int32 or ``None`` -> ``[B, Sq, H*D]``."""
+        if attention_mode(mode) == "fp8_tensor":  # the module's path: q's static scale (attention_codes)
+            coded = self.attention_codes(attn, query, key, value, image_rotary_emb, key_lengths, key_rotary_emb)
+            if coded is not None:
+                return (coded[0].float() * coded[1]).to(value.dtype)
         q, k, v = ref.attention_inputs(attn, query, key, value, image_rotary_emb, key_rotary_emb)
         return self.attention(q, k, v, key_lengths, None, mode).transpose(1, 2).flatten(2, 3)
 
@@ -130,7 +135,8 @@ class Backend:
         if not ref.fp8_tensor_applies(key.shape[1]):
             return None
         q, k, v = ref.attention_inputs(attn, query, key, value, image_rotary_emb, key_rotary_emb)
-        codes, descale = ref.fp8_tensor_attention_ref(q, k, v, key_lengths, codes=True)
+        codes, descale = ref.fp8_tensor_attention_ref(q, k, v, key_lengths, codes=True,
+                                                      q_scale=ref.fp8_tensor_q_scale(attn))
         return codes.transpose(1, 2).flatten(2, 3), descale
 
     def __repr__(self) -> str:

@@ -23,6 +23,9 @@ __all__ = [
     "fp8_attention_ref",
     "fp8_tensor_attention_ref",
     "fp8_tensor_applies",
+    "fp8_tensor_q_scale",
+    "norm_bound_scale",
+    "quantize_static",
     "quantize_per_tensor",
     "int8_attention_ref",
     "int8_qk_quantize_ref",
@@ -300,14 +303,45 @@ def fp8_tensor_applies(num_keys: int) -> bool:
     return num_keys >= FP8_TENSOR_MIN_KEYS
 
 
+def norm_bound_scale(weight: torch.Tensor | None, width: int, device=None) -> torch.Tensor:
+    """``attention="fp8_tensor"``'s static scale for q (``[]`` float32; codes = ``q * scale``) when q comes out of an
+    RMSNorm over ``width`` channels with ``weight`` (LTX's ``norm_q``, across all heads): a normalized row's squares
+    sum to at most ``width * max(weight^2)``, so no entry exceeds ``sqrt(width) * max|weight|``, and RoPE (a rotation
+    of channel pairs) keeps that bound. ``448 / bound`` never saturates and needs no pass over q. e4m3 is a
+    floating-point grid: entries far below the bound keep their 3 mantissa bits down to 2^-6 * bound / 448."""
+    wmax = torch.ones((), device=device) if weight is None else weight.detach().abs().amax().float()
+    return QMAX[FP8] / (wmax.clamp_min(1e-30) * math.sqrt(width))
+
+
+def fp8_tensor_q_scale(attn) -> torch.Tensor | None:
+    """:func:`norm_bound_scale` for an attention module whose ``norm_q`` is an RMSNorm across all of its ``H * D``
+    query channels (LTX-Video's and LTX-2's); ``None`` otherwise (q's scale then comes from its amax)."""
+    norm, width = getattr(attn, "norm_q", None), getattr(getattr(attn, "to_q", None), "out_features", None)
+    if type(norm).__name__ != "RMSNorm" or width is None:
+        return None
+    w = getattr(norm, "weight", None)
+    shape = getattr(norm, "normalized_shape", None) or getattr(norm, "dim", None)
+    n = math.prod(shape) if isinstance(shape, (tuple, list, torch.Size)) else shape
+    if n != width or (w is not None and w.numel() != width):
+        return None
+    return norm_bound_scale(w, width, w.device if w is not None else None)
+
+
+def quantize_static(x: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` -> ``(e4m3 codes of x * scale, saturated, descale [] = 1 / scale)`` for a scale known in advance."""
+    scale = scale.float()
+    return (x.float() * scale).clamp(-QMAX[FP8], QMAX[FP8]).to(FP8), 1.0 / scale
+
+
 def fp8_tensor_attention_ref(q, k, v, key_lengths=None, sm_scale: float | None = None, k_smooth: bool = True,
-                             codes: bool = False):
+                             codes: bool = False, q_scale: torch.Tensor | None = None):
     """FP8 attention with one scale per tensor (``attention="fp8_tensor"``): what cuDNN's FP8 SDPA engine computes
     behind q8lib's producers, emulated in float32 (the GPU path is :mod:`q8lib.kernels.cudnn_attention`).
 
     1. ``k_smooth``: the mean key over the sequence is subtracted from every key (exact under softmax: each query
        row's scores move by one constant), which takes a shared offset out of the keys' range.
-    2. ``q, k, v [B, H, S, D]`` are each quantized to e4m3 with one scale (:func:`quantize_per_tensor`).
+    2. ``q, k, v [B, H, S, D]`` are each quantized to e4m3 with one scale (:func:`quantize_per_tensor`; q with
+       ``q_scale`` instead where given: the norm's static bound, :func:`fp8_tensor_q_scale`).
     3. ``P = exp(s - rowmax)`` is stored as e4m3 of ``P * 448``; the row sum is kept in float32.
     4. The output is written in e4m3 with ``v``'s scale (``|O| <= amax(v)``: a convex combination of v's rows).
     Keys at positions ``>= key_lengths[b]`` (clamped to ``[1, Sk]``) are masked. Returns ``[B, H, Sq, D]`` in
@@ -318,7 +352,8 @@ def fp8_tensor_attention_ref(q, k, v, key_lengths=None, sm_scale: float | None =
     kf = k.float()
     if k_smooth:
         kf = kf - kf.mean(dim=-2, keepdim=True)
-    (q8, dq), (k8, dk), (v8, dv) = quantize_per_tensor(q), quantize_per_tensor(kf), quantize_per_tensor(v)
+    q8, dq = quantize_per_tensor(q) if q_scale is None else quantize_static(q, q_scale)
+    (k8, dk), (v8, dv) = quantize_per_tensor(kf), quantize_per_tensor(v)
     s = (q8.float() @ k8.float().transpose(-1, -2)) * (dq * dk * sm_scale)
     if key_lengths is not None:
         s = s.masked_fill(~key_lengths_to_mask(key_lengths, k.shape[-2]), -math.inf)

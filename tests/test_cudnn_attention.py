@@ -175,6 +175,38 @@ def test_few_keys_run_sdpa(seed):
     assert be.attention_codes(attn, query, key, torch.randn(1, 16, W)) is None
 
 
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("weight", [True, False])
+def test_static_scale_q_producer(seed, split, weight):
+    """q straight from its norm + RoPE producer as e4m3 with the norm's bound as scale (Triton's interpreter on the
+    CPU): its reference twin's codes, and no saturation even with an outlier channel that dominates a token."""
+    pytest.importorskip("triton")
+    from q8lib.kernels.cudnn_attention import norm_rope_e4m3, norm_rope_e4m3_ref
+
+    dev = "cuda" if GPU else "cpu"
+    g = torch.Generator().manual_seed(seed % 1000)
+    B, S, H, D = 2, 29, 2, 64  # 29 tokens: a partial last tile
+    x = torch.randn(B, S, H * D, generator=g)
+    x[0, 3, 5] = 1e4  # one channel holds almost all of token 3's energy: its entry meets the bound
+    w = (1 + 0.5 * torch.randn(H * D, generator=g)) if weight else None
+    ang = torch.randn(1, H, S, D // 2, generator=g) if split else torch.randn(1, S, H * D // 2, generator=g)
+    if not split:
+        ang = ang.repeat_interleave(2, -1).unflatten(2, (H, D))
+    x, ang = x.to(dev), ang.to(dev)
+    w = None if w is None else w.to(dev)
+    cos, sin = ang.cos(), ang.sin()
+    scale = ref.norm_bound_scale(w, H * D, dev)
+    rows = x.unflatten(2, (H, D))
+    got = norm_rope_e4m3(rows, w, 1e-5, cos, sin, scale)
+    want = norm_rope_e4m3_ref(rows, w, 1e-5, cos, sin, scale)
+    assert got.dtype == torch.float8_e4m3fn and got.shape == rows.shape
+    assert (got.float() == want.float()).float().mean() > 0.99  # float32 rounding may flip a code; measured 1.0
+    from q8lib.kernels.attn_producers import norm_rope_f32
+
+    peak = (norm_rope_f32(rows, w, 1e-5, cos, sin) * scale).abs().max().item()  # before the saturating cast
+    assert 100 < peak <= 448 * (1 + 1e-6)  # the outlier lands near the top; the bound is never crossed
+
+
 def test_unknown_mode_fails_clearly():
     with pytest.raises(SettingsError, match="fp8_tensor"):
         attention_mode("fp8-tensor")

@@ -33,7 +33,7 @@ from .. import reference as ref
 from ..backends import attention_mode
 from ._library import warn_fallback
 from .attn_producers import SEQ_PAD, norm_rope, quant_qk, quant_v, rope_layout
-from .cudnn_attention import fp8_tensor_attention, fp8_tensor_attention_rows
+from .cudnn_attention import fp8_tensor_attention, fp8_tensor_codes, norm_rope_e4m3
 from .fp8_attention import attention_fwd
 from .int8_attention import int8_attention_fwd
 from .int8_producers import int8_quant_qk
@@ -196,14 +196,25 @@ def fused_attention_core(attn, query, key, value, image_rotary_emb=None, key_len
         out = _fp8_bshd(q, k, v, key_lengths, None, qn, kn, rope, key_rope)
     elif mode == "int8":
         out = _int8_bshd(q, k, v, key_lengths, None, qn, kn, rope)
+    elif mode == "fp8_tensor" and ref.fp8_tensor_applies(k.shape[1]):
+        codes, descale = _fp8_tensor_codes(q, k, v, qn, kn, rope, key_rope, key_lengths)
+        out = (codes.float() * descale).to(v.dtype)
     else:
         q, k = _norm_rope_rows(q, k, qn, kn, rope, key_rope)
-        if mode == "fp8_tensor" and ref.fp8_tensor_applies(k.shape[1]):
-            out = fp8_tensor_attention_rows(q, k, v, key_lengths)
-        else:
-            out = ref.sdpa_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_lengths)
-            out = out.transpose(1, 2)
+        out = ref.sdpa_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_lengths).transpose(1, 2)
     return out.flatten(2, 3)
+
+
+def _fp8_tensor_codes(q, k, v, qn, kn, rope, key_rope, key_lengths):
+    """``fp8_tensor`` from the producers' inputs: q straight to e4m3 with its norm's static scale (one producer pass),
+    k's norm + RoPE in float, then :func:`fp8_tensor_codes` -> ``(codes [B, Sq, H, D], descale [])``."""
+    H, D = q.shape[2], q.shape[3]
+    cos, sin = rope if rope is not None else (None, None)
+    kcos, ksin = key_rope if key_rope is not None else (None, None)
+    qscale = ref.norm_bound_scale(qn[0], H * D, q.device)
+    q8 = norm_rope_e4m3(q, qn[0], qn[1], cos, sin, qscale)
+    k = norm_rope(k, kn[0], kn[1], kcos, ksin)
+    return fp8_tensor_codes(q8, 1.0 / qscale, k, v, key_lengths)
 
 
 def fused_attention_codes(attn, query, key, value, image_rotary_emb=None, key_lengths=None, key_rotary_emb=None):
@@ -213,7 +224,5 @@ def fused_attention_codes(attn, query, key, value, image_rotary_emb=None, key_le
     inputs = _producer_inputs(attn, query, key, value, image_rotary_emb, key_rotary_emb, "fp8_tensor")
     if inputs is None or not ref.fp8_tensor_applies(key.shape[1]):
         return None
-    q, k, v, qn, kn, rope, key_rope = inputs
-    q, k = _norm_rope_rows(q, k, qn, kn, rope, key_rope)
-    codes, descale = fp8_tensor_attention_rows(q, k, v, key_lengths, decode=False)
+    codes, descale = _fp8_tensor_codes(*inputs, key_lengths)
     return codes.flatten(2, 3), descale

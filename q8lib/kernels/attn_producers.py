@@ -31,7 +31,7 @@ from ._library import capability, dual_op, interpreting, launchable, programs, t
 from .qk_rows import dot_pm1, norm_rope_halves, norm_rope_rows
 
 __all__ = ["SEQ_PAD", "pad_seq", "qk_kind", "qk_table_entry", "qk_meta", "rope_layout", "v_tiles", "launch_quant_qk", "launch_norm_rope",
-           "launch_quant_v", "quant_qk", "norm_rope", "quant_v", "quant_qk_ref", "norm_rope_ref", "quant_v_ref"]
+           "launch_quant_v", "quant_qk", "norm_rope", "quant_v", "quant_qk_ref", "norm_rope_ref", "quant_v_ref", "norm_rope_f32"]
 
 SEQ_PAD = 128  # q/k/v sequences are padded to this multiple (>= every BLOCK_M/BLOCK_N used)
 FP8 = torch.float8_e4m3fn
@@ -91,13 +91,19 @@ def _qk_quant_kernel(
 def _qk_norm_rope_kernel(
     X, sxb, sxs, sxh,  # [B, S, H, D], stride over D is 1
     W, COS, SIN, scb, scs, sch,  # as in _qk_quant_kernel
-    OUT,  # [B, S, H, D] contiguous, x's dtype
+    OUT,  # [B, S, H, D] contiguous, x's dtype (or e4m3: OUT_FP8)
+    QSCALE,  # [] float32: OUT_FP8's one scale for the whole tensor
     S, H, eps, n_tiles,
     D: tl.constexpr, HP: tl.constexpr, BLOCK_T: tl.constexpr,
     HAS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROPE: tl.constexpr, ROPE_SPLIT: tl.constexpr = False,
+    OUT_FP8: tl.constexpr = False, GRID_ROUND: tl.constexpr = False,
 ):
-    """norm_q/norm_k + RoPE for the SDPA path in one pass (the float rows, no rotation or quantization)."""
+    """norm_q/norm_k + RoPE for the SDPA path in one pass (the float rows, no rotation or quantization); with
+    ``OUT_FP8`` the rows times ``QSCALE`` as e4m3 (``attention="fp8_tensor"``'s q, whose scale is static)."""
     eps = tl.cast(eps, tl.float32)  # fp64 when inductor launches the kernel
+    qs = 1.0
+    if OUT_FP8:
+        qs = tl.load(QSCALE).to(tl.float32)
     r, head, d, head_ok = head_rows(H, HP, BLOCK_T, D)
     n_tblk = tl.cdiv(S, BLOCK_T)
     for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
@@ -109,12 +115,20 @@ def _qk_norm_rope_kernel(
             x1, x2 = norm_rope_halves(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, row_ok, H, eps,
                                        D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT)
             dh = tl.arange(0, D // 2)[None, :]
-            tl.store(orow + dh, x1.to(OUT.dtype.element_ty), mask=row_ok[:, None])
-            tl.store(orow + D // 2 + dh, x2.to(OUT.dtype.element_ty), mask=row_ok[:, None])
+            tl.store(orow + dh, _row_out(x1, qs, OUT, OUT_FP8, GRID_ROUND), mask=row_ok[:, None])
+            tl.store(orow + D // 2 + dh, _row_out(x2, qs, OUT, OUT_FP8, GRID_ROUND), mask=row_ok[:, None])
         else:
             x = norm_rope_rows(X, sxb, sxs, sxh, W, COS, SIN, scb, scs, sch, b, tok, head, d, row_ok, H, eps,
                                 D, HP, BLOCK_T, HAS_NORM, HAS_WEIGHT, HAS_ROPE)
-            tl.store(orow + d[None, :], x.to(OUT.dtype.element_ty), mask=row_ok[:, None])
+            tl.store(orow + d[None, :], _row_out(x, qs, OUT, OUT_FP8, GRID_ROUND), mask=row_ok[:, None])
+
+
+@triton.jit
+def _row_out(x, qs, OUT, OUT_FP8: tl.constexpr, GRID_ROUND: tl.constexpr):
+    """Float32 rows as ``OUT`` stores them: rounded to its float dtype, or times ``qs`` as saturated e4m3."""
+    if OUT_FP8:
+        return to_e4m3(tl.minimum(tl.maximum(x * qs, -448.0), 448.0), GRID_ROUND)
+    return x.to(OUT.dtype.element_ty)
 
 
 @triton.jit
@@ -276,11 +290,15 @@ def launch_quant_qk(x, weight, eps, cos, sin, out_scale, out, out_scale_t, tune=
     )
 
 
-def launch_norm_rope(x, weight, eps, cos, sin, out, tune=None):
-    """``x [B, S, H, D]`` -> fills ``out [B, S, H, D]`` (contiguous) with norm + RoPE rows."""
+def launch_norm_rope(x, weight, eps, cos, sin, out, tune=None, qscale=None):
+    """``x [B, S, H, D]`` -> fills ``out [B, S, H, D]`` (contiguous) with norm + RoPE rows; an e4m3 ``out`` takes
+    them times ``qscale`` (``[]`` float32)."""
     B, S, H, D = x.shape
     grid, args, n_tiles, meta = _qk_launch(x, weight, eps, cos, sin, None, tune, quant=False)
-    launchable(_qk_norm_rope_kernel, x)[grid](*args, out, S, H, float(eps), n_tiles, **meta)
+    fp8 = out.dtype == FP8
+    if fp8:
+        meta |= {"OUT_FP8": True, "GRID_ROUND": interpreting(x)}
+    launchable(_qk_norm_rope_kernel, x)[grid](*args, out, qscale if fp8 else out, S, H, float(eps), n_tiles, **meta)
 
 
 def _quant_qk_impl(x: torch.Tensor, weight: torch.Tensor | None, eps: float, cos: torch.Tensor | None,
@@ -373,7 +391,8 @@ quant_v = dual_op("attn_quant_v", _quant_v_impl, _quant_v_fake)
 
 # ------------------------------------------------------------------------------------------------
 # Reference twins (same layouts; the kernels compute these up to float32 rounding)
-def _norm_rope_f32(x, weight, eps, cos, sin):
+def norm_rope_f32(x, weight, eps, cos, sin):
+    """norm + RoPE of ``x [B, S, H, D]`` in float32 (the producers' math before any rounding)."""
     B, S, H, D = x.shape
     y = x.float().flatten(2)
     if eps >= 0:
@@ -393,7 +412,7 @@ def _pad_rows(t: torch.Tensor, s_pad: int) -> torch.Tensor:
 def quant_qk_ref(x, weight, eps, cos, sin, out_scale):
     """Twin of :func:`quant_qk`: norm (``eps >= 0``) + RoPE + Hadamard along ``D`` + ``out_scale`` + e4m3 per
     (token, head) -> ``(x8 [B, H, Sp, D], scale [B, H, Sp])``, padded rows zero with scale 0."""
-    y = hadamard_transform(_norm_rope_f32(x, weight, eps, cos, sin)) * out_scale
+    y = hadamard_transform(norm_rope_f32(x, weight, eps, cos, sin)) * out_scale
     q, s = quantize_rowwise(y.transpose(1, 2), FP8)
     sp = pad_seq(x.shape[1])
     return _pad_rows(q.view(torch.int8), sp).view(FP8), _pad_rows(s[..., None], sp)[..., 0]
@@ -401,7 +420,7 @@ def quant_qk_ref(x, weight, eps, cos, sin, out_scale):
 
 def norm_rope_ref(x, weight, eps, cos, sin):
     """Twin of :func:`norm_rope`: ``[B, S, H, D]`` -> norm across heads + RoPE in float32, rounded once."""
-    return _norm_rope_f32(x, weight, eps, cos, sin).to(x.dtype)
+    return norm_rope_f32(x, weight, eps, cos, sin).to(x.dtype)
 
 
 def quant_v_ref(v):

@@ -45,7 +45,8 @@ def fp8_attn_specs(cap: int) -> list[Spec]:
                                  "H": H, "eps": 1e-5, "out_scale": 0.18, "n_tiles": 1000}
                         meta["GRID_ROUND"] = False
                     else:
-                        args |= {"OUT": p, "S": _TOKENS, "H": H, "eps": 1e-5, "n_tiles": 1000}
+                        args |= {"OUT": p, "QSCALE": p, "S": _TOKENS, "H": H, "eps": 1e-5, "n_tiles": 1000}
+                        meta |= {"OUT_FP8": False, "GRID_ROUND": False}
                     name = "qk_quant" if quant else "norm_rope"
                     kernel = "_qk_quant_kernel" if quant else "_qk_norm_rope_kernel"
                     src = f"row_tune.json sm_{cap} {kind}" if measured else "default"
@@ -53,6 +54,11 @@ def fp8_attn_specs(cap: int) -> list[Spec]:
                     out.append(Spec(f"attn/{name}/D{D}/{form}/{_NAME[xd]}",
                                     f"q8lib.kernels.attn_producers:{kernel}", args, meta, warps, stages, src,
                                     dots=quant, wgmma=quant and meta["BLOCK_T"] * meta["HP"] % 64 == 0))
+                    if not quant and norm and rope:  # attention="fp8_tensor"'s q: e4m3 with a static scale
+                        out.append(Spec(f"attn/{name}/D{D}/{form}/{_NAME[xd]}->e4m3",
+                                        f"q8lib.kernels.attn_producers:{kernel}",
+                                        args | {"OUT": "*fp8e4nv", "QSCALE": "*fp32"},
+                                        meta | {"OUT_FP8": True, "GRID_ROUND": False}, warps, stages, src))
         chunk, block_k, warps = _prod.v_tiles()
         v = {"V": "*bf16", "svb": _TOKENS * H * D, "svs": H * D, "svh": D}
         out.append(Spec(f"attn/v_amax/D{D}", "q8lib.kernels.attn_producers:_v_amax_kernel",

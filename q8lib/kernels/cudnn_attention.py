@@ -11,9 +11,13 @@ are coarser than q8lib's per-token ones: see ``benchmarks/NOTES_attention.md`` f
   plan per shape, strides and mask kind, built on the first call, which therefore must not be inside a CUDA-graph
   capture (q8lib's capture warms up first). The output is e4m3 ``[B, H, Sq, D]`` (a view of ``[B, Sq, H, D]`` rows,
   what ``to_out`` reads); Hopper's engine writes FP8 outputs only.
-* :func:`fp8_tensor_attention_rows` (``[B, S, H, D]`` rows, what the producers write) and
-  :func:`fp8_tensor_attention` (``[B, H, S, D]``): smoothing and per-tensor quantization (torch ops: inductor fuses
-  them), the engine, the decoded output.
+* :func:`fp8_tensor_codes`: the engine on the model's ``[B, S, H, D]`` rows with q already e4m3: K smoothing and
+  the per-tensor quantization of k and v (torch ops: inductor fuses them), the e4m3 output and its descale, which
+  ``to_out`` takes as they are (:func:`q8lib.attention.coded_attention`). In the model q comes as e4m3 from its
+  norm + RoPE producer with a static scale (``q8lib::attn_norm_rope_e4m3``, :func:`norm_rope_e4m3`; the norm's
+  bound, :func:`q8lib.reference.norm_bound_scale`), so q costs no pass of its own.
+* :func:`fp8_tensor_attention_rows` (``[B, S, H, D]``) and :func:`fp8_tensor_attention` (``[B, H, S, D]``): the plain
+  op on float tensors (q's scale from its amax), output decoded.
 
 Needs ``nvidia-cudnn-frontend`` (PyPI). Which GPUs cuDNN builds plans for is cuDNN's decision: Hopper (sm_90) is
 measured; on Ada (sm_89) no FP8 SDPA engine is expected and the first call raises
@@ -27,9 +31,11 @@ import torch
 
 from .. import reference as ref
 from ..errors import BackendUnavailableError
-from ._library import capability, opaque_op
+from ._library import capability, dual_op, opaque_op
+from .attn_producers import launch_norm_rope, norm_rope_f32
 
-__all__ = ["fp8_tensor_attention", "fp8_tensor_attention_rows", "cudnn_fp8_sdpa", "cudnn_unavailable_reason"]
+__all__ = ["fp8_tensor_attention", "fp8_tensor_attention_rows", "fp8_tensor_codes", "cudnn_fp8_sdpa",
+           "cudnn_unavailable_reason", "norm_rope_e4m3", "norm_rope_e4m3_ref"]
 
 E4M3_MAX = 448.0
 _PLANS: dict = {}
@@ -146,24 +152,54 @@ def _sdpa_fp8_fake(q8, k8, v8, descale_q, descale_k, descale_v, key_lengths, sm_
 cudnn_fp8_sdpa = opaque_op("cudnn_fp8_sdpa", _sdpa_fp8, _sdpa_fp8_fake)
 
 
-def fp8_tensor_attention_rows(q, k, v, key_lengths=None, sm_scale=None, k_smooth: bool = True, decode: bool = True):
-    """The op on the model's rows: ``q [B, Sq, H, D]``, ``k``/``v [B, Sk, H, D]`` (float) -> ``[B, Sq, H, D]`` in
-    ``v.dtype``, contiguous; ``decode=False``: the e4m3 codes ``[B, Sq, H, D]`` and their descale ``[]`` instead
-    (``to_out`` takes them without a decoding pass). Smoothing, quantization and decoding run on the rows as they
-    lie (passes that inductor fuses); cuDNN reads ``[B, H, S, D]`` views of them. Raises
-    :class:`~q8lib.errors.BackendUnavailableError` without ``nvidia-cudnn-frontend`` or where cuDNN builds no plan."""
+def fp8_tensor_codes(q8, descale_q, k, v, key_lengths=None, sm_scale=None, k_smooth: bool = True):
+    """The engine on the model's rows with q already in e4m3: ``q8 [B, Sq, H, D]`` codes with ``descale_q []``,
+    float ``k``/``v [B, Sk, H, D]`` -> ``(codes [B, Sq, H, D] e4m3, descale [])`` of the output. K smoothing and the
+    per-tensor quantization of k and v run on the rows as they lie (passes that inductor fuses); cuDNN reads
+    ``[B, H, S, D]`` views. Raises :class:`~q8lib.errors.BackendUnavailableError` without ``nvidia-cudnn-frontend``
+    or where cuDNN builds no plan."""
     reason = cudnn_unavailable_reason()
     if reason is not None:
         raise BackendUnavailableError(reason)
-    sm_scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else float(sm_scale)
-    q, k, v = (t if t.is_contiguous() else t.contiguous() for t in (q, k, v))
+    sm_scale = 1.0 / math.sqrt(q8.shape[-1]) if sm_scale is None else float(sm_scale)
+    q8, k, v = (t if t.is_contiguous() else t.contiguous() for t in (q8, k, v))
     kf = k.float()
     if k_smooth:
         kf = kf - kf.mean(dim=1, keepdim=True)
-    (q8, dq), (k8, dk), (v8, dv) = (ref.quantize_per_tensor(t) for t in (q, kf, v))
-    o8 = cudnn_fp8_sdpa(q8.transpose(1, 2), k8.transpose(1, 2), v8.transpose(1, 2), dq, dk, dv, key_lengths, sm_scale)
-    rows = o8.transpose(1, 2)
-    return (rows.float() * dv).to(v.dtype) if decode else (rows, dv)
+    (k8, dk), (v8, dv) = ref.quantize_per_tensor(kf), ref.quantize_per_tensor(v)
+    o8 = cudnn_fp8_sdpa(q8.transpose(1, 2), k8.transpose(1, 2), v8.transpose(1, 2), descale_q, dk, dv, key_lengths,
+                        sm_scale)
+    return o8.transpose(1, 2), dv
+
+
+def fp8_tensor_attention_rows(q, k, v, key_lengths=None, sm_scale=None, k_smooth: bool = True):
+    """:func:`fp8_tensor_codes` for float ``q [B, Sq, H, D]`` (its scale from its amax), decoded: ``[B, Sq, H, D]``
+    in ``v.dtype``, contiguous."""
+    codes, descale = fp8_tensor_codes(*ref.quantize_per_tensor(q), k, v, key_lengths, sm_scale, k_smooth)
+    return (codes.float() * descale).to(v.dtype)
+
+
+def _norm_rope_e4m3_impl(x: torch.Tensor, weight: torch.Tensor | None, eps: float, cos: torch.Tensor | None,
+                         sin: torch.Tensor | None, qscale: torch.Tensor) -> torch.Tensor:
+    """The SDPA path's norm + RoPE producer (:func:`q8lib.kernels.attn_producers.norm_rope`) writing e4m3 codes of
+    the rows times ``qscale`` (``[]`` float32, saturated): ``attention="fp8_tensor"``'s q with its static scale
+    (:func:`q8lib.reference.norm_bound_scale`), no pass of its own. ``[B, S, H, D]`` in, same shape e4m3 out."""
+    out = torch.empty(x.shape, device=x.device, dtype=torch.float8_e4m3fn)
+    if x.numel():
+        launch_norm_rope(x, weight, eps, cos, sin, out, qscale=qscale)
+    return out
+
+
+def _norm_rope_e4m3_fake(x, weight, eps, cos, sin, qscale):
+    return x.new_empty(x.shape, dtype=torch.float8_e4m3fn)
+
+
+norm_rope_e4m3 = dual_op("attn_norm_rope_e4m3", _norm_rope_e4m3_impl, _norm_rope_e4m3_fake)
+
+
+def norm_rope_e4m3_ref(x, weight, eps, cos, sin, qscale):
+    """Twin of :func:`norm_rope_e4m3`: norm + RoPE in float32, then :func:`q8lib.reference.quantize_static`."""
+    return ref.quantize_static(norm_rope_f32(x, weight, eps, cos, sin), qscale)[0]
 
 
 def fp8_tensor_attention(q, k, v, key_lengths=None, sm_scale=None, k_smooth: bool = True):

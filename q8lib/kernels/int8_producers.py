@@ -32,7 +32,7 @@ import triton.language as tl
 from .. import reference as ref
 from ._jit import head_rows
 from ._library import capability, dual_op, interpreting, launchable, programs
-from .attn_producers import _norm_rope_f32, _pad_rows, _qk_launch, pad_seq, qk_meta, rope_layout
+from .attn_producers import norm_rope_f32, _pad_rows, _qk_launch, pad_seq, qk_meta, rope_layout
 from .qk_rows import norm_rope_rows
 
 __all__ = ["KEY_BLOCK", "STATS_CHUNK", "PRODUCER_TUNE", "producer_meta", "balance_from_stats", "launch_int8_quant_qk",
@@ -246,8 +246,8 @@ int8_quant_qk = dual_op("attn_int8_quant_qk", _int8_quant_qk_impl, _int8_quant_q
 def quant_qk_int8_ref(q, k, qweight, qeps, kweight, keps, cos, sin, key_lengths, out_scale):
     """Twin of :func:`int8_quant_qk`: norm + RoPE in float32 (``attn_producers``' twin rows), then
     :func:`q8lib.reference.int8_qk_quantize_ref`, padded to the op's layouts."""
-    qf = _norm_rope_f32(q, qweight, qeps, cos, sin).transpose(1, 2)
-    kf = _norm_rope_f32(k, kweight, keps, cos, sin).transpose(1, 2)
+    qf = norm_rope_f32(q, qweight, qeps, cos, sin).transpose(1, 2)
+    kf = norm_rope_f32(k, kweight, keps, cos, sin).transpose(1, 2)
     q8, qs, k8, ks = ref.int8_qk_quantize_ref(qf, kf, key_lengths, out_scale, KEY_BLOCK)
     sq, sk = pad_seq(q.shape[1]), pad_seq(k.shape[1])
     pad_ks = torch.nn.functional.pad(ks, (0, sk // KEY_BLOCK - ks.shape[-1]))
