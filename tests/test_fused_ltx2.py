@@ -41,10 +41,12 @@ def _diffusers_forward_calls(monkeypatch) -> list:
 
 @pytest.mark.parametrize("variant", ["plain", "gated"])
 @pytest.mark.parametrize("weight_dtype", ["int8", "fp8_e4m3"])
-@pytest.mark.parametrize("attention", ["fp8", "sdpa"])
-def test_fused_equals_diffusers_forward_reference(seed, variant, weight_dtype, attention):
+@pytest.mark.parametrize("attention", ["fp8", "sdpa", "fp8_tensor"])
+def test_fused_equals_diffusers_forward_reference(seed, variant, weight_dtype, attention, monkeypatch):
     """LTX-2.0's layout and LTX-2.3's (gated attention, cross-attention modulation of the query, the text and the
-    output, prompt modulation from the model's own embedding)."""
+    output, prompt modulation from the model's own embedding). ``fp8_tensor`` on every attention of the tiny model:
+    the e4m3 output goes to ``to_out`` in both forwards."""
+    monkeypatch.setattr(q8lib.reference, "FP8_TENSOR_MIN_KEYS", 1)
     q8, inputs = _q8(variant, seed=seed % 1000, weight_dtype=weight_dtype, attention=attention)
     blocks = q8.transformer_blocks
     assert not any(is_fused(b) for b in blocks)  # reference backend: not installed by default
