@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backends import attention_mode, resolve_backend
+from .backends import BackendUnavailableError, attention_mode, resolve_backend
 from .errors import SettingsError
 from .fused_ops import once_per_mask
 from .ltx2 import key_mask, ltx2_attention_core
@@ -283,9 +283,13 @@ def check_attention_backend(model: nn.Module, mode: str, backend: str = "auto") 
     """Raise :class:`~q8lib.errors.SettingsError` if the backend that will run ``model``'s attention on the device
     of its weights cannot run ``mode`` there (e.g. ``"fp8_tensor"`` on a GPU without ``nvidia-cudnn-frontend``)."""
     param = next(model.parameters(), None)
-    if param is None or param.device.type == "meta":
+    if mode != "fp8_tensor" or param is None or param.device.type == "meta":
+        return  # (fp8_tensor is the one mode with a package of its own)
+    try:
+        be = resolve_backend(backend, param.device)
+    except BackendUnavailableError:  # e.g. backend="triton" named for a model still on the CPU: checked when it runs
         return
-    reason = resolve_backend(backend, param.device).attention_unavailable_reason(mode)
+    reason = be.attention_unavailable_reason(mode)
     if reason is not None:
         raise SettingsError(reason)
 

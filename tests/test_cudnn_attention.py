@@ -207,6 +207,33 @@ def test_static_scale_q_producer(seed, split, weight):
     assert 100 < peak <= 448 * (1 + 1e-6)  # the outlier lands near the top; the bound is never crossed
 
 
+def test_missing_engine_is_refused_before_anything_changes():
+    """A backend that cannot run ``fp8_tensor`` (the triton backend without ``nvidia-cudnn-frontend``) is named by
+    ``set_q8_attention`` before any processor is swapped."""
+    from q8lib import backends
+    from q8lib.attention import set_q8_attention
+    from q8lib.backends import Backend, register_backend
+
+    class NoEngine(Backend):
+        name = "test_no_fp8_tensor"
+        priority = -1
+
+        def attention_unavailable_reason(self, mode):
+            return "no engine for fp8_tensor here" if mode == "fp8_tensor" else None
+
+    register_backend(NoEngine())
+    try:
+        model = L2.tiny_ltx2("plain")
+        before = {n: type(m.processor) for n, m in model.named_modules() if hasattr(m, "processor")}
+        with pytest.raises(SettingsError, match="no engine for fp8_tensor"):
+            set_q8_attention(model, "fp8_tensor", backend="test_no_fp8_tensor")
+        assert before == {n: type(m.processor) for n, m in model.named_modules() if hasattr(m, "processor")}
+        set_q8_attention(model, "sdpa", backend="test_no_fp8_tensor")  # other modes are not its business
+    finally:
+        backends._REGISTRY.pop("test_no_fp8_tensor")
+        backends._RESOLVED.clear()
+
+
 def test_unknown_mode_fails_clearly():
     with pytest.raises(SettingsError, match="fp8_tensor"):
         attention_mode("fp8-tensor")
