@@ -215,6 +215,10 @@ def test_video_helpers():
     u = viz.to_uint8(v)
     assert u.shape == (5, 8, 12, 3) and u.dtype.name == "uint8"
     assert viz.frame_strip({"a": v, "b": v}, n=3) is not None
+    # the scrubber keeps frames at display size: full-size frames (81 x 480 x 704) made nbclient wait out the whole
+    # cell timeout after the cell had run (480 s in notebook 05's GPU run; 30 -> 7 s locally with a 25 s timeout)
+    big = viz._display_size(viz.to_uint8(torch.rand(2, 3, 480, 704)))
+    assert big.shape == (2, 160, 235, 3) and viz._display_size(u).shape == u.shape
 
 
 def test_videos_html_embeds_small_files_and_names_large_ones(tmp_path):

@@ -229,13 +229,20 @@ def frame_strip(videos: dict, n: int = 5, title: str | None = None):
     return fig
 
 
+def _display_size(frames: np.ndarray, max_side: int = 256) -> np.ndarray:
+    """``[T, H, W, C]`` uint8 frames every ``k``-th pixel so the longer side is at most ``max_side``: what a
+    2.2-inch panel at :data:`DPI` shows anyway."""
+    k = -(-max(frames.shape[1:3]) // max_side)
+    return frames[:, ::k, ::k] if k > 1 else frames
+
+
 def frame_scrubber(videos: dict):
     """An ipywidgets slider that shows frame ``t`` of every video ``{label: frames}`` side by side."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
     use_style()
-    vids = {k: to_uint8(v) for k, v in videos.items()}
+    vids = {k: _display_size(to_uint8(v)) for k, v in videos.items()}
     T = min(len(v) for v in vids.values())
 
     def show(frame=0):
