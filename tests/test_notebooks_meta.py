@@ -230,6 +230,10 @@ def test_videos_html_embeds_small_files_and_names_large_ones(tmp_path):
     html = viz.videos_html({"bf16": small, "Q8": large}, max_mb=2).data
     assert html.count("data:video/mp4;base64,") == 1 and "large.mp4</code> (3 MiB" in html
     assert "Q8</figcaption>" in html and "bf16</figcaption>" in html
+    medium = tmp_path / "medium.mp4"
+    medium.write_bytes(b"\x00" * (3 * 2**19))  # 1.5 MiB: two fit under 2 MiB one at a time, not together
+    html = viz.videos_html({"a": medium, "b": medium}, max_mb=2).data
+    assert html.count("data:video/mp4;base64,") == 1 and "past the 2 MiB" in html
 
 
 def test_versus_baseline():

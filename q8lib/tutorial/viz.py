@@ -175,23 +175,26 @@ def to_uint8(frames) -> np.ndarray:
     return (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def videos_html(videos: dict, width: int = 192, max_mb: float = 8.0):
+def videos_html(videos: dict, width: int = 192, max_mb: float = 4.0):
     """Side-by-side looping HTML5 videos from mp4 files ``{label: path}`` (e.g. written by
     :func:`q8lib.app.video.write_video`), embedded inline.
 
-    Returns an ``IPython.display.HTML``. The bytes go into the notebook, so a file over ``max_mb`` MiB (full-size
-    clips, and random-weight videos: noise does not compress) is named with its size instead of embedded.
+    Returns an ``IPython.display.HTML``. The bytes go into the notebook (base64: a third more), so at most ``max_mb``
+    MiB of files are embedded, in order; a clip that would pass that (full-size clips, and random-weight videos:
+    noise does not compress) is named with its size instead. (Notebook 05's GPU run embedded three clips of ~5 MiB
+    each as one 20 MB output, which the executor then dropped whole.)
     """
     from IPython.display import HTML
 
-    cells = []
+    cells, embedded = [], 0
     for label, path in videos.items():
         size = Path(path).stat().st_size
-        if size > max_mb * 2**20:
+        if embedded + size > max_mb * 2**20:
             cells.append(f'<figure style="display:inline-block;margin:4px;text-align:center"><code>{Path(path).name}'
-                         f"</code> ({size / 2**20:.0f} MiB, over the {max_mb:g} MiB embedded inline: open the file)"
+                         f"</code> ({size / 2**20:.0f} MiB, past the {max_mb:g} MiB embedded inline: open the file)"
                          f"<figcaption>{label}</figcaption></figure>")
             continue
+        embedded += size
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
         cells.append(
             f'<figure style="display:inline-block;margin:4px;text-align:center">'
