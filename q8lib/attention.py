@@ -55,8 +55,8 @@ def q8_attention_core(attn, query, key, value, image_rotary_emb=None, key_length
 
     ``query [B, Sq, H*D]``, ``key``/``value [B, Sk, H*D]`` are the raw projection outputs;
     ``key_lengths [B]`` int32 right-padding lengths or ``None``; ``mode``: ``"fp8"``, ``"int8"``, ``"sdpa"`` or
-    ``"fp8_tensor"`` (``True``/``False`` as the earlier ``fp8`` flag); ``key_rotary_emb``: the keys' own RoPE tables where they differ
-    from the queries' ``image_rotary_emb`` (LTX-2's a2v/v2a). Returns ``[B, Sq, H*D]`` in ``value.dtype``.
+    ``"fp8_tensor"`` (``True``/``False`` as the earlier ``fp8`` flag); ``key_rotary_emb``: the keys' own RoPE
+    tables where they differ from the queries' ``image_rotary_emb`` (LTX-2's a2v/v2a). Returns ``[B, Sq, H*D]`` in ``value.dtype``.
     Runs the backend's ``attention_core`` (the triton backend fuses norm + RoPE, + rotation and
     quantization for FP8 or smoothing, balancing and quantization for INT8, into its producers); under
     diffusers' context parallelism the backend's ``attention`` runs inside q8lib's ring/all-to-all exchange instead.

@@ -345,7 +345,8 @@ def fp8_tensor_attention_ref(q, k, v, key_lengths=None, sm_scale: float | None =
     3. ``P = exp(s - rowmax)`` is stored as e4m3 of ``P * 448``; the row sum is kept in float32.
     4. The output is written in e4m3 with ``v``'s scale (``|O| <= amax(v)``: a convex combination of v's rows).
     Keys at positions ``>= key_lengths[b]`` (clamped to ``[1, Sk]``) are masked. Returns ``[B, H, Sq, D]`` in
-    ``v.dtype``, or with ``codes=True`` the output's e4m3 codes and their descale ``[]`` (what ``to_out`` can take). No rotation of q/k: measured on outlier inputs it does not help per-tensor scales
+    ``v.dtype``, or with ``codes=True`` the output's e4m3 codes and their descale ``[]`` (what ``to_out`` can take).
+    No rotation of q/k: measured on outlier inputs it does not help per-tensor scales
     (``benchmarks/results/accuracy/cudnn_fp8_emulation_cpu.json``), while K smoothing does.
     """
     sm_scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale

@@ -38,8 +38,8 @@ from .fp8_attention import attention_fwd
 from .int8_attention import int8_attention_fwd
 from .int8_producers import int8_quant_qk
 
-__all__ = ["attention", "fused_attention_core", "fused_attention_codes", "quant_qk", "quant_v", "attention_fwd", "norm_rope", "int8_quant_qk",
-           "int8_attention_fwd", "unsupported_reason", "HEAD_DIMS", "SEQ_PAD"]
+__all__ = ["attention", "fused_attention_core", "fused_attention_codes", "quant_qk", "quant_v", "attention_fwd",
+           "norm_rope", "int8_quant_qk", "int8_attention_fwd", "unsupported_reason", "HEAD_DIMS", "SEQ_PAD"]
 
 HEAD_DIMS = (32, 64, 128)  # powers of two the kernels are built for (LTX: 64 for 2B, 128 for 13B)
 LOG2E = 1.4426950408889634
@@ -99,11 +99,9 @@ def attention(q, k, v, key_lengths=None, sm_scale=None, mode="fp8"):
     """Backend op: ``q, k, v [B, H, S, D]`` -> ``[B, H, Sq, D]``; ``mode`` (:func:`q8lib.backends.attention_mode`):
     the FP8 or INT8 kernels, cuDNN's FP8 engine (``"fp8_tensor"``, :mod:`.cudnn_attention`), or SDPA."""
     mode = attention_mode(mode)
-    if mode == "sdpa":
-        return ref.sdpa_attention(q, k, v, key_lengths, sm_scale)
     if mode == "fp8_tensor" and ref.fp8_tensor_applies(k.shape[-2]):  # cuDNN's engine: its own rules and errors
         return fp8_tensor_attention(q, k, v, key_lengths, sm_scale)
-    if mode == "fp8_tensor":
+    if mode in ("sdpa", "fp8_tensor"):  # (fp8_tensor with few keys: SDPA)
         return ref.sdpa_attention(q, k, v, key_lengths, sm_scale)
     reason = unsupported_reason(q, k, v)
     if reason is not None:

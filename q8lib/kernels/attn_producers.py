@@ -30,8 +30,9 @@ from ._jit import batch_head, head_rows, to_e4m3
 from ._library import capability, dual_op, interpreting, launchable, programs, table_entry
 from .qk_rows import dot_pm1, norm_rope_halves, norm_rope_rows
 
-__all__ = ["SEQ_PAD", "pad_seq", "qk_kind", "qk_table_entry", "qk_meta", "rope_layout", "v_tiles", "launch_quant_qk", "launch_norm_rope",
-           "launch_quant_v", "quant_qk", "norm_rope", "quant_v", "quant_qk_ref", "norm_rope_ref", "quant_v_ref", "norm_rope_f32"]
+__all__ = ["SEQ_PAD", "pad_seq", "qk_kind", "qk_table_entry", "qk_meta", "rope_layout", "v_tiles", "launch_quant_qk",
+           "launch_norm_rope", "launch_quant_v", "quant_qk", "norm_rope", "quant_v", "quant_qk_ref", "norm_rope_ref",
+           "quant_v_ref", "norm_rope_f32"]
 
 SEQ_PAD = 128  # q/k/v sequences are padded to this multiple (>= every BLOCK_M/BLOCK_N used)
 FP8 = torch.float8_e4m3fn

@@ -16,8 +16,8 @@ are coarser than q8lib's per-token ones: see ``benchmarks/NOTES_attention.md`` f
   ``to_out`` takes as they are (:func:`q8lib.attention.coded_attention`). In the model q comes as e4m3 from its
   norm + RoPE producer with a static scale (``q8lib::attn_norm_rope_e4m3``, :func:`norm_rope_e4m3`; the norm's
   bound, :func:`q8lib.reference.norm_bound_scale`), so q costs no pass of its own.
-* :func:`fp8_tensor_attention_rows` (``[B, S, H, D]``) and :func:`fp8_tensor_attention` (``[B, H, S, D]``): the plain
-  op on float tensors (q's scale from its amax), output decoded.
+* :func:`fp8_tensor_attention` (``[B, H, S, D]``): the plain op on float tensors (q's scale from its amax), output
+  decoded.
 
 Needs ``nvidia-cudnn-frontend`` (PyPI). Which GPUs cuDNN builds plans for is cuDNN's decision: Hopper (sm_90) is
 measured; on Ada (sm_89) no FP8 SDPA engine is expected and the first call raises
@@ -34,7 +34,7 @@ from ..errors import BackendUnavailableError
 from ._library import capability, dual_op, opaque_op
 from .attn_producers import launch_norm_rope, norm_rope_f32
 
-__all__ = ["fp8_tensor_attention", "fp8_tensor_attention_rows", "fp8_tensor_codes", "cudnn_fp8_sdpa",
+__all__ = ["fp8_tensor_attention", "fp8_tensor_codes", "cudnn_fp8_sdpa",
            "cudnn_unavailable_reason", "norm_rope_e4m3", "norm_rope_e4m3_ref"]
 
 E4M3_MAX = 448.0
@@ -172,13 +172,6 @@ def fp8_tensor_codes(q8, descale_q, k, v, key_lengths=None, sm_scale=None, k_smo
     return o8.transpose(1, 2), dv
 
 
-def fp8_tensor_attention_rows(q, k, v, key_lengths=None, sm_scale=None, k_smooth: bool = True):
-    """:func:`fp8_tensor_codes` for float ``q [B, Sq, H, D]`` (its scale from its amax), decoded: ``[B, Sq, H, D]``
-    in ``v.dtype``, contiguous."""
-    codes, descale = fp8_tensor_codes(*ref.quantize_per_tensor(q), k, v, key_lengths, sm_scale, k_smooth)
-    return (codes.float() * descale).to(v.dtype)
-
-
 def _norm_rope_e4m3_impl(x: torch.Tensor, weight: torch.Tensor | None, eps: float, cos: torch.Tensor | None,
                          sin: torch.Tensor | None, qscale: torch.Tensor) -> torch.Tensor:
     """The SDPA path's norm + RoPE producer (:func:`q8lib.kernels.attn_producers.norm_rope`) writing e4m3 codes of
@@ -203,9 +196,9 @@ def norm_rope_e4m3_ref(x, weight, eps, cos, sin, qscale):
 
 
 def fp8_tensor_attention(q, k, v, key_lengths=None, sm_scale=None, k_smooth: bool = True):
-    """``q, k, v [B, H, S, D]`` (float) -> ``[B, H, Sq, D]`` in ``v.dtype``:
-    :func:`q8lib.reference.fp8_tensor_attention_ref` on cuDNN's engine (:func:`fp8_tensor_attention_rows` on
-    ``[B, S, H, D]`` views; LTX's ``[B, H, S, D]`` tensors are such views already)."""
-    rows = fp8_tensor_attention_rows(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_lengths, sm_scale,
-                                     k_smooth)
-    return rows.transpose(1, 2)
+    """The plain op: ``q, k, v [B, H, S, D]`` (float; LTX's are views of ``[B, S, H, D]`` rows) -> ``[B, H, Sq, D]``
+    in ``v.dtype``: :func:`q8lib.reference.fp8_tensor_attention_ref` on cuDNN's engine (:func:`fp8_tensor_codes`,
+    q's scale from its amax), the output decoded."""
+    q8, dq = ref.quantize_per_tensor(q.transpose(1, 2))
+    codes, descale = fp8_tensor_codes(q8, dq, k.transpose(1, 2), v.transpose(1, 2), key_lengths, sm_scale, k_smooth)
+    return (codes.float() * descale).to(v.dtype).transpose(1, 2)
