@@ -349,6 +349,26 @@ def test_gpu_norm_rope_op_traces_its_launcher(seed):
     torch.library.opcheck(ka.norm_rope.visible, (x, w, 1e-6, cos, sin), test_utils=("test_schema", "test_faketensor"))
 
 
+@pytest.mark.gpu
+def test_gpu_norm_rope_compiled_matches_eager(seed):
+    """Inductor launches the norm + RoPE producer from its own code (bf16 rows, and e4m3 rows for ``fp8_tensor``'s
+    q): every constexpr must reach the kernel (torch 2.11's ``wrap_triton`` fills in no defaults); same bits as
+    eager."""
+    from q8lib.kernels.cudnn_attention import norm_rope_e4m3
+
+    B, S, H, D = 2, 200, 4, 64
+    x = torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16)
+    w = torch.rand(H * D, device="cuda", dtype=torch.bfloat16) + 0.5
+    ang = torch.rand(1, S, H, D, device="cuda") * 6.28
+    cos, sin = torch.cos(ang).bfloat16(), torch.sin(ang).bfloat16()
+    qscale = torch.tensor(2.0, device="cuda")
+    eager = (ka.norm_rope(x, w, 1e-6, cos, sin), norm_rope_e4m3(x, w, 1e-6, cos, sin, qscale))
+    compiled = torch.compile(lambda *a: (ka.norm_rope(*a), norm_rope_e4m3(*a, qscale)), fullgraph=True)(x, w, 1e-6, cos,
+                                                                                                         sin)
+    assert torch.equal(compiled[0], eager[0])
+    assert torch.equal(compiled[1].view(torch.uint8), eager[1].view(torch.uint8))
+
+
 def test_kernels_match_their_reference_twins(seed):
     """Each kernel file's reference twin computes what its op computes (producers and the attention kernel),
     on padded sequences and with a key-length mask."""

@@ -52,7 +52,7 @@ def _qk_quant_kernel(
     S, S_PAD, H, eps, out_scale, n_tiles,
     D: tl.constexpr, HP: tl.constexpr, BLOCK_T: tl.constexpr,
     HAS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROPE: tl.constexpr, GRID_ROUND: tl.constexpr,
-    ROPE_SPLIT: tl.constexpr = False,
+    ROPE_SPLIT: tl.constexpr,
 ):
     """Persistent: each program loads the Hadamard matrix once and walks tiles of BLOCK_T tokens."""
     # float arguments arrive as fp64 when inductor launches the kernel; fp64 has no conversion to e4m3
@@ -96,8 +96,8 @@ def _qk_norm_rope_kernel(
     QSCALE,  # [] float32: OUT_FP8's one scale for the whole tensor
     S, H, eps, n_tiles,
     D: tl.constexpr, HP: tl.constexpr, BLOCK_T: tl.constexpr,
-    HAS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROPE: tl.constexpr, ROPE_SPLIT: tl.constexpr = False,
-    OUT_FP8: tl.constexpr = False, GRID_ROUND: tl.constexpr = False,
+    HAS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROPE: tl.constexpr, ROPE_SPLIT: tl.constexpr,
+    OUT_FP8: tl.constexpr, GRID_ROUND: tl.constexpr,
 ):
     """norm_q/norm_k + RoPE for the SDPA path in one pass (the float rows, no rotation or quantization); with
     ``OUT_FP8`` the rows times ``QSCALE`` as e4m3 (``attention="fp8_tensor"``'s q, whose scale is static)."""
@@ -297,8 +297,8 @@ def launch_norm_rope(x, weight, eps, cos, sin, out, tune=None, qscale=None):
     B, S, H, D = x.shape
     grid, args, n_tiles, meta = _qk_launch(x, weight, eps, cos, sin, None, tune, quant=False)
     fp8 = out.dtype == FP8
-    if fp8:
-        meta |= {"OUT_FP8": True, "GRID_ROUND": interpreting(x)}
+    # every constexpr passed: inductor's wrap_triton (torch 2.11) does not fill in the kernel's defaults
+    meta |= {"OUT_FP8": fp8, "GRID_ROUND": fp8 and interpreting(x)}
     launchable(_qk_norm_rope_kernel, x)[grid](*args, out, qscale if fp8 else out, S, H, float(eps), n_tiles, **meta)
 
 
