@@ -103,14 +103,14 @@ class Backend:
     def attention(self, q, k, v, key_lengths=None, sm_scale=None, mode="fp8"):
         """``[B, H, S, D]`` attention; ``mode`` (:func:`attention_mode`): ``"fp8"`` (Hadamard-rotated q/k, e4m3),
         ``"int8"`` (smoothed, balanced int8 q/k, 16-bit P·V), ``"sdpa"`` or ``"fp8_tensor"`` (per-tensor e4m3 after
-        K smoothing where there are enough keys, :func:`~q8lib.reference.fp8_tensor_applies`; SDPA otherwise; q's
-        scale from its amax here, from its norm's bound in :meth:`attention_core`)."""
+        K smoothing where there are enough queries and keys, :func:`~q8lib.reference.fp8_tensor_applies`; SDPA
+        otherwise; q's scale from its amax here, from its norm's bound in :meth:`attention_core`)."""
         mode = attention_mode(mode)
         if mode == "fp8":
             return ref.fp8_attention_ref(q, k, v, key_lengths, sm_scale)
         if mode == "int8":
             return ref.int8_attention_ref(q, k, v, key_lengths, sm_scale)
-        if mode == "fp8_tensor" and ref.fp8_tensor_applies(k.shape[-2]):
+        if mode == "fp8_tensor" and ref.fp8_tensor_applies(q.shape[-2], k.shape[-2]):
             return ref.fp8_tensor_attention_ref(q, k, v, key_lengths, sm_scale)
         return ref.sdpa_attention(q, k, v, key_lengths, sm_scale)
 
@@ -132,7 +132,7 @@ class Backend:
         [B, Sq, H*D] float8_e4m3fn, descale [] float32)`` with ``codes * descale`` the attention output, which
         ``to_out`` can take without a decoding pass; ``None`` where this backend has no such path (the caller runs
         :meth:`attention_core`)."""
-        if not ref.fp8_tensor_applies(key.shape[1]):
+        if not ref.fp8_tensor_applies(query.shape[1], key.shape[1]):
             return None
         q, k, v = ref.attention_inputs(attn, query, key, value, image_rotary_emb, key_rotary_emb)
         codes, descale = ref.fp8_tensor_attention_ref(q, k, v, key_lengths, codes=True,

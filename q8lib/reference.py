@@ -290,17 +290,21 @@ def quantize_per_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes, amax * (1.0 / QMAX[FP8])
 
 
-#: ``attention="fp8_tensor"`` runs FP8 only where there are at least this many keys (self-attention over video tokens);
-#: shorter key sequences (text, audio, audio-to-video cross-attention) run SDPA in the model dtype. Why: in the LTX-2
-#: forward (benchmarks/NOTES_attention.md, session 12) FP8's quantization passes cost ~0.1 ms per attention over the
-#: 6144 video queries, more than FP8 saves where the keys are few (a2v: 126 keys). An estimate from that profile, not
-#: yet a measured A/B. Read at call time (tests lower it to exercise FP8 on tiny models).
-FP8_TENSOR_MIN_KEYS = 2048
+#: ``attention="fp8_tensor"`` runs FP8 only where there are at least this many queries and this many keys; elsewhere
+#: (audio self-attention, audio-to-video and video-to-audio cross-attention, short text) SDPA in the model dtype. Why,
+#: from the LTX-2 forward's profiles (benchmarks/NOTES_attention.md, sessions 12-13): FP8 costs passes over k and v
+#: (K smoothing, per-tensor scales, codes) whose share of the attention's time grows as 1 / queries, so with 126
+#: audio queries over 6144 video keys they cost ~5 ms per forward for an attention that is nearly free; with 6144
+#: queries over 1024 text keys the engine's speed-up should outweigh them (not yet a measured A/B). Read at call
+#: time (tests lower them to exercise FP8 on tiny models).
+FP8_TENSOR_MIN_QUERIES = 2048
+FP8_TENSOR_MIN_KEYS = 1024
 
 
-def fp8_tensor_applies(num_keys: int) -> bool:
-    """Whether ``attention="fp8_tensor"`` runs FP8 (not SDPA) for ``num_keys`` keys (:data:`FP8_TENSOR_MIN_KEYS`)."""
-    return num_keys >= FP8_TENSOR_MIN_KEYS
+def fp8_tensor_applies(num_queries: int, num_keys: int) -> bool:
+    """Whether ``attention="fp8_tensor"`` runs FP8 (not SDPA) for ``num_queries`` queries over ``num_keys`` keys
+    (:data:`FP8_TENSOR_MIN_QUERIES`, :data:`FP8_TENSOR_MIN_KEYS`)."""
+    return num_queries >= FP8_TENSOR_MIN_QUERIES and num_keys >= FP8_TENSOR_MIN_KEYS
 
 
 def norm_bound_scale(weight: torch.Tensor | None, width: int, device=None) -> torch.Tensor:

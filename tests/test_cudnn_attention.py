@@ -30,6 +30,7 @@ HAVE_CUDNN = importlib.util.find_spec("cudnn") is not None
 def fp8_everywhere(monkeypatch):
     """FP8 for every attention of the tiny models (whose key sequences are below the full-size threshold)."""
     monkeypatch.setattr(ref, "FP8_TENSOR_MIN_KEYS", 1)
+    monkeypatch.setattr(ref, "FP8_TENSOR_MIN_QUERIES", 1)
 
 
 def _qkv(seed, B=1, H=4, Sq=256, Sk=256, D=64, device="cpu"):
@@ -145,13 +146,15 @@ def test_to_out_takes_the_codes_without_decoding(seed, monkeypatch, fp8_everywhe
 
 @pytest.mark.filterwarnings("error::q8lib.errors.Q8FallbackWarning")
 def test_quantizers_read_e4m3_codes():
-    """The triton row quantizers (Triton's interpreter here) read e4m3 codes as they read the same values in float."""
+    """The triton row quantizers (the GPU's, else Triton's interpreter) read e4m3 codes as they read the same values in
+    float."""
     pytest.importorskip("triton")
     from q8lib.kernels import linear as kl
 
     torch.manual_seed(0)
-    codes, _ = ref.quantize_per_tensor(torch.randn(2, 8, 256) * 3)
-    gates = torch.rand(2, 8, 4) * 2
+    dev = "cuda" if GPU else "cpu"
+    codes, _ = ref.quantize_per_tensor(torch.randn(2, 8, 256, device=dev) * 3)
+    gates = torch.rand(2, 8, 4, device=dev) * 2
     # the kernels, not the reference fallback (which would warn: an error here, see the marker)
     for qdtype, block in (("int8", None), ("fp8_e4m3", 1), ("int8", 64)):
         for got, want in ((kl.quantize_activation(codes, qdtype, block), kl.quantize_activation(codes.float(), qdtype,
@@ -162,17 +165,25 @@ def test_quantizers_read_e4m3_codes():
             assert torch.equal(got[1], want[1])
 
 
-def test_few_keys_run_sdpa(seed):
-    """Below :data:`q8lib.reference.FP8_TENSOR_MIN_KEYS` keys ``fp8_tensor`` is SDPA (and has no e4m3 output)."""
+@pytest.mark.parametrize("few", ["queries", "keys"])
+def test_few_queries_or_keys_run_sdpa(seed, monkeypatch, few):
+    """Below :data:`q8lib.reference.FP8_TENSOR_MIN_QUERIES` queries or :data:`~q8lib.reference.FP8_TENSOR_MIN_KEYS`
+    keys ``fp8_tensor`` is SDPA (and has no e4m3 output); at both thresholds it is FP8."""
     from q8lib.backends import get_backend
 
+    monkeypatch.setattr(ref, "FP8_TENSOR_MIN_QUERIES", 16)
+    monkeypatch.setattr(ref, "FP8_TENSOR_MIN_KEYS", 32)
     be = get_backend("reference")
-    q, k, v, _ = _qkv(seed % 1000, Sk=ref.FP8_TENSOR_MIN_KEYS - 1)
+    Sq, Sk = (15, 32) if few == "queries" else (16, 31)
+    q, k, v, _ = _qkv(seed % 1000, Sq=Sq, Sk=Sk)
     assert torch.equal(be.attention(q, k, v, mode="fp8_tensor"), ref.sdpa_attention(q, k, v))
     attn = L2.tiny_ltx2("plain").transformer_blocks[0].attn2
     W = attn.to_q.out_features
-    query, key = torch.randn(1, 8, W), torch.randn(1, 16, W)
-    assert be.attention_codes(attn, query, key, torch.randn(1, 16, W)) is None
+    query, key = torch.randn(1, Sq, W), torch.randn(1, Sk, W)
+    assert be.attention_codes(attn, query, key, torch.randn(1, Sk, W)) is None
+    q, k, v, _ = _qkv(seed % 1000, Sq=16, Sk=32)
+    assert torch.equal(be.attention(q, k, v, mode="fp8_tensor"), ref.fp8_tensor_attention_ref(q, k, v))
+    assert be.attention_codes(attn, torch.randn(1, 16, W), torch.randn(1, 32, W), torch.randn(1, 32, W)) is not None
 
 
 @pytest.mark.parametrize("split", [False, True])
@@ -205,6 +216,41 @@ def test_static_scale_q_producer(seed, split, weight):
 
     peak = (norm_rope_f32(rows, w, 1e-5, cos, sin) * scale).abs().max().item()  # before the saturating cast
     assert 100 < peak <= 448 * (1 + 1e-6)  # the outlier lands near the top; the bound is never crossed
+
+
+@pytest.mark.filterwarnings("error::q8lib.errors.Q8FallbackWarning")
+@pytest.mark.parametrize("smooth", [True, False])
+@pytest.mark.parametrize("shape,dtype", [((2, 77, 4, 16), torch.float32), ((1, 130, 3, 32), torch.bfloat16),
+                                         ((2, 5, 2, 8), torch.float32)])
+def test_kv_per_tensor_matches_its_twin(seed, smooth, shape, dtype):
+    """K smoothing and per-tensor e4m3 of k and v in two Triton passes (the GPU's, else the interpreter's) against
+    the torch twin, with a shared key offset (what smoothing removes) and token counts off the tiles: the same
+    scales and codes (on the GPU the mean is summed in another order: codes may move by one e4m3 step)."""
+    pytest.importorskip("triton")
+    from q8lib.kernels.cudnn_attention import kv_per_tensor, kv_per_tensor_ref
+
+    g = torch.Generator().manual_seed(seed % 1000)
+    k = torch.randn(shape, generator=g) * 2 + torch.randn(shape[-2:], generator=g) * 3
+    v = torch.randn(shape, generator=g)
+    dev = "cuda" if GPU else "cpu"
+    k, v = k.to(dev, dtype), v.to(dev, dtype)
+    got, want = kv_per_tensor(k, v, smooth), kv_per_tensor_ref(k, v, smooth)
+    _assert_kv_close(got, want)
+    if not GPU:  # the interpreter sums in the twin's order here: bit-exact
+        assert torch.equal(got[0].view(torch.uint8), want[0].view(torch.uint8)) and torch.equal(got[1], want[1])
+
+
+def test_kv_per_tensor_zeros_and_empty():
+    """An all-zero v has scale 0 and zero codes (no NaN); no tokens: empty codes and zero scales."""
+    pytest.importorskip("triton")
+    from q8lib.kernels.cudnn_attention import kv_per_tensor
+
+    dev = "cuda" if GPU else "cpu"
+    k = torch.randn(1, 9, 2, 8, device=dev)
+    k8, dk, v8, dv = kv_per_tensor(k, torch.zeros_like(k), True)
+    assert dv.item() == 0 and torch.all(v8.float() == 0) and torch.isfinite(k8.float()).all() and dk.item() > 0
+    k8, dk, v8, dv = kv_per_tensor(k[:, :0], k[:, :0], True)
+    assert k8.shape == (1, 0, 2, 8) and v8.shape == (1, 0, 2, 8) and dk.item() == 0 and dv.item() == 0
 
 
 def test_missing_engine_is_refused_before_anything_changes():
@@ -241,6 +287,29 @@ def test_unknown_mode_fails_clearly():
 
 # ---------------------------------------------------------------------------------------------------------------
 gpu = pytest.mark.skipif(not (GPU and HAVE_CUDNN), reason="needs a CUDA GPU and nvidia-cudnn-frontend")
+
+
+@pytest.mark.gpu
+def test_kv_per_tensor_compiled_matches_eager(seed):
+    """Inductor launches both passes (and fuses the scale reduction between them): same codes and scales as eager,
+    at LTX-2's video self-attention width."""
+    from q8lib.kernels.cudnn_attention import kv_per_tensor
+
+    g = torch.Generator(device="cuda").manual_seed(seed % 1000)
+    k = torch.randn(2, 1000, 32, 128, device="cuda", generator=g, dtype=torch.bfloat16)
+    v = torch.randn(2, 1000, 32, 128, device="cuda", generator=g, dtype=torch.bfloat16)
+    eager = kv_per_tensor(k, v, True)
+    _assert_kv_close(torch.compile(lambda a, b: kv_per_tensor(a, b, True), fullgraph=True)(k, v), eager)
+
+
+def _assert_kv_close(got, want):
+    """v's codes and scale exact (a max is order-free); k's scale within float32 rounding and its codes within one
+    e4m3 step (k's mean, summed in another order, can move a value across a rounding boundary)."""
+    assert [t.dtype for t in got] == [t.dtype for t in want] and got[0].shape == want[0].shape and got[1].shape == ()
+    assert torch.equal(got[2].view(torch.uint8), want[2].view(torch.uint8)) and torch.equal(got[3], want[3])
+    torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=0)
+    step = 2.0 ** -3 * want[0].float().abs().clamp_min(2.0 ** -6)  # one e4m3 step of each code
+    assert torch.all((got[0].float() - want[0].float()).abs() <= step + 1e-6)
 
 
 @pytest.mark.gpu

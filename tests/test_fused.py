@@ -62,6 +62,7 @@ def _run(model, args, kw):
 @pytest.mark.parametrize("attention", ["fp8", "int8", "sdpa", "fp8_tensor"])
 def test_fused_equals_unfused_reference(seed, weight_dtype, attention, monkeypatch):
     monkeypatch.setattr(q8lib.reference, "FP8_TENSOR_MIN_KEYS", 1)  # fp8_tensor on the tiny model's attentions too
+    monkeypatch.setattr(q8lib.reference, "FP8_TENSOR_MIN_QUERIES", 1)
     model = make_tiny_transformer(seed=seed % 1000)
     args, kw = _inputs(model.config)
     q = q8lib.quantize_(model, q8lib.Q8Config(weight_dtype=weight_dtype, attention=attention, backend="reference"),

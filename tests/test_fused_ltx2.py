@@ -47,6 +47,7 @@ def test_fused_equals_diffusers_forward_reference(seed, variant, weight_dtype, a
     output, prompt modulation from the model's own embedding). ``fp8_tensor`` on every attention of the tiny model:
     the e4m3 output goes to ``to_out`` in both forwards."""
     monkeypatch.setattr(q8lib.reference, "FP8_TENSOR_MIN_KEYS", 1)
+    monkeypatch.setattr(q8lib.reference, "FP8_TENSOR_MIN_QUERIES", 1)
     q8, inputs = _q8(variant, seed=seed % 1000, weight_dtype=weight_dtype, attention=attention)
     blocks = q8.transformer_blocks
     assert not any(is_fused(b) for b in blocks)  # reference backend: not installed by default

@@ -208,12 +208,19 @@ def _any_kernel(path):
 
 
 def test_every_kernel_is_compiled():
-    """Each ``*_kernel`` of q8lib's kernel modules has specs for both targets."""
+    """Each ``*_kernel`` defined in any module of ``q8lib.kernels`` has specs for both targets."""
     import importlib
+    import pkgutil
 
-    kernels = {f"{m}:{n}" for m in ("q8lib.kernels.row_quant", "q8lib.kernels.gemm", "q8lib.kernels.attn_producers",
-                                    "q8lib.kernels.fp8_attention", "q8lib.kernels.int8_producers", "q8lib.kernels.int8_attention")
-               for n in vars(importlib.import_module(m)) if n.endswith("_kernel")}
+    import q8lib.kernels
+
+    kernels = set()
+    for info in pkgutil.iter_modules(q8lib.kernels.__path__):
+        m = f"q8lib.kernels.{info.name}"
+        for n, obj in vars(importlib.import_module(m)).items():
+            if n.endswith("_kernel") and hasattr(obj, "arg_names") and getattr(obj.fn, "__module__", None) == m:
+                kernels.add(f"{m}:{n}")
+    assert "q8lib.kernels.cudnn_attention:_kv_codes_kernel" in kernels  # the walk finds kernels in every module
     for cap in CAPS:
         want = kernels - (T.HOPPER_ONLY if cap < 90 else set())
         assert want <= {s.kernel for s in T.specs(cap)}, f"sm_{cap}: no spec for {want - {s.kernel for s in T.specs(cap)}}"

@@ -99,9 +99,10 @@ def attention(q, k, v, key_lengths=None, sm_scale=None, mode="fp8"):
     """Backend op: ``q, k, v [B, H, S, D]`` -> ``[B, H, Sq, D]``; ``mode`` (:func:`q8lib.backends.attention_mode`):
     the FP8 or INT8 kernels, cuDNN's FP8 engine (``"fp8_tensor"``, :mod:`.cudnn_attention`), or SDPA."""
     mode = attention_mode(mode)
-    if mode == "fp8_tensor" and ref.fp8_tensor_applies(k.shape[-2]):  # cuDNN's engine: its own rules and errors
+    # cuDNN's engine: its own rules and errors
+    if mode == "fp8_tensor" and ref.fp8_tensor_applies(q.shape[-2], k.shape[-2]):
         return fp8_tensor_attention(q, k, v, key_lengths, sm_scale)
-    if mode in ("sdpa", "fp8_tensor"):  # (fp8_tensor with few keys: SDPA)
+    if mode in ("sdpa", "fp8_tensor"):  # (fp8_tensor with few queries or keys: SDPA)
         return ref.sdpa_attention(q, k, v, key_lengths, sm_scale)
     reason = unsupported_reason(q, k, v)
     if reason is not None:
@@ -182,7 +183,7 @@ def fused_attention_core(attn, query, key, value, image_rotary_emb=None, key_len
     kernel. ``"int8"``: norm_q/norm_k + RoPE in the INT8 producers (statistics pass, then smoothing, balancing,
     scale and int8 codes), then the INT8 kernel reading ``value`` in place. ``"sdpa"``: norm_q/norm_k + RoPE in
     one producer per operand (float rows), then SDPA; ``"fp8_tensor"``: the same producers, then cuDNN's FP8
-    engine where there are enough keys (:func:`q8lib.reference.fp8_tensor_applies`; SDPA otherwise).
+    engine where there are enough queries and keys (:func:`q8lib.reference.fp8_tensor_applies`; SDPA otherwise).
     Returns ``None`` when this path cannot take the module/inputs (the caller runs the generic path).
     """
     mode = attention_mode(mode)
@@ -194,7 +195,7 @@ def fused_attention_core(attn, query, key, value, image_rotary_emb=None, key_len
         out = _fp8_bshd(q, k, v, key_lengths, None, qn, kn, rope, key_rope)
     elif mode == "int8":
         out = _int8_bshd(q, k, v, key_lengths, None, qn, kn, rope)
-    elif mode == "fp8_tensor" and ref.fp8_tensor_applies(k.shape[1]):
+    elif mode == "fp8_tensor" and ref.fp8_tensor_applies(q.shape[1], k.shape[1]):
         codes, descale = _fp8_tensor_codes(q, k, v, qn, kn, rope, key_rope, key_lengths)
         out = (codes.float() * descale).to(v.dtype)
     else:
@@ -220,7 +221,7 @@ def fused_attention_codes(attn, query, key, value, image_rotary_emb=None, key_le
     ``[B, S, H*D]`` in, ``(codes [B, Sq, H*D] e4m3, descale [] float32)`` out (no decoding pass: ``to_out`` takes
     the codes); ``None`` when the producers cannot take the module/inputs."""
     inputs = _producer_inputs(attn, query, key, value, image_rotary_emb, key_rotary_emb, "fp8_tensor")
-    if inputs is None or not ref.fp8_tensor_applies(key.shape[1]):
+    if inputs is None or not ref.fp8_tensor_applies(query.shape[1], key.shape[1]):
         return None
     codes, descale = _fp8_tensor_codes(*inputs, key_lengths)
     return codes.flatten(2, 3), descale

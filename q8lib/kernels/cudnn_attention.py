@@ -12,7 +12,8 @@ are coarser than q8lib's per-token ones: see ``benchmarks/NOTES_attention.md`` f
   capture (q8lib's capture warms up first). The output is e4m3 ``[B, H, Sq, D]`` (a view of ``[B, Sq, H, D]`` rows,
   what ``to_out`` reads); Hopper's engine writes FP8 outputs only.
 * :func:`fp8_tensor_codes`: the engine on the model's ``[B, S, H, D]`` rows with q already e4m3: K smoothing and
-  the per-tensor quantization of k and v (torch ops: inductor fuses them), the e4m3 output and its descale, which
+  the per-tensor quantization of k and v (:func:`kv_per_tensor`, two Triton passes), the e4m3 output and its
+  descale, which
   ``to_out`` takes as they are (:func:`q8lib.attention.coded_attention`). In the model q comes as e4m3 from its
   norm + RoPE producer with a static scale (``q8lib::attn_norm_rope_e4m3``, :func:`norm_rope_e4m3`; the norm's
   bound, :func:`q8lib.reference.norm_bound_scale`), so q costs no pass of its own.
@@ -28,14 +29,18 @@ from __future__ import annotations
 import math
 
 import torch
+import triton
+import triton.language as tl
 
 from .. import reference as ref
 from ..errors import BackendUnavailableError
-from ._library import capability, dual_op, opaque_op
+from ..quant import FP8, QMAX
+from ._jit import to_e4m3
+from ._library import capability, dual_op, interpreting, launchable, opaque_op, runs_here, sm_count
 from .attn_producers import launch_norm_rope, norm_rope_f32
 
-__all__ = ["fp8_tensor_attention", "fp8_tensor_codes", "cudnn_fp8_sdpa",
-           "cudnn_unavailable_reason", "norm_rope_e4m3", "norm_rope_e4m3_ref"]
+__all__ = ["fp8_tensor_attention", "fp8_tensor_codes", "cudnn_fp8_sdpa", "cudnn_unavailable_reason",
+           "kv_per_tensor", "kv_per_tensor_ref", "norm_rope_e4m3", "norm_rope_e4m3_ref"]
 
 E4M3_MAX = 448.0
 _PLANS: dict = {}
@@ -152,10 +157,130 @@ def _sdpa_fp8_fake(q8, k8, v8, descale_q, descale_k, descale_v, key_lengths, sm_
 cudnn_fp8_sdpa = opaque_op("cudnn_fp8_sdpa", _sdpa_fp8, _sdpa_fp8_fake)
 
 
+# K smoothing and per-tensor e4m3 of k and v in two passes over the rows (torch ops took five reads of k and v and
+# ran at ~1/3 of the bandwidth in the LTX-2 forward, ~10 ms per forward for the video self-attention alone).
+# Pass 1 reads k and v once for per-channel partial statistics over chunks of tokens: k's sum, max and min, v's
+# max |v|. Since |k - mean| over tokens peaks at max - mean or mean - min of its channel, k's amax after smoothing
+# follows from them without a second read. A few torch ops reduce the [B, chunks, C] partials to the scales; pass 2
+# writes the codes.
+@triton.jit
+def _kv_stats_kernel(K, V, KSUM, KMAX, KMIN, VMAX, S, C, rows_per_chunk,
+                     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Rows ``[B, S, C]`` (contiguous, k and v alike) -> per (sample, chunk of tokens, channel) float32 partials
+    ``[B, chunks, C]``: k's sum, max and min, v's max |v| (empty chunks: 0, -inf, inf, 0)."""
+    b = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < C
+    s0 = chunk * rows_per_chunk
+    s1 = tl.minimum(s0 + rows_per_chunk, S)
+    ksum = tl.zeros([BLOCK_C], tl.float32)
+    kmax = tl.full([BLOCK_C], float("-inf"), tl.float32)
+    kmin = tl.full([BLOCK_C], float("inf"), tl.float32)
+    vmax = tl.zeros([BLOCK_C], tl.float32)
+    for start in range(s0, s1, BLOCK_S):
+        rows = start + tl.arange(0, BLOCK_S)
+        m = (rows < s1)[:, None] & col_ok[None, :]
+        off = (b * S + rows[:, None]) * C + cols[None, :]
+        k = tl.load(K + off, mask=m, other=0.0).to(tl.float32)
+        v = tl.load(V + off, mask=m, other=0.0).to(tl.float32)
+        ksum += tl.sum(k, axis=0)
+        kmax = tl.maximum(kmax, tl.max(tl.where(m, k, float("-inf")), axis=0))
+        kmin = tl.minimum(kmin, tl.min(tl.where(m, k, float("inf")), axis=0))
+        vmax = tl.maximum(vmax, tl.max(tl.abs(v), axis=0))
+    o = (b * tl.num_programs(1) + chunk) * C + cols
+    tl.store(KSUM + o, ksum, mask=col_ok)
+    tl.store(KMAX + o, kmax, mask=col_ok)
+    tl.store(KMIN + o, kmin, mask=col_ok)
+    tl.store(VMAX + o, vmax, mask=col_ok)
+
+
+@triton.jit
+def _kv_codes_kernel(K, V, MEAN, KINV, VINV, K8, V8, S, C, SMOOTH: tl.constexpr, GRID_ROUND: tl.constexpr,
+                     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    """e4m3 codes of ``(k - mean[b]) * KINV`` (``SMOOTH``; else ``k * KINV``) and ``v * VINV``, saturated."""
+    b = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
+    cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < C
+    m = (rows < S)[:, None] & col_ok[None, :]
+    off = (b * S + rows[:, None]) * C + cols[None, :]
+    k = tl.load(K + off, mask=m, other=0.0).to(tl.float32)
+    if SMOOTH:
+        k = k - tl.load(MEAN + b * C + cols, mask=col_ok, other=0.0)[None, :]
+    kc = tl.minimum(tl.maximum(k * tl.load(KINV), -448.0), 448.0)
+    tl.store(K8 + off, to_e4m3(kc, GRID_ROUND), mask=m)
+    v = tl.load(V + off, mask=m, other=0.0).to(tl.float32)
+    vc = tl.minimum(tl.maximum(v * tl.load(VINV), -448.0), 448.0)
+    tl.store(V8 + off, to_e4m3(vc, GRID_ROUND), mask=m)
+
+
+#: (rows a step, channels a tile) of the statistics pass and of the codes pass; chunks of tokens per sample so that
+#: the statistics pass has about this many programs per SM.
+KV_STATS_TILE, KV_CODES_TILE, KV_STATS_PER_SM = (32, 128), (64, 128), 4
+
+
+def kv_launch_shape(B: int, S: int, C: int, device: torch.device) -> tuple[int, int]:
+    """``(chunks, rows_per_chunk)`` of :func:`kv_per_tensor`'s statistics pass for rows ``[B, S, C]``."""
+    bs, bc = KV_STATS_TILE if device.type == "cuda" else (16, 32)
+    col_tiles = triton.cdiv(C, bc)
+    want = 4 if device.type != "cuda" else KV_STATS_PER_SM * sm_count(device.index or 0)
+    chunks = max(1, min(triton.cdiv(want, B * col_tiles), triton.cdiv(S, bs)))
+    rows = triton.cdiv(triton.cdiv(S, chunks), bs) * bs
+    return triton.cdiv(S, rows), rows
+
+
+def _kv_per_tensor_impl(k: torch.Tensor, v: torch.Tensor, smooth: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``k``, ``v [B, S, H, D]`` (contiguous) -> ``(k8, descale_k, v8, descale_v)``: e4m3 codes of ``k - mean over
+    tokens`` (``smooth``, per sample and channel; exact under softmax) and of ``v``, one scale per tensor that puts
+    its largest entry on 448 (:func:`kv_per_tensor_ref`)."""
+    B, S, H, D = k.shape
+    C = H * D
+    k8 = torch.empty(k.shape, device=k.device, dtype=torch.float8_e4m3fn)
+    v8 = torch.empty(v.shape, device=v.device, dtype=torch.float8_e4m3fn)
+    if k.numel() == 0:
+        zero = torch.zeros((), device=k.device)
+        return k8, zero, v8, zero.clone()
+    chunks, rows = kv_launch_shape(B, S, C, k.device)
+    cuda = k.device.type == "cuda"
+    (bs, bc), (cs, cc) = (KV_STATS_TILE, KV_CODES_TILE) if cuda else ((16, 32), (16, 32))
+    ksum, kmax, kmin, vmax = (torch.empty(B, chunks, C, device=k.device) for _ in range(4))
+    launchable(_kv_stats_kernel, k)[(B, chunks, triton.cdiv(C, bc))](
+        k, v, ksum, kmax, kmin, vmax, S, C, rows, BLOCK_S=bs, BLOCK_C=bc, num_warps=4)
+    mean = ksum.sum(1) / S if smooth else torch.zeros(B, C, device=k.device)
+    kamax = torch.maximum(kmax.amax(1) - mean, mean - kmin.amin(1)).amax()
+    vamax = vmax.amax()
+    kinv, vinv = (torch.where(a > 0, QMAX[FP8] / a, torch.zeros_like(a)) for a in (kamax, vamax))
+    launchable(_kv_codes_kernel, k)[(B, triton.cdiv(S, cs), triton.cdiv(C, cc))](
+        k, v, mean, kinv, vinv, k8, v8, S, C, SMOOTH=smooth, GRID_ROUND=interpreting(k), BLOCK_S=cs, BLOCK_C=cc,
+        num_warps=8 if cuda else 4)
+    return k8, kamax * (1.0 / QMAX[FP8]), v8, vamax * (1.0 / QMAX[FP8])
+
+
+def _kv_per_tensor_fake(k, v, smooth):
+    e = torch.float8_e4m3fn
+    return k.new_empty(k.shape, dtype=e), k.new_empty((), dtype=torch.float32), v.new_empty(v.shape, dtype=e), \
+        v.new_empty((), dtype=torch.float32)
+
+
+kv_per_tensor = dual_op("attn_kv_per_tensor", _kv_per_tensor_impl, _kv_per_tensor_fake)
+
+
+def kv_per_tensor_ref(k, v, smooth: bool = True):
+    """Twin of :func:`kv_per_tensor`: K smoothing (mean over tokens, per sample and channel) and
+    :func:`q8lib.reference.quantize_per_tensor` of k and v."""
+    kf = k.float()
+    if smooth:
+        kf = kf - kf.mean(dim=1, keepdim=True)
+    (k8, dk), (v8, dv) = ref.quantize_per_tensor(kf), ref.quantize_per_tensor(v)
+    return k8, dk, v8, dv
+
+
 def fp8_tensor_codes(q8, descale_q, k, v, key_lengths=None, sm_scale=None, k_smooth: bool = True):
     """The engine on the model's rows with q already in e4m3: ``q8 [B, Sq, H, D]`` codes with ``descale_q []``,
     float ``k``/``v [B, Sk, H, D]`` -> ``(codes [B, Sq, H, D] e4m3, descale [])`` of the output. K smoothing and the
-    per-tensor quantization of k and v run on the rows as they lie (passes that inductor fuses); cuDNN reads
+    per-tensor quantization of k and v run on the rows as they lie (:func:`kv_per_tensor`); cuDNN reads
     ``[B, H, S, D]`` views. Raises :class:`~q8lib.errors.BackendUnavailableError` without ``nvidia-cudnn-frontend``
     or where cuDNN builds no plan."""
     reason = cudnn_unavailable_reason()
@@ -163,10 +288,7 @@ def fp8_tensor_codes(q8, descale_q, k, v, key_lengths=None, sm_scale=None, k_smo
         raise BackendUnavailableError(reason)
     sm_scale = 1.0 / math.sqrt(q8.shape[-1]) if sm_scale is None else float(sm_scale)
     q8, k, v = (t if t.is_contiguous() else t.contiguous() for t in (q8, k, v))
-    kf = k.float()
-    if k_smooth:
-        kf = kf - kf.mean(dim=1, keepdim=True)
-    (k8, dk), (v8, dv) = ref.quantize_per_tensor(kf), ref.quantize_per_tensor(v)
+    k8, dk, v8, dv = (kv_per_tensor if runs_here(k) else kv_per_tensor_ref)(k, v, bool(k_smooth))
     o8 = cudnn_fp8_sdpa(q8.transpose(1, 2), k8.transpose(1, 2), v8.transpose(1, 2), descale_q, dk, dv, key_lengths,
                         sm_scale)
     return o8.transpose(1, 2), dv
