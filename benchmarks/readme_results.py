@@ -33,9 +33,12 @@ def _f(v, fmt):
 
 # newest same-run benchmarks of the full-size 13B and LTX-2 (H200, session 8), shown after the 2B table
 FULL_SIZE = ("transformer_13b_h200.json", "transformer_ltx2_h200.json")
-# the newest full-size runs (H200, session 11: LTX-2's fused blocks, the head-dim-128 launch table), each with its
-# own bf16 + compile but fewer variants than the runs above (a session's 30 device-minutes)
-LATEST_FULL_SIZE = ("transformer_ltx2_h200_s11.json", "transformer_ltx23_h200_s11.json", "transformer_13b_h200_s11.json")
+# the newest runs (H200, session 13: attention="fp8_tensor", cuDNN's FP8 engine behind q8lib's producers), each with
+# its own bf16 + compile but fewer variants than the runs above (a session's 30 device-minutes)
+LATEST_FULL_SIZE = ("transformer_ltx2_h200_s13.json", "transformer_ltx23_h200_s13.json", "transformer_13b_h200_s13.json",
+                    "transformer_h200_s13.json")
+# the long video (257 frames at 704x1216), timed against bf16 + compile + CUDA graph
+LONG_VIDEO = "transformer_h200_long_s13.json"
 LTX2_GENERATE = "generate_ltx2_random_h200.json"
 UNDER_REPORTED = ("\\* peak taken after the CUDA graph's capture (runs before session 8): the activations in the "
                   "graph's pool are missing, so it under-reports; `benchmarks/results/transformer_h200_s8.json` measures "
@@ -213,6 +216,12 @@ def render() -> str:
         f = _load(name)
         if f:
             parts += _transformer(f, name, "; random weights; a later session, its own bf16 + compile") + [""]
+    f = _load(LONG_VIDEO)
+    if f:
+        b = f["results"].get("bf16_compile_graph", {}).get("fwd_ms")
+        ratios = "; ".join(f"{n} {r['fwd_ms'] / b:.3f}x" for n, r in f["results"].items()
+                           if b and "fwd_ms" in r and n != "bf16_compile_graph")
+        parts += _transformer(f, LONG_VIDEO, f"; random weights; x bf16 + compile + graph: {ratios}") + [""]
     parts += _ltx2_generate()
     a = _load("attention_h100.json")
     if a:
