@@ -126,3 +126,23 @@ def test_bad_arguments_fail_before_anything_is_built(tmp_path, capsys, extra, me
         main(["--config", "tiny", "--out", str(out), *extra])
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_threshold_variant_sets_and_restores_the_fp8_tensor_rule(tmp_path, monkeypatch):
+    """``q8lib_fp8tensorselfattn*`` runs with FP8 only for >= 2048 keys while it is built and timed, then the default
+    rule is back; its option is the benchmark's, not q8lib's runtime (which would refuse it)."""
+    from q8lib import reference as ref
+    from q8lib.bench import variants as V
+
+    default = ref.FP8_TENSOR_MIN_KEYS
+    with V.variant_context("q8lib_fp8tensorselfattn_compile_graph"):
+        assert ref.FP8_TENSOR_MIN_KEYS == 2048 and ref.FP8_TENSOR_MIN_QUERIES == 2048
+    assert ref.FP8_TENSOR_MIN_KEYS == default
+    with pytest.raises(RuntimeError):
+        with V.variant_context("q8lib_fp8tensorselfattn"):
+            raise RuntimeError("a failed variant")
+    assert ref.FP8_TENSOR_MIN_KEYS == default
+    config, runtime = V._q8_settings(V.VARIANTS["q8lib_fp8tensorselfattn"][1])
+    assert runtime.attention == "fp8_tensor"
+    with V.variant_context("q8lib_compile"):  # no thresholds of its own: nothing changes
+        assert ref.FP8_TENSOR_MIN_KEYS == default

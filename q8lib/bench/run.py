@@ -18,7 +18,7 @@ from ..metrics import cosine, relative_error
 from ..timing import host_probe, time_ms
 from .build import build_transformer, outputs
 from .profile import profile_split
-from .variants import VARIANTS, compile_blocks, prepare_variant
+from .variants import VARIANTS, compile_blocks, prepare_variant, variant_context
 
 __all__ = ["BudgetExceeded", "time_budget", "reference_outputs", "variant_groups", "run_group", "mem"]
 
@@ -123,6 +123,11 @@ def variant_groups(names):
 def run_group(group, cfg, inputs, refs, device, args, all_flops, log, results: dict) -> None:
     """Build (and compile) ``group[0]``'s model once and time every variant of ``group`` on it, writing each
     variant's record into ``results`` as it goes (what was measured stays when :class:`BudgetExceeded` ends it)."""
+    with variant_context(group[0]):  # the variant's own module settings, if any
+        _run_group(group, cfg, inputs, refs, device, args, all_flops, log, results)
+
+
+def _run_group(group, cfg, inputs, refs, device, args, all_flops, log, results: dict) -> None:
     model, shared, y = None, {}, None
     try:
         for name in group:

@@ -3,19 +3,22 @@
 (:func:`compile_blocks`)."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib.util
 
 import torch
 from torch import nn
 
+from .. import reference as ref
 from ..backends import resolve_backend
 from ..config import Q8Config, Q8Runtime
 from ..convert import activate_q8, check_q8_config, quantize_block_
 from ..errors import Q8Error
 from .build import build_transformer
 
-__all__ = ["VARIANTS", "DEFAULT_VARIANTS", "LTX2_DEFAULT_VARIANTS", "compile_blocks", "skip_reason", "prepare_variant"]
+__all__ = ["VARIANTS", "DEFAULT_VARIANTS", "LTX2_DEFAULT_VARIANTS", "compile_blocks", "skip_reason", "prepare_variant",
+           "variant_context"]
 
 VARIANTS = {
     # name: (kind, options, compile)
@@ -39,6 +42,10 @@ VARIANTS = {
     # cuDNN's FP8 attention engine, one scale per tensor after K smoothing (issue #14: fastest at head dim 128)
     "q8lib_fp8tensorattn": ("q8lib", {"attention": "fp8_tensor"}, False),
     "q8lib_fp8tensorattn_compile": ("q8lib", {"attention": "fp8_tensor"}, True),
+    # the same with FP8 only where there are >= 2048 keys too (video self-attention; LTX-2's 1024-token text
+    # cross-attention in SDPA): the same-run A/B for q8lib.reference.fp8_tensor_applies's thresholds
+    "q8lib_fp8tensorselfattn": ("q8lib", {"attention": "fp8_tensor", "fp8_tensor_min_keys": 2048}, False),
+    "q8lib_fp8tensorselfattn_compile": ("q8lib", {"attention": "fp8_tensor", "fp8_tensor_min_keys": 2048}, True),
     "q8lib_int8attn": ("q8lib", {"attention": "int8"}, False),
     "q8lib_int8attn_compile": ("q8lib", {"attention": "int8"}, True),
 }
@@ -65,9 +72,29 @@ def compile_blocks(model, mode=True) -> None:
             b.compile(**kw)
 
 
+# options the benchmark applies itself (module settings read at call time), not q8lib's config or runtime
+_THRESHOLDS = {"fp8_tensor_min_keys": "FP8_TENSOR_MIN_KEYS", "fp8_tensor_min_queries": "FP8_TENSOR_MIN_QUERIES"}
+
+
 def _q8_settings(opts: dict) -> tuple[Q8Config, Q8Runtime]:
     fmt = {k: v for k, v in opts.items() if k in ("weight_dtype", "hadamard_block")}  # the weight format
-    return Q8Config(**fmt), Q8Runtime(**{k: v for k, v in opts.items() if k not in fmt})
+    return Q8Config(**fmt), Q8Runtime(**{k: v for k, v in opts.items() if k not in fmt and k not in _THRESHOLDS})
+
+
+@contextlib.contextmanager
+def variant_context(name: str):
+    """While variant ``name`` is built, compiled, captured and timed: its :mod:`q8lib.reference` thresholds (e.g.
+    ``fp8_tensor_min_keys``) in place of the defaults, restored after."""
+    opts = VARIANTS[name][1]
+    saved = {attr: getattr(ref, attr) for key, attr in _THRESHOLDS.items() if key in opts}
+    try:
+        for key, attr in _THRESHOLDS.items():
+            if key in opts:
+                setattr(ref, attr, int(opts[key]))
+        yield
+    finally:
+        for attr, value in saved.items():
+            setattr(ref, attr, value)
 
 
 def skip_reason(name: str, cfg: dict, device) -> str | None:

@@ -63,7 +63,8 @@ EARLIER_WORK_RTX4090 = {
 
 BASELINES = ("bf16", "bf16_compile", "torchao_fp8_compile")  # what a complete run measures next to q8lib
 _COLORS = {"bf16": ("0.55", "0.35"), "torchao": ("tab:orange", "tab:brown"), "q8lib": ("tab:blue", "navy")}
-_WORDS = {"norot": "no rotation", "fp8attn": "FP8 attention", "fp8tensorattn": "cuDNN FP8 attention", "int8attn": "INT8 attention", "int8": "int8 weights",
+_WORDS = {"norot": "no rotation", "fp8attn": "FP8 attention", "fp8tensorattn": "cuDNN FP8 attention",
+          "fp8tensorselfattn": "cuDNN FP8 self-attention only", "int8attn": "INT8 attention", "int8": "int8 weights",
           "hb128": "128-block rotation", "compile": "+ compile", "graph": "+ CUDA graph"}
 
 
