@@ -11,8 +11,9 @@ interpreter (``q8lib.kernels.attention.attention(..., mode="int8")``). Against f
   (<= 0.03 Gaussian; <= 2 x bf16 + 0.03 with outliers, bf16 = the study's ``bf16_flash`` model);
 * the trained tiny LTX-Video's q/k/v (every attention layer, 32x32x17 and 64x64x33) with the range of ``v``
   (the 16-bit ``P @ V`` needs ``|v|`` below fp16's 65504 only for fp16 ``v``: bf16 and fp32 ``v`` go through bf16);
-* end to end: the tiny model generating with INT8, FP8 and SDPA attention, with fp32 and with int8 Q8 linears
-  (reference backend), against the fp32 model: PSNR of the decoded clips, latent error, SSIM.
+* end to end: the tiny model generating with INT8, FP8 and SDPA attention (``--e2e-modes``; ``fp8_tensor`` too,
+  in every attention), with fp32 and with Q8 linears (``--weight-dtype``, reference backend), against the fp32
+  model: PSNR of the decoded clips, latent error, SSIM.
 
 Writes ``benchmarks/results/accuracy/int8_attention_cpu.json`` (``--out``).
 """
@@ -104,7 +105,7 @@ def real(pipe, sizes, log):
     return out
 
 
-def end_to_end(pipe, n_prompts, log):
+def end_to_end(pipe, n_prompts, log, modes=("sdpa", "fp8", "int8"), weight_dtype="int8"):
     import numpy as np
 
     from q8lib import Q8Config, quantize_, restore_attention, set_q8_attention
@@ -127,22 +128,31 @@ def end_to_end(pipe, n_prompts, log):
         log(f"e2e {name}: {time.perf_counter() - t0:.1f}s")
 
     generate("fp32", base)
-    for mode in ("sdpa", "fp8", "int8"):
-        if mode != "sdpa":  # fp32 linears with the Q8 processor's attention
-            set_q8_attention(base, mode, backend="reference")
-            try:
-                generate(f"fp32_linears+{mode}", base)
-            finally:
-                restore_attention(base)
-        q8 = quantize_(copy.deepcopy(base), Q8Config(weight_dtype="int8"), backend="reference", attention=mode,
-                       progress=False)
-        generate(f"q8_linears+{mode}", q8)
-        del q8
+    # fp8_tensor runs FP8 only with many queries and keys (q8lib.reference.fp8_tensor_applies); the tiny model has
+    # few, so it is lowered here to put every attention in FP8 (at full size: video self-attention, LTX-2's text
+    # cross-attention)
+    saved = ref.FP8_TENSOR_MIN_QUERIES, ref.FP8_TENSOR_MIN_KEYS
+    ref.FP8_TENSOR_MIN_QUERIES = ref.FP8_TENSOR_MIN_KEYS = 1
+    try:
+        for mode in modes:
+            if mode != "sdpa":  # fp32 linears with the Q8 processor's attention
+                set_q8_attention(base, mode, backend="reference")
+                try:
+                    generate(f"fp32_linears+{mode}", base)
+                finally:
+                    restore_attention(base)
+            q8 = quantize_(copy.deepcopy(base), Q8Config(weight_dtype=weight_dtype), backend="reference",
+                           attention=mode, progress=False)
+            generate(f"q8_linears+{mode}", q8)
+            del q8
+    finally:
+        ref.FP8_TENSOR_MIN_QUERIES, ref.FP8_TENSOR_MIN_KEYS = saved
     ref_lat, ref_frames = runs.pop("fp32")
     out = dict(settings=settings, prompts=prompts, seeds=seeds,
                runs_note="fp32_linears+X: the fp32 transformer with q8lib's attention processor in mode X (reference "
-                         "backend); q8_linears+X: quantize_(Q8Config(weight_dtype='int8'), backend='reference', "
-                         "attention=X); everything against the fp32 pipeline", runs={})
+                         f"backend); q8_linears+X: quantize_(Q8Config(weight_dtype={weight_dtype!r}), "
+                         "backend='reference', attention=X); fp8_tensor in every attention of the tiny model; "
+                         "everything against the fp32 pipeline", runs={})
     for name, (lat, frames) in runs.items():
         ps = [psnr(a, b) for a, b in zip(ref_frames, frames)]
         out["runs"][name] = dict(latent_rel_err=round(((lat - ref_lat).norm() / ref_lat.norm()).item(), 6),
@@ -166,6 +176,8 @@ def main(argv=None):
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "accuracy" / "int8_attention_cpu.json"))
     ap.add_argument("--skip", nargs="*", default=[], choices=["synthetic", "real", "e2e"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--e2e-modes", default="sdpa,fp8,int8", help="attention modes of the end-to-end runs")
+    ap.add_argument("--weight-dtype", default="int8", choices=["int8", "fp8_e4m3"], help="the Q8 linears' format")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -208,7 +220,7 @@ def main(argv=None):
         result["tiny_ltx_activations"] = real(pipe, sizes, log)
         dump()
     if "e2e" not in args.skip:
-        result["end_to_end"] = end_to_end(pipe, n_prompts, log)
+        result["end_to_end"] = end_to_end(pipe, n_prompts, log, tuple(args.e2e_modes.split(",")), args.weight_dtype)
         dump()
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     dump()
