@@ -12,9 +12,9 @@ are coarser than q8lib's per-token ones: see ``benchmarks/NOTES_attention.md`` f
   capture (q8lib's capture warms up first). The output is e4m3 ``[B, H, Sq, D]`` (a view of ``[B, Sq, H, D]`` rows,
   what ``to_out`` reads); Hopper's engine writes FP8 outputs only.
 * :func:`fp8_tensor_codes`: the engine on the model's ``[B, S, H, D]`` rows with q already e4m3: K smoothing and
-  the per-tensor quantization of k and v (:func:`kv_per_tensor`, two Triton passes), the e4m3 output and its
-  descale, which
-  ``to_out`` takes as they are (:func:`q8lib.attention.coded_attention`). In the model q comes as e4m3 from its
+  the per-tensor quantization of k and v (:func:`kv_per_tensor`, two Triton passes, op ``q8lib::attn_kv_per_tensor``),
+  the e4m3 output and its descale, which ``to_out`` takes as they are (:func:`q8lib.attention.coded_attention`).
+  In the model q comes as e4m3 from its
   norm + RoPE producer with a static scale (``q8lib::attn_norm_rope_e4m3``, :func:`norm_rope_e4m3`; the norm's
   bound, :func:`q8lib.reference.norm_bound_scale`), so q costs no pass of its own.
 * :func:`fp8_tensor_attention` (``[B, H, S, D]``): the plain op on float tensors (q's scale from its amax), output
