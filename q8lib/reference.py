@@ -342,10 +342,11 @@ def fp8_tensor_attention_ref(q, k, v, key_lengths=None, sm_scale: float | None =
     """FP8 attention with one scale per tensor (``attention="fp8_tensor"``): what cuDNN's FP8 SDPA engine computes
     behind q8lib's producers, emulated in float32 (the GPU path is :mod:`q8lib.kernels.cudnn_attention`).
 
-    1. ``k_smooth``: the mean key over the sequence is subtracted from every key (exact under softmax: each query
-       row's scores move by one constant), which takes a shared offset out of the keys' range.
+    1. ``k_smooth``: the mean key over the valid keys is subtracted from every key (exact under softmax: each
+       query row's scores move by one constant), which takes a shared offset out of the keys' range.
     2. ``q, k, v [B, H, S, D]`` are each quantized to e4m3 with one scale (:func:`quantize_per_tensor`; q with
-       ``q_scale`` instead where given: the norm's static bound, :func:`fp8_tensor_q_scale`).
+       ``q_scale`` instead where given: the norm's static bound, :func:`fp8_tensor_q_scale`); masked keys and
+       values are zeroed first, so padding (often most of a text sequence) takes no part in the scales.
     3. ``P = exp(s - rowmax)`` is stored as e4m3 of ``P * 448``; the row sum is kept in float32.
     4. The output is written in e4m3 with ``v``'s scale (``|O| <= amax(v)``: a convex combination of v's rows).
     Keys at positions ``>= key_lengths[b]`` (clamped to ``[1, Sk]``) are masked. Returns ``[B, H, Sq, D]`` in
@@ -354,11 +355,12 @@ def fp8_tensor_attention_ref(q, k, v, key_lengths=None, sm_scale: float | None =
     (``benchmarks/results/accuracy/cudnn_fp8_emulation_cpu.json``), while K smoothing does.
     """
     sm_scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale
-    kf = k.float()
+    valid = _valid_keys(key_lengths, k.shape[0], k.shape[-2], k.device)
+    kf = k.float() * valid
     if k_smooth:
-        kf = kf - kf.mean(dim=-2, keepdim=True)
+        kf = (kf - kf.sum(dim=-2, keepdim=True) / valid.sum(dim=-2, keepdim=True)) * valid
     q8, dq = quantize_per_tensor(q) if q_scale is None else quantize_static(q, q_scale)
-    (k8, dk), (v8, dv) = quantize_per_tensor(kf), quantize_per_tensor(v)
+    (k8, dk), (v8, dv) = quantize_per_tensor(kf), quantize_per_tensor(v.float() * valid)
     s = (q8.float() @ k8.float().transpose(-1, -2)) * (dq * dk * sm_scale)
     if key_lengths is not None:
         s = s.masked_fill(~key_lengths_to_mask(key_lengths, k.shape[-2]), -math.inf)

@@ -220,12 +220,16 @@ def test_static_scale_q_producer(seed, split, weight):
 
 @pytest.mark.filterwarnings("error::q8lib.errors.Q8FallbackWarning")
 @pytest.mark.parametrize("smooth", [True, False])
-@pytest.mark.parametrize("shape,dtype", [((2, 77, 4, 16), torch.float32), ((1, 130, 3, 32), torch.bfloat16),
-                                         ((2, 5, 2, 8), torch.float32)])
-def test_kv_per_tensor_matches_its_twin(seed, smooth, shape, dtype):
+@pytest.mark.parametrize("shape,dtype,lengths", [((2, 77, 4, 16), torch.float32, None),
+                                                 ((1, 130, 3, 32), torch.bfloat16, None),
+                                                 ((2, 5, 2, 8), torch.float32, None),
+                                                 ((2, 77, 4, 16), torch.bfloat16, (9, 77)),
+                                                 ((3, 40, 2, 8), torch.float32, (0, 17, 99))])
+def test_kv_per_tensor_matches_its_twin(seed, smooth, shape, dtype, lengths):
     """K smoothing and per-tensor e4m3 of k and v in two Triton passes (the GPU's, else the interpreter's) against
-    the torch twin, with a shared key offset (what smoothing removes) and token counts off the tiles: the same
-    scales and codes (on the GPU the mean is summed in another order: codes may move by one e4m3 step)."""
+    the torch twin, with a shared key offset (what smoothing removes), token counts off the tiles and key lengths
+    (clamped to [1, S]; padding takes no part in the mean or the scales and gets zero codes): the same scales and
+    codes (on the GPU the mean is summed in another order: codes may move by one e4m3 step)."""
     pytest.importorskip("triton")
     from q8lib.kernels.cudnn_attention import kv_per_tensor, kv_per_tensor_ref
 
@@ -234,8 +238,15 @@ def test_kv_per_tensor_matches_its_twin(seed, smooth, shape, dtype):
     v = torch.randn(shape, generator=g)
     dev = "cuda" if GPU else "cpu"
     k, v = k.to(dev, dtype), v.to(dev, dtype)
-    got, want = kv_per_tensor(k, v, smooth), kv_per_tensor_ref(k, v, smooth)
+    kl = None if lengths is None else torch.tensor(lengths, device=dev, dtype=torch.int32)
+    pad = None if kl is None else max(lengths[0], 1)  # sample 0's padding (lengths clamp to [1, S])
+    if kl is not None:  # padding that would dominate the scales if it counted
+        k[0, pad:] += 1000
+        v[0, pad:] -= 1000
+    got, want = kv_per_tensor(k, v, kl, smooth), kv_per_tensor_ref(k, v, kl, smooth)
     _assert_kv_close(got, want)
+    if kl is not None:
+        assert got[1] < 1 and got[3] < 1 and torch.all(got[0][0, pad:].float() == 0)
     if not GPU:  # the interpreter sums in the twin's order here: bit-exact
         assert torch.equal(got[0].view(torch.uint8), want[0].view(torch.uint8)) and torch.equal(got[1], want[1])
 
@@ -247,9 +258,9 @@ def test_kv_per_tensor_zeros_and_empty():
 
     dev = "cuda" if GPU else "cpu"
     k = torch.randn(1, 9, 2, 8, device=dev)
-    k8, dk, v8, dv = kv_per_tensor(k, torch.zeros_like(k), True)
+    k8, dk, v8, dv = kv_per_tensor(k, torch.zeros_like(k), None, True)
     assert dv.item() == 0 and torch.all(v8.float() == 0) and torch.isfinite(k8.float()).all() and dk.item() > 0
-    k8, dk, v8, dv = kv_per_tensor(k[:, :0], k[:, :0], True)
+    k8, dk, v8, dv = kv_per_tensor(k[:, :0], k[:, :0], None, True)
     assert k8.shape == (1, 0, 2, 8) and v8.shape == (1, 0, 2, 8) and dk.item() == 0 and dv.item() == 0
 
 
@@ -298,8 +309,10 @@ def test_kv_per_tensor_compiled_matches_eager(seed):
     g = torch.Generator(device="cuda").manual_seed(seed % 1000)
     k = torch.randn(2, 1000, 32, 128, device="cuda", generator=g, dtype=torch.bfloat16)
     v = torch.randn(2, 1000, 32, 128, device="cuda", generator=g, dtype=torch.bfloat16)
-    eager = kv_per_tensor(k, v, True)
-    _assert_kv_close(torch.compile(lambda a, b: kv_per_tensor(a, b, True), fullgraph=True)(k, v), eager)
+    lens = torch.tensor([1000, 613], device="cuda", dtype=torch.int32)
+    for kl in (None, lens):
+        eager = kv_per_tensor(k, v, kl, True)
+        _assert_kv_close(torch.compile(lambda a, b, c: kv_per_tensor(a, b, c, True), fullgraph=True)(k, v, kl), eager)
 
 
 def _assert_kv_close(got, want):

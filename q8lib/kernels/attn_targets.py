@@ -71,16 +71,19 @@ def fp8_attn_specs(cap: int) -> list[Spec]:
         # attention="fp8_tensor": K smoothing and per-tensor e4m3 of k and v (cuDNN's engine itself is not Triton)
         rows = {"K": "*bf16", "V": "*bf16"}
         (bs, bc), (cs, cc) = _cudnn.KV_STATS_TILE, _cudnn.KV_CODES_TILE
-        out.append(Spec(f"attn/kv_stats/D{D}", "q8lib.kernels.cudnn_attention:_kv_stats_kernel",
-                        {**rows, "KSUM": "*fp32", "KMAX": "*fp32", "KMIN": "*fp32", "VMAX": "*fp32", "S": _TOKENS,
-                         "C": H * D, "rows_per_chunk": 768}, {"BLOCK_S": bs, "BLOCK_C": bc}, 4, None, "KV_STATS_TILE"))
-        for smooth in (True, False):
-            out.append(Spec(f"attn/kv_codes/D{D}/{'smooth' if smooth else 'plain'}",
-                            "q8lib.kernels.cudnn_attention:_kv_codes_kernel",
-                            {**rows, "MEAN": "*fp32", "KINV": "*fp32", "VINV": "*fp32", "K8": "*fp8e4nv",
-                             "V8": "*fp8e4nv", "S": _TOKENS, "C": H * D},
-                            {"SMOOTH": smooth, "GRID_ROUND": False, "BLOCK_S": cs, "BLOCK_C": cc}, 8, None,
-                            "KV_CODES_TILE"))
+        for lens, sk in ((False, _TOKENS), (True, _TEXT)):  # self-attention; text keys with their lengths
+            tag, lp = ("/lens" if lens else ""), ("*i32" if lens else "*bf16")
+            out.append(Spec(f"attn/kv_stats/D{D}{tag}", "q8lib.kernels.cudnn_attention:_kv_stats_kernel",
+                            {**rows, "LENS": lp, "KSUM": "*fp32", "KMAX": "*fp32", "KMIN": "*fp32", "VMAX": "*fp32",
+                             "S": sk, "C": H * D, "rows_per_chunk": 768}, {"HAS_LENS": lens, "BLOCK_S": bs,
+                                                                         "BLOCK_C": bc}, 4, None, "KV_STATS_TILE"))
+            for smooth in (True, False):
+                out.append(Spec(f"attn/kv_codes/D{D}/{'smooth' if smooth else 'plain'}{tag}",
+                                "q8lib.kernels.cudnn_attention:_kv_codes_kernel",
+                                {**rows, "LENS": lp, "MEAN": "*fp32", "KINV": "*fp32", "VINV": "*fp32",
+                                 "K8": "*fp8e4nv", "V8": "*fp8e4nv", "S": sk, "C": H * D},
+                                {"HAS_LENS": lens, "SMOOTH": smooth, "GRID_ROUND": False, "BLOCK_S": cs,
+                                 "BLOCK_C": cc}, 8, None, "KV_CODES_TILE"))
         bm, bn, warps, stages, fast_exp, warp_spec, split = _fa.fwd_config_for(D, cap)
         for lens, sk in ((False, _TOKENS), (True, _TEXT)):
             args = {"Q": "*fp8e4nv", "QS": "*fp32", "K": "*fp8e4nv", "KS": "*fp32", "VT": "*fp8e4nv", "VS": "*fp32",

@@ -162,18 +162,27 @@ cudnn_fp8_sdpa = opaque_op("cudnn_fp8_sdpa", _sdpa_fp8, _sdpa_fp8_fake)
 # Pass 1 reads k and v once for per-channel partial statistics over chunks of tokens: k's sum, max and min, v's
 # max |v|. Since |k - mean| over tokens peaks at max - mean or mean - min of its channel, k's amax after smoothing
 # follows from them without a second read. A few torch ops reduce the [B, chunks, C] partials to the scales; pass 2
-# writes the codes.
+# writes the codes. With key lengths only the valid keys count (padded rows get zero codes; cuDNN masks them).
 @triton.jit
-def _kv_stats_kernel(K, V, KSUM, KMAX, KMIN, VMAX, S, C, rows_per_chunk,
-                     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Rows ``[B, S, C]`` (contiguous, k and v alike) -> per (sample, chunk of tokens, channel) float32 partials
-    ``[B, chunks, C]``: k's sum, max and min, v's max |v| (empty chunks: 0, -inf, inf, 0)."""
+def _valid_rows(LENS, b, S, HAS_LENS: tl.constexpr):
+    """Keys of sample ``b`` below its length (clamped to ``[1, S]``), or ``S``."""
+    if HAS_LENS:
+        return tl.minimum(tl.maximum(tl.load(LENS + b), 1), S)
+    return S
+
+
+@triton.jit
+def _kv_stats_kernel(K, V, LENS, KSUM, KMAX, KMIN, VMAX, S, C, rows_per_chunk,
+                     HAS_LENS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Rows ``[B, S, C]`` (contiguous, k and v alike; ``LENS [B]`` int32 valid keys with ``HAS_LENS``) -> per
+    (sample, chunk of tokens, channel) float32 partials ``[B, chunks, C]`` over the valid rows: k's sum, max and
+    min, v's max |v| (empty chunks: 0, -inf, inf, 0)."""
     b = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < C
     s0 = chunk * rows_per_chunk
-    s1 = tl.minimum(s0 + rows_per_chunk, S)
+    s1 = tl.minimum(s0 + rows_per_chunk, _valid_rows(LENS, b, S, HAS_LENS))
     ksum = tl.zeros([BLOCK_C], tl.float32)
     kmax = tl.full([BLOCK_C], float("-inf"), tl.float32)
     kmin = tl.full([BLOCK_C], float("inf"), tl.float32)
@@ -196,21 +205,23 @@ def _kv_stats_kernel(K, V, KSUM, KMAX, KMIN, VMAX, S, C, rows_per_chunk,
 
 
 @triton.jit
-def _kv_codes_kernel(K, V, MEAN, KINV, VINV, K8, V8, S, C, SMOOTH: tl.constexpr, GRID_ROUND: tl.constexpr,
-                     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
-    """e4m3 codes of ``(k - mean[b]) * KINV`` (``SMOOTH``; else ``k * KINV``) and ``v * VINV``, saturated."""
+def _kv_codes_kernel(K, V, LENS, MEAN, KINV, VINV, K8, V8, S, C, HAS_LENS: tl.constexpr, SMOOTH: tl.constexpr,
+                     GRID_ROUND: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    """e4m3 codes of ``(k - mean[b]) * KINV`` (``SMOOTH``; else ``k * KINV``) and ``v * VINV``, saturated; zero
+    codes for rows past the valid keys."""
     b = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
     cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < C
     m = (rows < S)[:, None] & col_ok[None, :]
+    valid = (rows < _valid_rows(LENS, b, S, HAS_LENS))[:, None] & col_ok[None, :]
     off = (b * S + rows[:, None]) * C + cols[None, :]
-    k = tl.load(K + off, mask=m, other=0.0).to(tl.float32)
+    k = tl.load(K + off, mask=valid, other=0.0).to(tl.float32)
     if SMOOTH:
-        k = k - tl.load(MEAN + b * C + cols, mask=col_ok, other=0.0)[None, :]
+        k = tl.where(valid, k - tl.load(MEAN + b * C + cols, mask=col_ok, other=0.0)[None, :], 0.0)
     kc = tl.minimum(tl.maximum(k * tl.load(KINV), -448.0), 448.0)
     tl.store(K8 + off, to_e4m3(kc, GRID_ROUND), mask=m)
-    v = tl.load(V + off, mask=m, other=0.0).to(tl.float32)
+    v = tl.load(V + off, mask=valid, other=0.0).to(tl.float32)
     vc = tl.minimum(tl.maximum(v * tl.load(VINV), -448.0), 448.0)
     tl.store(V8 + off, to_e4m3(vc, GRID_ROUND), mask=m)
 
@@ -230,11 +241,12 @@ def kv_launch_shape(B: int, S: int, C: int, device: torch.device) -> tuple[int, 
     return triton.cdiv(S, rows), rows
 
 
-def _kv_per_tensor_impl(k: torch.Tensor, v: torch.Tensor, smooth: bool
+def _kv_per_tensor_impl(k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor | None, smooth: bool
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``k``, ``v [B, S, H, D]`` (contiguous) -> ``(k8, descale_k, v8, descale_v)``: e4m3 codes of ``k - mean over
-    tokens`` (``smooth``, per sample and channel; exact under softmax) and of ``v``, one scale per tensor that puts
-    its largest entry on 448 (:func:`kv_per_tensor_ref`)."""
+    """``k``, ``v [B, S, H, D]`` (contiguous), ``key_lengths [B]`` int32 or ``None`` -> ``(k8, descale_k, v8,
+    descale_v)``: e4m3 codes of ``k - mean over the valid keys`` (``smooth``, per sample and channel; exact under
+    softmax) and of ``v``, one scale per tensor that puts its largest valid entry on 448, zero codes past each
+    sample's length (:func:`kv_per_tensor_ref`)."""
     B, S, H, D = k.shape
     C = H * D
     k8 = torch.empty(k.shape, device=k.device, dtype=torch.float8_e4m3fn)
@@ -245,20 +257,23 @@ def _kv_per_tensor_impl(k: torch.Tensor, v: torch.Tensor, smooth: bool
     chunks, rows = kv_launch_shape(B, S, C, k.device)
     cuda = k.device.type == "cuda"
     (bs, bc), (cs, cc) = (KV_STATS_TILE, KV_CODES_TILE) if cuda else ((16, 32), (16, 32))
+    lens = k if key_lengths is None else key_lengths.to(device=k.device, dtype=torch.int32)  # (k: unread pointer)
+    has_lens = key_lengths is not None
     ksum, kmax, kmin, vmax = (torch.empty(B, chunks, C, device=k.device) for _ in range(4))
     launchable(_kv_stats_kernel, k)[(B, chunks, triton.cdiv(C, bc))](
-        k, v, ksum, kmax, kmin, vmax, S, C, rows, BLOCK_S=bs, BLOCK_C=bc, num_warps=4)
-    mean = ksum.sum(1) / S if smooth else torch.zeros(B, C, device=k.device)
+        k, v, lens, ksum, kmax, kmin, vmax, S, C, rows, HAS_LENS=has_lens, BLOCK_S=bs, BLOCK_C=bc, num_warps=4)
+    count = lens.clamp(1, S).float()[:, None] if has_lens else float(S)
+    mean = ksum.sum(1) / count if smooth else torch.zeros(B, C, device=k.device)
     kamax = torch.maximum(kmax.amax(1) - mean, mean - kmin.amin(1)).amax()
     vamax = vmax.amax()
     kinv, vinv = (torch.where(a > 0, QMAX[FP8] / a, torch.zeros_like(a)) for a in (kamax, vamax))
     launchable(_kv_codes_kernel, k)[(B, triton.cdiv(S, cs), triton.cdiv(C, cc))](
-        k, v, mean, kinv, vinv, k8, v8, S, C, SMOOTH=smooth, GRID_ROUND=interpreting(k), BLOCK_S=cs, BLOCK_C=cc,
-        num_warps=8 if cuda else 4)
+        k, v, lens, mean, kinv, vinv, k8, v8, S, C, HAS_LENS=has_lens, SMOOTH=smooth, GRID_ROUND=interpreting(k),
+        BLOCK_S=cs, BLOCK_C=cc, num_warps=8 if cuda else 4)
     return k8, kamax * (1.0 / QMAX[FP8]), v8, vamax * (1.0 / QMAX[FP8])
 
 
-def _kv_per_tensor_fake(k, v, smooth):
+def _kv_per_tensor_fake(k, v, key_lengths, smooth):
     e = torch.float8_e4m3fn
     return k.new_empty(k.shape, dtype=e), k.new_empty((), dtype=torch.float32), v.new_empty(v.shape, dtype=e), \
         v.new_empty((), dtype=torch.float32)
@@ -267,13 +282,15 @@ def _kv_per_tensor_fake(k, v, smooth):
 kv_per_tensor = dual_op("attn_kv_per_tensor", _kv_per_tensor_impl, _kv_per_tensor_fake)
 
 
-def kv_per_tensor_ref(k, v, smooth: bool = True):
-    """Twin of :func:`kv_per_tensor`: K smoothing (mean over tokens, per sample and channel) and
-    :func:`q8lib.reference.quantize_per_tensor` of k and v."""
-    kf = k.float()
+def kv_per_tensor_ref(k, v, key_lengths=None, smooth: bool = True):
+    """Twin of :func:`kv_per_tensor` on ``[B, S, H, D]`` rows: what :func:`q8lib.reference.fp8_tensor_attention_ref`
+    does to k and v (K smoothing over the valid keys, padding zeroed, :func:`~q8lib.reference.quantize_per_tensor`)."""
+    valid = ref.key_lengths_to_mask(key_lengths, k.shape[1])[:, 0, 0, :, None, None] \
+        if key_lengths is not None else torch.ones(k.shape[0], k.shape[1], 1, 1, device=k.device, dtype=torch.bool)
+    kf = torch.where(valid, k.float(), 0.0)  # (where, not a product: padding as +0, the kernel's zero codes)
     if smooth:
-        kf = kf - kf.mean(dim=1, keepdim=True)
-    (k8, dk), (v8, dv) = ref.quantize_per_tensor(kf), ref.quantize_per_tensor(v)
+        kf = torch.where(valid, kf - kf.sum(dim=1, keepdim=True) / valid.sum(dim=1, keepdim=True), 0.0)
+    (k8, dk), (v8, dv) = ref.quantize_per_tensor(kf), ref.quantize_per_tensor(torch.where(valid, v.float(), 0.0))
     return k8, dk, v8, dv
 
 
@@ -288,7 +305,7 @@ def fp8_tensor_codes(q8, descale_q, k, v, key_lengths=None, sm_scale=None, k_smo
         raise BackendUnavailableError(reason)
     sm_scale = 1.0 / math.sqrt(q8.shape[-1]) if sm_scale is None else float(sm_scale)
     q8, k, v = (t if t.is_contiguous() else t.contiguous() for t in (q8, k, v))
-    k8, dk, v8, dv = (kv_per_tensor if runs_here(k) else kv_per_tensor_ref)(k, v, bool(k_smooth))
+    k8, dk, v8, dv = (kv_per_tensor if runs_here(k) else kv_per_tensor_ref)(k, v, key_lengths, bool(k_smooth))
     o8 = cudnn_fp8_sdpa(q8.transpose(1, 2), k8.transpose(1, 2), v8.transpose(1, 2), descale_q, dk, dv, key_lengths,
                         sm_scale)
     return o8.transpose(1, 2), dv
