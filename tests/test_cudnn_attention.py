@@ -264,6 +264,23 @@ def test_kv_per_tensor_zeros_and_empty():
     assert k8.shape == (1, 0, 2, 8) and v8.shape == (1, 0, 2, 8) and dk.item() == 0 and dv.item() == 0
 
 
+@pytest.mark.parametrize("bad", ["v_dim", "k_heads", "lengths"])
+def test_engine_inputs_are_checked_first(bad):
+    """Shapes the k/v passes cannot take fail with a ValueError naming them, before the engine is looked for."""
+    from q8lib.kernels.cudnn_attention import fp8_tensor_codes
+
+    q8 = torch.zeros(2, 16, 4, 8).to(torch.float8_e4m3fn)
+    k, v, kl = torch.randn(2, 32, 4, 8), torch.randn(2, 32, 4, 8), None
+    if bad == "v_dim":
+        v = torch.randn(2, 32, 4, 16)
+    elif bad == "k_heads":
+        k = v = torch.randn(2, 32, 2, 8)
+    else:
+        kl = torch.tensor([3], dtype=torch.int32)
+    with pytest.raises(ValueError, match="key_lengths" if bad == "lengths" else "one shape"):
+        fp8_tensor_codes(q8, torch.tensor(1.0), k, v, kl)
+
+
 def test_missing_engine_is_refused_before_anything_changes():
     """A backend that cannot run ``fp8_tensor`` (the triton backend without ``nvidia-cudnn-frontend``) is named by
     ``set_q8_attention`` before any processor is swapped."""

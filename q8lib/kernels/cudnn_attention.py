@@ -300,10 +300,16 @@ def fp8_tensor_codes(q8, descale_q, k, v, key_lengths=None, sm_scale=None, k_smo
     per-tensor quantization of k and v run on the rows as they lie (:func:`kv_per_tensor`); cuDNN reads
     ``[B, H, S, D]`` views. Raises :class:`~q8lib.errors.BackendUnavailableError` without ``nvidia-cudnn-frontend``
     or where cuDNN builds no plan."""
+    B, Sq, H, D = q8.shape
+    if k.shape != v.shape or k.dim() != 4 or (k.shape[0], k.shape[2], k.shape[3]) != (B, H, D):
+        raise ValueError(f"fp8_tensor attention needs q [B, Sq, H, D] and k, v [B, Sk, H, D] of one shape; got q "
+                         f"{tuple(q8.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if key_lengths is not None and tuple(key_lengths.shape) != (B,):
+        raise ValueError(f"key_lengths must be [B] = [{B}], got {tuple(key_lengths.shape)}")
     reason = cudnn_unavailable_reason()
     if reason is not None:
         raise BackendUnavailableError(reason)
-    sm_scale = 1.0 / math.sqrt(q8.shape[-1]) if sm_scale is None else float(sm_scale)
+    sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
     q8, k, v = (t if t.is_contiguous() else t.contiguous() for t in (q8, k, v))
     k8, dk, v8, dv = (kv_per_tensor if runs_here(k) else kv_per_tensor_ref)(k, v, key_lengths, bool(k_smooth))
     o8 = cudnn_fp8_sdpa(q8.transpose(1, 2), k8.transpose(1, 2), v8.transpose(1, 2), descale_q, dk, dv, key_lengths,
