@@ -49,7 +49,9 @@ def test_executed_variant_records_its_gpu(name):
     assert rec.get("gpu") and rec.get("capability"), f"{name}: executed without a GPU ({rec})"
     assert "error" not in rec and "skipped" not in rec, f"{name}: the GPU run failed: {rec.get('error')}"
     assert rec.get("env") == gv.variant_env(name), f"{name}: executed with {rec.get('env')}"
-    assert [c["execution_count"] for c in code] == list(range(1, len(code) + 1)), f"{name}: not run top to bottom"
+    ran = [c for c in code if c.get("metadata", {}).get("q8lib", {}).get("output_from") != "cpu"]
+    assert [c["execution_count"] for c in ran] == list(range(1, len(ran) + 1)), f"{name}: not run top to bottom"
+    assert all(c["execution_count"] is None for c in code if c not in ran), f"{name}: CPU-output cells with counts"
     assert not [o for c in code for o in c["outputs"] if o["output_type"] == "error"], f"{name}: error output"
     size = (NB_DIR / gv.GPU_DIR / f"{name}.ipynb").stat().st_size
     assert size <= gpu_run.MAX_NOTEBOOK_MB * 1e6 * 1.01, f"{name}: {size / 1e6:.1f} MB"
@@ -102,6 +104,44 @@ def test_regenerating_keeps_an_executed_variant_in_sync(tmp_path):
     assert gv.read_notebook(path)["metadata"]["q8lib"]["executed_on"] == rec
     assert gv.write_variants(tmp_path, [name], force=True) == {name: "written"}
     assert gv.read_notebook(path)["metadata"]["q8lib"]["executed_on"] is None
+
+
+def test_cells_added_after_a_gpu_run_keep_its_outputs(tmp_path):
+    """New CPU cells that only read results go into an executed variant with the CPU outputs, marked and named in
+    the banner; the GPU run's outputs stay. An edited code cell is refused (it needs a GPU run)."""
+    name = "01_inspect_ltx_transformer"
+    shutil.copy(NB_DIR / f"{name}.ipynb", tmp_path)
+    gv.write_variants(tmp_path, [name])
+    path = tmp_path / "gpu" / f"{name}.ipynb"
+    with pytest.raises(ValueError, match="no GPU run"):
+        gv.add_cpu_cells(tmp_path, name)
+    nb = gv.read_notebook(path)
+    rec = dict(gpu="NVIDIA H200", capability="sm_90", torch="2.11", triton="3.6", diffusers="0.42.1",
+               date="2026-12-02T10:00:00+00:00", env=gv.variant_env(name))
+    for i, c in enumerate(_code(nb), 1):
+        c.update(execution_count=i, outputs=[{"output_type": "stream", "name": "stdout", "text": [f"gpu {i}\n"]}])
+    nb["metadata"]["q8lib"]["executed_on"] = rec
+    nb["cells"][0]["source"] = gv.banner(name, rec)
+    gv.write_notebook(nb, path)
+    cpu = gv.read_notebook(tmp_path / f"{name}.ipynb")
+    new_code = {"cell_type": "code", "id": "newcell1", "metadata": {}, "execution_count": 7, "source": "print(1)\n",
+                "outputs": [{"output_type": "stream", "name": "stdout", "text": ["1\n"]}]}
+    cpu["cells"][3:3] = [{"cell_type": "markdown", "id": "newmd1", "metadata": {}, "source": "## New\n"}, new_code]
+    gv.write_notebook(cpu, tmp_path / f"{name}.ipynb")
+    assert gv.variant_problems(tmp_path, name)
+    assert gv.add_cpu_cells(tmp_path, name) == 1
+    assert gv.variant_problems(tmp_path, name) == []
+    out = gv.read_notebook(path)
+    added = [c for c in _code(out) if c.get("metadata", {}).get("q8lib", {}).get("output_from") == "cpu"]
+    assert len(added) == 1 and added[0]["execution_count"] is None and added[0]["outputs"] == new_code["outputs"]
+    kept = [c for c in _code(out) if c not in added]
+    assert [c["outputs"][0]["text"] for c in kept] == [[f"gpu {i}\n"] for i in range(1, len(kept) + 1)]
+    assert "Except 1 code cell added" in "".join(out["cells"][0]["source"])
+    cell = _code(cpu)[0]  # a code cell of the GPU run edited: refused
+    cell["source"] = "".join(cell["source"]) + "\nprint('edited')\n"
+    gv.write_notebook(cpu, tmp_path / f"{name}.ipynb")
+    with pytest.raises(ValueError, match="GPU run"):
+        gv.add_cpu_cells(tmp_path, name)
 
 
 def test_shrink_outputs_replaces_the_largest_outputs():

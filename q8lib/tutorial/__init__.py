@@ -3,7 +3,8 @@ default (CPU, offline) and on a real checkpoint (GPU) unchanged: read the parame
 progress bars, load a transformer or its config by name, make example transformer inputs.
 Plots and tables are in :mod:`q8lib.tutorial.viz`, the diffusers patch audit in :mod:`q8lib.tutorial.patching`.
 Notebook 03's measured activations and pictures are in :mod:`q8lib.tutorial.activations` and
-:mod:`q8lib.tutorial.quant_plots`, notebook 05's prompt box in :mod:`q8lib.tutorial.prompt_box`.
+:mod:`q8lib.tutorial.quant_plots`, notebook 05's prompt box in :mod:`q8lib.tutorial.prompt_box` and its table of
+the attention modes in :mod:`q8lib.tutorial.attention_modes`.
 
 ``model="tiny"`` means the embedded default; anything else is a Hugging Face hub id (e.g.
 ``"Lightricks/LTX-Video"``) or a local diffusers directory. Loading goes through

@@ -141,6 +141,8 @@ def execute_variant(nb_dir: str | Path, name: str, out_dir: str | Path | None = 
     if left_out:
         record["artifacts_left_out"] = left_out
     nb["metadata"]["q8lib"]["executed_on"] = record
+    for cell in nb["cells"]:  # every cell ran here now: no outputs from a CPU run left (gpu_variants.add_cpu_cells)
+        cell.get("metadata", {}).get("q8lib", {}).pop("output_from", None)
     nb["cells"][0]["source"] = banner(name, record).splitlines(keepends=True)
     write_notebook(nb, path)
     if out_dir is not None:

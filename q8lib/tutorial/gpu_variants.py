@@ -10,6 +10,10 @@ torch/triton/diffusers versions and the date (:func:`gpu_record`).
 
 * :func:`write_variants` (``python notebooks/gpu/make_variants.py``) writes the variants from the CPU notebooks;
   a variant already in sync keeps its GPU outputs unless ``force``.
+* :func:`add_cpu_cells` (``make_variants.py --add-cpu-cells NAME``): cells added to a CPU notebook after its
+  variant's GPU run go into the executed variant with the CPU run's outputs, marked (``metadata.q8lib.output_from =
+  "cpu"``, no execution count) and counted in the banner, for cells that only read committed results; edited code
+  cells still need a GPU run.
 * :func:`variant_problems` says how a variant differs from what :func:`write_variants` would write
   (tests/test_notebooks_gpu_variants.py fails on any difference, naming the command that regenerates it).
 * :func:`execute_variant` (``python notebooks/gpu/run_on_gpu.py``, :mod:`q8lib.tutorial.gpu_run`) runs one variant.
@@ -25,7 +29,8 @@ import shlex
 from pathlib import Path
 
 __all__ = ["VARIANTS", "COMMON_ENV", "GPU_DIR", "REGENERATE", "RUN", "variant_env", "make_variant",
-           "write_variants", "variant_problems", "is_executed", "banner", "read_notebook", "write_notebook"]
+           "write_variants", "variant_problems", "is_executed", "banner", "read_notebook", "write_notebook",
+           "add_cpu_cells", "cpu_output_cells"]
 
 GPU_DIR = "gpu"  # under notebooks/
 REGENERATE = "python notebooks/gpu/make_variants.py"
@@ -99,14 +104,26 @@ def is_executed(nb: dict) -> bool:
     return bool(nb.get("metadata", {}).get("q8lib", {}).get("executed_on"))
 
 
-def banner(name: str, executed_on: dict | None = None) -> str:
-    """The generated first (markdown) cell of ``name``'s variant; after a run it names what executed it."""
+def cpu_output_cells(nb: dict) -> int:
+    """How many code cells of a variant hold the CPU run's outputs (:func:`add_cpu_cells`)."""
+    return sum(c.get("metadata", {}).get("q8lib", {}).get("output_from") == "cpu" for c in nb.get("cells", []))
+
+
+def banner(name: str, executed_on: dict | None = None, cpu_cells: int = 0) -> str:
+    """The generated first (markdown) cell of ``name``'s variant; after a run it names what executed it (and how
+    many code cells were added after that run with the CPU run's outputs)."""
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in variant_env(name).items())
     if executed_on:
         ran = (f"**Executed on** {executed_on.get('gpu')} ({executed_on.get('capability')}), torch "
                f"{executed_on.get('torch')}, triton {executed_on.get('triton')}, diffusers "
                f"{executed_on.get('diffusers')}, {str(executed_on.get('date', ''))[:10]}: the outputs below are "
                "that run's (`metadata.q8lib.executed_on` has the details).")
+        if cpu_cells:
+            one = cpu_cells == 1
+            ran += (f" Except {cpu_cells} code cell{'' if one else 's'} added to the notebook after that run, which "
+                    f"only read{'s' if one else ''} committed results: {'its output is' if one else 'their outputs are'}"
+                    " the CPU run's (`metadata.q8lib.output_from` is `\"cpu\"`); the next GPU run replaces "
+                    f"{'it' if one else 'them'}.")
     else:
         ran = f"**Not executed yet**: the next GPU run (`{RUN}`) fills in the outputs and names the GPU here."
     return (f"# GPU variant of `{name}.ipynb`\n\n"
@@ -154,7 +171,7 @@ def variant_problems(nb_dir: str | Path, name: str) -> list[str]:
     if q8.get("gpu_run", {}).get("env") != variant_env(name):
         problems.append(f"metadata q8lib.gpu_run.env is {q8.get('gpu_run', {}).get('env')}, not {variant_env(name)}")
     cells = gpu.get("cells", [])
-    if not cells or _source(cells[0]) != banner(name, q8.get("executed_on")):
+    if not cells or _source(cells[0]) != banner(name, q8.get("executed_on"), cpu_output_cells(gpu)):
         problems.append("the first cell is not the generated banner")
     want = [(c["cell_type"], _source(c), c.get("metadata", {}).get("tags", [])) for c in cpu["cells"]]
     have = [(c["cell_type"], _source(c), c.get("metadata", {}).get("tags", [])) for c in cells[1:]]
@@ -184,3 +201,43 @@ def write_variants(nb_dir: str | Path, names=None, force: bool = False) -> dict:
         write_notebook(make_variant(read_notebook(nb_dir / f"{name}.ipynb"), name), nb_dir / GPU_DIR / f"{name}.ipynb")
         done[name] = "written"
     return done
+
+
+def add_cpu_cells(nb_dir: str | Path, name: str) -> int:
+    """Bring the executed variant of ``name`` in sync with its CPU notebook by adding the cells the CPU notebook
+    gained since the GPU run (markdown as it is, code with the CPU run's outputs, marked ``output_from: "cpu"``
+    and without an execution count) and taking over edited markdown; returns how many code cells were added.
+    Raises ``ValueError`` when a code cell of the variant was edited or removed (that needs a GPU run) or the
+    variant was never executed (then :func:`write_variants` is all it needs)."""
+    nb_dir = Path(nb_dir)
+    path = nb_dir / GPU_DIR / f"{name}.ipynb"
+    cpu, gpu = read_notebook(nb_dir / f"{name}.ipynb"), read_notebook(path)
+    if not is_executed(gpu):
+        raise ValueError(f"{path} has no GPU run to keep: regenerate it with {REGENERATE}")
+    have, added, out = gpu["cells"][1:], 0, [gpu["cells"][0]]
+    j = 0
+    for cell in cpu["cells"]:
+        same = j < len(have) and have[j]["cell_type"] == cell["cell_type"]
+        if same and (_source(have[j]) == _source(cell) or cell["cell_type"] == "markdown"):
+            kept = copy.deepcopy(have[j])
+            kept["source"] = cell["source"]  # markdown edits carry over; code is unchanged here
+            out.append(kept)
+            j += 1
+            continue
+        if cell["cell_type"] == "code" and any(_source(c) == _source(cell) for c in have[j + 1:]):
+            raise ValueError(f"{path}: cells were removed or reordered; that needs a GPU run ({RUN})")
+        new = copy.deepcopy(cell)
+        if new["cell_type"] == "code":
+            if not new.get("outputs"):
+                raise ValueError(f"{name}.ipynb: execute the CPU notebook first (a new code cell has no outputs)")
+            new["execution_count"] = None
+            new.setdefault("metadata", {}).setdefault("q8lib", {})["output_from"] = "cpu"
+            added += 1
+        out.append(new)
+    if j != len(have):
+        raise ValueError(f"{path}: {len(have) - j} cells of the GPU run are not in the CPU notebook (edited code?); "
+                         f"that needs a GPU run ({RUN})")
+    gpu["cells"] = out
+    gpu["cells"][0]["source"] = _lines(banner(name, gpu["metadata"]["q8lib"]["executed_on"], cpu_output_cells(gpu)))
+    write_notebook(gpu, path)
+    return added
