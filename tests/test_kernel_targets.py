@@ -226,6 +226,26 @@ def test_every_kernel_is_compiled():
         assert want <= {s.kernel for s in T.specs(cap)}, f"sm_{cap}: no spec for {want - {s.kernel for s in T.specs(cap)}}"
 
 
+def test_no_kernel_parameter_has_a_default():
+    """Every launcher passes every constexpr: torch 2.11's wrap_triton (inductor launching a kernel from its own code)
+    does not fill in a kernel's defaults, so a default would only work in eager (session 13's norm + RoPE producer)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import q8lib.kernels
+
+    with_defaults, seen = [], 0
+    for info in pkgutil.iter_modules(q8lib.kernels.__path__):
+        m = f"q8lib.kernels.{info.name}"
+        for n, obj in vars(importlib.import_module(m)).items():
+            if n.endswith("_kernel") and hasattr(obj, "arg_names") and getattr(obj.fn, "__module__", None) == m:
+                seen += 1
+                with_defaults += [f"{m}:{n}({p.name})" for p in inspect.signature(obj.fn).parameters.values()
+                                  if p.default is not inspect.Parameter.empty]
+    assert seen >= 10 and not with_defaults, (seen, with_defaults)
+
+
 def test_every_table_entry_is_compiled():
     """Every launch form measured in row_tune.json is among the specs of its architecture."""
     from q8lib.kernels._library import tune_table

@@ -17,7 +17,8 @@ __all__ = ["KERNEL_FAMILIES", "classify", "kernel_family", "profile_split"]
 # Kernel families for the profile split, first match wins (inductor names its kernels after the ops it
 # fuses, e.g. "triton_per_fused__scaled_dot_product_cudnn_attention_...", so it is matched before "attention").
 KERNEL_FAMILIES = [
-    ("glue", ("_row_quant_kernel", "_qk_quant_kernel", "_qk_norm_rope_kernel", "_v_amax_kernel", "_v_quant_kernel")),
+    ("glue", ("_row_quant_kernel", "_qk_quant_kernel", "_qk_norm_rope_kernel", "_v_amax_kernel", "_v_quant_kernel",
+              "_kv_stats_kernel", "_kv_codes_kernel")),
     ("attention", ("_attn_fwd",)),
     ("glue", ("triton_poi", "triton_red", "triton_per")),
     ("attention", ("flash", "fmha", "cudnn", "sdpa", "attention")),

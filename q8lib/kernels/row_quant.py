@@ -62,9 +62,9 @@ def _row_quant_kernel(
     A: tl.constexpr, LOGA: tl.constexpr, B: tl.constexpr, LOGB: tl.constexpr,
     NORM: tl.constexpr, HAS_W: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
     GELU: tl.constexpr, ROTATE: tl.constexpr, LEFT: tl.constexpr, DOT_BF16: tl.constexpr,
-    QMODE: tl.constexpr, QMAX: tl.constexpr, SOFT_FP8: tl.constexpr = False,
-    RESID: tl.constexpr = False, HAS_GATE: tl.constexpr = False, BATCHED: tl.constexpr = False,
-    HEAD_D: tl.constexpr = 0,
+    QMODE: tl.constexpr, QMAX: tl.constexpr, SOFT_FP8: tl.constexpr,
+    RESID: tl.constexpr, HAS_GATE: tl.constexpr, BATCHED: tl.constexpr,
+    HEAD_D: tl.constexpr,
 ):
     """Tile = ``ROWS`` rows of ``K``. Rotation: ``[ROWS*K/B, B] @ H_B`` and, if ``LEFT`` (``K == A*B``),
     ``H_A`` along each row's ``A`` index; normalised by ``1/sqrt(A*B)`` (``A = 1`` unless ``LEFT``).
