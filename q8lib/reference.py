@@ -23,6 +23,7 @@ __all__ = [
     "fp8_attention_ref",
     "fp8_tensor_attention_ref",
     "fp8_tensor_applies",
+    "fp8_tensor_kv_ref",
     "fp8_tensor_q_scale",
     "norm_bound_scale",
     "quantize_static",
@@ -290,13 +291,11 @@ def quantize_per_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes, amax * (1.0 / QMAX[FP8])
 
 
-#: ``attention="fp8_tensor"`` runs FP8 only where there are at least this many queries and this many keys; elsewhere
-#: (audio self-attention, audio-to-video and video-to-audio cross-attention, short text) SDPA in the model dtype. Why,
-#: from the LTX-2 forward's profiles (benchmarks/NOTES_attention.md, sessions 12-13): FP8 costs passes over k and v
-#: (K smoothing, per-tensor scales, codes) whose share of the attention's time grows as 1 / queries, so with 126
-#: audio queries over 6144 video keys they cost ~5 ms per forward for an attention that is nearly free; with 6144
-#: queries over 1024 text keys the engine's speed-up should outweigh them (not yet a measured A/B). Read at call
-#: time (tests lower them to exercise FP8 on tiny models).
+#: ``attention="fp8_tensor"`` runs FP8 only with at least this many queries and keys; elsewhere (LTX-2's audio and
+#: audio-video attentions, short text) SDPA in the model dtype. FP8's passes over k and v cost ~1 / queries of the
+#: attention's time: with 126 audio queries over 6144 video keys ~5 ms a forward for a nearly free attention; with 6144
+#: queries over 1024 text keys the engine should win (not yet a measured A/B; benchmarks/NOTES_attention.md, session
+#: 13). Read at call time (tests lower them to exercise FP8 on tiny models).
 FP8_TENSOR_MIN_QUERIES = 2048
 FP8_TENSOR_MIN_KEYS = 1024
 
@@ -355,12 +354,8 @@ def fp8_tensor_attention_ref(q, k, v, key_lengths=None, sm_scale: float | None =
     (``benchmarks/results/accuracy/cudnn_fp8_emulation_cpu.json``), while K smoothing does.
     """
     sm_scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale
-    valid = _valid_keys(key_lengths, k.shape[0], k.shape[-2], k.device)
-    kf = k.float() * valid
-    if k_smooth:
-        kf = (kf - kf.sum(dim=-2, keepdim=True) / valid.sum(dim=-2, keepdim=True)) * valid
     q8, dq = quantize_per_tensor(q) if q_scale is None else quantize_static(q, q_scale)
-    (k8, dk), (v8, dv) = quantize_per_tensor(kf), quantize_per_tensor(v.float() * valid)
+    k8, dk, v8, dv = fp8_tensor_kv_ref(k, v, key_lengths, k_smooth)
     s = (q8.float() @ k8.float().transpose(-1, -2)) * (dq * dk * sm_scale)
     if key_lengths is not None:
         s = s.masked_fill(~key_lengths_to_mask(key_lengths, k.shape[-2]), -math.inf)
@@ -368,6 +363,16 @@ def fp8_tensor_attention_ref(q, k, v, key_lengths=None, sm_scale: float | None =
     pv = (p * P_SCALE).to(FP8).float() @ v8.float()
     o_codes = (pv / (P_SCALE * p.sum(-1, keepdim=True))).clamp(-QMAX[FP8], QMAX[FP8]).to(FP8)
     return (o_codes, dv) if codes else (o_codes.float() * dv).to(v.dtype)
+
+
+def fp8_tensor_kv_ref(k, v, key_lengths=None, k_smooth: bool = True):
+    """k and v ``[B, H, Sk, D]`` as :func:`fp8_tensor_attention_ref` quantizes them: ``(k8, dk, v8, dv)``, padding
+    (keys past ``key_lengths``) as +0 codes, k smoothed by the mean of the valid keys (per ``(b, h, d)``)."""
+    valid = _valid_keys(key_lengths, k.shape[0], k.shape[-2], k.device) > 0
+    kf = torch.where(valid, k.float(), 0.0)
+    if k_smooth:
+        kf = torch.where(valid, kf - kf.sum(dim=-2, keepdim=True) / valid.sum(dim=-2, keepdim=True), 0.0)
+    return (*quantize_per_tensor(kf), *quantize_per_tensor(torch.where(valid, v.float(), 0.0)))
 
 
 # INT8 attention (issue #14, benchmarks/NOTES_attention.md "Session 6"): keys share one int8 scale per block of

@@ -283,15 +283,10 @@ kv_per_tensor = dual_op("attn_kv_per_tensor", _kv_per_tensor_impl, _kv_per_tenso
 
 
 def kv_per_tensor_ref(k, v, key_lengths=None, smooth: bool = True):
-    """Twin of :func:`kv_per_tensor` on ``[B, S, H, D]`` rows: what :func:`q8lib.reference.fp8_tensor_attention_ref`
-    does to k and v (K smoothing over the valid keys, padding zeroed, :func:`~q8lib.reference.quantize_per_tensor`)."""
-    valid = ref.key_lengths_to_mask(key_lengths, k.shape[1])[:, 0, 0, :, None, None] \
-        if key_lengths is not None else torch.ones(k.shape[0], k.shape[1], 1, 1, device=k.device, dtype=torch.bool)
-    kf = torch.where(valid, k.float(), 0.0)  # (where, not a product: padding as +0, the kernel's zero codes)
-    if smooth:
-        kf = torch.where(valid, kf - kf.sum(dim=1, keepdim=True) / valid.sum(dim=1, keepdim=True), 0.0)
-    (k8, dk), (v8, dv) = ref.quantize_per_tensor(kf), ref.quantize_per_tensor(torch.where(valid, v.float(), 0.0))
-    return k8, dk, v8, dv
+    """Twin of :func:`kv_per_tensor`: :func:`q8lib.reference.fp8_tensor_kv_ref` (what the emulation does to k and
+    v) on ``[B, S, H, D]`` rows."""
+    k8, dk, v8, dv = ref.fp8_tensor_kv_ref(k.transpose(1, 2), v.transpose(1, 2), key_lengths, smooth)
+    return k8.transpose(1, 2), dk, v8.transpose(1, 2), dv
 
 
 def fp8_tensor_codes(q8, descale_q, k, v, key_lengths=None, sm_scale=None, k_smooth: bool = True):
