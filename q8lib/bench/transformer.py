@@ -18,7 +18,8 @@ Batch 2 (the CFG pair). Variants (:data:`VARIANTS`):
 * ``q8lib`` / ``q8lib_compile``: q8lib with the device's default weight dtype, attention bf16 SDPA
 * ``q8lib_int8*`` / ``q8lib_fp8*``: an explicit weight dtype
 * ``q8lib_fp8attn*`` / ``q8lib_int8attn*``: q8lib with FP8 / INT8 attention (``quantize_(..., attention="fp8")``);
-  ``q8lib_fp8tensorattn*``: cuDNN's FP8 engine (``attention="fp8_tensor"``, needs ``nvidia-cudnn-frontend``)
+  ``q8lib_fp8tensorattn*``: cuDNN's FP8 engine (``attention="fp8_tensor"``, needs ``nvidia-cudnn-frontend``);
+  ``q8lib_fp8tensorselfattn*``: the same with FP8 only for >= 2048 keys (the A/B of its thresholds)
 * ``*_graph``: any of these with the whole forward in one CUDA graph (:mod:`q8lib.cudagraph`); listed right
   after its variant (``q8lib_compile,q8lib_compile_graph``) it reuses that variant's build and compile.
 
