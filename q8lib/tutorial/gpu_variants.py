@@ -204,28 +204,25 @@ def write_variants(nb_dir: str | Path, names=None, force: bool = False) -> dict:
 
 
 def add_cpu_cells(nb_dir: str | Path, name: str) -> int:
-    """Bring the executed variant of ``name`` in sync with its CPU notebook by adding the cells the CPU notebook
-    gained since the GPU run (markdown as it is, code with the CPU run's outputs, marked ``output_from: "cpu"``
-    and without an execution count) and taking over edited markdown; returns how many code cells were added.
-    Raises ``ValueError`` when a code cell of the variant was edited or removed (that needs a GPU run) or the
-    variant was never executed (then :func:`write_variants` is all it needs)."""
+    """Bring the executed variant of ``name`` in sync with its CPU notebook: markdown cells as the CPU notebook has
+    them, code cells of the GPU run kept with their outputs, and code cells the CPU notebook gained since that run
+    added with the CPU run's outputs, marked ``output_from: "cpu"`` and without an execution count; returns how
+    many code cells were added. Raises ``ValueError`` when a code cell of the GPU run was edited, removed or moved
+    (that needs a GPU run) or the variant was never executed (then :func:`write_variants` is all it needs)."""
     nb_dir = Path(nb_dir)
     path = nb_dir / GPU_DIR / f"{name}.ipynb"
     cpu, gpu = read_notebook(nb_dir / f"{name}.ipynb"), read_notebook(path)
     if not is_executed(gpu):
         raise ValueError(f"{path} has no GPU run to keep: regenerate it with {REGENERATE}")
-    have, added, out = gpu["cells"][1:], 0, [gpu["cells"][0]]
-    j = 0
+    ran = [c for c in gpu["cells"][1:] if c["cell_type"] == "code"]
+    out, j, added = [gpu["cells"][0]], 0, 0
     for cell in cpu["cells"]:
-        same = j < len(have) and have[j]["cell_type"] == cell["cell_type"]
-        if same and (_source(have[j]) == _source(cell) or cell["cell_type"] == "markdown"):
-            kept = copy.deepcopy(have[j])
-            kept["source"] = cell["source"]  # markdown edits carry over; code is unchanged here
-            out.append(kept)
+        if cell["cell_type"] == "code" and j < len(ran) and _source(ran[j]) == _source(cell):
+            out.append(ran[j])
             j += 1
             continue
-        if cell["cell_type"] == "code" and any(_source(c) == _source(cell) for c in have[j + 1:]):
-            raise ValueError(f"{path}: cells were removed or reordered; that needs a GPU run ({RUN})")
+        if cell["cell_type"] == "code" and any(_source(c) == _source(cell) for c in ran[j + 1:]):
+            raise ValueError(f"{path}: code cells of the GPU run were removed or moved; that needs a GPU run ({RUN})")
         new = copy.deepcopy(cell)
         if new["cell_type"] == "code":
             if not new.get("outputs"):
@@ -234,9 +231,9 @@ def add_cpu_cells(nb_dir: str | Path, name: str) -> int:
             new.setdefault("metadata", {}).setdefault("q8lib", {})["output_from"] = "cpu"
             added += 1
         out.append(new)
-    if j != len(have):
-        raise ValueError(f"{path}: {len(have) - j} cells of the GPU run are not in the CPU notebook (edited code?); "
-                         f"that needs a GPU run ({RUN})")
+    if j != len(ran):
+        raise ValueError(f"{path}: {len(ran) - j} code cells of the GPU run are not in the CPU notebook as they ran "
+                         f"(edited?); that needs a GPU run ({RUN})")
     gpu["cells"] = out
     gpu["cells"][0]["source"] = _lines(banner(name, gpu["metadata"]["q8lib"]["executed_on"], cpu_output_cells(gpu)))
     write_notebook(gpu, path)
