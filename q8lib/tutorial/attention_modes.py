@@ -3,8 +3,7 @@ LTX's self-attention shapes, error against fp32 attention, and how much each mod
 videos. Nothing is measured here."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from .fast_path import load
 
 __all__ = ["MODES", "SHAPES", "E2E_FILE", "attention_modes", "attention_modes_table"]
 
@@ -22,11 +21,8 @@ SHAPES = ("self_2x32x3630x64", "self_2x32x3630x128")
 E2E_FILE = "accuracy/fp8_tensor_e2e_cpu.json"
 
 
-def _load(results_dir: Path, name: str) -> dict:
-    path = Path(results_dir) / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (Q8_RESULTS_DIR points elsewhere?)")
-    return json.loads(path.read_text())
+def _load(results_dir, name: str) -> dict:
+    return load(results_dir, [name])[name]  # (a missing file: FileNotFoundError naming it)
 
 
 def attention_modes(results_dir) -> dict[str, dict]:
@@ -35,9 +31,10 @@ def attention_modes(results_dir) -> dict[str, dict]:
     Gaussian inputs at the first shape, and the tiny model's mean PSNR against its fp32 videos with fp32 linears
     (``None`` for SDPA: that run is the reference itself) and with int8 Q8 linears."""
     runs = _load(results_dir, E2E_FILE)["end_to_end"]["runs"]
+    files = {file: _load(results_dir, file)["shapes"] for _, _, file in MODES.values()}
     out = {}
     for mode, (what, record, file) in MODES.items():
-        shapes = _load(results_dir, file)["shapes"]
+        shapes = files[file]
         ms = {s: (shapes.get(s, {}).get("results", {}).get(record) or {}).get("ms") for s in SHAPES}
         first = shapes.get(SHAPES[0], {}).get("results", {}).get(record) or {}
         alone, linears = runs.get(f"fp32_linears+{mode}"), runs.get(f"q8_linears+{mode}")
